@@ -1,0 +1,50 @@
+"""Build of pyrgd's C++ extension ``pyrgd._cpu`` (pybind11, -O3, OpenMP) and of the CUDA sources' package data.
+
+The CUDA kernels are not compiled here (no nvcc at install time): csrc/cuda/*.cu and the shared headers of
+csrc/include/pyrgd are copied into the package as ``pyrgd/_csrc/...`` for CuPy to compile at run time through NVRTC.
+"""
+import glob
+import os
+import shutil
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def openmp_flags():
+    if sys.platform == "darwin":  # Apple clang: libomp from Homebrew
+        return ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+    if sys.platform == "win32":
+        return ["/openmp"], []
+    return ["-fopenmp"], ["-fopenmp"]
+
+
+class build_py_with_csrc(build_py):
+    """Copy the CUDA sources and the shared headers into the package (pyrgd/_csrc)."""
+
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, "pyrgd", "_csrc")
+        for pattern in ("csrc/cuda/*.cu", "csrc/cuda/*.cuh", "csrc/include/pyrgd/*.h"):
+            for src in glob.glob(os.path.join(HERE, pattern)):
+                rel = os.path.relpath(src, os.path.join(HERE, "csrc"))
+                os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+                shutil.copy2(src, os.path.join(dest, rel))
+
+
+cflags, lflags = openmp_flags()
+opt = ["/O2"] if sys.platform == "win32" else ["-O3"]
+ext = Pybind11Extension(
+    "pyrgd._cpu",
+    sorted(glob.glob("csrc/cpu/*.cpp")),
+    include_dirs=["csrc/include"],
+    extra_compile_args=opt + cflags,
+    extra_link_args=lflags,
+    cxx_std=17,
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": build_ext, "build_py": build_py_with_csrc})

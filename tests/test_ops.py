@@ -1,0 +1,99 @@
+"""The public functional API: argument checks, copies of non-contiguous inputs, dispatch."""
+import numpy as np
+import pytest
+
+import pyrgd.ops as ops
+from pyrgd.backends import reference as R
+from pyrgd.activations import parse_activation
+from pyrgd.errors import PyrgdError
+
+from conftest import rel_err
+
+
+@pytest.fixture
+def arrays(rng):
+    X = rng.standard_normal((6, 3))
+    W1 = rng.standard_normal((3, 10))
+    W2 = rng.standard_normal((10, 2))
+    G = rng.standard_normal((6, 2))
+    return X, W1, W2, G
+
+
+def test_forward_matches_definition(arrays):
+    X, W1, W2, _ = arrays
+    H = ops.wide_forward(X, W1, W2, activation="tanh", a1=0.5, backend="reference")
+    assert rel_err(H, 0.5 * np.tanh(X @ W1) @ W2) < 1e-14
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_non_contiguous_inputs_are_copied_not_misread(arrays, backend):
+    X, W1, W2, G = arrays
+    Xf = np.asfortranarray(X)
+    Xs = np.zeros((6, 6))[:, ::2]
+    Xs[...] = X
+    want = ops.wide_forward(X, W1, W2, activation="relu", backend="reference")
+    for Xv in (Xf, Xs, X.astype(X.dtype.newbyteorder(">"))):
+        assert rel_err(ops.wide_forward(Xv, W1, W2, activation="relu", backend=backend), want) < 1e-14
+
+
+def test_step_rejects_non_contiguous_weights(arrays):
+    X, W1, W2, G = arrays
+    with pytest.raises(PyrgdError, match="W1: is updated in place but is not C-contiguous"):
+        ops.wide_step(X, np.asfortranarray(W1), W2, G, 0.1, backend="reference")
+    W2r = W2.copy()
+    W2r.flags.writeable = False
+    with pytest.raises(PyrgdError, match="W2: is updated in place but is read-only"):
+        ops.wide_step(X, W1, W2r, G, 0.1, backend="reference")
+
+
+def test_step_updates_in_place(arrays):
+    X, W1, W2, G = arrays
+    W1c, W2c = W1.copy(), W2.copy()
+    ids = id(W1c), id(W2c)
+    res = ops.wide_step(X, W1c, W2c, G, 0.1, activation="tanh", backend="reference")
+    g1, g2 = R.gradients(X, W1, W2, G, parse_activation("tanh"), 1.0)
+    assert (id(W1c), id(W2c)) == ids
+    assert rel_err(W1c, W1 - 0.1 * g1) < 1e-14 and rel_err(W2c, W2 - 0.1 * g2) < 1e-14
+    assert res.H_next is None
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda a: {**a, "X": a["X"][0]}, "X: expected a 2-D array"),
+    (lambda a: {**a, "X": a["X"].astype(np.float32)}, "W1: expected dtype float32"),
+    (lambda a: {**a, "X": a["X"].astype(np.int64)}, "X: expected dtype float32 or float64, got int64"),
+    (lambda a: {**a, "X": a["X"].tolist()}, "X: expected a numpy.ndarray"),
+    (lambda a: {**a, "W1": a["W1"][:2]}, r"W1: expected shape \(3, any\)"),
+    (lambda a: {**a, "W2": a["W2"][:4]}, r"W2: expected shape \(10, any\)"),
+    (lambda a: {**a, "G": a["G"][:, :1]}, r"G: expected shape \(6, 2\)"),
+    (lambda a: {**a, "G": np.full_like(a["G"], np.nan)}, "G: contains NaN or infinite"),
+    (lambda a: {**a, "X": np.where(a["X"] > 1, np.inf, a["X"])}, "X: contains NaN or infinite"),
+    (lambda a: {**a, "X": a["X"][:0]}, "X: expected a non-empty array"),
+    (lambda a: {**a, "lr": float("nan")}, "lr: expected a finite number"),
+    (lambda a: {**a, "lr": "big"}, "lr: expected a real number"),
+    (lambda a: {**a, "activation": "gelu"}, "activation: unknown activation 'gelu'"),
+    (lambda a: {**a, "backend": "tpu"}, "backend: expected one of"),
+    (lambda a: {**a, "backend": "cuda"}, "backend: 'cuda' needs CuPy arrays"),
+    (lambda a: {**a, "a1": None}, "a1: expected a real number"),
+])
+def test_bad_input_names_the_argument(arrays, mutate, match):
+    X, W1, W2, G = arrays
+    a = mutate({"X": X, "W1": W1.copy(), "W2": W2.copy(), "G": G, "lr": 0.1, "activation": "relu",
+                "backend": "reference", "a1": 1.0})
+    with pytest.raises(PyrgdError, match=match):
+        ops.wide_step(a["X"], a["W1"], a["W2"], a["G"], a["lr"], activation=a["activation"], a1=a["a1"],
+                      backend=a["backend"])
+
+
+def test_step_rejects_aliased_weights(rng):
+    X = rng.standard_normal((4, 5))
+    W = rng.standard_normal((5, 5))
+    with pytest.raises(PyrgdError, match="must not share memory"):
+        ops.wide_step(X, W, W, rng.standard_normal((4, 5)), 0.1, backend="reference")
+
+
+def test_gram_argument_pairs(arrays):
+    X, W1, W2, G = arrays
+    with pytest.raises(PyrgdError, match="give both"):
+        ops.wide_gram(X, W1, W2=W2, backend="reference")
+    K = ops.wide_gram(X, W1, activation="tanh", W2=W2, B2=G, backend="reference")
+    assert K.shape == (6, 6) and np.allclose(K, K.T)
