@@ -1,0 +1,199 @@
+"""The trainer: geometric convergence, stop rules, determinism, the auto step size, tracking, bad input."""
+import math
+import signal
+
+import numpy as np
+import pytest
+
+import pyrgd
+from pyrgd import PyramidalNet, PyrgdError
+from pyrgd.backends import reference as R
+from pyrgd.tail import tail_backward
+from pyrgd.train import _full_forward, estimate_lambda_max
+
+BACKENDS = ["reference", "cpu"]
+
+
+def problem(N=32, d=16, widths=(512, 8, 1), act="smooth_leaky_relu(0.2)", dtype="float64", seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, d)).astype(dtype)
+    Y = rng.standard_normal((N, widths[-1])).astype(dtype)
+    return PyramidalNet(d, list(widths), activation=act, seed=seed, dtype=dtype), X, Y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_converges_geometrically_in_float64(backend):
+    net, X, Y = problem()
+    r = pyrgd.train(net, X, Y, steps=3000, rel_tol=1e-10, track_every=100, backend=backend, progress=False)
+    assert r.status == "converged", r.message
+    loss = np.array(r.history["loss"])
+    assert loss[-1] <= 1e-10 * loss[0]
+    # geometric: after the first quarter, every window of 20 steps contracts by a comparable factor
+    k = len(loss)
+    logs = np.log(loss[k // 4:])
+    slopes = [(logs[i + 20] - logs[i]) / 20 for i in range(0, len(logs) - 20, 20)]
+    assert max(slopes) < 0 and max(slopes) / min(slopes) > 0.2
+    assert r.summary["median_factor"] < 1
+    assert r.summary["backend"] == backend
+
+
+def test_cpu_and_reference_trajectories_agree():
+    net, X, Y = problem(N=16, widths=(200, 6, 2))
+    a = pyrgd.train(net.copy(), X, Y, lr=0.01, steps=60, backend="reference", track_every=0, progress=False)
+    b = pyrgd.train(net.copy(), X, Y, lr=0.01, steps=60, backend="cpu", track_every=0, progress=False)
+    assert np.allclose(a.history["loss"], b.history["loss"], rtol=1e-10, atol=0)
+    for wa, wb in zip(a.net.weights, b.net.weights):
+        assert np.allclose(wa, wb, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeat_runs_are_bit_identical(backend):
+    net, X, Y = problem(N=16, widths=(200, 6, 1), dtype="float32")
+    runs = [pyrgd.train(net.copy(), X, Y, lr=0.01, steps=40, backend=backend, track_every=0, progress=False)
+            for _ in range(2)]
+    assert runs[0].history["loss"] == runs[1].history["loss"]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0].net.weights, runs[1].net.weights))
+
+
+def test_trains_in_place_and_returns_host_arrays():
+    net, X, Y = problem(N=8, widths=(64, 1))
+    w0 = net.weights[0].copy()
+    r = pyrgd.train(net, X, Y, lr=0.01, steps=5, backend="reference", track_every=0, progress=False)
+    assert r.net is net and not np.array_equal(net.weights[0], w0)
+    assert r.status == "max_steps" and r.summary["steps"] == 5 and len(r.history["loss"]) == 6
+    assert all(len(v) == 6 for v in r.history.values())
+
+
+def test_one_step_is_gradient_descent():
+    net, X, Y = problem(N=8, widths=(40, 4, 2), act="tanh")
+    W = [w.copy() for w in net.weights]
+    cache = _full_forward(X, W, net.activation, net.multipliers, "reference")
+    loss0, G, tail = tail_backward(cache, Y, W, net.activation, net.multipliers)
+    g1, g2 = R.gradients(X, W[0], W[1], G, net.activation, 1.0)
+    r = pyrgd.train(net, X, Y, lr=0.03, steps=1, backend="reference", track_every=0, progress=False)
+    for w, g, new in zip(W, [g1, g2] + tail, r.net.weights):
+        assert np.allclose(new, w - 0.03 * g, rtol=1e-13, atol=1e-15)
+    assert r.history["loss"][0] == pytest.approx(float(loss0), rel=1e-14)
+    assert r.history["grad_norm_3"][0] == pytest.approx(float(np.linalg.norm(tail[0])), rel=1e-12)
+    assert r.history["grad_norm_1"][0] == pytest.approx(float(np.linalg.norm(g1)), rel=1e-12)
+
+
+def test_stop_rules():
+    net, X, Y = problem(N=8, widths=(64, 4, 1))
+    r = pyrgd.train(net.copy(), X, Y, lr=1e3, steps=200, backend="reference", track_every=0, progress=False)
+    assert r.status == "diverged" and "smaller lr" in r.message
+    r = pyrgd.train(net.copy(), X, Y, lr=0.01, steps=10 ** 6, time_budget=0.3, backend="reference",
+                    track_every=0, progress=False)
+    assert r.status == "time_budget" and 0 < r.summary["steps"] < 10 ** 6
+    phi0 = r.history["loss"][0]
+    r = pyrgd.train(net.copy(), X, Y, lr=0.01, steps=10 ** 6, tol=0.5 * phi0, backend="reference",
+                    track_every=0, progress=False)
+    assert r.status == "converged" and r.history["loss"][-1] <= 0.5 * phi0 < r.history["loss"][-2]
+
+
+def test_ctrl_c_stops_at_a_step_boundary_and_writes_the_run(tmp_path, monkeypatch):
+    import pyrgd.ops as ops
+
+    net, X, Y = problem(N=8, widths=(64, 4, 1))
+    real_step, calls = ops.wide_step, []
+
+    def step_then_interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(ops, "wide_step", step_then_interrupt)
+    r = pyrgd.train(net, X, Y, lr=0.01, steps=1000, backend="reference", track_every=0, progress=False,
+                    out=tmp_path / "run")
+    assert r.status == "interrupted" and r.summary["steps"] == 5
+    assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "weights.npz").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_auto_lr_is_inverse_largest_ntk_eigenvalue():
+    net, X, _ = problem(N=12, d=5, widths=(60, 4, 1), act="tanh")
+    W, act, m = net.weights, net.activation, net.multipliers
+    F = _full_forward(X, W, act, m, "reference")[-1]
+    J = []
+    for i in range(X.shape[0]):  # explicit Jacobian, one backward pass per sample
+        u = np.zeros_like(F)
+        u[i, 0] = 1.0
+        cache = _full_forward(X, W, act, m, "reference")
+        _, G, tail = tail_backward(cache, F - u, W, act, m)
+        g1, g2 = R.gradients(X, W[0], W[1], G, act, 1.0)
+        J.append(np.concatenate([g.ravel() for g in [g1, g2] + tail]))
+    J = np.array(J)
+    lam = np.linalg.eigvalsh(J @ J.T)[-1]
+    assert estimate_lambda_max(X, W, act, m, "reference", iters=60) == pytest.approx(lam, rel=1e-4)
+    r = pyrgd.train(net, X, np.zeros((12, 1)) + 1.0, steps=0, backend="reference", track_every=0, progress=False)
+    assert r.lr == pytest.approx(1 / lam, rel=1e-2) and "lambda_max" in r.summary["lr_rule"]
+
+
+def test_tracking_certificates_match_direct_computation():
+    net, X, Y = problem(N=10, d=6, widths=(80, 5, 3), act="leaky_relu(0.2)")
+    r = pyrgd.train(net.copy(), X, Y, lr=0.005, steps=30, backend="reference", track_every=10, progress=False)
+    c = r.certificates
+    assert c["step"] == [0, 10, 20, 30]
+    # replay to step 10 and recompute from the weights
+    r10 = pyrgd.train(net.copy(), X, Y, lr=0.005, steps=10, backend="reference", track_every=0, progress=False)
+    W = r10.net.weights
+    F1 = net.activation.sigma(X @ W[0])
+    s_f1 = np.linalg.svd(F1, compute_uv=False)[-1]
+    s_w3 = np.linalg.svd(W[2], compute_uv=False)
+    assert c["sigma_min_F1"][1] == pytest.approx(s_f1, rel=1e-8)
+    assert c["sigma_min_W3"][1] == pytest.approx(s_w3[-1], rel=1e-12)
+    assert c["norm_W3"][1] == pytest.approx(s_w3[0], rel=1e-12)
+    assert c["mu"][1] == pytest.approx((s_f1 * 0.2 * s_w3[-1]) ** 2, rel=1e-8)
+    assert c["certified_factor"][1] == pytest.approx(1 - 0.005 * c["mu"][1], rel=1e-12)
+    assert c["dist_W2"][1] == pytest.approx(np.linalg.norm(W[1] - net.weights[1]), rel=1e-12)
+    assert c["dist_W1"][0] == 0.0
+
+
+def test_pl_inequality_holds_along_the_trajectory():
+    """||grad_{W2} Phi|| >= sqrt(2 mu_k Phi_k) at every tracked step (THEORY 4.1): an independent check of mu."""
+    net, X, Y = problem(N=16, d=8, widths=(256, 6, 4, 2), act="smooth_leaky_relu(0.3)")
+    r = pyrgd.train(net, X, Y, steps=200, backend="reference", track_every=20, progress=False)
+    for k, mu in zip(r.certificates["step"], r.certificates["mu"]):
+        assert mu > 0
+        if k < r.summary["steps"]:
+            assert r.history["grad_norm_2"][k] >= math.sqrt(2 * mu * r.history["loss"][k]) * (1 - 1e-9)
+
+
+def test_envelope_and_unavailable_certificates():
+    net, X, Y = problem(N=16, widths=(256, 6, 1), act="smooth_leaky_relu(0.2)")
+    r = pyrgd.train(net, X, Y, steps=100, backend="reference", track_every=10, progress=False)
+    env, loss = np.array(r.history["envelope"]), np.array(r.history["loss"])
+    assert env[0] == loss[0] and np.all(np.isfinite(env)) and np.all(np.diff(env) <= 0)
+    net, X, Y = problem(N=16, widths=(256, 6, 1), act="relu")  # no lower bound on relu' in a deep tail
+    r = pyrgd.train(net, X, Y, steps=20, backend="reference", track_every=10, progress=False)
+    assert all(math.isnan(m) for m in r.certificates["mu"]) and all(math.isnan(e) for e in r.history["envelope"])
+
+
+def test_warns_when_first_layer_is_narrow():
+    net, X, Y = problem(N=40, widths=(20, 1))
+    with pytest.warns(UserWarning, match="n_1 = 20 < N = 40"):
+        pyrgd.train(net, X, Y, lr=0.01, steps=1, backend="reference", track_every=0, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(X="x"), "X: expected a numpy.ndarray"),
+    (dict(X=np.zeros((8, 3))), r"X: expected shape \(any, 16\)"),
+    (dict(X=np.zeros((8, 16), dtype=np.float32)), "X: expected dtype float64"),
+    (dict(Y=np.zeros((7, 1))), r"Y: expected shape \(8, 1\)"),
+    (dict(Y=np.full((8, 1), np.nan)), "Y: contains NaN"),
+    (dict(lr=-1.0), "lr: expected a positive number"),
+    (dict(lr="fast"), "lr: expected a positive number or 'auto'"),
+    (dict(steps=-3), "steps: expected a non-negative integer"),
+    (dict(steps=2.5), "steps: expected a non-negative integer"),
+    (dict(track_every=-1), "track_every: expected a non-negative integer"),
+    (dict(backend="gpu"), "backend: expected one of"),
+    (dict(rel_tol=-1.0), "rel_tol: expected a non-negative number"),
+    (dict(net="net"), "net: expected a pyrgd.PyramidalNet"),
+])
+def test_bad_input(kwargs, match):
+    net, X, Y = problem(N=8, widths=(64, 4, 1))
+    args = dict(net=net, X=X, Y=Y, lr=0.01, steps=3, backend="reference", progress=False)
+    args.update(kwargs)
+    with pytest.raises(PyrgdError, match=match):
+        pyrgd.train(**args)
