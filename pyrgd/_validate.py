@@ -66,7 +66,7 @@ def check_float_array(name, a, ndim, *, dtype=None, xp=None, inplace=False, shap
                 f"(e.g. numpy.ascontiguousarray({name}, dtype=...)) and keep a reference to it"
             )
         a = mod.ascontiguousarray(a, dtype=base)
-    if inplace and not a.flags.writeable:
+    if inplace and not getattr(a.flags, "writeable", True):  # CuPy arrays have no such flag
         raise PyrgdError(f"{name}: is updated in place but is read-only")
     if not bool(mod.isfinite(a).all()):
         raise PyrgdError(f"{name}: contains NaN or infinite values")

@@ -110,6 +110,10 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
     a1 = check_scalar("a1", a1)
     if W1 is W2 or _shares_memory(xp, W1, W2):
         raise PyrgdError("W1, W2: must not share memory (both are updated in place)")
+    for name, a in (("X", X), ("G", G)):
+        for wname, w in (("W1", W1), ("W2", W2)):
+            if _shares_memory(xp, a, w):
+                raise PyrgdError(f"{name}, {wname}: must not share memory ({wname} is updated in place)")
     return get_backend(resolve_backend(backend, xp)).step(X, W1, W2, G, lr, act, a1, bool(next_forward))
 
 

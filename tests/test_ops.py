@@ -91,6 +91,13 @@ def test_step_rejects_aliased_weights(rng):
         ops.wide_step(X, W, W, rng.standard_normal((4, 5)), 0.1, backend="reference")
 
 
+def test_step_rejects_inputs_overlapping_weights(rng):
+    buf = rng.standard_normal((5, 5))
+    X, W1 = buf[:4], rng.standard_normal((5, 5))
+    with pytest.raises(PyrgdError, match="G, W2: must not share memory"):
+        ops.wide_step(X.copy(), W1, buf, buf[:4], 0.1, backend="reference")
+
+
 def test_gram_argument_pairs(arrays):
     X, W1, W2, G = arrays
     with pytest.raises(PyrgdError, match="give both"):

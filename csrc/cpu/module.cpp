@@ -1,0 +1,306 @@
+// pybind11 binding of the CPU kernels: the extension module pyrgd._cpu.
+//
+// The raw module checks its input itself (pyrgd.ops checks first, but calling pyrgd._cpu directly must never crash
+// the interpreter): arrays are taken as plain objects and never converted or copied (a silent copy of W1 would not
+// be updated in place); dtype, byte order, ndim, shape, C-contiguity, alignment, writeability (W1, W2 of step),
+// non-emptiness and memory overlap between what step writes and what it reads are checked, and a TypeError or
+// ValueError names the argument. The compute runs with the GIL released and touches no Python object meanwhile.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "wide_kernels.h"
+
+namespace py = pybind11;
+using pyrgd::cpu::WideShape;
+
+namespace {
+
+// numpy's NPY_ARRAY_ALIGNED flag
+constexpr int kAlignedFlag = 0x0100;
+
+enum class DType { f32, f64 };
+
+const char* dtype_name(DType t) { return t == DType::f32 ? "float32" : "float64"; }
+
+std::string type_name(const py::handle& o) { return py::str(py::type::handle_of(o).attr("__name__")); }
+
+py::array as_array(const py::object& o, const char* name) {
+  if (!py::isinstance<py::array>(o))
+    throw py::type_error(std::string(name) + ": expected a numpy.ndarray of float32 or float64, got " + type_name(o));
+  return py::reinterpret_borrow<py::array>(o);
+}
+
+bool native_order(char bo) {
+  if (bo == '=' || bo == '|') return true;
+  const std::uint16_t one = 1;
+  const bool little = *reinterpret_cast<const unsigned char*>(&one) == 1;
+  return little ? bo == '<' : bo == '>';
+}
+
+DType dtype_of(const py::array& a, const char* name) {
+  const py::dtype dt = a.dtype();
+  const std::string got = py::str(dt);
+  if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
+    throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " + got);
+  if (!native_order(dt.byteorder()))
+    throw py::type_error(std::string(name) + ": expected native byte order, got dtype " + got);
+  return dt.itemsize() == 4 ? DType::f32 : DType::f64;
+}
+
+// Check a 2-D operand; return it. `rows`/`cols` < 0: any size.
+py::array check_matrix(const py::object& o, const char* name, DType want, py::ssize_t rows, py::ssize_t cols,
+                       bool writeable, const char* shape_text) {
+  py::array a = as_array(o, name);
+  if (a.ndim() != 2)
+    throw py::value_error(std::string(name) + ": expected a 2-D array, got " + std::to_string(a.ndim()) + " dimensions");
+  const DType t = dtype_of(a, name);
+  if (t != want)
+    throw py::type_error(std::string(name) + ": expected dtype " + dtype_name(want) +
+                         " like X (all arrays of one call share one dtype), got " + dtype_name(t));
+  const py::ssize_t r = a.shape(0), c = a.shape(1);
+  if ((rows >= 0 && r != rows) || (cols >= 0 && c != cols))
+    throw py::value_error(std::string(name) + ": expected shape " + shape_text + ", got (" + std::to_string(r) + ", " +
+                          std::to_string(c) + ")");
+  if (r == 0 || c == 0)
+    throw py::value_error(std::string(name) + ": expected a non-empty array, got shape (" + std::to_string(r) + ", " +
+                          std::to_string(c) + ")");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array (numpy.ascontiguousarray)" +
+                          (writeable ? "; it is updated in place, so it cannot be copied silently" : ""));
+  if (!(a.flags() & kAlignedFlag)) throw py::value_error(std::string(name) + ": expected an aligned array");
+  if (writeable && !a.writeable())
+    throw py::value_error(std::string(name) + ": is updated in place but is read-only");
+  return a;
+}
+
+std::string dims(const char* a, py::ssize_t x, const char* b, py::ssize_t y) {
+  return std::string("(") + a + "=" + std::to_string(x) + ", " + b + "=" + std::to_string(y) + ")";
+}
+
+bool overlap(const py::array& a, const py::array& b) {
+  const auto pa = reinterpret_cast<std::uintptr_t>(a.data()), pb = reinterpret_cast<std::uintptr_t>(b.data());
+  return pa < pb + std::uintptr_t(b.nbytes()) && pb < pa + std::uintptr_t(a.nbytes());
+}
+
+double check_finite(double v, const char* name) {
+  if (!std::isfinite(v)) throw py::value_error(std::string(name) + ": expected a finite number, got " + std::to_string(v));
+  return v;
+}
+
+int check_act(int code) {
+  if (!pyrgd::cpu::is_activation_code(code))
+    throw py::value_error("act_code: unknown activation code " + std::to_string(code) +
+                          " (see pyrgd.activations.ACTIVATION_CODES)");
+  return code;
+}
+
+// X, W1 (and W2 when given) checked; the shape (N, d, n1, n2) returned (n2 = 0 without W2).
+struct Wide {
+  py::array X, W1, W2;
+  DType t;
+  WideShape s;
+};
+
+Wide check_wide(const py::object& X, const py::object& W1, const py::object* W2, bool inplace) {
+  Wide w;
+  py::array x = as_array(X, "X");
+  if (x.ndim() != 2)
+    throw py::value_error("X: expected a 2-D array (N, d), got " + std::to_string(x.ndim()) + " dimensions");
+  w.t = dtype_of(x, "X");
+  w.X = check_matrix(X, "X", w.t, -1, -1, false, "(N, d)");
+  const py::ssize_t N = w.X.shape(0), d = w.X.shape(1);
+  const std::string s1 = "(d, n1) " + std::string("with d=") + std::to_string(d);
+  w.W1 = check_matrix(W1, "W1", w.t, d, -1, inplace, s1.c_str());
+  const py::ssize_t n1 = w.W1.shape(1);
+  py::ssize_t n2 = 0;
+  if (W2) {
+    const std::string s2 = "(n1, n2) with n1=" + std::to_string(n1) + " (W1.shape[1])";
+    w.W2 = check_matrix(*W2, "W2", w.t, n1, -1, inplace, s2.c_str());
+    n2 = w.W2.shape(1);
+  }
+  w.s = WideShape{std::size_t(N), std::size_t(d), std::size_t(n1), std::size_t(n2)};
+  return w;
+}
+
+template <class T>
+py::array forward_t(const Wide& w, int act, double gamma, double a1) {
+  py::array_t<T> H({py::ssize_t(w.s.N), py::ssize_t(w.s.n2)});
+  const T* X = static_cast<const T*>(w.X.data());
+  const T* W1 = static_cast<const T*>(w.W1.data());
+  const T* W2 = static_cast<const T*>(w.W2.data());
+  T* h = H.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pyrgd::cpu::forward<T>(w.s, X, W1, W2, act, T(gamma), T(a1), h);
+  }
+  return std::move(H);
+}
+
+py::array forward(const py::object& X, const py::object& W1, const py::object& W2, int act_code, double gamma,
+                  double a1) {
+  const Wide w = check_wide(X, W1, &W2, false);
+  check_act(act_code);
+  check_finite(gamma, "gamma");
+  check_finite(a1, "a1");
+  return w.t == DType::f32 ? forward_t<float>(w, act_code, gamma, a1) : forward_t<double>(w, act_code, gamma, a1);
+}
+
+template <class T>
+py::tuple step_t(Wide& w, const py::array& G, double lr, int act, double gamma, double a1, bool next_forward) {
+  py::object Hobj = py::none();
+  T* h = nullptr;
+  if (next_forward) {
+    py::array_t<T> H({py::ssize_t(w.s.N), py::ssize_t(w.s.n2)});
+    h = H.mutable_data();
+    Hobj = std::move(H);
+  }
+  const T* X = static_cast<const T*>(w.X.data());
+  T* W1 = static_cast<T*>(w.W1.mutable_data());
+  T* W2 = static_cast<T*>(w.W2.mutable_data());
+  const T* g = static_cast<const T*>(G.data());
+  double q1 = 0.0, q2 = 0.0;
+  {
+    py::gil_scoped_release nogil;
+    pyrgd::cpu::step<T>(w.s, X, W1, W2, g, T(lr), act, T(gamma), T(a1), h, &q1, &q2);
+  }
+  return py::make_tuple(Hobj, q1, q2);
+}
+
+py::tuple step(const py::object& X, const py::object& W1, const py::object& W2, const py::object& G, double lr,
+               int act_code, double gamma, double a1, bool next_forward) {
+  Wide w = check_wide(X, W1, &W2, true);
+  const std::string sg = "(N, n2) = " + dims("N", py::ssize_t(w.s.N), "n2", py::ssize_t(w.s.n2));
+  const py::array g = check_matrix(G, "G", w.t, py::ssize_t(w.s.N), py::ssize_t(w.s.n2), false, sg.c_str());
+  check_act(act_code);
+  check_finite(lr, "lr");
+  check_finite(gamma, "gamma");
+  check_finite(a1, "a1");
+  if (overlap(w.W1, w.W2)) throw py::value_error("W1, W2: must not share memory (both are updated in place)");
+  const std::pair<const py::array*, const char*> inputs[] = {{&w.X, "X"}, {&g, "G"}};
+  for (const auto& in : inputs) {
+    if (overlap(*in.first, w.W1))
+      throw py::value_error(std::string(in.second) + ", W1: must not share memory (W1 is updated in place)");
+    if (overlap(*in.first, w.W2))
+      throw py::value_error(std::string(in.second) + ", W2: must not share memory (W2 is updated in place)");
+  }
+  return w.t == DType::f32 ? step_t<float>(w, g, lr, act_code, gamma, a1, next_forward)
+                           : step_t<double>(w, g, lr, act_code, gamma, a1, next_forward);
+}
+
+template <class T>
+py::array gram_t(const Wide& w, const py::array* B2, int act, double gamma, double a1) {
+  py::array_t<T> K({py::ssize_t(w.s.N), py::ssize_t(w.s.N)});
+  const T* X = static_cast<const T*>(w.X.data());
+  const T* W1 = static_cast<const T*>(w.W1.data());
+  const T* W2 = B2 ? static_cast<const T*>(w.W2.data()) : nullptr;
+  const T* b2 = B2 ? static_cast<const T*>(B2->data()) : nullptr;
+  T* k = K.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pyrgd::cpu::gram<T>(w.s, X, W1, W2, b2, act, T(gamma), T(a1), k);
+  }
+  return std::move(K);
+}
+
+py::array gram(const py::object& X, const py::object& W1, const py::object& W2, const py::object& B2, int act_code,
+               double gamma, double a1) {
+  if (W2.is_none() != B2.is_none())
+    throw py::value_error("W2, B2: give both (for B1 B1^T) or neither (for F1 F1^T)");
+  const bool backward = !B2.is_none();
+  const Wide w = check_wide(X, W1, backward ? &W2 : nullptr, false);
+  py::array b2;
+  if (backward) {
+    const std::string sb = "(N, n2) = " + dims("N", py::ssize_t(w.s.N), "n2", py::ssize_t(w.s.n2));
+    b2 = check_matrix(B2, "B2", w.t, py::ssize_t(w.s.N), py::ssize_t(w.s.n2), false, sb.c_str());
+  }
+  check_act(act_code);
+  check_finite(gamma, "gamma");
+  check_finite(a1, "a1");
+  const py::array* pb = backward ? &b2 : nullptr;
+  return w.t == DType::f32 ? gram_t<float>(w, pb, act_code, gamma, a1) : gram_t<double>(w, pb, act_code, gamma, a1);
+}
+
+py::dict build_info() {
+  py::dict info;
+#if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+  info["compiler"] = std::string("msvc ") + std::to_string(_MSC_FULL_VER);
+#else
+  info["compiler"] = std::string("unknown");
+#endif
+  info["openmp"] = pyrgd::cpu::openmp_enabled();
+#ifdef _OPENMP
+  info["openmp_version"] = int(_OPENMP);
+#else
+  info["openmp_version"] = py::none();
+#endif
+  info["max_threads"] = pyrgd::cpu::get_num_threads();
+  info["block_size"] = int(pyrgd::cpu::kBlock);
+  info["super_blocks"] = int(pyrgd::cpu::kSuperBlocks);
+  info["row_chunk"] = int(pyrgd::cpu::kRowChunk);
+  info["gram_panel_elems"] = py::int_(pyrgd::cpu::kGramPanelElems);
+  py::list isa;
+#ifdef __SSE4_1__
+  isa.append("sse4.1");
+#endif
+#ifdef __AVX__
+  isa.append("avx");
+#endif
+#ifdef __AVX2__
+  isa.append("avx2");
+#endif
+#ifdef __FMA__
+  isa.append("fma");
+#endif
+#ifdef __AVX512F__
+  isa.append("avx512f");
+#endif
+#ifdef __ARM_FEATURE_SVE
+  isa.append("sve");
+#endif
+  info["isa_extensions"] = isa;
+  // The ISA macros above are defined only when -march/-m flags select more than the platform's baseline.
+  info["march"] = py::len(isa) > 0;
+#ifdef __FAST_MATH__
+  info["fast_math"] = true;
+#else
+  info["fast_math"] = false;
+#endif
+  info["dtypes"] = py::make_tuple("float32", "float64");
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() =
+      "pyrgd's fused C++ CPU kernels of the wide first layer (OpenMP). Shapes: X (N, d), W1 (d, n1), W2 (n1, n2), "
+      "G and B2 (N, n2); all C-contiguous float32 or float64 of one dtype. Use pyrgd.ops for the checked public API.";
+  m.def("forward", &forward, py::arg("X"), py::arg("W1"), py::arg("W2"), py::arg("act_code"), py::arg("gamma") = 0.0,
+        py::arg("a1") = 1.0, "H (N, n2) = a1 sigma(X W1) W2, streamed over blocks of neurons.");
+  m.def("step", &step, py::arg("X"), py::arg("W1"), py::arg("W2"), py::arg("G"), py::arg("lr"), py::arg("act_code"),
+        py::arg("gamma") = 0.0, py::arg("a1") = 1.0, py::arg("next_forward") = false,
+        "One GD step of the wide layer given G = dPhi/dH: W1, W2 updated in place. Returns (H_next or None, "
+        "||dPhi/dW1||_F^2, ||dPhi/dW2||_F^2), the norms at the weights before the update.");
+  m.def("gram", &gram, py::arg("X"), py::arg("W1"), py::arg("W2") = py::none(), py::arg("B2") = py::none(),
+        py::arg("act_code") = 0, py::arg("gamma") = 0.0, py::arg("a1") = 1.0,
+        "K (N, N) = F F^T with F = a1 sigma(X W1), or with F = a1 (B2 W2^T) (.) sigma'(X W1) when W2 and B2 are "
+        "given.");
+  m.def("get_num_threads", &pyrgd::cpu::get_num_threads, "Threads the kernels use.");
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 0 || n > 4096) throw py::value_error("n: expected 0 (OpenMP's default) or 1..4096 threads");
+        pyrgd::cpu::set_num_threads(n);
+      },
+      py::arg("n"), "Threads the kernels use from now on (process-wide); 0 restores OpenMP's default.");
+  m.def("build_info", &build_info, "How this module was built: compiler, OpenMP, block size, ISA flags.");
+  m.attr("BLOCK_SIZE") = int(pyrgd::cpu::kBlock);
+}

@@ -1,0 +1,432 @@
+"""CUDA backend of the wide-layer operations: CuPy RawModule over csrc/cuda/wide_layer.cu.
+
+The kernels are real ``.cu`` files, read at run time and compiled through NVRTC by CuPy (whose disk cache keeps the
+compiled modules across processes), one module per (dtype, activation), cached per device in this process. Shapes,
+strides, ``a1``, ``gamma`` and ``lr`` are kernel arguments: a new shape never recompiles. Signatures and semantics as
+in :mod:`pyrgd.backends` (arrays already validated by :mod:`pyrgd.ops`: C-contiguous, one dtype, finite):
+
+- :func:`forward` -- H = a1 sigma(X W1) W2, one kernel launch; nothing N x n1 is stored.
+- :func:`step` -- one fused kernel: each block owns a tile of neurons, sweeps the rows, accumulates the tile's
+  gradients and updates W1[:, tile] and W2[tile, :] in place (no atomics, no d x n1 gradient buffer: a scratch of
+  ST (d + n2) elements per resident block). ``next_forward=True`` is implemented as a forward launch after the step
+  (same result as accumulating it in the step's sweep; one more pass over X). The only device-to-host transfer of
+  a step is the two squared gradient norms, returned as Python floats.
+- :func:`gram` -- loops over chunks of neurons on the host: a kernel writes F_chunk (N x c, at most
+  ``_GRAM_CHUNK_BYTES``), cuBLAS adds F_chunk F_chunk^T into K.
+
+Everything is deterministic: the same inputs give the same bits run after run (fixed-order sums, no float atomics;
+cuBLAS GEMM is reproducible on one GPU model with its default atomics mode).
+
+The module imports without CuPy; :func:`available` then says why it cannot run. :data:`ACTIVATION_STRUCTS` and
+:func:`name_expressions` are the single list of kernel instantiations used both here and by
+:mod:`pyrgd.nvrtc_check`.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable, PyrgdError
+from . import StepResult
+
+name = "cuda"
+
+#: activation name (pyrgd.activations) -> struct of csrc/include/pyrgd/activations.h
+ACTIVATION_STRUCTS = {
+    "relu": "Relu",
+    "leaky_relu": "LeakyRelu",
+    "smooth_leaky_relu": "SmoothLeakyRelu",
+    "softplus": "Softplus",
+    "tanh": "Tanh",
+    "erf": "Erf",
+    "identity": "Identity",
+}
+#: numpy dtype name -> C++ scalar type
+SCALAR_TYPES = {"float32": "float", "float64": "double"}
+#: the .cu files of csrc/cuda that hold the kernels (the NVRTC check compiles every .cu found there)
+KERNEL_FILE = "wide_layer.cu"
+#: kernels templated on <T, Activation>
+_ACT_KERNELS = (
+    "pyrgd::cuda::wide_forward_kernel",
+    "pyrgd::cuda::wide_step_kernel",
+    "pyrgd::cuda::wide_features_kernel",
+    "pyrgd::cuda::wide_backward_features_kernel",
+)
+_SUM_PAIRS = "pyrgd_sum_pairs"
+_TILE_CONFIG = "pyrgd::cuda::tile_config_kernel"
+#: every kernel of a block has this many threads (checked against tile_config_kernel)
+THREADS = 256
+#: largest size accepted along any axis (indices inside the kernels are 32-bit with margin for one tile)
+MAX_DIM = 2**31 - 1 - 4096
+
+# Test and tuning knobs (module globals on purpose: tests set them through monkeypatch).
+#: fill every buffer the backend allocates with NaN before a kernel writes it (tests: unwritten outputs show)
+_POISON = False
+#: upper bound on the blocks of a step launch (None: 2 per multiprocessor); results do not depend on it
+_STEP_GRID_LIMIT = None
+#: size bound of the F chunk buffer of gram()
+_GRAM_CHUNK_BYTES = 64 * 2**20
+
+_AVAILABLE = None  # cached (ok, reason) of available()
+_MODULES = {}  # (device id, dtype name, activation name) -> (RawModule, tile config dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources, options and name expressions (no CuPy needed)
+
+
+def source_dirs() -> tuple[Path, Path]:
+    """(folder of the .cu files, include folder holding pyrgd/activations.h).
+
+    The installed package's copy (pyrgd/_csrc/cuda, pyrgd/_csrc/include) is preferred, then the source tree
+    (<repo>/csrc/cuda, <repo>/csrc/include). Raises BackendUnavailable when neither holds the kernels.
+    """
+    pkg = Path(__file__).resolve().parents[1]
+    for cuda_dir, inc_dir in (
+        (pkg / "_csrc" / "cuda", pkg / "_csrc" / "include"),
+        (pkg.parent / "csrc" / "cuda", pkg.parent / "csrc" / "include"),
+    ):
+        if (cuda_dir / KERNEL_FILE).is_file() and (inc_dir / "pyrgd" / "activations.h").is_file():
+            return cuda_dir, inc_dir
+    raise BackendUnavailable(
+        f"the CUDA kernel sources were not found (looked for {pkg / '_csrc' / 'cuda' / KERNEL_FILE} and "
+        f"{pkg.parent / 'csrc' / 'cuda' / KERNEL_FILE}); reinstall pyrgd"
+    )
+
+
+def compile_options(cuda_dir: Path, include_dir: Path) -> tuple[str, ...]:
+    """NVRTC options shared by the backend and the compile check (the check adds --gpu-architecture)."""
+    return ("-std=c++17", f"-I{include_dir}", f"-I{cuda_dir}")
+
+
+def header_digest(cuda_dir: Path, include_dir: Path) -> str:
+    """SHA-256 over the headers the kernels include: part of the source text, so that CuPy's disk cache (keyed on
+    the source text and options, not on included files) recompiles when a header changes."""
+    h = hashlib.sha256()
+    for p in sorted(cuda_dir.glob("*.cuh")) + sorted((include_dir / "pyrgd").glob("*.h")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def load_source(path: Path, digest: str = "") -> str:
+    """Text of a .cu file as compiled: a comment with the header digest, then ``#line 1 "<absolute path>"`` so that
+    compiler messages name the file and its own line numbers."""
+    path = Path(path).resolve()
+    text = path.read_text(encoding="utf-8")
+    quoted = str(path).replace("\\", "/").replace('"', '\\"')
+    return f"// pyrgd kernel source, headers sha256 {digest or 'n/a'}\n#line 1 \"{quoted}\"\n{text}"
+
+
+def name_expressions(dtype_name: str, activation_name: str) -> list[str]:
+    """NVRTC name expressions of every kernel of the module for (dtype, activation)."""
+    T = SCALAR_TYPES[dtype_name]
+    A = f"pyrgd::act::{ACTIVATION_STRUCTS[activation_name]}"
+    return [f"{k}<{T}, {A}>" for k in _ACT_KERNELS] + [f"{_TILE_CONFIG}<{T}>", _SUM_PAIRS]
+
+
+def all_name_expressions() -> list[str]:
+    """Every name expression of every (dtype, activation) module, without repeats, in a fixed order."""
+    out = []
+    for dt in SCALAR_TYPES:
+        for act in ACTIVATION_STRUCTS:
+            for e in name_expressions(dt, act):
+                if e not in out:
+                    out.append(e)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Availability and device information
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def available() -> tuple[bool, str]:
+    """(True, description) when CuPy, a CUDA device and the kernel sources are present; else (False, why). Never
+    raises. The answer is cached for the process."""
+    global _AVAILABLE
+    if _AVAILABLE is not None:
+        return _AVAILABLE
+    try:
+        cp = _cupy()
+    except Exception as e:  # ImportError, or a broken CuPy install raising anything
+        _AVAILABLE = (False, f"CuPy is not installed or fails to import ({type(e).__name__}: {e})")
+        return _AVAILABLE
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        _AVAILABLE = (False, f"the CUDA driver or runtime failed ({type(e).__name__}: {e})")
+        return _AVAILABLE
+    if count < 1:
+        _AVAILABLE = (False, "no CUDA device is visible")
+        return _AVAILABLE
+    try:
+        source_dirs()
+    except BackendUnavailable as e:
+        _AVAILABLE = (False, str(e))
+        return _AVAILABLE
+    try:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        gpu = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception as e:
+        _AVAILABLE = (False, f"the CUDA device cannot be queried ({type(e).__name__}: {e})")
+        return _AVAILABLE
+    _AVAILABLE = (True, f"CuPy {cp.__version__} on {gpu} ({count} device(s))")
+    return _AVAILABLE
+
+
+def device_info(compile_all: bool = False) -> dict:
+    """What ``pyrgd info`` prints about CUDA: availability, GPU name, compute capability, multiprocessors, CUDA
+    runtime and driver versions, CuPy version, and whether the kernels compile (the relu modules of both dtypes, or
+    every module with ``compile_all``). Never raises."""
+    ok, why = available()
+    info = {"available": ok, "reason": why}
+    if not ok:
+        return info
+    cp = _cupy()
+    try:
+        dev = cp.cuda.Device()
+        props = cp.cuda.runtime.getDeviceProperties(dev.id)
+        nm = props["name"]
+        info.update(
+            device_id=dev.id,
+            name=nm.decode() if isinstance(nm, bytes) else str(nm),
+            compute_capability=str(dev.compute_capability),
+            multiprocessors=int(props["multiProcessorCount"]),
+            total_memory_bytes=int(props["totalGlobalMem"]),
+            cuda_runtime_version=_fmt_cuda_version(cp.cuda.runtime.runtimeGetVersion()),
+            cuda_driver_version=_fmt_cuda_version(cp.cuda.runtime.driverGetVersion()),
+            cupy_version=cp.__version__,
+        )
+    except Exception as e:
+        info["device_error"] = f"{type(e).__name__}: {e}"
+    acts = list(ACTIVATION_STRUCTS) if compile_all else ["relu"]
+    try:
+        for dt in SCALAR_TYPES:
+            for act in acts:
+                _module(np.dtype(dt), act)
+        info["kernels_compile"] = True
+    except Exception as e:
+        info["kernels_compile"] = False
+        info["compile_error"] = f"{type(e).__name__}: {e}"
+    return info
+
+
+def _fmt_cuda_version(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modules
+
+
+def _module(dtype, act_name: str):
+    """(RawModule, tiles) for (dtype, activation) on the current device, compiled on first use."""
+    cp = _cupy()
+    dtype = np.dtype(dtype)
+    dev = cp.cuda.Device().id
+    key = (dev, dtype.name, act_name)
+    hit = _MODULES.get(key)
+    if hit is not None:
+        return hit
+    cuda_dir, inc_dir = source_dirs()
+    src = load_source(cuda_dir / KERNEL_FILE, header_digest(cuda_dir, inc_dir))
+    exprs = name_expressions(dtype.name, act_name)
+    try:
+        mod = cp.RawModule(code=src, options=compile_options(cuda_dir, inc_dir), name_expressions=exprs)
+        cfg_kernel = mod.get_function(f"{_TILE_CONFIG}<{SCALAR_TYPES[dtype.name]}>")
+    except cp.cuda.compiler.CompileException as e:  # pragma: no cover - the NVRTC check guards against this
+        raise BackendUnavailable(f"the CUDA kernels failed to compile for {dtype.name}/{act_name}:\n{e}") from e
+    out = cp.zeros(8, dtype=np.int32)
+    cfg_kernel((1,), (32,), (out,))
+    v = [int(x) for x in out.get()]
+    tiles = dict(FM=v[0], FN=v[1], FT=v[2], SM=v[3], ST=v[4], SC=v[5])
+    if v[6] != THREADS or v[7] != dtype.itemsize:
+        raise BackendUnavailable(f"CUDA kernel configuration mismatch: threads {v[6]}, sizeof(T) {v[7]}")
+    _MODULES[key] = (mod, tiles)
+    return mod, tiles
+
+
+def _kernel(mod, kname: str, dtype, act_name: str):
+    T = SCALAR_TYPES[np.dtype(dtype).name]
+    A = f"pyrgd::act::{ACTIVATION_STRUCTS[act_name]}"
+    return mod.get_function(f"{kname}<{T}, {A}>")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _empty(shape, dtype):
+    cp = _cupy()
+    a = cp.empty(shape, dtype=dtype)
+    if _POISON:
+        a.fill(np.nan)
+    return a
+
+
+def _check_cuda_args(**arrays):
+    """Same device for every array, and sizes the kernels' 32-bit indices can hold."""
+    dev = None
+    first = None
+    for nm, a in arrays.items():
+        if a is None:
+            continue
+        if not hasattr(a, "device"):
+            raise PyrgdError(f"{nm}: expected a cupy.ndarray, got {type(a).__name__}")
+        if dev is None:
+            dev, first = a.device.id, nm
+        elif a.device.id != dev:
+            raise PyrgdError(f"{nm}: is on GPU {a.device.id} but {first} is on GPU {dev}; put all arrays on one GPU")
+        for ax, s in enumerate(a.shape):
+            if s > MAX_DIM:
+                raise PyrgdError(f"{nm}: axis {ax} has {s} elements; the CUDA backend handles at most {MAX_DIM}")
+    return dev
+
+
+def _scalar(dtype, v):
+    return np.dtype(dtype).type(v)
+
+
+def _ld(a):
+    return np.int64(a.strides[0] // a.itemsize)
+
+
+def _sm_count(cp) -> int:
+    return int(cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Operations
+
+
+def _launch_forward(cp, mod, tiles, X, W1, W2, act, a1):
+    N, d = X.shape
+    n1, n2 = W2.shape
+    gx, gy = -(-N // tiles["FM"]), -(-n2 // tiles["FN"])
+    if gy > 65535:
+        raise PyrgdError(f"W2: n2 = {n2} columns is more than the CUDA backend handles ({65535 * tiles['FN']})")
+    H = _empty((N, n2), X.dtype)
+    k = _kernel(mod, "pyrgd::cuda::wide_forward_kernel", X.dtype, act.name)
+    s = lambda v: _scalar(X.dtype, v)  # noqa: E731
+    k(
+        (gx, gy, 1),
+        (THREADS, 1, 1),
+        (X, W1, W2, H, np.int32(N), np.int32(d), np.int32(n1), np.int32(n2),
+         _ld(X), _ld(W1), _ld(W2), _ld(H), s(a1), s(act.gamma)),
+    )
+    return H
+
+
+def forward(X, W1, W2, act, a1):
+    """H = a1 sigma(X W1) W2 (N, n2), a new CuPy array on the arrays' device."""
+    cp = _cupy()
+    dev = _check_cuda_args(X=X, W1=W1, W2=W2)
+    with cp.cuda.Device(dev):
+        mod, tiles = _module(X.dtype, act.name)
+        return _launch_forward(cp, mod, tiles, X, W1, W2, act, a1)
+
+
+def step(X, W1, W2, G, lr, act, a1, next_forward):
+    """One GD step of the wide layer; W1 and W2 are updated in place. See :mod:`pyrgd.backends`.
+
+    ``next_forward=True`` runs a forward launch on the updated weights after the step kernel.
+    """
+    cp = _cupy()
+    dev = _check_cuda_args(X=X, W1=W1, W2=W2, G=G)
+    with cp.cuda.Device(dev):
+        mod, tiles = _module(X.dtype, act.name)
+        N, d = X.shape
+        n1, n2 = W2.shape
+        ST, SM = tiles["ST"], tiles["SM"]
+        num_tiles = -(-n1 // ST)
+        limit = _STEP_GRID_LIMIT if _STEP_GRID_LIMIT is not None else 2 * _sm_count(cp)
+        grid = max(1, min(num_tiles, int(limit)))
+        # running gradients: ST (d + n2) per block, used only when there is more than one row tile
+        scratch = _empty((grid * ST * (d + n2),) if N > SM else (1,), X.dtype)
+        sq = _empty((2 * num_tiles,), np.float64)
+        total = _empty((2,), np.float64)
+        s = lambda v: _scalar(X.dtype, v)  # noqa: E731
+        k = _kernel(mod, "pyrgd::cuda::wide_step_kernel", X.dtype, act.name)
+        k(
+            (grid, 1, 1),
+            (THREADS, 1, 1),
+            (X, W1, W2, G, np.int32(N), np.int32(d), np.int32(n1), np.int32(n2),
+             _ld(X), _ld(W1), _ld(W2), _ld(G), s(a1), s(act.gamma), s(lr), scratch, sq),
+        )
+        mod.get_function(_SUM_PAIRS)((1, 1, 1), (THREADS, 1, 1), (sq, np.int32(num_tiles), total))
+        H_next = _launch_forward(cp, mod, tiles, X, W1, W2, act, a1) if next_forward else None
+        g1, g2 = total.get()  # the step's one device-to-host transfer (synchronizes)
+    return StepResult(H_next, float(g1), float(g2))
+
+
+def gram(X, W1, act, a1, W2=None, B2=None):
+    """K (N, N) = F F^T with F = a1 sigma(X W1), or F = a1 (B2 W2^T) (.) sigma'(X W1) when B2 and W2 are given.
+
+    F is never stored whole: chunks of c neurons (N x c at most ``_GRAM_CHUNK_BYTES``) are written by a kernel and
+    added into K by cuBLAS (K = F_c F_c^T for the first chunk, K += F_c F_c^T after).
+    """
+    cp = _cupy()
+    if (W2 is None) != (B2 is None):
+        raise PyrgdError("W2, B2: give both (for the backward Gram B1 B1^T) or neither (for F1 F1^T)")
+    dev = _check_cuda_args(X=X, W1=W1, W2=W2, B2=B2)
+    with cp.cuda.Device(dev):
+        mod, tiles = _module(X.dtype, act.name)
+        N, d = X.shape
+        n1 = W1.shape[1]
+        SM, ST = tiles["SM"], tiles["ST"]
+        item = X.dtype.itemsize
+        c = max(ST, (_GRAM_CHUNK_BYTES // (N * item)) // ST * ST)
+        c = min(c, 65535 * ST, ST * -(-n1 // ST))
+        buf = _empty((N * min(c, n1),), X.dtype)
+        K = _empty((N, N), X.dtype)
+        s = lambda v: _scalar(X.dtype, v)  # noqa: E731
+        if B2 is None:
+            k = _kernel(mod, "pyrgd::cuda::wide_features_kernel", X.dtype, act.name)
+        else:
+            k = _kernel(mod, "pyrgd::cuda::wide_backward_features_kernel", X.dtype, act.name)
+            n2 = W2.shape[1]
+        gx = -(-N // SM)
+        for jb in range(0, n1, c):
+            je = min(n1, jb + c)
+            cc = je - jb
+            F = buf[: N * cc].reshape(N, cc)
+            grid = (gx, -(-cc // ST), 1)
+            if B2 is None:
+                args = (X, W1, F, np.int32(N), np.int32(d), np.int32(n1), _ld(X), _ld(W1),
+                        np.int32(jb), np.int32(je), np.int64(cc), s(a1), s(act.gamma))
+            else:
+                args = (X, W1, W2, B2, F, np.int32(N), np.int32(d), np.int32(n1), np.int32(n2),
+                        _ld(X), _ld(W1), _ld(W2), _ld(B2), np.int32(jb), np.int32(je), np.int64(cc),
+                        s(a1), s(act.gamma))
+            k(grid, (THREADS, 1, 1), args)
+            _add_outer(cp, F, K, beta=0.0 if jb == 0 else 1.0)
+    return K
+
+
+def _cublas_gemm():
+    """cupy.cublas.gemm (a submodule CuPy does not import by itself), or None where this CuPy lacks it."""
+    try:
+        import cupy.cublas
+
+        return getattr(cupy.cublas, "gemm", None)
+    except Exception:  # pragma: no cover - very old CuPy
+        return None
+
+
+def _add_outer(cp, F, K, beta):
+    """K = F F^T + beta K in one cuBLAS GEMM (beta 0: K is not read, it may hold anything)."""
+    gemm = _cublas_gemm()
+    if gemm is not None:
+        gemm("N", "T", F, F, out=K, alpha=1.0, beta=beta)
+    elif beta == 0.0:  # pragma: no cover - CuPy without cupy.cublas.gemm: same sums, one more N x N pass
+        cp.matmul(F, F.T, out=K)
+    else:  # pragma: no cover
+        K += F @ F.T

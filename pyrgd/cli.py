@@ -1,0 +1,241 @@
+"""The command line: ``pyrgd train`` and ``pyrgd info`` (also ``python -m pyrgd``).
+
+Exit codes: 0 converged, max_steps or time budget reached; 1 diverged; 130 interrupted (Ctrl-C); 2 bad input
+(one line ``pyrgd: error: ...`` on stderr, no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+import warnings
+
+from .errors import BackendUnavailable, PyrgdError
+
+__all__ = ["main", "build_parser", "EXIT_CODES"]
+
+#: exit code per training status
+EXIT_CODES = {"converged": 0, "max_steps": 0, "time_budget": 0, "diverged": 1, "interrupted": 130}
+EXIT_BAD_INPUT = 2
+
+#: convenience flags of ``pyrgd train``: (flag, destination, config keys it sets, help)
+_FLAG_KEYS = (
+    ("--N", "N", ("data.N",), "number of samples"),
+    ("--d", "d", ("data.d",), "input dimension (synthetic data)"),
+    ("--widths", "widths", ("model.widths",), "layer widths n_1,...,n_L, e.g. 1024,16,1"),
+    ("--activation", "activation", ("model.activation",), "e.g. relu, tanh, smooth_leaky_relu(0.2)"),
+    ("--init", "init", ("model.init",), "initialization scheme (lecun, he, xavier, normal, ...)"),
+    ("--lr", "lr", ("train.lr",), "step size: a number or auto"),
+    ("--steps", "steps", ("train.steps",), "most GD steps"),
+    ("--rel-tol", "rel_tol", ("train.rel_tol",), "stop when loss/initial loss <= REL_TOL"),
+    ("--tol", "tol", ("train.tol",), "stop when loss <= TOL"),
+    ("--track-every", "track_every", ("train.track_every",), "steps between certificate evaluations"),
+    ("--time-budget", "time_budget", ("train.time_budget",), "most seconds of training (0: none)"),
+    ("--backend", "backend", ("train.backend",), "auto, cpu, reference or cuda"),
+    ("--dtype", "dtype", ("model.dtype",), "float32 or float64"),
+    ("--seed", "seed", ("data.seed", "model.seed"), "seed of the data and of the initial weights"),
+)
+
+
+class _UsageError(Exception):
+    """A bad command line (argparse's complaint), reported in one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage and exit; we want one line
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+
+    p = _Parser(prog="pyrgd", description="Full-batch gradient descent for deep networks with one wide first layer "
+                                          "and a pyramidal tail.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a network and write a run folder",
+                       description="Train a network. Config values: defaults < --preset < --config < flags and --set. "
+                                   "Exit code 0 converged or stopped at a limit, 1 diverged, 130 interrupted, "
+                                   "2 bad input.")
+    t.add_argument("--preset", metavar="NAME", help=f"start from a preset ({', '.join(PRESETS)})")
+    t.add_argument("--config", metavar="FILE.toml", help="a TOML config with [data], [model] and [train] tables")
+    t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<UTC time>-<preset or config name>)")
+    t.add_argument("--json", action="store_true", help="print only the summary as JSON on stdout")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="set any config key, e.g. --set model.init=he --set data.inputs=gaussian (repeatable)")
+    g = t.add_argument_group("shortcuts for config keys")
+    for flag, dest, keys, help_text in _FLAG_KEYS:
+        g.add_argument(flag, dest=dest, metavar=dest.upper(), help=f"{help_text} ({', '.join(keys)})")
+
+    i = sub.add_parser("info", help="versions and which backends work on this machine")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+# --------------------------------------------------------------------------------------------- train
+def _overrides(args) -> dict:
+    from .config import coerce_value, parse_assignment
+
+    over: dict = {}
+    for _flag, dest, keys, _help in _FLAG_KEYS:
+        text = getattr(args, dest)
+        if text is None:
+            continue
+        for dotted in keys:
+            table, key = dotted.split(".")
+            over.setdefault(table, {})[key] = coerce_value(table, key, text)
+    for item in args.sets:  # --set comes last and wins over the shortcut flags
+        table, key, value = parse_assignment(item)
+        over.setdefault(table, {})[key] = value
+    return over
+
+
+def _default_out(args) -> str:
+    if args.config:
+        name = os.path.splitext(os.path.basename(args.config))[0]
+    else:
+        name = args.preset or "default"
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = os.path.join("runs", f"{stamp}-{name}")
+    out, n = base, 2
+    while os.path.exists(out):
+        out, n = f"{base}-{n}", n + 1
+    return out
+
+
+def _make_out(out: str) -> bool:
+    """Create the run folder now, so that a bad --out fails before training; True when this call created it."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PyrgdError(f"--out: {out} exists and is not a folder")
+    created = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise PyrgdError(f"--out: cannot create the run folder {out}: {e.strerror or e}") from None
+    return created
+
+
+def _remove_if_empty(out: str) -> None:
+    try:
+        if not os.listdir(out):
+            os.rmdir(out)
+    except OSError:
+        pass
+
+
+def _fmt(v, spec=".4g", missing="n/a"):
+    if v is None:
+        return missing
+    try:
+        return format(float(v), spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _human_summary(s: dict, out: str) -> str:
+    lines = [
+        f"status        {s.get('status', '?')}: {s.get('message', '')}".rstrip(),
+        f"steps         {s.get('steps', 'n/a')}",
+        f"loss          {_fmt(s.get('initial_loss'), '.6g')} -> {_fmt(s.get('final_loss'), '.6g')} "
+        f"(relative {_fmt(s.get('relative_loss'), '.3g')})",
+        f"median factor {_fmt(s.get('median_factor'), '.6g')}",
+        f"wall time     {_fmt(s.get('wall_time_s'), '.3g')} s "
+        f"(GD steps {_fmt(s.get('step_time_s'), '.3g')} s, tracking {_fmt(s.get('tracking_time_s'), '.3g')} s)",
+        f"setup         backend {s.get('backend', '?')}, {s.get('dtype', '?')}, lr {_fmt(s.get('lr'), '.4g')}"
+        + (f" ({s['lr_rule']})" if s.get("lr_rule") else ""),
+        f"run folder    {out}",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_train(args) -> int:
+    from . import config as C
+    from .runio import json_safe
+
+    file_cfg = C.load_config(args.config) if args.config else None
+    cfg = C.resolve_config(preset=args.preset, file_cfg=file_cfg, overrides=_overrides(args))
+    if args.print_config:
+        sys.stdout.write(C.dump_config(cfg))
+        return 0
+    net, X, Y, kwargs = C.build(cfg)
+    out = args.out if args.out else _default_out(args)
+    created = _make_out(out)
+    try:
+        from .train import train
+
+        result = train(net, X, Y, progress=not args.no_progress, out=out, config=cfg, **kwargs)
+    except BaseException:  # nothing was trained (bad backend, ...): leave no empty run folder behind
+        if created:
+            _remove_if_empty(out)
+        raise
+    summary = dict(result.summary)
+    if args.json:
+        summary.setdefault("run_folder", out)
+        sys.stdout.write(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    else:
+        print(_human_summary(summary, out))
+    sys.stdout.flush()
+    return EXIT_CODES.get(result.status, 1)
+
+
+# --------------------------------------------------------------------------------------------- info
+def _cmd_info(args) -> int:
+    from .info import collect_info, format_info
+
+    d = collect_info()
+    if args.json:
+        sys.stdout.write(json.dumps(d, indent=2, default=str) + "\n")
+    else:
+        print(format_info(d))
+    return 0
+
+
+def _error(msg: str) -> int:
+    msg = " ".join(str(msg).split())  # one line, whatever the message held
+    print(f"pyrgd: error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"pyrgd: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """Run the command line with ``argv`` (default sys.argv[1:]); returns the exit code."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line per warning, no source line
+        return _main(argv)
+
+
+def _main(argv) -> int:
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help and --version exit through argparse
+            return int(e.code or 0) if not isinstance(e.code, str) else _error(e.code)
+        if args.command == "train":
+            return _cmd_train(args)
+        return _cmd_info(args)
+    except _UsageError as e:
+        return _error(str(e))
+    except (PyrgdError, BackendUnavailable) as e:
+        return _error(str(e))
+    except KeyboardInterrupt:
+        print("pyrgd: interrupted", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
+    except BrokenPipeError:  # e.g. `pyrgd info | head -1`
+        try:  # silence the flush at exit, as the Python docs advise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""The C++ CPU backend (pyrgd._cpu, pyrgd.backends.cpu) against the NumPy reference, and its robustness.
+
+Agreement: relative Frobenius error <= 1e-12 (float64) and <= 1e-5 (float32) for forward, step (updated weights,
+H_next, gradient norms) and both Gram modes, over every activation and awkward shapes (N, d, n2 = 1; n1 below,
+not a multiple of, and well above the block size). Determinism: repeated calls and other thread counts give the
+same bits where the backend promises it. Robustness: bad input to the raw module raises instead of crashing.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from pyrgd import ops
+from pyrgd.activations import ACTIVATION_CODES, parse_activation
+from pyrgd.backends import StepResult, reference
+from pyrgd.errors import PyrgdError
+
+_cpu = pytest.importorskip("pyrgd._cpu", reason="the C++ extension pyrgd._cpu is not built")
+from pyrgd.backends import cpu  # noqa: E402  (after the skip: needs the extension)
+
+ACTIVATIONS = ["relu", "leaky_relu(0.1)", "smooth_leaky_relu(0.3)", "softplus", "tanh", "erf", "identity"]
+SMOOTH = ["smooth_leaky_relu(0.2)", "softplus", "tanh", "erf"]
+DTYPES = [np.float64, np.float32]
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+BLOCK = _cpu.BLOCK_SIZE
+
+# (N, d, n1, n2, a1, lr): N, d, n2 = 1; n1 = 1, < block, not a multiple of it, > kSuperBlocks * block (1024, so the
+# sums over neurons take two levels), N > 256 (the sums over samples take two levels and forward has many row tiles).
+SHAPES = [
+    (1, 1, 1, 1, 1.0, 0.1),
+    (1, 3, 40, 2, 0.5, 0.05),
+    (6, 1, 33, 1, 1.0, 0.2),
+    (9, 4, 31, 3, 2.0, 0.01),
+    (17, 6, 97, 5, 0.7, 0.1),
+    (12, 3, 1100, 2, 0.05, 0.5),
+    (300, 2, 64, 1, 1.3, 0.002),
+]
+SHAPE_IDS = ["N{}-d{}-n1_{}-n2_{}".format(*s[:4]) for s in SHAPES]
+KINKED = ("relu", "leaky_relu")
+
+
+def rel_err(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    nb = np.linalg.norm(b)
+    return np.linalg.norm(a - b) / (nb if nb > 0 else 1.0)
+
+
+def make_case(shape, dtype, act, seed=0):
+    """Random X, W1, W2, G (float64 drawn, then cast). For relu/leaky_relu the columns of W1 are redrawn until no
+    pre-activation, before or after the reference update, lies within 1e-3 of the kink (rounding differences between
+    backends, ~1e-7, must not flip sigma')."""
+    N, d, n1, n2, a1, lr = shape
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, d))
+    W1 = rng.standard_normal((d, n1)) / np.sqrt(d)
+    W2 = rng.standard_normal((n1, n2)) / np.sqrt(n1)
+    G = rng.standard_normal((N, n2))
+    if act.name in KINKED:
+        for j in range(n1):
+            for _ in range(200):
+                z = X @ W1[:, j]
+                ok = np.abs(z).min() > 1e-3
+                if ok:  # the column after a reference step depends on column j of W1 and row j of W2 only
+                    D = a1 * (G @ W2[j]) * act.dsigma(z)
+                    zn = X @ (W1[:, j] - lr * (X.T @ D))
+                    ok = np.abs(zn).min() > 1e-3
+                if ok:
+                    break
+                W1[:, j] = rng.standard_normal(d) / np.sqrt(d)
+            else:  # pragma: no cover - only if the generator above is broken
+                raise AssertionError("could not draw W1 away from the kink")
+    return tuple(np.ascontiguousarray(a, dtype=dtype) for a in (X, W1, W2, G))
+
+
+@pytest.fixture
+def restore_threads():
+    yield
+    _cpu.set_num_threads(0)
+
+
+# ----------------------------------------------------------------------------------------- agreement with reference
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ACTIVATIONS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_forward_matches_reference(shape, spec, dtype):
+    act = parse_activation(spec)
+    X, W1, W2, _ = make_case(shape, dtype, act)
+    a1 = shape[4]
+    H = ops.wide_forward(X, W1, W2, activation=act, a1=a1, backend="cpu")
+    assert H.dtype == dtype and H.shape == (shape[0], shape[3]) and H.flags.c_contiguous
+    assert rel_err(H, reference.forward(X, W1, W2, act, a1)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("next_forward", [True, False], ids=["next", "nonext"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ACTIVATIONS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_step_matches_reference(shape, spec, dtype, next_forward):
+    act = parse_activation(spec)
+    X, W1, W2, G = make_case(shape, dtype, act)
+    a1, lr = shape[4], shape[5]
+    X0, G0, W1_0, W2_0 = X.copy(), G.copy(), W1.copy(), W2.copy()
+    R1, R2 = W1.copy(), W2.copy()
+    ref = reference.step(X, R1, R2, G, lr, act, a1, next_forward)
+    res = ops.wide_step(X, W1, W2, G, lr, activation=act, a1=a1, next_forward=next_forward, backend="cpu")
+    assert isinstance(res, StepResult)
+    tol = TOL[dtype]
+    assert W1.dtype == dtype and W2.dtype == dtype
+    assert rel_err(W1, R1) <= tol and rel_err(W2, R2) <= tol
+    if dtype == np.float64:  # the updates themselves (lr * gradient), not only the updated weights
+        assert rel_err(W1 - W1_0, R1 - W1_0) <= 1e-10
+        assert rel_err(W2 - W2_0, R2 - W2_0) <= 1e-10
+    assert isinstance(res.grad_sq_w1, float) and isinstance(res.grad_sq_w2, float)
+    assert abs(res.grad_sq_w1 - ref.grad_sq_w1) <= tol * max(ref.grad_sq_w1, 1e-30)
+    assert abs(res.grad_sq_w2 - ref.grad_sq_w2) <= tol * max(ref.grad_sq_w2, 1e-30)
+    if next_forward:
+        assert res.H_next.dtype == dtype and res.H_next.shape == (shape[0], shape[3])
+        assert rel_err(res.H_next, ref.H_next) <= tol
+    else:
+        assert res.H_next is None
+    assert np.array_equal(X, X0) and np.array_equal(G, G0)  # read-only inputs untouched
+
+
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ACTIVATIONS)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_gram_matches_reference(shape, spec, dtype, mode):
+    act = parse_activation(spec)
+    X, W1, W2, B2 = make_case(shape, dtype, act)
+    a1 = shape[4]
+    kw = {} if mode == "forward" else {"W2": W2, "B2": B2}
+    K = ops.wide_gram(X, W1, activation=act, a1=a1, backend="cpu", **kw)
+    assert K.dtype == dtype and K.shape == (shape[0], shape[0])
+    assert rel_err(K, reference.gram(X, W1, act, a1, **kw)) <= TOL[dtype]
+    assert np.array_equal(K, K.T)  # computed on one triangle and mirrored: exactly symmetric
+
+
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+def test_gram_over_several_panels(mode, restore_threads):
+    """n1 so large that gram takes several panels of neurons (panel boundaries not aligned with the groups of the
+    two-level sum): agreement with the reference and the same bits for 1 and 3 threads."""
+    N = 40
+    n1 = int(1.5 * _cpu.build_info()["gram_panel_elems"] / N)  # two panels
+    act = parse_activation("tanh")
+    X, W1, W2, B2 = make_case((N, 2, n1, 1, 0.3, 0.0), np.float64, act)
+    kw = {} if mode == "forward" else {"W2": W2, "B2": B2}
+    Ks = []
+    for n in (1, 3):
+        cpu.set_num_threads(n)
+        Ks.append(cpu.gram(X, W1, act, 0.3, **kw))
+    assert np.array_equal(Ks[0], Ks[1])
+    assert rel_err(Ks[0], reference.gram(X, W1, act, 0.3, **kw)) <= 1e-12
+
+
+def test_lr_zero_leaves_weights_and_reports_gradients():
+    act = parse_activation("tanh")
+    X, W1, W2, G = make_case((7, 3, 50, 2, 1.0, 0.0), np.float64, act)
+    W1_0, W2_0 = W1.copy(), W2.copy()
+    res = ops.wide_step(X, W1, W2, G, 0.0, activation=act, backend="cpu")
+    assert np.array_equal(W1, W1_0) and np.array_equal(W2, W2_0)
+    gW1, gW2 = reference.gradients(X, W1_0, W2_0, G, act, 1.0)
+    assert res.grad_sq_w1 == pytest.approx(float((gW1**2).sum()), rel=1e-12)
+    assert res.grad_sq_w2 == pytest.approx(float((gW2**2).sum()), rel=1e-12)
+
+
+def test_h_next_equals_forward_of_updated_weights():
+    act = parse_activation("softplus")
+    X, W1, W2, G = make_case((20, 4, 300, 3, 0.8, 0.1), np.float64, act)
+    res = ops.wide_step(X, W1, W2, G, 0.1, activation=act, a1=0.8, next_forward=True, backend="cpu")
+    H = ops.wide_forward(X, W1, W2, activation=act, a1=0.8, backend="cpu")
+    assert rel_err(res.H_next, H) <= 1e-13
+
+
+# ------------------------------------------------------------------------------------- in place and determinism
+def test_step_updates_callers_arrays_in_place():
+    act = parse_activation("relu")
+    X, W1, W2, G = make_case((10, 3, 70, 2, 1.0, 0.1), np.float64, act)
+    W1_0, W2_0 = W1.copy(), W2.copy()
+    ptr1, ptr2 = W1.ctypes.data, W2.ctypes.data
+    R1, R2 = W1.copy(), W2.copy()
+    reference.step(X, R1, R2, G, 0.1, act, 1.0, False)
+    out = _cpu.step(X, W1, W2, G, 0.1, act.code, act.gamma, 1.0, False)
+    assert out[0] is None
+    assert W1.ctypes.data == ptr1 and W2.ctypes.data == ptr2
+    assert not np.array_equal(W1, W1_0) and not np.array_equal(W2, W2_0)
+    assert rel_err(W1, R1) <= 1e-12 and rel_err(W2, R2) <= 1e-12
+
+
+def test_step_in_place_on_a_view_with_contiguous_memory():
+    # A C-contiguous view (rows of a larger array) is updated in place: the base array changes.
+    act = parse_activation("tanh")
+    X, W1, W2, G = make_case((8, 3, 40, 2, 1.0, 0.1), np.float64, act)
+    big = np.zeros((5, 40))
+    big[1:4] = W1
+    view = big[1:4]
+    assert view.flags.c_contiguous and view.base is big
+    R1, R2 = W1.copy(), W2.copy()
+    reference.step(X, R1, R2, G, 0.1, act, 1.0, False)
+    cpu.step(X, view, W2, G, 0.1, act, 1.0, False)
+    assert rel_err(big[1:4], R1) <= 1e-12
+    assert not big[0].any() and not big[4].any()
+
+
+DET_SHAPE = (300, 5, 1100, 3, 0.9, 0.05)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_repeated_calls_are_bit_identical(dtype):
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    X, W1, W2, G = make_case(DET_SHAPE, dtype, act)
+    a1, lr = DET_SHAPE[4], DET_SHAPE[5]
+    outs = []
+    for _ in range(2):
+        A1, A2 = W1.copy(), W2.copy()
+        H_next, q1, q2 = _cpu.step(X, A1, A2, G, lr, act.code, act.gamma, a1, True)
+        outs.append(
+            (
+                _cpu.forward(X, W1, W2, act.code, act.gamma, a1),
+                _cpu.gram(X, W1, None, None, act.code, act.gamma, a1),
+                _cpu.gram(X, W1, W2, G, act.code, act.gamma, a1),
+                A1,
+                A2,
+                H_next,
+                q1,
+                q2,
+            )
+        )
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_thread_count_independence(dtype, restore_threads):
+    """forward, gram, and step's W1, W2 and norms are the same bits for 1, 2, 3 threads; H_next agrees closely.
+
+    With 1 thread one thread's share of step spans more than kSuperBlocks blocks (two-level sum of H_next)."""
+    act = parse_activation("erf")
+    X, W1, W2, G = make_case(DET_SHAPE, dtype, act)
+    a1, lr = DET_SHAPE[4], DET_SHAPE[5]
+    ref = reference.step(X, W1.copy(), W2.copy(), G, lr, act, a1, True)
+    results = []
+    for n in (1, 2, 3):
+        _cpu.set_num_threads(n)
+        assert _cpu.get_num_threads() == n
+        A1, A2 = W1.copy(), W2.copy()
+        H_next, q1, q2 = _cpu.step(X, A1, A2, G, lr, act.code, act.gamma, a1, True)
+        assert rel_err(H_next, ref.H_next) <= TOL[dtype]
+        exact = (
+            _cpu.forward(X, W1, W2, act.code, act.gamma, a1),
+            _cpu.gram(X, W1, None, None, act.code, act.gamma, a1),
+            _cpu.gram(X, W1, W2, G, act.code, act.gamma, a1),
+            A1,
+            A2,
+            q1,
+            q2,
+        )
+        results.append((exact, H_next))
+    for exact, H_next in results[1:]:
+        for a, b in zip(exact, results[0][0]):
+            assert np.array_equal(a, b)
+        assert rel_err(H_next, results[0][1]) <= TOL[dtype]
+
+
+def test_concurrent_calls_from_python_threads():
+    """Calls running at the same time (the GIL is released) share no buffers: each gives the serial result."""
+    act = parse_activation("softplus")
+    cases = [make_case((40, 4, 600, 2, 1.0, 0.1), np.float64, act, seed=s) for s in range(4)]
+    serial = [_cpu.forward(X, W1, W2, act.code, 0.0, 1.0) for X, W1, W2, _ in cases]
+    serial_g = [_cpu.gram(X, W1, W2, G, act.code, 0.0, 1.0) for X, W1, W2, G in cases]
+    out = [None] * len(cases)
+    errors = []
+
+    def work(i):
+        try:
+            X, W1, W2, G = cases[i]
+            res = []
+            for _ in range(3):
+                res.append((_cpu.forward(X, W1, W2, act.code, 0.0, 1.0), _cpu.gram(X, W1, W2, G, act.code, 0.0, 1.0)))
+            out[i] = res
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, res in enumerate(out):
+        for H, K in res:
+            assert np.array_equal(H, serial[i]) and np.array_equal(K, serial_g[i])
+
+
+# ---------------------------------------------------------------------------------------------- large inputs
+@pytest.mark.parametrize("spec", SMOOTH)
+def test_large_preactivations_stay_finite_float32(spec):
+    act = parse_activation(spec)
+    X, W1, W2, G = make_case((16, 3, 80, 2, 1.0, 0.0), np.float32, act, seed=3)
+    X = np.ascontiguousarray(X * np.float32(400.0))
+    Z = X.astype(np.float64) @ W1
+    assert np.abs(Z).max() > 100 and np.abs(Z).min() < 100  # both regimes present
+    H = ops.wide_forward(X, W1, W2, activation=act, backend="cpu")
+    K = ops.wide_gram(X, W1, activation=act, backend="cpu")
+    KB = ops.wide_gram(X, W1, activation=act, W2=W2, B2=G, backend="cpu")
+    assert rel_err(H, reference.forward(X, W1, W2, act, 1.0)) <= 1e-5
+    assert rel_err(K, reference.gram(X, W1, act, 1.0)) <= 1e-5
+    assert rel_err(KB, reference.gram(X, W1, act, 1.0, W2=W2, B2=G)) <= 1e-5
+    R1, R2 = W1.copy(), W2.copy()
+    ref = reference.step(X, R1, R2, G, 1e-6, act, 1.0, True)
+    res = ops.wide_step(X, W1, W2, G, 1e-6, activation=act, next_forward=True, backend="cpu")
+    for a in (H, K, KB, W1, W2, res.H_next):
+        assert np.isfinite(a).all()
+    assert np.isfinite(res.grad_sq_w1) and np.isfinite(res.grad_sq_w2)
+    assert rel_err(res.H_next, ref.H_next) <= 1e-5
+    assert rel_err(W1, R1) <= 1e-5 and rel_err(W2, R2) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+def _good(dtype=np.float64):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((5, 3)).astype(dtype)
+    W1 = rng.standard_normal((3, 40)).astype(dtype)
+    W2 = rng.standard_normal((40, 2)).astype(dtype)
+    G = rng.standard_normal((5, 2)).astype(dtype)
+    return X, W1, W2, G
+
+
+def _readonly(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def _bad_cases():
+    X, W1, W2, G = _good()
+    f32 = _good(np.float32)
+    swapped = W1.astype(W1.dtype.newbyteorder(">" if sys.byteorder == "little" else "<"))
+    big = np.zeros(3 * 40 + 40 * 2)
+    shared1, shared2 = big[:120].reshape(3, 40), big[100:180].reshape(40, 2)  # 20 elements in common
+    xw = np.zeros(3 * 40 + 5)
+    overlap_w1, overlap_x = xw[:120].reshape(3, 40), xw[110:].reshape(5, 3)
+    # (id, function, args, exception, text the message must contain)
+    return [
+        ("X-list", "forward", (X.tolist(), W1, W2, 0), TypeError, "X"),
+        ("X-int", "forward", (X.astype(np.int64), W1, W2, 0), TypeError, "X"),
+        ("X-float16", "forward", (X.astype(np.float16), W1, W2, 0), TypeError, "X"),
+        ("X-complex", "forward", (X.astype(np.complex128), W1, W2, 0), TypeError, "X"),
+        ("W1-mixed-dtype", "forward", (X, f32[1], W2, 0), TypeError, "W1"),
+        ("W2-mixed-dtype", "step", (X, W1.copy(), f32[2].copy(), G, 0.1, 0), TypeError, "W2"),
+        ("G-mixed-dtype", "step", (X, W1.copy(), W2.copy(), f32[3], 0.1, 0), TypeError, "G"),
+        ("B2-mixed-dtype", "gram", (X, W1, W2, f32[3], 0), TypeError, "B2"),
+        ("W1-byteswapped", "forward", (X, swapped, W2, 0), TypeError, "W1"),
+        ("X-1d", "forward", (X[0], W1, W2, 0), ValueError, "X"),
+        ("X-3d", "forward", (X[None], W1, W2, 0), ValueError, "X"),
+        ("W2-1d", "forward", (X, W1, W2[:, 0], 0), ValueError, "W2"),
+        ("W1-rows", "forward", (X, W1[:2].copy(), W2, 0), ValueError, "W1"),
+        ("W2-rows", "forward", (X, W1, W2[:39].copy(), 0), ValueError, "W2"),
+        ("G-rows", "step", (X, W1.copy(), W2.copy(), G[:4].copy(), 0.1, 0), ValueError, "G"),
+        ("G-cols", "step", (X, W1.copy(), W2.copy(), np.zeros((5, 3)), 0.1, 0), ValueError, "G"),
+        ("B2-shape", "gram", (X, W1, W2, np.zeros((4, 2)), 0), ValueError, "B2"),
+        ("X-empty", "forward", (np.zeros((0, 3)), W1, W2, 0), ValueError, "X"),
+        ("W1-empty", "forward", (X, np.zeros((3, 0)), np.zeros((0, 2)), 0), ValueError, "W1"),
+        ("X-noncontig", "forward", (np.asfortranarray(X), W1, W2, 0), ValueError, "X"),
+        ("W1-noncontig", "step", (X, np.asfortranarray(W1), W2.copy(), G, 0.1, 0), ValueError, "W1"),
+        ("W2-strided", "step", (X, W1.copy(), np.zeros((40, 4))[:, ::2], G, 0.1, 0), ValueError, "W2"),
+        ("W1-readonly", "step", (X, _readonly(W1), W2.copy(), G, 0.1, 0), ValueError, "W1"),
+        ("W2-readonly", "step", (X, W1.copy(), _readonly(W2), G, 0.1, 0), ValueError, "W2"),
+        ("W1-W2-shared", "step", (X, shared1, shared2, G, 0.1, 0), ValueError, "W1, W2"),
+        ("X-overlaps-W1", "step", (overlap_x, overlap_w1, W2.copy(), G, 0.1, 0), ValueError, "W1"),
+        ("act-code-unknown", "step", (X, W1.copy(), W2.copy(), G, 0.1, 99), ValueError, "act_code"),
+        ("act-code-negative", "forward", (X, W1, W2, -1), ValueError, "act_code"),
+        ("act-code-too-big", "gram", (X, W1, None, None, len(ACTIVATION_CODES)), ValueError, "act_code"),
+        ("lr-nan", "step", (X, W1.copy(), W2.copy(), G, float("nan"), 0), ValueError, "lr"),
+        ("a1-inf", "forward", (X, W1, W2, 0, 0.0, float("inf")), ValueError, "a1"),
+        ("gram-W2-without-B2", "gram", (X, W1, W2, None, 0), ValueError, "B2"),
+        ("W2-not-array", "forward", (X, W1, None, 0), TypeError, "W2"),
+    ]
+
+
+BAD = _bad_cases()
+
+
+@pytest.mark.parametrize("fn, args, exc, text", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_raw_module_rejects_bad_input(fn, args, exc, text):
+    before = [a.copy() if isinstance(a, np.ndarray) else None for a in args]
+    with pytest.raises(exc, match=text):
+        getattr(_cpu, fn)(*args)
+    for a, b in zip(args, before):  # nothing was written before the check failed
+        if b is not None:
+            assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_raw_module_rejects_shared_memory_between_G_and_W2():
+    X, W1, W2, _ = _good()
+    with pytest.raises(ValueError, match="G, W2"):
+        _cpu.step(X, W1, W2, W2[:5], 0.1, 0)
+
+
+def test_thread_setting_is_checked(restore_threads):
+    for bad in (-1, 10**6):
+        with pytest.raises(ValueError, match="n"):
+            _cpu.set_num_threads(bad)
+    with pytest.raises(PyrgdError):
+        cpu.set_num_threads(-2)
+    cpu.set_num_threads(2)
+    assert cpu.get_num_threads() == 2 and _cpu.get_num_threads() == 2
+    cpu.set_num_threads(0)
+    assert cpu.get_num_threads() >= 1
+
+
+def test_wrapper_reports_extension_errors_as_pyrgd_errors():
+    X, W1, W2, G = _good()
+    act = parse_activation("relu")
+    with pytest.raises(PyrgdError, match="W1, W2"):
+        big = np.zeros(3 * 40 + 40 * 2)
+        cpu.step(X, big[:120].reshape(3, 40), big[119:199].reshape(40, 2), G, 0.1, act, 1.0, False)
+
+
+def test_ops_rejects_bad_input_before_the_backend():
+    X, W1, W2, G = _good()
+    with pytest.raises(PyrgdError, match="W1"):
+        ops.wide_step(X, np.asfortranarray(W1), W2, G, 0.1, backend="cpu")
+    with pytest.raises(PyrgdError, match="W1"):
+        ops.wide_forward(X, W1.astype(np.float32), W2, backend="cpu")
+    # A non-contiguous X is copied by ops (it is only read) and gives the same result.
+    H = ops.wide_forward(np.asfortranarray(X), W1, W2, activation="tanh", backend="cpu")
+    assert np.array_equal(H, ops.wide_forward(X, W1, W2, activation="tanh", backend="cpu"))
+
+
+# -------------------------------------------------------------------------------------------- module metadata
+def test_available_and_build_info():
+    ok, why = cpu.available()
+    assert ok and "pyrgd._cpu" in why
+    info = cpu.build_info()
+    for key in ("compiler", "openmp", "max_threads", "block_size", "march", "fast_math"):
+        assert key in info
+    assert info["block_size"] == BLOCK and info["max_threads"] >= 1 and isinstance(info["openmp"], bool)
+    assert info["fast_math"] is False
+    assert cpu.name == "cpu"
+
+
+# ---------------------------------------------------------------------------------------- no N x n1 allocation
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and RLIMIT_AS")
+def test_no_n_by_n1_allocation():
+    """Under an address-space limit (+100 MiB) far below one N x n1 float64 matrix (256 MiB), all kernels still run.
+
+    (The NumPy reference backend fails this check with MemoryError.)"""
+    code = textwrap.dedent(
+        """
+        import resource, numpy as np, pyrgd._cpu as c
+        N, d, n1, n2 = 16, 1, 1 << 21, 1
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((N, d)); W1 = rng.standard_normal((d, n1)); W2 = rng.standard_normal((n1, n2)) * 1e-3
+        G = rng.standard_normal((N, n2))
+        c.step(X[:2], W1[:, :64].copy(), W2[:64].copy(), G[:2], 0.1, 0, 0.0, 1.0, True)  # start the OpenMP threads
+        c.gram(X[:2], W1[:, :64], W2[:64], G[:2], 0)
+        vm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize')][0] * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (100 << 20), resource.RLIM_INFINITY))
+        try:
+            np.empty((N, n1))  # the limit bites: one N x n1 matrix does not fit
+            print('LIMIT-NOT-EFFECTIVE')
+        except MemoryError:
+            pass
+        H = c.forward(X, W1, W2, 0)
+        Hn, q1, q2 = c.step(X, W1, W2, G, 1e-3, 0, 0.0, 1.0, True)
+        K = c.gram(X, W1, W2, G, 0)
+        assert np.isfinite(H).all() and np.isfinite(Hn).all() and np.isfinite(K).all() and q1 > 0
+        print('OK')
+        """
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["OK"], p.stdout
