@@ -206,9 +206,10 @@ def _gram_kernel(K, code, gamma, deriv, z, w, lo, hi, rank_tol, out):
     s, fw = _row_table(K, code, gamma, deriv, z, w)
     half = (N + 1) // 2
     for p in prange(half):
+        pi = np.int64(p)  # the prange index may be unsigned; int64 arithmetic keeps indices integral
         for r in range(2):
-            i = p if r == 0 else N - 1 - p
-            if r == 1 and i == p:
+            i = pi if r == 0 else N - 1 - pi
+            if r == 1 and i == pi:
                 continue
             for j in range(i, N):
                 v = _pair(fw[i], s[i], K[i, j], K[j, j], code, gamma, deriv, z, w, lo, hi, rank_tol)
