@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops
-from ._validate import check_float_array, check_nonnegative_int, check_scalar
+from ._validate import array_module, check_float_array, check_nonnegative_int, check_scalar
 from .errors import PyrgdError
 from .model import PyramidalNet
 from .tail import tail_backward, tail_forward
@@ -183,12 +183,12 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         lr = check_scalar("lr", lr, positive=True)
     X_host = check_float_array("X", X, 2, dtype=net.dtype, shape=(None, net.d))
     N = X_host.shape[0]
-    Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]))
-    if isinstance(X_host, np.ndarray) and backend == "cuda":
-        pass
-    xp_in = np if isinstance(X_host, np.ndarray) else __import__("cupy")
-    backend = ops.resolve_backend(backend, np if backend in ("cpu", "reference") else xp_in) \
-        if backend != "cuda" else "cuda"
+    Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
+    on_gpu = not isinstance(X_host, np.ndarray)
+    if backend != "cuda":  # 'auto' follows the arrays; 'cpu'/'reference' take CuPy inputs to the host
+        backend = ops.resolve_backend(backend, __import__("cupy") if on_gpu and backend == "auto" else np)
+        if on_gpu and backend != "cuda":
+            X_host, Y_host = X_host.get(), Y_host.get()
     ops.get_backend(backend)  # fails early, with the install hint, when the backend is missing
     xp = _xp_of(backend)
     net.warn_if_narrow(N)

@@ -317,3 +317,23 @@ def test_available_and_device_info():
     info = cuda.device_info()
     assert info["available"] is True and info["kernels_compile"] is True, info
     assert info["name"] and info["compute_capability"] and info["multiprocessors"] > 0
+
+
+def test_training_on_cuda_matches_the_cpu_backend():
+    """pyrgd.train end to end (wide layer + pyramidal tail + tracking): 100 float64 steps, cuda vs cpu."""
+    import pyrgd
+
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((96, 12))
+    Y = rng.standard_normal((96, 2))
+    net = pyrgd.PyramidalNet(12, [300, 8, 4, 2], activation="smooth_leaky_relu(0.2)", seed=3)
+    runs = {b: pyrgd.train(net.copy(), X, Y, lr=0.002, steps=100, backend=b, track_every=25, progress=False)
+            for b in ("cpu", "cuda")}
+    a, b = runs["cpu"].history["loss"], runs["cuda"].history["loss"]
+    assert len(a) == len(b) == 101
+    assert np.max(np.abs(np.array(a) - np.array(b)) / np.array(a)) <= 1e-10
+    for wa, wb in zip(runs["cpu"].net.weights, runs["cuda"].net.weights):
+        assert isinstance(wb, np.ndarray) and np.allclose(wa, wb, rtol=1e-9, atol=1e-12)
+    ca, cb = runs["cpu"].certificates["mu"], runs["cuda"].certificates["mu"]
+    assert np.allclose(ca, cb, rtol=1e-8)
+    assert runs["cuda"].summary["backend"] == "cuda" and "cupy" in runs["cuda"].summary["versions"]
