@@ -1,0 +1,22 @@
+"""Theory certificates and infinite-width kernels (THEORY.md sections 4 and 5).
+
+- :mod:`.gaussian`: Gaussian expectations E[f(u) f(v)] of the activations (Gauss-Hermite quadrature, Mehler's
+  series, closed forms), in numba and parallel over the pairs.
+- :mod:`.du2019`: c_sigma, the Gram recursion K^(0..H) and lambda_0 of Du et al. 2019 (THEORY 4.4).
+- :mod:`.nguyen2021`: Nguyen 2021, Theorem 2.2, the certificate at initialization (THEORY 4.2).
+- :mod:`.nm2020`: the quantities of Nguyen & Mondelli 2020, Theorem 3.2, without a verdict (THEORY 4.3).
+- :mod:`.ntk`: the empirical NTK from streamed Gram blocks (THEORY 5) and lambda_* of the wide layer.
+
+Each function's docstring marks its formula [paper: ...], [derived] or [unavailable], as THEORY.md does.
+"""
+from .du2019 import DuGram, c_sigma, du_gram, du_lambda0
+from .gaussian import (gauss_hermite, gaussian_expectation_1d, gaussian_gram, gaussian_pair_expectation,
+                       piecewise_linear_closed_form, relu_closed_form)
+from .nguyen2021 import Condition, Nguyen2021Certificate, nguyen2021_certificate
+from .nm2020 import NM2020Quantities, nm2020_quantities
+from .ntk import LambdaStar, empirical_ntk, lambda_star, lambda_star_mc, ntk_lambda_min
+
+__all__ = ["Condition", "DuGram", "LambdaStar", "NM2020Quantities", "Nguyen2021Certificate", "c_sigma", "du_gram",
+           "du_lambda0", "empirical_ntk", "gauss_hermite", "gaussian_expectation_1d", "gaussian_gram",
+           "gaussian_pair_expectation", "lambda_star", "lambda_star_mc", "nguyen2021_certificate",
+           "nm2020_quantities", "ntk_lambda_min", "piecewise_linear_closed_form", "relu_closed_form"]
