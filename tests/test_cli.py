@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import types
 
 import pytest
@@ -16,17 +17,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pyrgd  # noqa: E402
+
+# the folder that holds the pyrgd under test: the installed package, or the source tree with an in-place build
+PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pyrgd.__file__)))
 TINY = ["--N", "8", "--d", "3", "--widths", "64,4,1", "--steps", "50", "--lr", "0.05", "--track-every", "10",
         "--no-progress"]
 
 
 def run_cli(*args, cwd=None):
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["MPLBACKEND"] = "Agg"
     return subprocess.run([sys.executable, "-m", "pyrgd", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd or REPO, timeout=120)
+                          cwd=cwd or tempfile.gettempdir(), timeout=120)
 
 
 def assert_one_line_error(err: str, *fragments):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 
@@ -477,8 +478,12 @@ def test_no_n_by_n1_allocation():
         """
     )
     env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import pyrgd
+
+    # the folder holding the pyrgd under test (installed, or the source tree with an in-place build)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyrgd.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=tempfile.gettempdir())
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split() == ["OK"], p.stdout
