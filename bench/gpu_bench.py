@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, when run as a script
+
 PROBLEMS = {
     "G1": dict(N=65536, d=256, widths=[65536, 128, 64, 10]),
     "G2": dict(N=131072, d=256, widths=[131072, 64, 32, 1]),

@@ -320,14 +320,17 @@ def test_available_and_device_info():
 
 
 def test_training_on_cuda_matches_the_cpu_backend():
-    """pyrgd.train end to end (wide layer + pyramidal tail + tracking): 100 float64 steps, cuda vs cpu."""
+    """pyrgd.train end to end (wide layer + pyramidal tail + tracking): 100 float64 steps, cuda vs cpu.
+
+    The step size is well inside the stable range (lambda_max of the NTK is about 516 here): near the edge of
+    stability GD amplifies rounding differences by about 1.3x per step, and two correct backends drift apart."""
     import pyrgd
 
     rng = np.random.default_rng(7)
     X = rng.standard_normal((96, 12))
     Y = rng.standard_normal((96, 2))
     net = pyrgd.PyramidalNet(12, [300, 8, 4, 2], activation="smooth_leaky_relu(0.2)", seed=3)
-    runs = {b: pyrgd.train(net.copy(), X, Y, lr=0.002, steps=100, backend=b, track_every=25, progress=False)
+    runs = {b: pyrgd.train(net.copy(), X, Y, lr=0.0005, steps=100, backend=b, track_every=25, progress=False)
             for b in ("cpu", "cuda")}
     a, b = runs["cpu"].history["loss"], runs["cuda"].history["loss"]
     assert len(a) == len(b) == 101
