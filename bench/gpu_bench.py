@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import math
 import os
@@ -255,7 +256,11 @@ def run_problem(name, spec, act, repeats, have_torch):
                 row["rel_diff_vs_pyrgd"] = max(rel(w1[0], ref_w[0]), rel(w1[1], ref_w[1]))
         except Exception as e:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
             row = {"skipped": f"{type(e).__name__}: {str(e)[:200]}"}
+            step = X = Y = W = None  # drop every reference before the next candidate
+            gc.collect()
             pool.free_all_blocks()
+            if "torch" in sys.modules:
+                sys.modules["torch"].cuda.empty_cache()  # torch's cache would starve the next candidate
         out["candidates"][cand] = row
         print(f"  {name} {cand}: {row.get('seconds', row.get('skipped'))}", file=sys.stderr, flush=True)
     return out
