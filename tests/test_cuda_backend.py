@@ -216,6 +216,28 @@ def test_step_result_does_not_depend_on_grid_size(monkeypatch, dtype):
         assert o[2] == outs[0][2] and o[3] == outs[0][3]
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["f32_blocked", "f32_generic"])
+@pytest.mark.parametrize("act", ["smooth_leaky_relu", "relu"])
+def test_float32_blocked_and_generic_kernels_match_reference(monkeypatch, act, fast):
+    """float32 runs the register-blocked kernels (wide_*_f32, 128 x 128 tiles) unless cuda._USE_FAST is off; both
+    paths agree with the reference on shapes spanning several row and neuron tiles with ragged edges."""
+    monkeypatch.setattr(cuda, "_USE_FAST", fast)
+    dtype = np.float32
+    X, W1, W2, G, _ = _case(11, 300, 200, 390, 130, dtype)
+    H = cuda.forward(*_dev(X, W1, W2), ACTS[act], A1)
+    assert _rel(H, reference.forward(_f64(X), _f64(W1), _f64(W2), ACTS[act], A1)) <= TOL[np.dtype(dtype)]
+    lr = 0.05
+    W1r, W2r = _f64(W1).copy(), _f64(W2).copy()
+    ref = reference.step(_f64(X), W1r, W2r, _f64(G), lr, ACTS[act], A1, True)
+    Xd, W1d, W2d, Gd = _dev(X, W1, W2, G)
+    res = cuda.step(Xd, W1d, W2d, Gd, lr, ACTS[act], A1, True)
+    _check_update(W1d, W1, W1r, dtype)
+    _check_update(W2d, W2, W2r, dtype)
+    _check_sq(res.grad_sq_w1, ref.grad_sq_w1, dtype)
+    _check_sq(res.grad_sq_w2, ref.grad_sq_w2, dtype)
+    assert _rel(res.H_next, ref.H_next) <= TOL[np.dtype(dtype)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 def test_gram_in_many_chunks(monkeypatch, dtype):
     """A chunk budget of a little over one neuron tile: many chunks, the last one partial."""

@@ -304,6 +304,374 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     }
 }
 
+// ===============================================================================================================
+// float32 fast path: register-blocked kernels (128 x 128 block tiles, an 8 x 8 micro-tile per thread read from
+// shared memory as float4, k-chunks of kFK staged through double-buffered shared memory with the next chunk's
+// global loads in flight while the current one is multiplied). Same sums in the same fixed order for any grid:
+// every output element is accumulated by one thread, in increasing k, with no atomics.
+//
+// Thread (ty, tx) = (tid / 16, tid % 16) owns rows mrow(i) = (i / 4) 64 + 4 ty + i % 4 and columns
+// ncol(j) = (j / 4) 64 + 4 tx + j % 4 (i, j < 8) of a 128 x 128 output tile. Shared operands are k-major with row
+// pitch kFP (132 floats: 16-byte aligned rows, 2-way bank conflicts at worst on the transposed stores).
+constexpr int kFT = 128;  // block tile (rows and columns) of the fast kernels
+constexpr int kFK = 16;   // k-chunk staged through shared memory
+constexpr int kFP = kFT + 4;  // row pitch of every shared tile
+constexpr int kFStage = kFK * kFP;  // floats of one staged operand buffer
+// dynamic shared memory (bytes): step = Ss + Ds + 2 x 2 staged buffers; forward = St + 2 x 2 staged buffers
+constexpr int kFStepSmem = (2 * kFT * kFP + 4 * kFStage) * 4;
+constexpr int kFFwdSmem = (kFT * kFP + 4 * kFStage) * 4;
+
+__device__ __forceinline__ int fmrow(int i, int ty) { return (i >> 2) * 64 + 4 * ty + (i & 3); }
+__device__ __forceinline__ int fncol(int j, int tx) { return (j >> 2) * 64 + 4 * tx + (j & 3); }
+
+// Direct operand: tile[k][n] = src[(kbase + k0 + k) * ld + c0 + n], 0 where the row >= klim or column >= clim.
+struct FLoadN {
+  const float* src;
+  i64 ld;
+  int kbase, klim, c0, clim;
+  static constexpr bool resident = false;
+  __device__ __forceinline__ void load(float (&r)[8], int k0) const {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const int e = q * kThreads + (int)threadIdx.x;
+      const int k = e >> 7, n = e & 127;
+      const int gk = kbase + k0 + k, gc = c0 + n;
+      r[q] = (gk < klim && gc < clim) ? src[(i64)gk * ld + gc] : 0.0f;
+    }
+  }
+  __device__ __forceinline__ void store(float* dst, const float (&r)[8]) const {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const int e = q * kThreads + (int)threadIdx.x;
+      dst[(e >> 7) * kFP + (e & 127)] = r[q];
+    }
+  }
+  __device__ __forceinline__ const float* ptr(const float* stage, int) const { return stage; }
+};
+
+// Transposed operand: tile[k][m] = src[(r0 + m) * ld + k0 + k], 0 where the row >= rlim or k0 + k >= klim.
+struct FLoadT {
+  const float* src;
+  i64 ld;
+  int r0, rlim, klim;
+  static constexpr bool resident = false;
+  __device__ __forceinline__ void load(float (&r)[8], int k0) const {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const int e = q * kThreads + (int)threadIdx.x;
+      const int m = e >> 4, k = e & 15;
+      const int gm = r0 + m, gk = k0 + k;
+      r[q] = (gm < rlim && gk < klim) ? src[(i64)gm * ld + gk] : 0.0f;
+    }
+  }
+  __device__ __forceinline__ void store(float* dst, const float (&r)[8]) const {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const int e = q * kThreads + (int)threadIdx.x;
+      dst[(e & 15) * kFP + (e >> 4)] = r[q];
+    }
+  }
+  __device__ __forceinline__ const float* ptr(const float* stage, int) const { return stage; }
+};
+
+// Operand already in shared memory, k-major with pitch kFP.
+struct FResident {
+  const float* base;
+  static constexpr bool resident = true;
+  __device__ __forceinline__ void load(float (&)[8], int) const {}
+  __device__ __forceinline__ void store(float*, const float (&)[8]) const {}
+  __device__ __forceinline__ const float* ptr(const float*, int k0) const { return base + k0 * kFP; }
+};
+
+// acc[i][j] += sum_{k < kFK} A[k][mrow(i)] B[k][ncol(j)], k increasing.
+__device__ __forceinline__ void fmma_chunk(float (&acc)[8][8], const float* A, const float* B, int tx, int ty) {
+#pragma unroll
+  for (int k = 0; k < kFK; ++k) {
+    const float4 a0 = *reinterpret_cast<const float4*>(A + k * kFP + 4 * ty);
+    const float4 a1 = *reinterpret_cast<const float4*>(A + k * kFP + 64 + 4 * ty);
+    const float4 b0 = *reinterpret_cast<const float4*>(B + k * kFP + 4 * tx);
+    const float4 b1 = *reinterpret_cast<const float4*>(B + k * kFP + 64 + 4 * tx);
+    const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
+
+// acc += A^T B over k in [0, K) (K a multiple of kFK for resident operands), in increasing k. stage holds 4 buffers
+// of kFStage floats. Starts with a barrier (earlier readers of the stage and of shared outputs are done) and ends
+// with one (every thread is done reading its operands).
+template <class LA, class LB>
+__device__ __forceinline__ void fgemm(float (&acc)[8][8], int K, const LA& la, const LB& lb, float* stage, int tx,
+                                      int ty) {
+  float ra[8], rb[8];
+  const int nc = ceil_div(K, kFK);
+  __syncthreads();
+  if (nc <= 0) return;
+  if (!LA::resident) la.load(ra, 0);
+  if (!LB::resident) lb.load(rb, 0);
+  if (!LA::resident) la.store(stage, ra);
+  if (!LB::resident) lb.store(stage + kFStage, rb);
+  __syncthreads();
+  for (int c = 0; c < nc; ++c) {
+    float* cur = stage + (c & 1) * 2 * kFStage;
+    float* nxt = stage + ((c + 1) & 1) * 2 * kFStage;
+    const bool more = c + 1 < nc;
+    if (more) {
+      if (!LA::resident) la.load(ra, (c + 1) * kFK);
+      if (!LB::resident) lb.load(rb, (c + 1) * kFK);
+    }
+    fmma_chunk(acc, la.ptr(cur, c * kFK), lb.ptr(cur + kFStage, c * kFK), tx, ty);
+    if (more) {
+      if (!LA::resident) la.store(nxt, ra);
+      if (!LB::resident) lb.store(nxt + kFStage, rb);
+    }
+    __syncthreads();
+  }
+}
+
+__device__ __forceinline__ void fzero(float (&acc)[8][8]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+}
+
+// Forward, float32: grid (ceil(N / 128), ceil(n2 / 128)); dynamic shared memory kFFwdSmem bytes. The block sums
+// the neuron tiles of kFT into a partial (registers) that joins the total, kept in H itself (each element read and
+// written by one thread), every kFlushTiles / 2 tiles (same neurons per partial as the generic kernel's 32 x 64).
+template <class T, class Act>
+__global__ void __launch_bounds__(kThreads, 1)
+    wide_forward_f32(const float* __restrict__ X, const float* __restrict__ W1, const float* __restrict__ W2,
+                     float* __restrict__ H, int N, int d, int n1, int n2, i64 ldx, i64 ldw1, i64 ldw2, i64 ldh,
+                     float a1, float gamma) {
+  static_assert(sizeof(T) == 4, "float32 kernel");
+  extern __shared__ float4 fsm_f4[];
+  float* const St = reinterpret_cast<float*>(fsm_f4);  // St[n][m] = a1 sigma(Z[m][n])
+  float* const stage = St + kFT * kFP;
+  const int tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int r0 = (int)blockIdx.x * kFT, c0 = (int)blockIdx.y * kFT;
+  constexpr int kTilesPerPart = kFlushTiles / 2 > 0 ? kFlushTiles / 2 : 1;
+
+  float part[8][8];
+  fzero(part);
+  int tiles_in_part = 0;
+  bool flushed = false;
+  const FLoadT lx{X, ldx, r0, N, d};
+  for (int j0 = 0; j0 < n1; j0 += kFT) {
+    {
+      float z[8][8];
+      fzero(z);
+      fgemm(z, d, lx, FLoadN{W1, ldw1, 0, d, j0, n1}, stage, tx, ty);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int n = fncol(j, tx);
+#pragma unroll
+        for (int ib = 0; ib < 2; ++ib) {
+          float v[4];
+#pragma unroll
+          for (int ii = 0; ii < 4; ++ii) {
+            const int i = ib * 4 + ii, m = fmrow(i, ty);
+            v[ii] = (r0 + m < N && j0 + n < n1) ? a1 * Act::f(z[i][j], gamma) : 0.0f;
+          }
+          *reinterpret_cast<float4*>(St + n * kFP + ib * 64 + 4 * ty) = make_float4(v[0], v[1], v[2], v[3]);
+        }
+      }
+    }
+    fgemm(part, kFT, FResident{St}, FLoadN{W2, ldw2, j0, n1, c0, n2}, stage, tx, ty);
+    if (++tiles_in_part == kTilesPerPart || j0 + kFT >= n1) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int r = r0 + fmrow(i, ty), c = c0 + fncol(j, tx);
+          if (r < N && c < n2) {
+            float* h = H + (i64)r * ldh + c;
+            *h = flushed ? *h + part[i][j] : part[i][j];
+          }
+          part[i][j] = 0.0f;
+        }
+      tiles_in_part = 0;
+      flushed = true;
+    }
+  }
+  if (!flushed) {  // n1 == 0
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < 8; ++j) {
+        const int r = r0 + fmrow(i, ty), c = c0 + fncol(j, tx);
+        if (r < N && c < n2) H[(i64)r * ldh + c] = 0.0f;
+      }
+  }
+}
+
+// Step, float32: as wide_step_kernel with ST = SM = SC = kFT; grid (any g >= 1), dynamic shared memory kFStepSmem.
+// scratch: per block kFT (dp + n2p) floats, dp = d and n2p = n2 rounded up to kFT (running dW1[:,T] as dp x kFT,
+// then running dW2[T,:] as kFT x n2p), touched only when N > kFT; accessed as float4, each element by one thread.
+template <class T, class Act>
+__global__ void __launch_bounds__(kThreads, 1)
+    wide_step_f32(const float* __restrict__ X, float* W1, float* W2, const float* __restrict__ G, int N, int d,
+                  int n1, int n2, i64 ldx, i64 ldw1, i64 ldw2, i64 ldg, float a1, float gamma, float lr,
+                  float* __restrict__ scratch, double* __restrict__ sq_norms) {
+  static_assert(sizeof(T) == 4, "float32 kernel");
+  extern __shared__ float4 fsm_f4[];
+  float* const Ss = reinterpret_cast<float*>(fsm_f4);  // Ss[m][n] = a1 sigma(Z[m][n])
+  float* const Ds = Ss + kFT * kFP;                     // Ds[m][n] = a1 P[m][n] sigma'(Z[m][n])
+  float* const stage = Ds + kFT * kFP;
+  __shared__ double red1[kThreads];
+  __shared__ double red2[kThreads];
+
+  const int tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int num_tiles = ceil_div(n1, kFT);
+  const int num_row_tiles = ceil_div(N, kFT);
+  const int dp = ceil_div(d, kFT) * kFT, n2p = ceil_div(n2, kFT) * kFT;
+  float* const g1s = scratch + (i64)blockIdx.x * kFT * ((i64)dp + n2p);  // dp x kFT
+  float* const g2s = g1s + (i64)dp * kFT;                                // kFT x n2p
+
+  for (int tile = (int)blockIdx.x; tile < num_tiles; tile += (int)gridDim.x) {
+    const int j0 = tile * kFT;
+    double sq1 = 0.0, sq2 = 0.0;
+    for (int rt = 0; rt < num_row_tiles; ++rt) {
+      const int r0 = rt * kFT;
+      const bool first = rt == 0, last = rt == num_row_tiles - 1;
+      const FLoadT lx{X, ldx, r0, N, d};
+      {
+        float acc[8][8];
+        fzero(acc);
+        fgemm(acc, d, lx, FLoadN{W1, ldw1, 0, d, j0, n1}, stage, tx, ty);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int m = fmrow(i, ty);
+#pragma unroll
+          for (int jb = 0; jb < 2; ++jb) {
+            float s[4], ds[4];
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+              const int j = jb * 4 + jj, n = fncol(j, tx);
+              float sv, dv;
+              Act::both(acc[i][j], gamma, sv, dv);
+              const bool valid = r0 + m < N && j0 + n < n1;
+              s[jj] = valid ? a1 * sv : 0.0f;
+              ds[jj] = valid ? a1 * dv : 0.0f;
+            }
+            const int off = m * kFP + jb * 64 + 4 * tx;
+            *reinterpret_cast<float4*>(Ss + off) = make_float4(s[0], s[1], s[2], s[3]);
+            *reinterpret_cast<float4*>(Ds + off) = make_float4(ds[0], ds[1], ds[2], ds[3]);
+          }
+        }
+      }
+      {
+        float acc[8][8];
+        fzero(acc);
+        fgemm(acc, n2, FLoadT{G, ldg, r0, N, n2}, FLoadT{W2, ldw2, j0, n1, n2}, stage, tx, ty);
+        // Ds = (a1 sigma') (.) P: the same thread wrote these elements
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int m = fmrow(i, ty);
+#pragma unroll
+          for (int jb = 0; jb < 2; ++jb) {
+            float4* p = reinterpret_cast<float4*>(Ds + m * kFP + jb * 64 + 4 * tx);
+            float4 v = *p;
+            v.x *= acc[i][jb * 4 + 0];
+            v.y *= acc[i][jb * 4 + 1];
+            v.z *= acc[i][jb * 4 + 2];
+            v.w *= acc[i][jb * 4 + 3];
+            *p = v;
+          }
+        }
+      }
+      // (fgemm starts with a barrier: Ss and Ds are complete before they are read)
+
+      // dW1[i0:i0+kFT, T] += X_R[:, i0:i0+kFT]^T D
+      for (int i0 = 0; i0 < d; i0 += kFT) {
+        float acc[8][8];
+        fzero(acc);
+        fgemm(acc, kFT, FLoadN{X, ldx, r0, N, i0, d}, FResident{Ds}, stage, tx, ty);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int gi = i0 + fmrow(i, ty);
+#pragma unroll
+          for (int jb = 0; jb < 2; ++jb) {
+            const int nb = jb * 64 + 4 * tx;
+            float4* sp = reinterpret_cast<float4*>(g1s + (i64)gi * kFT + nb);
+            float g[4] = {acc[i][jb * 4], acc[i][jb * 4 + 1], acc[i][jb * 4 + 2], acc[i][jb * 4 + 3]};
+            if (!first) {
+              const float4 o = *sp;
+              g[0] = o.x + g[0];
+              g[1] = o.y + g[1];
+              g[2] = o.z + g[2];
+              g[3] = o.w + g[3];
+            }
+            if (!last) {
+              *sp = make_float4(g[0], g[1], g[2], g[3]);
+            } else if (gi < d) {
+#pragma unroll
+              for (int jj = 0; jj < 4; ++jj) {
+                if (j0 + nb + jj < n1) {
+                  sq1 += (double)g[jj] * (double)g[jj];
+                  W1[(i64)gi * ldw1 + j0 + nb + jj] -= lr * g[jj];
+                }
+              }
+            }
+          }
+        }
+      }
+
+      // dW2[T, c0:c0+kFT] += S^T G_R[:, c0:c0+kFT]
+      for (int c0 = 0; c0 < n2; c0 += kFT) {
+        float acc[8][8];
+        fzero(acc);
+        fgemm(acc, kFT, FResident{Ss}, FLoadN{G, ldg, r0, N, c0, n2}, stage, tx, ty);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int n = fmrow(i, ty);
+#pragma unroll
+          for (int jb = 0; jb < 2; ++jb) {
+            const int cb = c0 + jb * 64 + 4 * tx;
+            float4* sp = reinterpret_cast<float4*>(g2s + (i64)n * n2p + cb);
+            float g[4] = {acc[i][jb * 4], acc[i][jb * 4 + 1], acc[i][jb * 4 + 2], acc[i][jb * 4 + 3]};
+            if (!first) {
+              const float4 o = *sp;
+              g[0] = o.x + g[0];
+              g[1] = o.y + g[1];
+              g[2] = o.z + g[2];
+              g[3] = o.w + g[3];
+            }
+            if (!last) {
+              *sp = make_float4(g[0], g[1], g[2], g[3]);
+            } else if (j0 + n < n1) {
+#pragma unroll
+              for (int jj = 0; jj < 4; ++jj) {
+                if (cb + jj < n2) {
+                  sq2 += (double)g[jj] * (double)g[jj];
+                  W2[(i64)(j0 + n) * ldw2 + cb + jj] -= lr * g[jj];
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+
+    red1[tid] = sq1;
+    red2[tid] = sq2;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w >>= 1) {
+      if (tid < w) {
+        red1[tid] += red1[tid + w];
+        red2[tid] += red2[tid + w];
+      }
+      __syncthreads();
+    }
+    if (tid == 0) {
+      sq_norms[2 * (i64)tile] = red1[0];
+      sq_norms[2 * (i64)tile + 1] = red2[0];
+    }
+    __syncthreads();
+  }
+}
+
 // The tile sizes of T, for the host: FM, FN, FT, SM, ST, SC, kThreads, sizeof(T).
 template <class T>
 __global__ void tile_config_kernel(int* out) {
@@ -316,6 +684,9 @@ __global__ void tile_config_kernel(int* out) {
     out[5] = Tiles<T>::SC;
     out[6] = kThreads;
     out[7] = (int)sizeof(T);
+    out[8] = sizeof(T) == 4 ? kFT : 0;  // float32 fast kernels: block tile, dynamic shared memory of step, forward
+    out[9] = sizeof(T) == 4 ? kFStepSmem : 0;
+    out[10] = sizeof(T) == 4 ? kFFwdSmem : 0;
   }
 }
 

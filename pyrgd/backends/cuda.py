@@ -11,6 +11,9 @@ in :mod:`pyrgd.backends` (arrays already validated by :mod:`pyrgd.ops`: C-contig
   ST (d + n2) elements per resident block). ``next_forward=True`` is implemented as a forward launch after the step
   (same result as accumulating it in the step's sweep; one more pass over X). The only device-to-host transfer of
   a step is the two squared gradient norms, returned as Python floats.
+- float32 forward and step run the register-blocked kernels ``wide_forward_f32`` / ``wide_step_f32`` (128 x 128
+  block tiles, an 8 x 8 micro-tile per thread, double-buffered shared-memory k-chunks, over 48 KB of dynamic shared
+  memory opted in per function); ``_USE_FAST = False`` selects the generic kernels (also used for float64).
 - :func:`gram` -- loops over chunks of neurons on the host: a kernel writes F_chunk (N x c, at most
   ``_GRAM_CHUNK_BYTES``), cuBLAS adds F_chunk F_chunk^T into K.
 
@@ -54,6 +57,11 @@ _ACT_KERNELS = (
     "pyrgd::cuda::wide_features_kernel",
     "pyrgd::cuda::wide_backward_features_kernel",
 )
+#: float32-only register-blocked kernels (same signatures as wide_forward_kernel / wide_step_kernel), used for float32
+_F32_KERNELS = (
+    "pyrgd::cuda::wide_forward_f32",
+    "pyrgd::cuda::wide_step_f32",
+)
 _SUM_PAIRS = "pyrgd_sum_pairs"
 _TILE_CONFIG = "pyrgd::cuda::tile_config_kernel"
 #: every kernel of a block has this many threads (checked against tile_config_kernel)
@@ -66,6 +74,8 @@ MAX_DIM = 2**31 - 1 - 4096
 _POISON = False
 #: upper bound on the blocks of a step launch (None: 2 per multiprocessor); results do not depend on it
 _STEP_GRID_LIMIT = None
+#: use the float32 register-blocked kernels (wide_forward_f32, wide_step_f32); False: the generic ones
+_USE_FAST = True
 #: size bound of the F chunk buffer of gram()
 _GRAM_CHUNK_BYTES = 64 * 2**20
 
@@ -124,7 +134,8 @@ def name_expressions(dtype_name: str, activation_name: str) -> list[str]:
     """NVRTC name expressions of every kernel of the module for (dtype, activation)."""
     T = SCALAR_TYPES[dtype_name]
     A = f"pyrgd::act::{ACTIVATION_STRUCTS[activation_name]}"
-    return [f"{k}<{T}, {A}>" for k in _ACT_KERNELS] + [f"{_TILE_CONFIG}<{T}>", _SUM_PAIRS]
+    kernels = _ACT_KERNELS + (_F32_KERNELS if T == "float" else ())
+    return [f"{k}<{T}, {A}>" for k in kernels] + [f"{_TILE_CONFIG}<{T}>", _SUM_PAIRS]
 
 
 def all_name_expressions() -> list[str]:
@@ -244,20 +255,33 @@ def _module(dtype, act_name: str):
         cfg_kernel = mod.get_function(f"{_TILE_CONFIG}<{SCALAR_TYPES[dtype.name]}>")
     except cp.cuda.compiler.CompileException as e:  # pragma: no cover - the NVRTC check guards against this
         raise BackendUnavailable(f"the CUDA kernels failed to compile for {dtype.name}/{act_name}:\n{e}") from e
-    out = cp.zeros(8, dtype=np.int32)
+    out = cp.zeros(12, dtype=np.int32)
     cfg_kernel((1,), (32,), (out,))
     v = [int(x) for x in out.get()]
-    tiles = dict(FM=v[0], FN=v[1], FT=v[2], SM=v[3], ST=v[4], SC=v[5])
+    tiles = dict(FM=v[0], FN=v[1], FT=v[2], SM=v[3], ST=v[4], SC=v[5], FAST=v[8], FAST_STEP_SMEM=v[9],
+                 FAST_FWD_SMEM=v[10])
     if v[6] != THREADS or v[7] != dtype.itemsize:
         raise BackendUnavailable(f"CUDA kernel configuration mismatch: threads {v[6]}, sizeof(T) {v[7]}")
     _MODULES[key] = (mod, tiles)
     return mod, tiles
 
 
-def _kernel(mod, kname: str, dtype, act_name: str):
+def _kernel(mod, kname: str, dtype, act_name: str, smem: int = 0):
     T = SCALAR_TYPES[np.dtype(dtype).name]
     A = f"pyrgd::act::{ACTIVATION_STRUCTS[act_name]}"
-    return mod.get_function(f"{kname}<{T}, {A}>")
+    f = mod.get_function(f"{kname}<{T}, {A}>")
+    if smem > 48 * 1024 and getattr(f, "_pyrgd_smem", 0) < smem:
+        f.max_dynamic_shared_size_bytes = smem  # above 48 KB only after this opt-in
+        try:
+            f._pyrgd_smem = smem
+        except AttributeError:  # pragma: no cover - Function objects without a __dict__: set it every time
+            pass
+    return f
+
+
+def _fast(tiles, dtype) -> bool:
+    """Whether the float32 register-blocked kernels serve this dtype (tile_config reports them for float only)."""
+    return np.dtype(dtype) == np.float32 and tiles.get("FAST", 0) > 0 and _USE_FAST
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,17 +334,25 @@ def _sm_count(cp) -> int:
 def _launch_forward(cp, mod, tiles, X, W1, W2, act, a1):
     N, d = X.shape
     n1, n2 = W2.shape
-    gx, gy = -(-N // tiles["FM"]), -(-n2 // tiles["FN"])
+    fast = _fast(tiles, X.dtype)
+    FM, FN = (tiles["FAST"], tiles["FAST"]) if fast else (tiles["FM"], tiles["FN"])
+    gx, gy = -(-N // FM), -(-n2 // FN)
     if gy > 65535:
-        raise PyrgdError(f"W2: n2 = {n2} columns is more than the CUDA backend handles ({65535 * tiles['FN']})")
+        raise PyrgdError(f"W2: n2 = {n2} columns is more than the CUDA backend handles ({65535 * FN})")
     H = _empty((N, n2), X.dtype)
-    k = _kernel(mod, "pyrgd::cuda::wide_forward_kernel", X.dtype, act.name)
+    if fast:
+        smem = tiles["FAST_FWD_SMEM"]
+        k = _kernel(mod, "pyrgd::cuda::wide_forward_f32", X.dtype, act.name, smem)
+    else:
+        smem = 0
+        k = _kernel(mod, "pyrgd::cuda::wide_forward_kernel", X.dtype, act.name)
     s = lambda v: _scalar(X.dtype, v)  # noqa: E731
     k(
         (gx, gy, 1),
         (THREADS, 1, 1),
         (X, W1, W2, H, np.int32(N), np.int32(d), np.int32(n1), np.int32(n2),
          _ld(X), _ld(W1), _ld(W2), _ld(H), s(a1), s(act.gamma)),
+        shared_mem=smem,
     )
     return H
 
@@ -345,21 +377,32 @@ def step(X, W1, W2, G, lr, act, a1, next_forward):
         mod, tiles = _module(X.dtype, act.name)
         N, d = X.shape
         n1, n2 = W2.shape
-        ST, SM = tiles["ST"], tiles["SM"]
+        fast = _fast(tiles, X.dtype)
+        if fast:
+            ST = SM = tiles["FAST"]
+            per_block = ST * (-(-d // ST) * ST + -(-n2 // ST) * ST)  # d and n2 rounded up to the tile
+            blocks_per_sm, smem = 1, tiles["FAST_STEP_SMEM"]
+            kname = "pyrgd::cuda::wide_step_f32"
+        else:
+            ST, SM = tiles["ST"], tiles["SM"]
+            per_block = ST * (d + n2)
+            blocks_per_sm, smem = 2, 0
+            kname = "pyrgd::cuda::wide_step_kernel"
         num_tiles = -(-n1 // ST)
-        limit = _STEP_GRID_LIMIT if _STEP_GRID_LIMIT is not None else 2 * _sm_count(cp)
+        limit = _STEP_GRID_LIMIT if _STEP_GRID_LIMIT is not None else blocks_per_sm * _sm_count(cp)
         grid = max(1, min(num_tiles, int(limit)))
-        # running gradients: ST (d + n2) per block, used only when there is more than one row tile
-        scratch = _empty((grid * ST * (d + n2),) if N > SM else (1,), X.dtype)
+        # running gradients: per_block elements per block, used only when there is more than one row tile
+        scratch = _empty((grid * per_block,) if N > SM else (1,), X.dtype)
         sq = _empty((2 * num_tiles,), np.float64)
         total = _empty((2,), np.float64)
         s = lambda v: _scalar(X.dtype, v)  # noqa: E731
-        k = _kernel(mod, "pyrgd::cuda::wide_step_kernel", X.dtype, act.name)
+        k = _kernel(mod, kname, X.dtype, act.name, smem)
         k(
             (grid, 1, 1),
             (THREADS, 1, 1),
             (X, W1, W2, G, np.int32(N), np.int32(d), np.int32(n1), np.int32(n2),
              _ld(X), _ld(W1), _ld(W2), _ld(G), s(a1), s(act.gamma), s(lr), scratch, sq),
+            shared_mem=smem,
         )
         mod.get_function(_SUM_PAIRS)((1, 1, 1), (THREADS, 1, 1), (sq, np.int32(num_tiles), total))
         H_next = _launch_forward(cp, mod, tiles, X, W1, W2, act, a1) if next_forward else None
