@@ -1,7 +1,7 @@
-"""The command line: ``pyrgd train`` and ``pyrgd info`` (also ``python -m pyrgd``).
+"""The command line: ``pyrgd train``, ``info``, ``certify``, ``sweep`` and ``experiment`` (also ``python -m pyrgd``).
 
-Exit codes: 0 converged, max_steps or time budget reached; 1 diverged; 130 interrupted (Ctrl-C); 2 bad input
-(one line ``pyrgd: error: ...`` on stderr, no traceback).
+Exit codes: 0 success (train: converged, max_steps or time budget reached); 1 diverged (train); 130 interrupted
+(Ctrl-C); 2 bad input (one line ``pyrgd: error: ...`` on stderr, no traceback).
 """
 from __future__ import annotations
 
@@ -60,21 +60,69 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a network. Config values: defaults < --preset < --config < flags and --set. "
                                    "Exit code 0 converged or stopped at a limit, 1 diverged, 130 interrupted, "
                                    "2 bad input.")
-    t.add_argument("--preset", metavar="NAME", help=f"start from a preset ({', '.join(PRESETS)})")
-    t.add_argument("--config", metavar="FILE.toml", help="a TOML config with [data], [model] and [train] tables")
+    _add_config_args(t, PRESETS)
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<UTC time>-<preset or config name>)")
     t.add_argument("--json", action="store_true", help="print only the summary as JSON on stdout")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
-    t.add_argument("--set", dest="sets", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="set any config key, e.g. --set model.init=he --set data.inputs=gaussian (repeatable)")
-    g = t.add_argument_group("shortcuts for config keys")
-    for flag, dest, keys, help_text in _FLAG_KEYS:
-        g.add_argument(flag, dest=dest, metavar=dest.upper(), help=f"{help_text} ({', '.join(keys)})")
+    _add_flag_shortcuts(t)
 
     i = sub.add_parser("info", help="versions and which backends work on this machine")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    c = sub.add_parser("certify", help="the convergence certificates of a config at initialization",
+                       description="Build the network and data of a config (the same options as train) and print "
+                                   "the certificates at initialization: sigma_min(F_1), the tail, the PL constant "
+                                   "mu_0, Nguyen 2021 Thm 2.2 (each condition with its margin), the quantities of "
+                                   "Nguyen & Mondelli 2020 (no verdict), the empirical NTK's lambda_min (n_L = 1) "
+                                   "and Du et al. 2019's lambda_0 (unit-norm inputs). The step size is the config's "
+                                   "train.lr ('auto': the one train would choose).")
+    _add_config_args(c, PRESETS)
+    c.add_argument("--json", action="store_true", help="print the certificates as JSON")
+    c.add_argument("--C", dest="C", metavar="C", help="Nguyen 2021's constants C_l (default 1)")
+    c.add_argument("--no-ntk", action="store_true", help="skip the empirical NTK")
+    c.add_argument("--no-du", action="store_true", help="skip Du et al.'s lambda_0")
+    _add_flag_shortcuts(c)
+
+    s = sub.add_parser("sweep", help="train a grid of configs and record certificates and convergence",
+                       description="Run every cell of a grid file ([grid] table of lists over N, n1 or n1_over_N, "
+                                   "init, activation, tail or depth, seed, 'table.key'; plus base [data], [model], "
+                                   "[train] tables) and write results.csv, summary.csv and plots into --out. "
+                                   "An interrupted sweep continues with --resume.")
+    s.add_argument("--grid", metavar="FILE.toml", required=True, help="the grid file")
+    s.add_argument("--out", metavar="DIR", help="output folder (default: sweeps/<grid file name>)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --out, skipping its finished cells")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the summary rows as JSON")
+
+    from .experiments import EXPERIMENTS
+
+    e = sub.add_parser("experiment", help="run one of the experiments E1..E4 and draw its figure",
+                       description="Run an experiment from its TOML file (" + "; ".join(
+                           f"{k}: {v[1]}" for k, v in EXPERIMENTS.items()) + "). Writes NAME.png, NAME.csv and "
+                       "NAME.json into --out.")
+    e.add_argument("name", metavar="NAME", help=f"{', '.join(EXPERIMENTS)}, or the path of an experiment .toml")
+    e.add_argument("--out", metavar="DIR", help="output folder (default: runs/NAME, runs/NAME-small)")
+    e.add_argument("--small", action="store_true", help="the small variant of the experiment ([small] table)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--json", action="store_true", help="print the result (files, findings, runtime) as JSON")
+
+    # `pyrgd bench` (pyrgd/bench) is added here: b = sub.add_parser("bench", ...)
     return p
+
+
+def _add_config_args(p, presets):
+    p.add_argument("--preset", metavar="NAME", help=f"start from a preset ({', '.join(presets)})")
+    p.add_argument("--config", metavar="FILE.toml", help="a TOML config with [data], [model] and [train] tables")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="set any config key, e.g. --set model.init=he --set data.inputs=gaussian (repeatable)")
+
+
+def _add_flag_shortcuts(p):
+    g = p.add_argument_group("shortcuts for config keys")
+    for flag, dest, keys, help_text in _FLAG_KEYS:
+        g.add_argument(flag, dest=dest, metavar=dest.upper(), help=f"{help_text} ({', '.join(keys)})")
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -157,8 +205,7 @@ def _cmd_train(args) -> int:
     from . import config as C
     from .runio import json_safe
 
-    file_cfg = C.load_config(args.config) if args.config else None
-    cfg = C.resolve_config(preset=args.preset, file_cfg=file_cfg, overrides=_overrides(args))
+    cfg = _resolved_config(args)
     if args.print_config:
         sys.stdout.write(C.dump_config(cfg))
         return 0
@@ -181,6 +228,73 @@ def _cmd_train(args) -> int:
         print(_human_summary(summary, out))
     sys.stdout.flush()
     return EXIT_CODES.get(result.status, 1)
+
+
+def _resolved_config(args) -> dict:
+    from . import config as C
+
+    file_cfg = C.load_config(args.config) if args.config else None
+    return C.resolve_config(preset=args.preset, file_cfg=file_cfg, overrides=_overrides(args))
+
+
+# --------------------------------------------------------------------------------------------- certify
+def _cmd_certify(args) -> int:
+    from . import config as C
+    from ._validate import check_scalar
+    from .certify import certify, format_certificate
+    from .runio import json_safe
+
+    cfg = _resolved_config(args)
+    Cval = 1.0
+    if args.C is not None:
+        try:
+            Cval = float(args.C)
+        except ValueError:
+            raise PyrgdError(f"--C: expected a positive number, got {args.C!r}") from None
+        Cval = check_scalar("--C", Cval, positive=True)
+    net, X, Y, kwargs = C.build(cfg)
+    backend = kwargs["backend"] if kwargs["backend"] in ("cpu", "reference") else "auto"  # certify runs on the host
+    d = certify(net, X, Y, lr=kwargs["lr"], C=Cval, ntk=not args.no_ntk, du=not args.no_du, backend=backend)
+    if args.json:
+        sys.stdout.write(json.dumps(json_safe(d), indent=2, allow_nan=False) + "\n")
+    else:
+        print(format_certificate(d))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- sweep
+def _cmd_sweep(args) -> int:
+    from .runio import json_safe
+    from .sweep import format_summary, load_grid, run_sweep, summarize
+
+    grid_cfg = load_grid(args.grid)
+    out = args.out or os.path.join("sweeps", os.path.splitext(os.path.basename(args.grid))[0])
+    if not args.resume and os.path.exists(os.path.join(out, "results.csv")):
+        raise PyrgdError(f"--out: {out} already holds a sweep (results.csv); pass --resume to continue it, or "
+                         "choose another --out")
+    rows = run_sweep(grid_cfg, out, resume=args.resume, progress=not args.no_progress)
+    summary = summarize(rows)
+    if args.json:
+        sys.stdout.write(json.dumps(json_safe({"out": out, "cells": len(rows), "summary": summary}), indent=2,
+                                    allow_nan=False) + "\n")
+    else:
+        print(format_summary(summary))
+        print(f"\n{len(rows)} cells; results.csv, summary.csv, heatmap.png, final_loss.png in {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- experiment
+def _cmd_experiment(args) -> int:
+    from .experiments import run_experiment
+    from .runio import json_safe
+
+    res = run_experiment(args.name, out=args.out, small=args.small, progress=not args.no_progress)
+    if args.json:
+        sys.stdout.write(json.dumps(json_safe(res), indent=2, allow_nan=False) + "\n")
+    else:
+        print(f"{res['experiment']} done in {res['runtime_s']:.1f} s: figure {res['figure']}, numbers {res['csv']}, "
+              f"findings {res['json']}")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- info
@@ -219,9 +333,9 @@ def _main(argv) -> int:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help and --version exit through argparse
             return int(e.code or 0) if not isinstance(e.code, str) else _error(e.code)
-        if args.command == "train":
-            return _cmd_train(args)
-        return _cmd_info(args)
+        commands = {"train": _cmd_train, "info": _cmd_info, "certify": _cmd_certify, "sweep": _cmd_sweep,
+                    "experiment": _cmd_experiment}  # "bench": _cmd_bench goes here
+        return commands[args.command](args)
     except _UsageError as e:
         return _error(str(e))
     except (PyrgdError, BackendUnavailable) as e:

@@ -2,8 +2,10 @@
 
 Agreement: relative Frobenius error <= 1e-12 (float64) and <= 1e-5 (float32) for forward, step (updated weights,
 H_next, gradient norms) and both Gram modes, over every activation and awkward shapes (N, d, n2 = 1; n1 below,
-not a multiple of, and well above the block size). Determinism: repeated calls and other thread counts give the
-same bits where the backend promises it. Robustness: bad input to the raw module raises instead of crashing.
+not a multiple of, and well above the block size; widths that are not multiples of the register tiles), with the
+kernels of every instruction set this CPU has (generic, AVX2, AVX-512). The vectorized activation code on its own
+against float64 NumPy. Determinism: repeated calls, other thread counts and the AVX2/AVX-512 kernels give the same
+bits where the backend promises it. Robustness: bad input to the raw module raises instead of crashing.
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ DTYPES = [np.float64, np.float32]
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 BLOCK = _cpu.BLOCK_SIZE
 
-# (N, d, n1, n2, a1, lr): N, d, n2 = 1; n1 = 1, < block, not a multiple of it, > kSuperBlocks * block (1024, so the
-# sums over neurons take two levels), N > 256 (the sums over samples take two levels and forward has many row tiles).
+# (N, d, n1, n2, a1, lr): N, d, n2 = 1; n1 = 1, < block (64), not a multiple of it, a multiple of it,
+# > kSuperBlocks * block (1024, so the sums over neurons take two levels); N > 256 (the sums over samples take two
+# levels and forward has several row tiles); N, d, n2 not multiples of the register tile (rows 4, 6 or 8; columns
+# 4 to 64 floats) with n2 above one vector, so that the masked edge columns and the short edge rows both run.
 SHAPES = [
     (1, 1, 1, 1, 1.0, 0.1),
     (1, 3, 40, 2, 0.5, 0.05),
@@ -41,6 +45,8 @@ SHAPES = [
     (17, 6, 97, 5, 0.7, 0.1),
     (12, 3, 1100, 2, 0.05, 0.5),
     (300, 2, 64, 1, 1.3, 0.002),
+    (37, 13, 200, 19, 0.9, 0.05),
+    (515, 9, 150, 35, 0.6, 0.001),
 ]
 SHAPE_IDS = ["N{}-d{}-n1_{}-n2_{}".format(*s[:4]) for s in SHAPES]
 KINKED = ("relu", "leaky_relu")
@@ -84,6 +90,17 @@ def make_case(shape, dtype, act, seed=0):
 def restore_threads():
     yield
     _cpu.set_num_threads(0)
+
+
+ISAS = _cpu.available_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run a test with the kernels of each instruction set this build has on this CPU."""
+    _cpu.set_isa(request.param)
+    yield request.param
+    _cpu.set_isa("auto")
 
 
 # ----------------------------------------------------------------------------------------- agreement with reference
@@ -145,13 +162,15 @@ def test_gram_matches_reference(shape, spec, dtype, mode):
 
 
 @pytest.mark.parametrize("mode", ["forward", "backward"])
-def test_gram_over_several_panels(mode, restore_threads):
-    """n1 so large that gram takes several panels of neurons (panel boundaries not aligned with the groups of the
-    two-level sum): agreement with the reference and the same bits for 1 and 3 threads."""
-    N = 40
-    n1 = int(1.5 * _cpu.build_info()["gram_panel_elems"] / N)  # two panels
+@pytest.mark.parametrize("N", [40, 1100])
+def test_gram_over_several_panels(mode, N, restore_threads):
+    """n1 so large that gram takes several panels of neurons and several groups of the two-level sum over neurons
+    (N = 40: panels of 1024 neurons; N = 1100: panels of 512 neurons, F^T in several blocks of samples
+    and the rank update in several stripes of rows): agreement with the reference and the same bits for 1, 3
+    threads."""
+    n1 = int(1.5 * _cpu.build_info()["gram_panel_elems"] / N) if N == 40 else 2100
     act = parse_activation("tanh")
-    X, W1, W2, B2 = make_case((N, 2, n1, 1, 0.3, 0.0), np.float64, act)
+    X, W1, W2, B2 = make_case((N, 2, n1, 3, 0.3, 0.0), np.float64, act)
     kw = {} if mode == "forward" else {"W2": W2, "B2": B2}
     Ks = []
     for n in (1, 3):
@@ -159,6 +178,7 @@ def test_gram_over_several_panels(mode, restore_threads):
         Ks.append(cpu.gram(X, W1, act, 0.3, **kw))
     assert np.array_equal(Ks[0], Ks[1])
     assert rel_err(Ks[0], reference.gram(X, W1, act, 0.3, **kw)) <= 1e-12
+    assert np.array_equal(Ks[0], Ks[0].T)
 
 
 def test_lr_zero_leaves_weights_and_reports_gradients():
@@ -240,9 +260,7 @@ def test_repeated_calls_are_bit_identical(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 def test_thread_count_independence(dtype, restore_threads):
-    """forward, gram, and step's W1, W2 and norms are the same bits for 1, 2, 3 threads; H_next agrees closely.
-
-    With 1 thread one thread's share of step spans more than kSuperBlocks blocks (two-level sum of H_next)."""
+    """forward, gram, and all of step's outputs (W1, W2, norms, H_next) are the same bits for 1, 2, 3 threads."""
     act = parse_activation("erf")
     X, W1, W2, G = make_case(DET_SHAPE, dtype, act)
     a1, lr = DET_SHAPE[4], DET_SHAPE[5]
@@ -254,20 +272,21 @@ def test_thread_count_independence(dtype, restore_threads):
         A1, A2 = W1.copy(), W2.copy()
         H_next, q1, q2 = _cpu.step(X, A1, A2, G, lr, act.code, act.gamma, a1, True)
         assert rel_err(H_next, ref.H_next) <= TOL[dtype]
-        exact = (
-            _cpu.forward(X, W1, W2, act.code, act.gamma, a1),
-            _cpu.gram(X, W1, None, None, act.code, act.gamma, a1),
-            _cpu.gram(X, W1, W2, G, act.code, act.gamma, a1),
-            A1,
-            A2,
-            q1,
-            q2,
+        results.append(
+            (
+                _cpu.forward(X, W1, W2, act.code, act.gamma, a1),
+                _cpu.gram(X, W1, None, None, act.code, act.gamma, a1),
+                _cpu.gram(X, W1, W2, G, act.code, act.gamma, a1),
+                A1,
+                A2,
+                q1,
+                q2,
+                H_next,
+            )
         )
-        results.append((exact, H_next))
-    for exact, H_next in results[1:]:
-        for a, b in zip(exact, results[0][0]):
+    for res in results[1:]:
+        for a, b in zip(res, results[0]):
             assert np.array_equal(a, b)
-        assert rel_err(H_next, results[0][1]) <= TOL[dtype]
 
 
 def test_concurrent_calls_from_python_threads():
@@ -298,6 +317,137 @@ def test_concurrent_calls_from_python_threads():
     for i, res in enumerate(out):
         for H, K in res:
             assert np.array_equal(H, serial[i]) and np.array_equal(K, serial_g[i])
+
+
+# ------------------------------------------------------------------------------------------- instruction sets
+# A shape with several full register tiles in every direction, two groups of blocks and two row chunks, plus edges.
+ISA_SHAPES = [SHAPES[4], SHAPES[7], SHAPES[8], (260, 16, 1100, 70, 0.8, 0.01)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ACTIVATIONS)
+def test_every_isa_matches_reference(isa, spec, dtype):
+    act = parse_activation(spec)
+    tol = TOL[dtype]
+    for shape in ISA_SHAPES:
+        X, W1, W2, G = make_case(shape, dtype, act)
+        a1, lr = shape[4], shape[5]
+        H = _cpu.forward(X, W1, W2, act.code, act.gamma, a1)
+        assert rel_err(H, reference.forward(X, W1, W2, act, a1)) <= tol, shape
+        R1, R2 = W1.copy(), W2.copy()
+        ref = reference.step(X, R1, R2, G, lr, act, a1, True)
+        Hn, q1, q2 = _cpu.step(X, W1, W2, G, lr, act.code, act.gamma, a1, True)
+        assert rel_err(W1, R1) <= tol and rel_err(W2, R2) <= tol, shape
+        assert rel_err(Hn, ref.H_next) <= tol, shape
+        assert abs(q1 - ref.grad_sq_w1) <= tol * ref.grad_sq_w1 and abs(q2 - ref.grad_sq_w2) <= tol * ref.grad_sq_w2
+
+
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(ISAS), reason="needs a CPU with both AVX2 and AVX-512")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_avx2_and_avx512_kernels_give_the_same_bits(dtype):
+    """One FMA chain per element in the same order whatever the vector width (csrc/cpu/tile_ops.h)."""
+    shape = ISA_SHAPES[-1]
+    z = np.random.default_rng(5).standard_normal(10_000).astype(dtype) * 30
+    try:
+        for spec in ACTIVATIONS:
+            act = parse_activation(spec)
+            X, W1, W2, G = make_case(shape, dtype, act)
+            outs = []
+            for name in ("avx2", "avx512"):
+                _cpu.set_isa(name)
+                A1, A2 = W1.copy(), W2.copy()
+                Hn, q1, q2 = _cpu.step(X, A1, A2, G, shape[5], act.code, act.gamma, shape[4], True)
+                outs.append((_cpu.forward(X, W1, W2, act.code, act.gamma, shape[4]), A1, A2, Hn, q1, q2,
+                             *_cpu._eval_activation(z, act.code, act.gamma)))
+            for a, b in zip(*outs):
+                assert np.array_equal(a, b), spec
+    finally:
+        _cpu.set_isa("auto")
+
+
+def _activation_points(dtype):
+    if dtype == np.float32:  # every 997th float up to 110 in magnitude (the denormal range included), both signs
+        x = np.arange(0, 0x42DC0000, 997, dtype=np.uint32).view(np.float32)
+    else:
+        rng = np.random.default_rng(7)
+        x = np.concatenate([rng.uniform(0, 40, 1_000_000), rng.uniform(0, 750, 200_000),
+                            np.abs(rng.standard_normal(100_000)) * 1e-4])
+    return np.concatenate([x, -x]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ["smooth_leaky_relu(0.2)", "softplus", "relu", "leaky_relu(0.1)", "identity"])
+def test_vectorized_activations_are_accurate(isa, spec, dtype):
+    """The kernels' own exp/log1p (csrc/cpu/vec_math.h) against float64 NumPy (float32) or within a few ulp (float64).
+
+    Error bound: 4 ulp of the value, plus 4 ulp of (1 - gamma) ln 2 for smooth_leaky_relu (its definition subtracts
+    ln 2 from softplus: cancellation near 0 whatever the math library), plus 4 denormal steps."""
+    act = parse_activation(spec)
+    x = _activation_points(dtype)
+    S, D = _cpu._eval_activation(x, act.code, act.gamma)
+    assert S.dtype == dtype and D.dtype == dtype and S.shape == x.shape
+    s64, d64 = act.sigma(x.astype(np.float64)), act.dsigma(x.astype(np.float64))
+    fi = np.finfo(dtype)
+    shift = (1 - act.gamma) * np.log(2.0) if act.name == "smooth_leaky_relu" else 0.0
+    for got, want, c in ((S, s64, shift), (D, d64, 0.0)):
+        bound = 4 * float(fi.eps) * (np.abs(want) + c) + 4 * float(fi.smallest_subnormal)
+        err = np.abs(got.astype(np.float64) - want)
+        assert (err <= bound).all(), (x[np.argmax(err / bound)], (err / bound).max())
+
+
+def test_isa_selection(isa):
+    assert _cpu.get_isa() == isa and cpu.build_info()["isa"] == isa
+    assert ISAS[0] == "generic" and isa in ISAS
+    for bad in ("sse9", "AVX2", ""):
+        with pytest.raises(ValueError, match="isa"):
+            _cpu.set_isa(bad)
+    assert _cpu.get_isa() == isa  # unchanged by the failed calls
+    unavailable = [n for n in ("avx2", "avx512") if n not in ISAS]
+    for name in unavailable:
+        with pytest.raises(ValueError, match="not available"):
+            _cpu.set_isa(name)
+
+
+def test_wrapper_isa_functions(isa):
+    assert cpu.get_isa() == isa and cpu.available_isas() == ISAS
+    with pytest.raises(PyrgdError, match="isa"):
+        cpu.set_isa("sse9")
+    cpu.set_isa("auto")
+    assert cpu.get_isa() == ISAS[-1]
+
+
+def test_blas_single_thread_limits_and_restores():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with cpu.blas_single_thread():
+        assert all(n == 1 for n in blas_threads())
+        a = np.ones((64, 64))
+        assert (a @ a)[0, 0] == 64.0
+    assert blas_threads() == before
+
+
+def test_blas_single_thread_without_threadpoolctl(monkeypatch):
+    monkeypatch.setattr(cpu, "_blas_controller", None)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails
+    with cpu.blas_single_thread():
+        pass
+
+
+def test_isa_from_environment():
+    """PYRGD_CPU_ISA chooses the kernels at import (capped at what the CPU has)."""
+    import pyrgd
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyrgd.__file__)))
+    for want in ("generic", ISAS[-1]):
+        env = dict(os.environ, PYRGD_CPU_ISA=want, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = subprocess.run([sys.executable, "-c", "import pyrgd._cpu as c; print(c.get_isa())"], capture_output=True,
+                           text=True, env=env, timeout=60, cwd=tempfile.gettempdir())
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert p.stdout.split() == [want]
 
 
 # ---------------------------------------------------------------------------------------------- large inputs
@@ -441,7 +591,7 @@ def test_available_and_build_info():
     ok, why = cpu.available()
     assert ok and "pyrgd._cpu" in why
     info = cpu.build_info()
-    for key in ("compiler", "openmp", "max_threads", "block_size", "march", "fast_math"):
+    for key in ("compiler", "openmp", "max_threads", "block_size", "march", "fast_math", "isa", "isa_available"):
         assert key in info
     assert info["block_size"] == BLOCK and info["max_threads"] >= 1 and isinstance(info["openmp"], bool)
     assert info["fast_math"] is False

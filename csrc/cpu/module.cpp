@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "wide_kernels.h"
 
@@ -224,6 +225,47 @@ py::array gram(const py::object& X, const py::object& W1, const py::object& W2, 
   return w.t == DType::f32 ? gram_t<float>(w, pb, act_code, gamma, a1) : gram_t<double>(w, pb, act_code, gamma, a1);
 }
 
+template <class T>
+py::tuple eval_activation_t(const py::array& Z, int act, double gamma) {
+  std::vector<py::ssize_t> shape(Z.shape(), Z.shape() + Z.ndim());
+  py::array_t<T> S(shape), D(shape);
+  const T* z = static_cast<const T*>(Z.data());
+  T* sp = S.mutable_data();
+  T* dp = D.mutable_data();
+  const std::size_t count = std::size_t(Z.size());
+  {
+    py::gil_scoped_release nogil;
+    pyrgd::cpu::eval_activation<T>(count, z, act, T(gamma), sp, dp);
+  }
+  return py::make_tuple(S, D);
+}
+
+// (sigma(Z), sigma'(Z)) by the kernels' own activation code; Z: a non-empty C-contiguous float array, any ndim.
+py::tuple eval_activation(const py::object& Zobj, int act_code, double gamma) {
+  py::array Z = as_array(Zobj, "Z");
+  const DType t = dtype_of(Z, "Z");
+  if (Z.size() == 0) throw py::value_error("Z: expected a non-empty array");
+  if (!(Z.flags() & py::array::c_style)) throw py::value_error("Z: expected a C-contiguous array");
+  if (!(Z.flags() & kAlignedFlag)) throw py::value_error("Z: expected an aligned array");
+  check_act(act_code);
+  check_finite(gamma, "gamma");
+  return t == DType::f32 ? eval_activation_t<float>(Z, act_code, gamma) : eval_activation_t<double>(Z, act_code, gamma);
+}
+
+int isa_code(const std::string& name) {
+  if (name == "generic") return 0;
+  if (name == "avx2") return 1;
+  if (name == "avx512") return 2;
+  if (name == "auto") return -1;
+  throw py::value_error("isa: expected 'auto', 'generic', 'avx2' or 'avx512', got '" + name + "'");
+}
+
+py::list available_isas() {
+  py::list l;
+  for (int i = 0; i <= pyrgd::cpu::best_isa(); ++i) l.append(pyrgd::cpu::isa_name(i));
+  return l;
+}
+
 py::dict build_info() {
   py::dict info;
 #if defined(__clang__)
@@ -242,10 +284,14 @@ py::dict build_info() {
   info["openmp_version"] = py::none();
 #endif
   info["max_threads"] = pyrgd::cpu::get_num_threads();
+  info["isa"] = std::string(pyrgd::cpu::isa_name(pyrgd::cpu::get_isa()));
+  info["isa_available"] = available_isas();
   info["block_size"] = int(pyrgd::cpu::kBlock);
   info["super_blocks"] = int(pyrgd::cpu::kSuperBlocks);
   info["row_chunk"] = int(pyrgd::cpu::kRowChunk);
   info["gram_panel_elems"] = py::int_(pyrgd::cpu::kGramPanelElems);
+  // Instruction-set macros of the baseline compile flags (the kernels of tile_avx2/tile_avx512 are compiled for more,
+  // and chosen at run time: "isa" above).
   py::list isa;
 #ifdef __SSE4_1__
   isa.append("sse4.1");
@@ -301,6 +347,24 @@ PYBIND11_MODULE(_cpu, m) {
         pyrgd::cpu::set_num_threads(n);
       },
       py::arg("n"), "Threads the kernels use from now on (process-wide); 0 restores OpenMP's default.");
+  m.def(
+      "get_isa", [] { return std::string(pyrgd::cpu::isa_name(pyrgd::cpu::get_isa())); },
+      "Instruction set of the kernels in use: 'generic', 'avx2' or 'avx512'.");
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        const int code = isa_code(name);
+        if (code > pyrgd::cpu::best_isa())
+          throw py::value_error("isa: '" + name + "' is not available in this build on this CPU (available: " +
+                                std::string(py::str(available_isas())) + ")");
+        pyrgd::cpu::set_isa(code);
+      },
+      py::arg("name"),
+      "Use the kernels of one instruction set from now on (process-wide): 'generic', 'avx2', 'avx512' (if this CPU "
+      "has them) or 'auto' (the best). The default is 'auto', or the environment variable PYRGD_CPU_ISA.");
+  m.def("available_isas", &available_isas, "Instruction sets this build can use on this CPU, from the baseline up.");
+  m.def("_eval_activation", &eval_activation, py::arg("Z"), py::arg("act_code"), py::arg("gamma") = 0.0,
+        "(sigma(Z), sigma'(Z)) computed by the kernels' own vectorized activation code (for accuracy tests).");
   m.def("build_info", &build_info, "How this module was built: compiler, OpenMP, block size, ISA flags.");
   m.attr("BLOCK_SIZE") = int(pyrgd::cpu::kBlock);
 }

@@ -1,17 +1,23 @@
 // pyrgd CPU backend: implementation of the fused wide-layer kernels declared in wide_kernels.h.
 //
-// Loop shapes: every innermost loop runs over contiguous memory (a row of a W1 block, a row of W2, a row of K) so
-// that the compiler can vectorize it without reordering any sum. No buffer is allocated inside a parallel region:
-// per-thread buffers are allocated up front (an allocation failure is a C++ exception outside OpenMP, which the
-// binding turns into MemoryError), and they are at most N x kBlock, kBlock x n2, d x kBlock, N x n2 (step's
-// per-thread partial of H_next), and for gram one panel of F (max(kGramPanelElems, N x kBlock) elements) and N x N.
+// forward, step and gram are written in terms of the tile operations of tile_ops.h (register-tiled products and
+// vectorized activation loops), for the instruction set chosen at run time.
+// No buffer is allocated inside a parallel region: per-thread buffers are allocated up front (an allocation
+// failure is a C++ exception outside OpenMP, which the binding turns into MemoryError). They are small and do not
+// grow with n1: forward: kForwardRows x (kBlock + n2); step: 2 kRowChunk x kBlock + (d + 2 n2) x kBlock; gram: one
+// panel of F^T (at most max(kGramPanelElems, N x kBlock) elements), 2 kForwardRows x kBlock + n2 x kBlock per thread,
+// and N x N (the second level of the sums over neurons) when n1 > 1024.
 #include "wide_kernels.h"
+
+#include "tile_ops.h"
 
 #include <pyrgd/activations.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -47,14 +53,6 @@ inline int thread_id() {
 #endif
 }
 
-inline int team_size() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-
 inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
 // a * b * c, or std::length_error (ValueError in Python) when it does not fit in size_t.
@@ -64,38 +62,6 @@ inline size_t checked_mul(size_t a, size_t b, size_t c = 1) {
   const size_t ab = a * b;
   if (ab != 0 && c > mx / ab) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
   return ab * c;
-}
-
-// Z (rows x nb, row stride nb) = X[r0 : r0+rows, :] W1[:, t0 : t0+nb].  For each element the sum runs over k in
-// increasing order; the inner loop runs over the contiguous block row W1[k, t0 : t0+nb].
-template <class T>
-inline void preact(const WideShape& s, const T* PYRGD_RESTRICT X, const T* PYRGD_RESTRICT W1, size_t r0, size_t rows,
-                   size_t t0, size_t nb, T* PYRGD_RESTRICT Z) {
-  const size_t d = s.d, n1 = s.n1;
-  for (size_t i = 0; i < rows; ++i) {
-    T* PYRGD_RESTRICT z = Z + i * nb;
-    const T* PYRGD_RESTRICT x = X + (r0 + i) * d;
-    for (size_t b = 0; b < nb; ++b) z[b] = T(0);
-    for (size_t k = 0; k < d; ++k) {
-      const T xk = x[k];
-      const T* PYRGD_RESTRICT w = W1 + k * n1 + t0;
-      for (size_t b = 0; b < nb; ++b) z[b] += xk * w[b];
-    }
-  }
-}
-
-// Hc (rows x n2) += S (rows x nb) W2blk (nb x n2).  Per element the sum runs over b in increasing order.
-template <class T>
-inline void accumulate_out(size_t rows, size_t nb, size_t n2, const T* PYRGD_RESTRICT S,
-                           const T* PYRGD_RESTRICT W2blk, T* PYRGD_RESTRICT Hc) {
-  for (size_t i = 0; i < rows; ++i) {
-    T* PYRGD_RESTRICT h = Hc + i * n2;
-    for (size_t b = 0; b < nb; ++b) {
-      const T sv = S[i * nb + b];
-      const T* PYRGD_RESTRICT w = W2blk + b * n2;
-      for (size_t c = 0; c < n2; ++c) h[c] += sv * w[c];
-    }
-  }
 }
 
 template <class T>
@@ -108,180 +74,164 @@ inline void zero(T* p, size_t n) {
   std::fill(p, p + n, T(0));
 }
 
+// ----------------------------------------------------------------------------------------- instruction sets
+int detect_best_isa() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2 && __builtin_cpu_supports("avx512f") && tile_ops_avx512_f32() && tile_ops_avx512_f64()) return 2;
+  if (avx2 && tile_ops_avx2_f32() && tile_ops_avx2_f64()) return 1;
+#endif
+  return 0;
+}
+
+int cached_best_isa() {
+  static const int best = detect_best_isa();
+  return best;
+}
+
+// -2: not yet chosen (the first get_isa reads PYRGD_CPU_ISA); else the instruction set in use.
+std::atomic<int> g_isa{-2};
+
+int isa_from_env() {
+  const int best = cached_best_isa();
+  const char* v = std::getenv("PYRGD_CPU_ISA");
+  if (!v) return best;
+  int want = best;
+  if (std::strcmp(v, "generic") == 0) want = 0;
+  else if (std::strcmp(v, "avx2") == 0) want = 1;
+  else if (std::strcmp(v, "avx512") == 0) want = 2;
+  return std::min(want, best);
+}
+
+template <class T>
+const TileOps<T>* ops_of(int isa);
+template <>
+const TileOps<float>* ops_of<float>(int isa) {
+  return isa == 2 ? tile_ops_avx512_f32() : isa == 1 ? tile_ops_avx2_f32() : tile_ops_generic_f32();
+}
+template <>
+const TileOps<double>* ops_of<double>(int isa) {
+  return isa == 2 ? tile_ops_avx512_f64() : isa == 1 ? tile_ops_avx2_f64() : tile_ops_generic_f64();
+}
+
 // ------------------------------------------------------------------------------------------------------ forward
-template <class T, class A>
-void forward_impl(const WideShape& s, const T* X, const T* W1, const T* W2, T gamma, T a1, T* H) {
-  const size_t N = s.N, n1 = s.n1, n2 = s.n2;
-  const int P = get_num_threads();
-  const size_t nblocks = ceil_div(n1, kBlock);
-  // Row tiles: about 4 per thread, at most kForwardRows rows. The tile size changes no summation order.
-  const size_t R = std::max<size_t>(1, std::min<size_t>(kForwardRows, ceil_div(N, size_t(P) * 4)));
+// Parallel over tiles of R rows (R from N and the thread count; it changes no summation order). Per tile, H[rows]
+// is the sum over groups of kSuperBlocks blocks of (the sum over the group's blocks of (the block's product
+// S W2[T, :], one FMA chain over its neurons)), each level in increasing order.
+template <class T>
+void forward_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, const T* W1, const T* W2, T gamma,
+                   T a1, T* H) {
+  const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
+  const int P0 = get_num_threads();
+  // About 8 tiles per thread (a slower thread, on a shared machine, then holds up the others little), a multiple
+  // of 16 rows, at most kForwardRows.
+  size_t R = ceil_div(N, size_t(P0) * 8);
+  R = std::min<size_t>(kForwardRows, std::max<size_t>(16, ceil_div(R, 16) * 16));
+  R = std::min(R, N);
   const size_t ntiles = ceil_div(N, R);
-  std::vector<T> zbuf(checked_mul(size_t(P), R, kBlock));
-  std::vector<T> hbuf(checked_mul(size_t(P), R, n2));
-  T* const zb = zbuf.data();
-  T* const hb = hbuf.data();
+  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(P0), ntiles)));
+  const size_t nblocks = ceil_div(n1, kBlock);
+  const size_t szZ = checked_mul(R, kBlock), szH = checked_mul(R, n2);
+  const size_t per_thread = szZ + szH;
+  if (per_thread < szZ) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
+  std::vector<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns of Z stay finite
+  T* const base = buf.data();
 
 #pragma omp parallel num_threads(P)
   {
-    const size_t t = size_t(thread_id());
-    T* Z = zb + t * R * kBlock;
-    T* Hc = hb + t * R * n2;
+    T* Z = base + size_t(thread_id()) * per_thread;
+    T* Hg = Z + szZ;
 #pragma omp for schedule(dynamic, 1)
     for (idx tile = 0; tile < idx(ntiles); ++tile) {
       const size_t r0 = size_t(tile) * R, rows = std::min(R, N - r0);
+      const T* Xr = X + r0 * d;
       T* Ht = H + r0 * n2;
       zero(Ht, rows * n2);
       for (size_t sb = 0; sb < nblocks; sb += kSuperBlocks) {
         const size_t se = std::min(nblocks, sb + kSuperBlocks);
-        zero(Hc, rows * n2);
+        zero(Hg, rows * n2);
         for (size_t blk = sb; blk < se; ++blk) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
-          preact(s, X, W1, r0, rows, t0, nb, Z);
-          for (size_t e = 0; e < rows * nb; ++e) Z[e] = a1 * A::f(Z[e], gamma);
-          accumulate_out(rows, nb, n2, Z, W2 + t0 * n2, Hc);
+          ops.gemm_nn(rows, nb, d, Xr, d, W1 + t0, n1, Z, kBlock, false);   // Z = X W1[:, T]
+          ops.act_value(act, rows * kBlock, Z, gamma, a1);                   // S = a1 sigma(Z)
+          ops.gemm_nn(rows, n2, nb, Z, kBlock, W2 + t0 * n2, n2, Hg, n2, true);  // Hg += S W2[T, :]
         }
-        add_into(Ht, Hc, rows * n2);
+        add_into(Ht, static_cast<const T*>(Hg), rows * n2);
       }
     }
   }
 }
 
 // --------------------------------------------------------------------------------------------------------- step
-template <class T, class A>
-void step_impl(const WideShape& s, const T* X, T* W1, T* W2, const T* G, T lr, T gamma, T a1, T* H_next,
-               double* grad_sq_w1, double* grad_sq_w2) {
+// Phase 1, parallel over blocks of neurons (any schedule: a block's result does not depend on the thread): the
+// gradient of the block, summed over chunks of kRowChunk rows in order, its squared norms, its update. Phase 2
+// (H_next): forward_tiles with the updated weights.
+template <class T>
+void step_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, T* W1, T* W2, const T* G, T lr,
+                T gamma, T a1, T* H_next, double* grad_sq_w1, double* grad_sq_w2) {
   const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
-  const int P = get_num_threads();
   const size_t nblocks = ceil_div(n1, kBlock);
-  const bool fwd = H_next != nullptr;
+  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nblocks)));
+  const size_t R = std::min(kRowChunk, N);
 
-  // Per-thread buffers: S and D (N x kBlock), W2 block transposed (n2 x kBlock), gradient of the W1 block and its
-  // row-chunk partial (d x kBlock each), gradient of the W2 block and its partial (kBlock x n2 each); with fwd also
-  // the thread's partial of H_next and its current group partial (N x n2 each).
-  const size_t szNB = checked_mul(N, kBlock), szW2T = checked_mul(n2, kBlock), szG1 = checked_mul(d, kBlock),
-               szG2 = checked_mul(kBlock, n2), szH = fwd ? checked_mul(N, n2) : 0;
-  const size_t per_thread = 2 * szNB + szW2T + 2 * szG1 + 2 * szG2 + 2 * szH;
-  if (per_thread < szNB) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
-  std::vector<T> buf(checked_mul(size_t(P), per_thread));
+  // Per thread: ZS and PD (R x kBlock: Z then S, P then D), W2[T, :]^T, dW1[:, T] and dW2[T, :]^T.
+  const size_t szZ = checked_mul(R, kBlock), szW2T = checked_mul(n2, kBlock), szG1 = checked_mul(d, kBlock);
+  const size_t per_thread = 2 * szZ + 2 * szW2T + szG1;
+  if (per_thread < szZ || per_thread < szG1) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
+  std::vector<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns stay finite
   std::vector<double> bsq1(nblocks), bsq2(nblocks);
   T* const base = buf.data();
   double* const q1 = bsq1.data();
   double* const q2 = bsq2.data();
-  int team = 1;
 
 #pragma omp parallel num_threads(P)
   {
-    const int t = thread_id();
-    const int nt = team_size();
-#pragma omp single
-    team = nt;
-    T* S = base + size_t(t) * per_thread;
-    T* D = S + szNB;
-    T* W2T = D + szNB;
-    T* gw1 = W2T + szW2T;
-    T* gw1c = gw1 + szG1;
-    T* gw2 = gw1c + szG1;
-    T* gw2c = gw2 + szG2;
-    T* hpart = gw2c + szG2;
-    T* hgroup = hpart + szH;
-    if (fwd) {
-      zero(hpart, szH);
-      zero(hgroup, szH);
-    }
-    size_t in_group = 0;
-    const size_t lo = nblocks * size_t(t) / size_t(nt), hi = nblocks * size_t(t + 1) / size_t(nt);
-
-    for (size_t blk = lo; blk < hi; ++blk) {
+    T* ZS = base + size_t(thread_id()) * per_thread;
+    T* PD = ZS + szZ;
+    T* W2T = PD + szZ;
+    T* gW2T = W2T + szW2T;
+    T* gW1 = gW2T + szW2T;
+#pragma omp for schedule(dynamic, 1)
+    for (idx bi = 0; bi < idx(nblocks); ++bi) {
+      const size_t blk = size_t(bi);
       const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
       T* const W2blk = W2 + t0 * n2;
-
-      // 1. Z_T = X W1[:, T];  S = a1 sigma(Z_T);  D = sigma'(Z_T) for now.
-      preact(s, X, W1, 0, N, t0, nb, S);
-      for (size_t e = 0; e < N * nb; ++e) {
-        T sv, dv;
-        A::both(S[e], gamma, sv, dv);
-        S[e] = a1 * sv;
-        D[e] = dv;
-      }
-      // 2. W2T = W2[T, :]^T (n2 x nb), so that the next loop runs over contiguous b.
       for (size_t b = 0; b < nb; ++b)
-        for (size_t c = 0; c < n2; ++c) W2T[c * nb + b] = W2blk[b * n2 + c];
-      // 3. D_T = a1 (G W2[T, :]^T) (.) sigma'(Z_T).
-      for (size_t i = 0; i < N; ++i) {
-        T p[kBlock];
-        for (size_t b = 0; b < nb; ++b) p[b] = T(0);
-        const T* g = G + i * n2;
-        for (size_t c = 0; c < n2; ++c) {
-          const T gc = g[c];
-          const T* w = W2T + c * nb;
-          for (size_t b = 0; b < nb; ++b) p[b] += gc * w[b];
-        }
-        T* dd = D + i * nb;
-        for (size_t b = 0; b < nb; ++b) dd[b] = (a1 * p[b]) * dd[b];
+        for (size_t c = 0; c < n2; ++c) W2T[c * kBlock + b] = W2blk[b * n2 + c];
+      zero(gW1, szG1);
+      zero(gW2T, szW2T);
+      for (size_t r0 = 0; r0 < N; r0 += R) {
+        const size_t rows = std::min(R, N - r0);
+        const T* Xr = X + r0 * d;
+        const T* Gr = G + r0 * n2;
+        ops.gemm_nn(rows, nb, d, Xr, d, W1 + t0, n1, ZS, kBlock, false);  // Z = X W1[:, T]
+        ops.gemm_nn(rows, nb, n2, Gr, n2, W2T, kBlock, PD, kBlock, false);  // P = G W2[T, :]^T
+        ops.act_grad(act, rows * kBlock, ZS, PD, gamma, a1);              // S = a1 sigma(Z), D = (a1 P) sigma'(Z)
+        ops.gemm_tn(n2, nb, rows, Gr, n2, ZS, kBlock, gW2T, kBlock, true);  // dW2[T, :]^T += G^T S
+        ops.gemm_tn(d, nb, rows, Xr, d, PD, kBlock, gW1, kBlock, true);     // dW1[:, T] += X^T D
       }
-      // 4. gW2[T, :] = S^T G (nb x n2) and gW1[:, T] = X^T D_T (d x nb), summed over rows chunk by chunk.
-      zero(gw1, d * nb);
-      zero(gw2, nb * n2);
-      for (size_t r0 = 0; r0 < N; r0 += kRowChunk) {
-        const size_t r1 = std::min(N, r0 + kRowChunk);
-        zero(gw1c, d * nb);
-        zero(gw2c, nb * n2);
-        for (size_t i = r0; i < r1; ++i) {
-          const T* g = G + i * n2;
-          const T* sr = S + i * nb;
-          for (size_t b = 0; b < nb; ++b) {
-            const T sv = sr[b];
-            T* o = gw2c + b * n2;
-            for (size_t c = 0; c < n2; ++c) o[c] += sv * g[c];
-          }
-          const T* x = X + i * d;
-          const T* dd = D + i * nb;
-          for (size_t k = 0; k < d; ++k) {
-            const T xk = x[k];
-            T* o = gw1c + k * nb;
-            for (size_t b = 0; b < nb; ++b) o[b] += xk * dd[b];
-          }
-        }
-        add_into(gw1, gw1c, d * nb);
-        add_into(gw2, gw2c, nb * n2);
-      }
-      // 5. Squared norms of this block's gradients, in double.
+      // Squared norms of this block's gradients, in double, then the update (it touches only W1[:, T], W2[T, :]).
       double a = 0.0, c2 = 0.0;
-      for (size_t e = 0; e < d * nb; ++e) a += double(gw1[e]) * double(gw1[e]);
-      for (size_t e = 0; e < nb * n2; ++e) c2 += double(gw2[e]) * double(gw2[e]);
+      for (size_t k = 0; k < d; ++k)
+        for (size_t b = 0; b < nb; ++b) {
+          const double g = double(gW1[k * kBlock + b]);
+          a += g * g;
+        }
+      for (size_t b = 0; b < nb; ++b)
+        for (size_t c = 0; c < n2; ++c) {
+          const double g = double(gW2T[c * kBlock + b]);
+          c2 += g * g;
+        }
       q1[blk] = a;
       q2[blk] = c2;
-      // 6. Update the block in place: it touches only W1[:, T] and W2[T, :].
       for (size_t k = 0; k < d; ++k) {
-        T* w = W1 + k * n1 + t0;
-        const T* gk = gw1 + k * nb;
-        for (size_t b = 0; b < nb; ++b) w[b] -= lr * gk[b];
+        T* PYRGD_RESTRICT w = W1 + k * n1 + t0;
+        const T* PYRGD_RESTRICT g = gW1 + k * kBlock;
+        for (size_t b = 0; b < nb; ++b) w[b] -= lr * g[b];
       }
-      for (size_t e = 0; e < nb * n2; ++e) W2blk[e] -= lr * gw2[e];
-      // 7. This block's share of the next forward pass, with the updated weights.
-      if (fwd) {
-        preact(s, X, W1, 0, N, t0, nb, S);
-        for (size_t e = 0; e < N * nb; ++e) S[e] = a1 * A::f(S[e], gamma);
-        accumulate_out(N, nb, n2, S, static_cast<const T*>(W2blk), hgroup);
-        if (++in_group == kSuperBlocks) {
-          add_into(hpart, hgroup, szH);
-          zero(hgroup, szH);
-          in_group = 0;
-        }
-      }
-    }
-    if (fwd) {
-      if (in_group) add_into(hpart, hgroup, szH);
-#pragma omp barrier
-      // H_next = sum of the threads' partials, in thread order.
-      const T* hb = base + 2 * szNB + szW2T + 2 * szG1 + 2 * szG2;
-#pragma omp for schedule(static)
-      for (idx e = 0; e < idx(szH); ++e) {
-        T acc = T(0);
-        for (int u = 0; u < team; ++u) acc += hb[size_t(u) * per_thread + size_t(e)];
-        H_next[e] = acc;
-      }
+      for (size_t b = 0; b < nb; ++b)
+        for (size_t c = 0; c < n2; ++c) W2blk[b * n2 + c] -= lr * gW2T[c * kBlock + b];
     }
   }
   double t1 = 0.0, t2 = 0.0;
@@ -291,29 +241,49 @@ void step_impl(const WideShape& s, const T* X, T* W1, T* W2, const T* G, T lr, T
   }
   *grad_sq_w1 = t1;
   *grad_sq_w2 = t2;
+  if (H_next) forward_tiles<T>(s, ops, act, X, W1, W2, gamma, a1, H_next);
 }
 
 // --------------------------------------------------------------------------------------------------------- gram
-// Sequential over neurons: Kacc[i, j] += F[i, t] F[j, t] for t = 0, 1, ... in order, Kacc added into K (and cleared)
-// before every group of kSuperBlocks blocks but the first, and at the end. The neurons are handled a panel of whole
-// blocks at a time: the panel of F is computed in parallel over samples, then the rank update is parallel over rows
-// of K, row i owned by one thread, which also does row i's flushes at the group boundaries inside the panel. So the
-// panel width (chosen from N alone, to bound the panel buffer and the number of barriers) and the number of
-// threads change no summation order.
-template <class T, class A>
-void gram_impl(const WideShape& s, const T* X, const T* W1, const T* W2, const T* B2, T gamma, T a1, T* K) {
-  const size_t N = s.N, n1 = s.n1, n2 = s.n2;
+// The neurons a panel of pw at a time (pw: a multiple of kBlock that divides the group of kSuperBlocks blocks, the
+// largest with pw x N <= kGramPanelElems; from N alone). Per panel: (A) F^T of the panel, in parallel over tiles of
+// samples, with the tile operations of forward/step; (B) the rank-pw update of the lower triangle,
+// Kacc[i, j] += sum over the panel's neurons of F[i, t] F[j, t] (one FMA chain per element, then added), in
+// parallel over stripes of rows (each element written by one thread). Kacc is added into K (and cleared) at the end
+// of every group of kSuperBlocks blocks but the last, and at the end; then the lower triangle is mirrored (K exactly
+// symmetric). The order of every sum is fixed by N and n1: bit-identical for any number of threads.
+// F^T is stored by blocks of kGramCols samples: element (t, j) at FT[((j / C) pw + t) C + j % C], so that the rank
+// update reads rows of C contiguous values a few to a page (rows of N values would cost a TLB miss per neuron).
+constexpr size_t kGramCols = 192;   // samples per block of F^T: the columns of one product of the rank update
+constexpr size_t kGramStripe = 96;  // rows of K per parallel task of the rank update (divides kGramCols)
+
+template <class T>
+void gram_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, const T* W1, const T* W2,
+                const T* B2, T gamma, T a1, T* K) {
+  const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
   const size_t group = kSuperBlocks * kBlock;  // neurons per group
   const bool backward = B2 != nullptr;
-  const bool grouped = n1 > group;  // one group only: accumulate straight into K (same bits)
-  const size_t panel_blocks = std::max<size_t>(1, kGramPanelElems / std::max<size_t>(1, N * kBlock));
-  const size_t panel_max = std::min(panel_blocks, ceil_div(n1, kBlock)) * kBlock;
-  // Rows are the unit of parallel work; with few rows, fewer threads (the result does not depend on it).
-  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), N / 16)));
-  std::vector<T> FTbuf(checked_mul(panel_max, N));
+  const bool grouped = n1 > group;  // one group only: accumulate straight into K
+  size_t pw = group;
+  while (pw > kBlock && pw * N > kGramPanelElems) pw /= 2;
+  pw = std::min(pw, ceil_div(n1, kBlock) * kBlock);
+  const int P0 = get_num_threads();
+  size_t R = ceil_div(N, size_t(P0) * 4);
+  R = std::min<size_t>(kForwardRows, std::max<size_t>(16, ceil_div(R, 16) * 16));
+  R = std::min(R, N);
+  const size_t ntiles = ceil_div(N, R);
+  const size_t nstripes = ceil_div(N, kGramStripe);
+  const size_t ncb = ceil_div(N, kGramCols);  // blocks of samples in F^T
+  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(P0), std::max(ntiles, nstripes))));
+
+  const size_t szZ = checked_mul(R, kBlock), szW2T = backward ? checked_mul(n2, kBlock) : 0;
+  const size_t per_thread = 2 * szZ + szW2T;
+  std::vector<T> FTbuf(checked_mul(ncb * kGramCols, pw));
   std::vector<T> Kpbuf(grouped ? checked_mul(N, N) : 0);
-  T* const FT = FTbuf.data();  // F^T of the panel (pn x N): row b holds neuron p0+b for every sample
+  std::vector<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns stay finite
+  T* const FT = FTbuf.data();  // F^T of the panel by blocks of kGramCols samples (see above)
   T* const Kacc = grouped ? Kpbuf.data() : K;
+  T* const base = buf.data();
   zero(K, N * N);
 
   // Kacc row i, lower triangle, added into K row i and cleared.
@@ -328,49 +298,60 @@ void gram_impl(const WideShape& s, const T* X, const T* W1, const T* W2, const T
 
 #pragma omp parallel num_threads(P)
   {
-    for (size_t p0 = 0; p0 < n1; p0 += panel_max) {
-      const size_t pn = std::min(panel_max, n1 - p0);  // neurons in the panel
-      // The panel of F for every sample (rows are independent), block by block.
-#pragma omp for schedule(static)
-      for (idx ii = 0; ii < idx(N); ++ii) {
-        const size_t i = size_t(ii);
+    T* Z = base + size_t(thread_id()) * per_thread;
+    T* PD = Z + szZ;
+    T* W2T = PD + szZ;
+    for (size_t p0 = 0; p0 < n1; p0 += pw) {
+      const size_t pn = std::min(pw, n1 - p0);  // neurons in the panel
+      // (A) F^T of the panel, tile of rows by tile of rows.
+#pragma omp for schedule(dynamic, 1)
+      for (idx tile = 0; tile < idx(ntiles); ++tile) {
+        const size_t r0 = size_t(tile) * R, rows = std::min(R, N - r0);
         for (size_t off = 0; off < pn; off += kBlock) {
-          const size_t nb = std::min(kBlock, pn - off);
-          T z[kBlock];
-          preact(s, X, W1, i, 1, p0 + off, nb, z);
+          const size_t t0 = p0 + off, nb = std::min(kBlock, pn - off);
+          ops.gemm_nn(rows, nb, d, X + r0 * d, d, W1 + t0, n1, Z, kBlock, false);  // Z = X W1[:, T]
+          const T* F = Z;
           if (!backward) {
-            for (size_t b = 0; b < nb; ++b) FT[(off + b) * N + i] = a1 * A::f(z[b], gamma);
+            ops.act_value(act, rows * kBlock, Z, gamma, a1);  // F = a1 sigma(Z)
           } else {
-            const T* g = B2 + i * n2;
-            for (size_t b = 0; b < nb; ++b) {
-              const T* w = W2 + (p0 + off + b) * n2;
-              T p = T(0);
-              for (size_t c = 0; c < n2; ++c) p += g[c] * w[c];
-              FT[(off + b) * N + i] = (a1 * p) * A::df(z[b], gamma);
-            }
+            for (size_t b = 0; b < nb; ++b)
+              for (size_t c = 0; c < n2; ++c) W2T[c * kBlock + b] = W2[(t0 + b) * n2 + c];
+            ops.gemm_nn(rows, nb, n2, B2 + r0 * n2, n2, W2T, kBlock, PD, kBlock, false);  // P = B2 W2[T, :]^T
+            ops.act_grad(act, rows * kBlock, Z, PD, gamma, a1);  // F = (a1 P) sigma'(Z)
+            F = PD;
           }
+          for (size_t b = 0; b < nb; ++b)
+            for (size_t i = 0; i < rows; ++i) {
+              const size_t j = r0 + i;
+              FT[((j / kGramCols) * pw + off + b) * kGramCols + j % kGramCols] = F[i * kBlock + b];
+            }
         }
-      }
-      // Rank-pn update of the lower triangle: Kacc[i, j] += sum_t F[i,t] F[j,t], row i owned by one thread.
-#pragma omp for schedule(dynamic, 8)
-      for (idx ii = 0; ii < idx(N); ++ii) {
-        const size_t i = size_t(ii);
-        T* PYRGD_RESTRICT krow = Kacc + i * N;
-        for (size_t b = 0; b < pn; ++b) {
-          const size_t t = p0 + b;
-          if (grouped && t > 0 && t % group == 0) flush_row(i);  // a new group starts at neuron t
-          const T* PYRGD_RESTRICT fr = FT + b * N;
-          const T f = fr[i];
-          for (size_t j = 0; j <= i; ++j) krow[j] += f * fr[j];
+      }  // implicit barrier: the panel is complete
+      // (B) rank-pn update of the lower triangle (and of the upper half of the diagonal stripes, which nothing
+      // reads), the stripes of most rows first.
+#pragma omp for schedule(dynamic, 1)
+      for (idx st = 0; st < idx(nstripes); ++st) {
+        const size_t i0 = (nstripes - 1 - size_t(st)) * kGramStripe, i1 = std::min(N, i0 + kGramStripe);
+        const T* A = FT + (i0 / kGramCols) * pw * kGramCols + i0 % kGramCols;
+        for (size_t j0 = 0; j0 < i1; j0 += kGramCols) {
+          const size_t nc = std::min(kGramCols, i1 - j0);
+          const T* B = FT + (j0 / kGramCols) * pw * kGramCols;
+          ops.gemm_tn(i1 - i0, nc, pn, A, kGramCols, B, kGramCols, Kacc + i0 * N + j0, N, true);
         }
+      }  // implicit barrier
+      if (grouped && (p0 + pn) % group == 0 && p0 + pn < n1) {
+#pragma omp for schedule(static)
+        for (idx ii = 0; ii < idx(N); ++ii) flush_row(size_t(ii));
       }
     }
-    // Last flush, then mirror the lower triangle (K is exactly symmetric). Row i's lower part is read only here,
-    // by the thread that flushed it; the writes go to the upper triangle, which no flush touches.
+    // Last flush, then mirror the lower triangle (K is exactly symmetric).
+#pragma omp for schedule(static)
+    for (idx ii = 0; ii < idx(N); ++ii) {
+      if (grouped) flush_row(size_t(ii));
+    }
 #pragma omp for schedule(static)
     for (idx ii = 0; ii < idx(N); ++ii) {
       const size_t i = size_t(ii);
-      if (grouped) flush_row(i);
       for (size_t j = 0; j < i; ++j) K[j * N + i] = K[i * N + j];
     }
   }
@@ -418,46 +399,61 @@ bool openmp_enabled() {
 #endif
 }
 
+int best_isa() { return cached_best_isa(); }
+
+int get_isa() {
+  int v = g_isa.load(std::memory_order_relaxed);
+  if (v == -2) {
+    int expected = -2;
+    g_isa.compare_exchange_strong(expected, isa_from_env(), std::memory_order_relaxed);
+    v = g_isa.load(std::memory_order_relaxed);
+  }
+  return v;
+}
+
+void set_isa(int isa) {
+  if (isa == -1) {
+    g_isa.store(cached_best_isa(), std::memory_order_relaxed);
+    return;
+  }
+  if (isa < 0 || isa > cached_best_isa())
+    throw std::invalid_argument(std::string("isa: ") + (isa >= 0 && isa <= 2 ? isa_name(isa) : "this value") +
+                                " is not available in this build on this CPU (the best is " +
+                                isa_name(cached_best_isa()) + ")");
+  g_isa.store(isa, std::memory_order_relaxed);
+}
+
+const char* isa_name(int isa) { return isa == 2 ? "avx512" : isa == 1 ? "avx2" : isa == 0 ? "generic" : "unknown"; }
+
 template <class T>
 void forward(const WideShape& s, const T* X, const T* W1, const T* W2, int act, T gamma, T a1, T* H) {
-  switch (act) {
-#define PYRGD_CPU_CASE(S, c)                                           \
-  case c:                                                              \
-    return forward_impl<T, pyrgd::act::S>(s, X, W1, W2, gamma, a1, H);
-    PYRGD_FOR_EACH_ACTIVATION(PYRGD_CPU_CASE)
-#undef PYRGD_CPU_CASE
-    default:
-      bad_activation(act);
-  }
+  if (!is_activation_code(act)) bad_activation(act);
+  forward_tiles<T>(s, *ops_of<T>(get_isa()), act, X, W1, W2, gamma, a1, H);
 }
 
 template <class T>
 void step(const WideShape& s, const T* X, T* W1, T* W2, const T* G, T lr, int act, T gamma, T a1, T* H_next,
           double* grad_sq_w1, double* grad_sq_w2) {
-  switch (act) {
-#define PYRGD_CPU_CASE(S, c)                                                                                   \
-  case c:                                                                                                      \
-    return step_impl<T, pyrgd::act::S>(s, X, W1, W2, G, lr, gamma, a1, H_next, grad_sq_w1, grad_sq_w2);
-    PYRGD_FOR_EACH_ACTIVATION(PYRGD_CPU_CASE)
-#undef PYRGD_CPU_CASE
-    default:
-      bad_activation(act);
-  }
+  if (!is_activation_code(act)) bad_activation(act);
+  step_tiles<T>(s, *ops_of<T>(get_isa()), act, X, W1, W2, G, lr, gamma, a1, H_next, grad_sq_w1, grad_sq_w2);
+}
+
+template <class T>
+void eval_activation(std::size_t count, const T* Z, int act, T gamma, T* S, T* D) {
+  if (!is_activation_code(act)) bad_activation(act);
+  std::copy(Z, Z + count, S);
+  std::fill(D, D + count, T(1));
+  ops_of<T>(get_isa())->act_grad(act, count, S, D, gamma, T(1));
 }
 
 template <class T>
 void gram(const WideShape& s, const T* X, const T* W1, const T* W2, const T* B2, int act, T gamma, T a1, T* K) {
-  switch (act) {
-#define PYRGD_CPU_CASE(S, c)                                           \
-  case c:                                                              \
-    return gram_impl<T, pyrgd::act::S>(s, X, W1, W2, B2, gamma, a1, K);
-    PYRGD_FOR_EACH_ACTIVATION(PYRGD_CPU_CASE)
-#undef PYRGD_CPU_CASE
-    default:
-      bad_activation(act);
-  }
+  if (!is_activation_code(act)) bad_activation(act);
+  gram_tiles<T>(s, *ops_of<T>(get_isa()), act, X, W1, W2, B2, gamma, a1, K);
 }
 
+template void eval_activation<float>(std::size_t, const float*, int, float, float*, float*);
+template void eval_activation<double>(std::size_t, const double*, int, double, double*, double*);
 template void forward<float>(const WideShape&, const float*, const float*, const float*, int, float, float, float*);
 template void forward<double>(const WideShape&, const double*, const double*, const double*, int, double, double,
                               double*);

@@ -7,24 +7,31 @@
 // The activation is chosen at run time by its integer code (csrc/include/pyrgd/activations.h); inside, every
 // kernel is a template on the activation struct.
 //
-// Precision: every product is accumulated in T, in two levels so that no running sum is long:
-//   sums over neurons: per group of kSuperBlocks blocks (1024 neurons), then over groups (for step's H_next:
-//     over the groups of each thread's share of blocks, then over threads);
-//   sums over samples: per chunk of kRowChunk rows, then over chunks.
+// The kernels are built from register-tiled products and vectorized activation loops on tiles of kRowChunk rows x
+// kBlock neurons that stay in the L2 cache (tile_ops.h), compiled for several instruction sets and chosen at run
+// time (AVX-512, AVX2+FMA, the baseline; see get_isa/set_isa).
+//   forward: parallel over tiles of rows; per tile and block of neurons T: Z = X W1[:, T], S = a1 sigma(Z),
+//            H += S W2[T, :].
+//   step:    (1) parallel over blocks of neurons; per block, over chunks of kRowChunk rows: Z = X W1[:, T],
+//            P = G W2[T, :]^T, S = a1 sigma(Z), D = (a1 P) sigma'(Z), then dW2[T, :]^T += G^T S and
+//            dW1[:, T] += X^T D; then the block is updated. (2) with next_forward, H_next = forward of the updated
+//            weights (a second parallel pass over rows: no per-thread N x n2 partial sums).
+//   gram:    per panel of neurons, F^T of the panel (parallel over rows), then a rank update of the lower triangle of
+//            K (parallel over stripes of rows); see wide_kernels.cpp.
+//
+// Precision: every product is accumulated in T, in levels so that no running sum is long:
+//   sums over neurons (forward, H_next): over the kBlock neurons of a block, then over the kSuperBlocks blocks of a
+//     group (1024 neurons), then over groups;
+//   sums over samples (gradients): over a chunk of kRowChunk rows, then over chunks.
 // The squared gradient norms are accumulated in double (per block, then over blocks in block order).
 //
-// Determinism (same inputs, same bits, run after run), and what it depends on:
-//   forward   parallel over row tiles, each thread owning its rows of H; the summation order of every element is
-//             fixed by the shapes alone -> bit-identical for ANY number of threads.
-//   gram      sequential over neurons (a panel of whole blocks at a time, its width set by N alone), each rank
-//             update parallel over rows of K (lower triangle, mirrored at the end, so K is exactly symmetric)
-//             -> bit-identical for any number of threads.
-//   step      parallel over neuron blocks (static partition: thread t of P owns blocks [nb t / P, nb (t+1) / P)).
-//             W1, W2 and the two gradient norms do not depend on the partition -> bit-identical for any number of
-//             threads. H_next is summed per thread and the partials are added in thread order -> bit-identical
-//             for a fixed number of threads; it may differ in the last bits between thread counts.
-// (This assumes the same binary: compiler flags such as -march or -ffp-contract can change the bits, never the
-// order of the sums.)
+// Determinism (same inputs, same bits, run after run), and what it depends on: every output element is computed
+// by one thread in an order fixed by the shapes alone (tile_ops.h: one FMA chain per product element), so forward,
+// gram, and all of step's outputs (W1, W2, the gradient norms and H_next) are bit-identical for ANY number of threads.
+// They are also identical between the AVX2 and AVX-512 kernels; the generic (baseline) kernels, on x86-64 a multiply
+// and an add rounded separately, differ from them in the last bits; tanh/erf come from the C library. (This assumes
+// the same binary: compiler flags can change the bits, never the order of the sums; the build uses
+// -ffp-contract=off so that the compiler fuses nothing on its own.)
 #ifndef PYRGD_CPU_WIDE_KERNELS_H
 #define PYRGD_CPU_WIDE_KERNELS_H
 
@@ -33,10 +40,10 @@
 namespace pyrgd {
 namespace cpu {
 
-constexpr std::size_t kBlock = 32;        // neurons per block (the streaming unit)
-constexpr std::size_t kSuperBlocks = 32;  // blocks per first-level partial sum over neurons
+constexpr std::size_t kBlock = 64;        // neurons per block (the streaming unit)
+constexpr std::size_t kSuperBlocks = 16;  // blocks per group (1024 neurons): the second-level sums over neurons
 constexpr std::size_t kRowChunk = 256;    // rows (samples) per first-level partial sum over samples
-constexpr std::size_t kForwardRows = 64;  // largest row tile of forward
+constexpr std::size_t kForwardRows = 256; // largest row tile of forward (any size gives the same bits)
 constexpr std::size_t kGramPanelElems = std::size_t(1) << 20;  // gram: neurons x samples of F per panel
 
 struct WideShape {
@@ -52,6 +59,15 @@ int get_num_threads();
 // depend on the calling thread and does not change other libraries' OpenMP settings).
 void set_num_threads(int n);
 bool openmp_enabled();
+
+// Instruction set of the kernels: 0 generic (the platform's baseline), 1 AVX2+FMA, 2 AVX-512.
+// best_isa(): the best one this build and this CPU support. get_isa(): the one in use: best_isa(), or the one set
+// by set_isa(i) (i = -1: back to the best; an unsupported i is std::invalid_argument), or at the first call the
+// environment variable PYRGD_CPU_ISA (generic, avx2, avx512; capped at best_isa()). Process-wide.
+int best_isa();
+int get_isa();
+void set_isa(int isa);
+const char* isa_name(int isa);
 
 // H = a1 sigma(X W1) W2.  H (N, n2) is written (its previous content is ignored).
 template <class T>
@@ -70,6 +86,13 @@ void step(const WideShape& s, const T* X, T* W1, T* W2, const T* G, T lr, int ac
 template <class T>
 void gram(const WideShape& s, const T* X, const T* W1, const T* W2, const T* B2, int act, T gamma, T a1, T* K);
 
+// S = sigma(Z) and D = sigma'(Z) elementwise over `count` elements, with the kernels' own activation code (the
+// vectorized math of vec_math.h, instruction set get_isa()): for tests of its accuracy.
+template <class T>
+void eval_activation(std::size_t count, const T* Z, int act, T gamma, T* S, T* D);
+
+extern template void eval_activation<float>(std::size_t, const float*, int, float, float*, float*);
+extern template void eval_activation<double>(std::size_t, const double*, int, double, double*, double*);
 extern template void forward<float>(const WideShape&, const float*, const float*, const float*, int, float, float,
                                     float*);
 extern template void forward<double>(const WideShape&, const double*, const double*, const double*, int, double,

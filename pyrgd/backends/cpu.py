@@ -1,14 +1,26 @@
 """C++ CPU backend: the fused, OpenMP-parallel kernels of the extension module ``pyrgd._cpu``.
 
 Streams over blocks of neurons of the wide layer and never allocates anything of size N x n1 (nor a d x n1
-gradient). Signatures as in :mod:`pyrgd.backends`; the arrays are expected already validated by :mod:`pyrgd.ops`
-(the extension checks them again and raises instead of crashing).
+gradient): its buffers are a few tiles of 256 samples x 64 neurons per thread. Signatures as in
+:mod:`pyrgd.backends`; the arrays are expected already validated by :mod:`pyrgd.ops` (the extension checks them
+again and raises instead of crashing).
 
-Determinism: the same inputs give the same bits run after run. ``forward`` and ``gram`` give the same bits for any
-number of threads; ``step`` gives the same updated W1, W2 and gradient norms for any number of threads, and the same
-``H_next`` for a fixed number of threads (see csrc/cpu/wide_kernels.h).
+Speed: register-tiled products with the activation fused between them on tiles that stay in the L2 cache,
+compiled for AVX-512, AVX2+FMA and the platform's baseline and chosen at run time (:func:`get_isa`,
+:func:`set_isa`, the environment variable ``PYRGD_CPU_ISA``); the smooth activations use a vectorized exp/log1p
+(accuracy within a few ulp, tested). See csrc/cpu/wide_kernels.h and csrc/cpu/tile_ops.h.
+
+Determinism: the same inputs give the same bits run after run, and for ANY number of threads: ``forward``,
+``gram`` and all of ``step``'s outputs (W1, W2, the gradient norms and ``H_next``). The AVX2 and AVX-512 kernels
+give the same bits too; the baseline kernels may differ from them in the last bits on an x86-64 CPU without FMA.
+
+Threads: :func:`set_num_threads` (OpenMP). NumPy's own BLAS keeps idle worker threads spinning for a while after a
+multithreaded call (OpenBLAS: up to ~0.1 s), which takes cores from these kernels when the two alternate, as in
+training (the tail's small products, then a wide-layer step): wrap such a loop in :func:`blas_single_thread`.
 """
 from __future__ import annotations
+
+import contextlib
 
 from ..errors import BackendUnavailable, PyrgdError
 from . import StepResult
@@ -30,7 +42,8 @@ def available() -> tuple[bool, str]:
         return False, _IMPORT_ERROR
     info = _cpu.build_info()
     omp = f"OpenMP, {info['max_threads']} threads" if info["openmp"] else "no OpenMP, 1 thread"
-    return True, f"C++ extension pyrgd._cpu ({info['compiler']}, {omp}, block {info['block_size']})"
+    return True, (f"C++ extension pyrgd._cpu ({info['compiler']}, {omp}, {info['isa']} kernels, "
+                  f"block {info['block_size']})")
 
 
 def _module():
@@ -77,6 +90,50 @@ def set_num_threads(n: int) -> None:
     _call(_module().set_num_threads, n)
 
 
+def get_isa() -> str:
+    """Instruction set of the kernels in use: 'generic', 'avx2' or 'avx512'."""
+    return _module().get_isa()
+
+
+def set_isa(name: str) -> None:
+    """Use the kernels of one instruction set from now on (process-wide): 'auto' (the best this CPU has, the
+    default), 'generic', 'avx2' or 'avx512'. PyrgdError when this build or this CPU lacks it."""
+    _call(_module().set_isa, name)
+
+
+def available_isas() -> list[str]:
+    """Instruction sets this build can use on this CPU, from the baseline up."""
+    return list(_module().available_isas())
+
+
 def build_info() -> dict:
-    """How pyrgd._cpu was built: compiler, OpenMP (and max threads), block size, ISA flags (-march), fast-math."""
+    """How pyrgd._cpu was built: compiler, OpenMP (and max threads), kernel instruction set in use and available,
+    block size, baseline ISA flags (-march), fast-math."""
     return _module().build_info()
+
+
+_blas_controller = None
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """While inside, NumPy's BLAS (OpenBLAS, MKL, BLIS, ...) runs on one thread.
+
+    For loops that alternate small NumPy products with these kernels (a training step: the tail, then the wide
+    layer): a multithreaded BLAS call leaves worker threads spinning for up to ~0.1 s (OpenBLAS), on the cores the
+    OpenMP kernels then need. Measured on 2 cores: a 62 ms wide-layer step took 90 ms right after one
+    multithreaded 4096 x 64 x 64 NumPy product, and 62 ms after the same product on one thread. Needs the
+    threadpoolctl package; without it this does nothing. Costs about 20 microseconds to enter and leave.
+    """
+    global _blas_controller
+    try:
+        if _blas_controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            _blas_controller = ThreadpoolController()
+        limiter = _blas_controller.limit(limits=1, user_api="blas")
+    except Exception:  # threadpoolctl missing or failing: run unchanged
+        yield
+        return
+    with limiter:
+        yield

@@ -11,6 +11,14 @@
 // gamma is the slope parameter of leaky_relu and smooth_leaky_relu and is ignored by the others.
 // The integer `code` matches pyrgd/activations.py (ACTIVATION_CODES); keep the two in step.
 //
+// The elementary functions come from a math policy M, a second template parameter that defaults to math::Libm (the
+// C math library, on the host and in CUDA device code). A backend may pass its own policy with the same contract,
+// e.g. the CPU backend's branch-free, auto-vectorizable float/double versions (csrc/cpu/vec_math.h):
+//     M::exp_(x)     e^x for x <= 0 (every caller here passes -|x| or -x^2)
+//     M::log1p_(y)   log(1 + y) for y in [0, 1] (every caller here passes y = exp(-|x|))
+//     M::abs_, M::tanh_, M::erf_
+// The formulas below are the one definition of every activation whatever the policy.
+//
 // Numerically safe forms (THEORY.md section 3): softplus(x) = max(x, 0) + log1p(exp(-|x|)) and
 // logistic(x) = 1 / (1 + exp(-x)) or exp(x) / (1 + exp(x)) by the sign of x never overflow, in float32 included.
 // ReLU uses sigma'(0) = 0 (the convention of Nguyen, Mondelli, Montufar 2021).
@@ -26,28 +34,31 @@
 
 namespace pyrgd {
 namespace math {
-PYRGD_HD float exp_(float x) { return expf(x); }
-PYRGD_HD double exp_(double x) { return exp(x); }
-PYRGD_HD float log1p_(float x) { return log1pf(x); }
-PYRGD_HD double log1p_(double x) { return log1p(x); }
-PYRGD_HD float tanh_(float x) { return tanhf(x); }
-PYRGD_HD double tanh_(double x) { return tanh(x); }
-PYRGD_HD float erf_(float x) { return erff(x); }
-PYRGD_HD double erf_(double x) { return erf(x); }
-PYRGD_HD float abs_(float x) { return fabsf(x); }
-PYRGD_HD double abs_(double x) { return fabs(x); }
+// The default math policy: the C math library (libm on the host, CUDA's device functions on the GPU).
+struct Libm {
+  PYRGD_HD static float exp_(float x) { return expf(x); }
+  PYRGD_HD static double exp_(double x) { return exp(x); }
+  PYRGD_HD static float log1p_(float x) { return log1pf(x); }
+  PYRGD_HD static double log1p_(double x) { return log1p(x); }
+  PYRGD_HD static float tanh_(float x) { return tanhf(x); }
+  PYRGD_HD static double tanh_(double x) { return tanh(x); }
+  PYRGD_HD static float erf_(float x) { return erff(x); }
+  PYRGD_HD static double erf_(double x) { return erf(x); }
+  PYRGD_HD static float abs_(float x) { return fabsf(x); }
+  PYRGD_HD static double abs_(double x) { return fabs(x); }
+};
 
 // logistic(x) = 1 / (1 + exp(-x)), without overflow for any x.
-template <class T>
+template <class T, class M = Libm>
 PYRGD_HD T logistic(T x) {
-  const T e = exp_(-abs_(x));  // in (0, 1]
+  const T e = M::exp_(-M::abs_(x));  // in (0, 1]
   const T r = T(1) / (T(1) + e);
   return x >= T(0) ? r : e * r;
 }
 // softplus(x) = log(1 + exp(x)), without overflow for any x.
-template <class T>
+template <class T, class M = Libm>
 PYRGD_HD T softplus(T x) {
-  return (x > T(0) ? x : T(0)) + log1p_(exp_(-abs_(x)));
+  return (x > T(0) ? x : T(0)) + M::log1p_(M::exp_(-M::abs_(x)));
 }
 }  // namespace math
 
@@ -55,68 +66,88 @@ namespace act {
 
 struct Relu {
   static constexpr int code = 0;
-  template <class T> PYRGD_HD static T f(T x, T) { return x > T(0) ? x : T(0); }
-  template <class T> PYRGD_HD static T df(T x, T) { return x > T(0) ? T(1) : T(0); }
-  template <class T> PYRGD_HD static void both(T x, T g, T& s, T& ds) { s = f(x, g); ds = df(x, g); }
+  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return x > T(0) ? x : T(0); }
+  template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) { return x > T(0) ? T(1) : T(0); }
+  template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T g, T& s, T& ds) {
+    s = f<T, M>(x, g);
+    ds = df<T, M>(x, g);
+  }
 };
 
 struct LeakyRelu {
   static constexpr int code = 1;
-  template <class T> PYRGD_HD static T f(T x, T g) { return x > T(0) ? x : g * x; }
-  template <class T> PYRGD_HD static T df(T x, T g) { return x > T(0) ? T(1) : g; }
-  template <class T> PYRGD_HD static void both(T x, T g, T& s, T& ds) { s = f(x, g); ds = df(x, g); }
+  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T g) { return x > T(0) ? x : g * x; }
+  template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T g) { return x > T(0) ? T(1) : g; }
+  template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T g, T& s, T& ds) {
+    s = f<T, M>(x, g);
+    ds = df<T, M>(x, g);
+  }
 };
 
 // sigma(x) = gamma x + (1 - gamma)(softplus(x) - ln 2);  sigma'(x) = gamma + (1 - gamma) logistic(x).
 struct SmoothLeakyRelu {
   static constexpr int code = 2;
-  template <class T> PYRGD_HD static T f(T x, T g) {
-    return g * x + (T(1) - g) * (math::softplus(x) - T(0.693147180559945309417232121458176568));
+  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T g) {
+    return g * x + (T(1) - g) * (math::softplus<T, M>(x) - T(0.693147180559945309417232121458176568));
   }
-  template <class T> PYRGD_HD static T df(T x, T g) { return g + (T(1) - g) * math::logistic(x); }
-  template <class T> PYRGD_HD static void both(T x, T g, T& s, T& ds) {
-    const T e = math::exp_(-math::abs_(x));
+  template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T g) {
+    return g + (T(1) - g) * math::logistic<T, M>(x);
+  }
+  template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T g, T& s, T& ds) {
+    const T e = M::exp_(-M::abs_(x));
     const T pos = x > T(0) ? x : T(0);
     const T r = T(1) / (T(1) + e);
-    s = g * x + (T(1) - g) * (pos + math::log1p_(e) - T(0.693147180559945309417232121458176568));
+    s = g * x + (T(1) - g) * (pos + M::log1p_(e) - T(0.693147180559945309417232121458176568));
     ds = g + (T(1) - g) * (x >= T(0) ? r : e * r);
   }
 };
 
 struct Softplus {
   static constexpr int code = 3;
-  template <class T> PYRGD_HD static T f(T x, T) { return math::softplus(x); }
-  template <class T> PYRGD_HD static T df(T x, T) { return math::logistic(x); }
-  template <class T> PYRGD_HD static void both(T x, T, T& s, T& ds) {
-    const T e = math::exp_(-math::abs_(x));
+  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return math::softplus<T, M>(x); }
+  template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) { return math::logistic<T, M>(x); }
+  template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T, T& s, T& ds) {
+    const T e = M::exp_(-M::abs_(x));
     const T r = T(1) / (T(1) + e);
-    s = (x > T(0) ? x : T(0)) + math::log1p_(e);
+    s = (x > T(0) ? x : T(0)) + M::log1p_(e);
     ds = x >= T(0) ? r : e * r;
   }
 };
 
 struct Tanh {
   static constexpr int code = 4;
-  template <class T> PYRGD_HD static T f(T x, T) { return math::tanh_(x); }
-  template <class T> PYRGD_HD static T df(T x, T) { const T t = math::tanh_(x); return T(1) - t * t; }
-  template <class T> PYRGD_HD static void both(T x, T, T& s, T& ds) { s = math::tanh_(x); ds = T(1) - s * s; }
+  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return M::tanh_(x); }
+  template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) {
+    const T t = M::tanh_(x);
+    return T(1) - t * t;
+  }
+  template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T, T& s, T& ds) {
+    s = M::tanh_(x);
+    ds = T(1) - s * s;
+  }
 };
 
 // sigma'(x) = 2 / sqrt(pi) exp(-x^2)
 struct Erf {
   static constexpr int code = 5;
-  template <class T> PYRGD_HD static T f(T x, T) { return math::erf_(x); }
-  template <class T> PYRGD_HD static T df(T x, T) {
-    return T(1.12837916709551257389615890312154517) * math::exp_(-x * x);
+  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return M::erf_(x); }
+  template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) {
+    return T(1.12837916709551257389615890312154517) * M::exp_(-x * x);
   }
-  template <class T> PYRGD_HD static void both(T x, T g, T& s, T& ds) { s = f(x, g); ds = df(x, g); }
+  template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T g, T& s, T& ds) {
+    s = f<T, M>(x, g);
+    ds = df<T, M>(x, g);
+  }
 };
 
 struct Identity {
   static constexpr int code = 6;
-  template <class T> PYRGD_HD static T f(T x, T) { return x; }
-  template <class T> PYRGD_HD static T df(T, T) { return T(1); }
-  template <class T> PYRGD_HD static void both(T x, T, T& s, T& ds) { s = x; ds = T(1); }
+  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return x; }
+  template <class T, class M = math::Libm> PYRGD_HD static T df(T, T) { return T(1); }
+  template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T, T& s, T& ds) {
+    s = x;
+    ds = T(1);
+  }
 };
 
 }  // namespace act

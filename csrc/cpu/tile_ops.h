@@ -1,0 +1,54 @@
+// pyrgd CPU backend: the tile operations the fused kernels are built from, compiled once per instruction set.
+//
+// csrc/cpu/tile_impl.inc holds the code; tile_generic.cpp, tile_avx2.cpp and tile_avx512.cpp compile it for the
+// platform's baseline, for AVX2+FMA and for AVX-512 (GCC's `#pragma GCC target`, each in its own namespace, so no
+// instruction beyond the baseline is ever used outside the functions of that file). wide_kernels.cpp picks the best
+// set the CPU supports at run time (select_isa); nothing is compiled with -march, so the module runs on any x86-64.
+//
+// Summation order, the same in every instruction set: every element of a product C = A B is one sum over
+// k = 0, 1, ..., K-1 in increasing order, started from zero, one fused multiply-add per term (the register tile and
+// the vector width decide only which elements are computed side by side), then stored into C or added to C. So the
+// AVX2 and AVX-512 kernels give the same bits; the generic kernels too where the compiler has FMA for the baseline
+// (aarch64), and a multiply then an add otherwise (x86-64 without AVX2).
+#ifndef PYRGD_CPU_TILE_OPS_H
+#define PYRGD_CPU_TILE_OPS_H
+
+#include <cstddef>
+
+namespace pyrgd {
+namespace cpu {
+
+enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2 };
+
+template <class T>
+struct TileOps {
+  Isa isa;
+  const char* name;
+  int tile_rows, tile_cols;  // register tile of gemm for this type (rows x columns of C)
+  // C (m x n, row stride ldc) = A B, or C += A B when `accumulate`; B (K x n) at B[k * ldb + j].
+  // gemm_nn: A (m x K) at A[i * lda + k].  gemm_tn: C = A^T B with A stored K x m, element (k, i) at A[k * lda + i].
+  // Columns j >= n of B and C are never read nor written.
+  void (*gemm_nn)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
+                  std::size_t ldb, T* C, std::size_t ldc, bool accumulate);
+  void (*gemm_tn)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
+                  std::size_t ldb, T* C, std::size_t ldc, bool accumulate);
+  // Elementwise over `count` elements, activation `act` (an activations.h code, checked by the caller):
+  // act_grad: ZS holds Z, PD holds P on entry; on exit ZS = a1 sigma(Z) and PD = (a1 P) sigma'(Z).
+  // act_value: ZS = a1 sigma(Z).
+  void (*act_grad)(int act, std::size_t count, T* ZS, T* PD, T gamma, T a1);
+  void (*act_value)(int act, std::size_t count, T* ZS, T gamma, T a1);
+};
+
+// The operations of one instruction set, or nullptr where this build has none (the CPU's support is checked by the
+// caller, select_isa in wide_kernels.cpp).
+const TileOps<float>* tile_ops_generic_f32();
+const TileOps<double>* tile_ops_generic_f64();
+const TileOps<float>* tile_ops_avx2_f32();
+const TileOps<double>* tile_ops_avx2_f64();
+const TileOps<float>* tile_ops_avx512_f32();
+const TileOps<double>* tile_ops_avx512_f64();
+
+}  // namespace cpu
+}  // namespace pyrgd
+
+#endif  // PYRGD_CPU_TILE_OPS_H

@@ -1,0 +1,341 @@
+"""The candidates of the benchmark: four ways to run one full GD step of the same network on the same data.
+
+Each candidate is built from a :class:`~pyrgd.bench.problems.ProblemData` (it takes its own copies of the weights
+and moves them to its device), and then ``step()`` runs one GD step of the whole network with step size
+``problem.lr`` and returns the loss Phi = 1/2 ||F_L - Y||^2 at the weights before the step. ``weights()`` gives
+host copies of the current weights, so that the harness can check that every candidate computes the same step.
+
+fused    what :func:`pyrgd.train` runs per step: the tail (pyrgd.tail) from H, the wide layer's fused
+         ``ops.wide_step(next_forward=True)`` (never N x n1), the tail's update, the tail's gradient norms.
+unfused  the textbook step on an array library: Z1 = X W1, F1 = sigma(Z1) and the backward with full N x n1
+         matrices (NumPy on the CPU, CuPy on the GPU); written independently of pyrgd.tail.
+chunked  a loop over blocks of ``block`` neurons, one BLAS call per product, O(N x block) memory; the next step's H
+         accumulated in the same loop (the fused algorithm, but with array ops instead of a kernel).
+torch    PyTorch autograd on the whole network (materializes N x n1), the activation as a small autograd Function
+         that saves only Z (the leanest unfused autograd graph), TF32 off.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..activations import parse_activation, sigma_and_derivative
+from ..errors import PyrgdError
+
+#: every candidate, in run order (fused first: the others are compared with it)
+CANDIDATES = ("fused", "unfused", "chunked", "torch")
+#: what each candidate is, in a few words (tables, JSON)
+DESCRIPTIONS = {
+    "fused": "pyrgd fused wide step + pyrgd.tail (what pyrgd.train runs)",
+    "unfused": "unfused array library step, N x n1 matrices",
+    "chunked": "array library loop over neuron blocks, BLAS per block",
+    "torch": "PyTorch autograd, unfused (N x n1 matrices)",
+}
+
+
+def _host(a) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    if hasattr(a, "detach"):  # torch
+        return a.detach().cpu().numpy().copy()
+    return a.get()  # cupy
+
+
+class Candidate:
+    """Base class: ``step()`` one GD step, ``weights()`` host copies, ``sync()`` waits for the device."""
+
+    name = ""
+
+    def __init__(self, data, xp=np, copy=True):
+        self.problem = data.problem
+        self.xp = xp
+        self.lr = data.problem.lr
+        self.act = parse_activation(data.problem.activation)
+        self.X = xp.asarray(data.X)
+        self.Y = xp.asarray(data.Y)
+        # copy=False (NumPy only): the candidate updates data.W itself (the memory measurement, which must not
+        # count the weights twice); on a GPU, asarray already makes new device arrays
+        if xp is np:
+            self.W = [np.array(w, copy=True) if copy else w for w in data.W]
+        else:
+            self.W = [xp.ascontiguousarray(xp.asarray(w)) for w in data.W]
+
+    def step(self) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def weights(self) -> list[np.ndarray]:
+        return [_host(w) for w in self.W]
+
+    def sync(self) -> None:
+        if self.xp is not np:
+            self.xp.cuda.Device().synchronize()
+
+    def close(self) -> None:
+        """Drop every array (GPU memory goes back to the pool)."""
+        for k in list(vars(self)):
+            if k not in ("problem", "xp", "lr", "act"):
+                setattr(self, k, None)
+
+
+class FusedStep(Candidate):
+    """pyrgd's step, exactly as pyrgd.train runs it (H of the current weights carried from the previous step)."""
+
+    name = "fused"
+
+    def __init__(self, data, xp=np, backend="auto", copy=True):
+        super().__init__(data, xp, copy)
+        from .. import ops
+
+        self.ops = ops
+        self.backend = ops.resolve_backend(backend, xp)
+        self.mult = [1.0] * (len(self.W) - 1)
+        self.H = ops.wide_forward(self.X, self.W[0], self.W[1], activation=self.act, a1=1.0, backend=self.backend)
+
+    def step(self) -> float:
+        from ..tail import tail_backward, tail_forward
+
+        W, act, lr = self.W, self.act, self.lr
+        cache = tail_forward(self.H, W, act, self.mult)
+        loss_d, G, tail_grads = tail_backward(cache, self.Y, W, act, self.mult)
+        loss = float(loss_d)
+        del cache
+        res = self.ops.wide_step(self.X, W[0], W[1], G, lr, activation=act, a1=1.0, next_forward=True,
+                                 backend=self.backend)
+        del G
+        tail_sq = [(g * g).sum() for g in tail_grads]
+        for l, g in enumerate(tail_grads, start=2):
+            W[l] -= lr * g
+        self.H = res.H_next
+        self.grad_sq = [res.grad_sq_w1, res.grad_sq_w2] + [float(s) for s in tail_sq]
+        return loss
+
+
+class UnfusedStep(Candidate):
+    """The textbook step with the whole N x n1 matrices, on NumPy (CPU) or CuPy (GPU)."""
+
+    name = "unfused"
+
+    def step(self) -> float:
+        X, Y, W, act, lr = self.X, self.Y, self.W, self.act, self.lr
+        L = len(W)
+        Fs, dSs = [X], []  # F_0..F_{L-1}; sigma'(Z_1)..sigma'(Z_{L-1})
+        F = X
+        for l in range(L - 1):
+            S, dS = sigma_and_derivative(act, F @ W[l])
+            Fs.append(S)
+            dSs.append(dS)
+            F = S
+        D = F @ W[L - 1] - Y  # D_L = F_L - Y
+        loss = 0.5 * float((D * D).sum())
+        grads = [None] * L
+        for l in range(L - 1, -1, -1):  # weight index l holds W_{l+1}
+            grads[l] = Fs[l].T @ D
+            if l > 0:
+                D = (D @ W[l].T) * dSs[l - 1]
+        del Fs, dSs, D
+        for w, g in zip(W, grads):
+            w -= lr * g
+        return loss
+
+
+class ChunkedStep(Candidate):
+    """Blocks of ``block`` neurons: per block Z = X W1[:, T], sigma, the block's gradients and update, then the
+    block's share of the next H from the updated weights; pyrgd.tail for layers 2..L."""
+
+    name = "chunked"
+
+    def __init__(self, data, xp=np, block=512, copy=True):
+        super().__init__(data, xp, copy)
+        self.block = int(block)
+        if self.block < 1:
+            raise PyrgdError(f"block: expected a positive number of neurons, got {block!r}")
+        self.mult = [1.0] * (len(self.W) - 1)
+        self.H = self._forward()
+
+    def _forward(self):
+        X, W, xp, B = self.X, self.W, self.xp, self.block
+        H = xp.zeros((X.shape[0], W[1].shape[1]), dtype=X.dtype)
+        for j in range(0, W[0].shape[1], B):
+            S, _ = sigma_and_derivative(self.act, X @ W[0][:, j:j + B], derivative=False)
+            H += S @ W[1][j:j + B]
+        return H
+
+    def step(self) -> float:
+        from ..tail import tail_backward, tail_forward
+
+        X, W, xp, act, B, lr = self.X, self.W, self.xp, self.act, self.block, self.lr
+        cache = tail_forward(self.H, W, act, self.mult)
+        loss_d, G, tail_grads = tail_backward(cache, self.Y, W, act, self.mult)
+        loss = float(loss_d)
+        del cache
+        H = xp.zeros_like(self.H)
+        for j in range(0, W[0].shape[1], B):
+            W1b, W2b = W[0][:, j:j + B], W[1][j:j + B]  # views: the updates below land in W[0], W[1]
+            S, dS = sigma_and_derivative(act, X @ W1b)
+            gW2 = S.T @ G
+            D = (G @ W2b.T) * dS
+            gW1 = X.T @ D
+            W1b -= lr * gW1
+            W2b -= lr * gW2
+            S, _ = sigma_and_derivative(act, X @ W1b, derivative=False)
+            H += S @ W2b
+        for l, g in enumerate(tail_grads, start=2):
+            W[l] -= lr * g
+        self.H = H
+        return loss
+
+
+def torch_available() -> tuple[bool, str]:
+    try:
+        import torch  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return False, f"PyTorch is not importable ({type(e).__name__}: {str(e)[:120]})"
+    return True, f"torch {torch.__version__}"
+
+
+def _torch_activation(torch, act):
+    """An autograd Function sigma(Z) that saves only Z and builds sigma'(Z) in the backward (in place)."""
+    name, g = act.name, float(act.gamma)
+    ln2 = math.log(2.0)
+
+    def value(z):
+        if name == "relu":
+            return torch.relu(z)
+        if name == "leaky_relu":
+            return torch.nn.functional.leaky_relu(z, g)
+        if name in ("softplus", "smooth_leaky_relu"):
+            s = torch.nn.functional.softplus(z)
+            if name == "smooth_leaky_relu":
+                s.sub_(ln2).mul_(1.0 - g).add_(z, alpha=g)
+            return s
+        if name == "tanh":
+            return torch.tanh(z)
+        if name == "erf":
+            return torch.erf(z)
+        if name == "identity":
+            return z.clone()
+        raise PyrgdError(f"torch baseline: activation {name} is not wired")
+
+    def deriv(z):
+        if name == "relu":
+            return (z > 0).to(z.dtype)
+        if name == "leaky_relu":
+            return (z > 0).to(z.dtype).mul_(1.0 - g).add_(g)
+        if name in ("softplus", "smooth_leaky_relu"):
+            s = torch.sigmoid(z)
+            if name == "smooth_leaky_relu":
+                s.mul_(1.0 - g).add_(g)
+            return s
+        if name == "tanh":
+            t = torch.tanh(z)
+            return t.mul_(t).neg_().add_(1.0)
+        if name == "erf":
+            return torch.exp(-z * z).mul_(2.0 / math.sqrt(math.pi))
+        return torch.ones_like(z)
+
+    class Sigma(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return value(z)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (z,) = ctx.saved_tensors
+            return deriv(z).mul_(grad)
+
+    return Sigma.apply
+
+
+class TorchStep(Candidate):
+    """PyTorch autograd over the whole network (CPU or CUDA tensors), then W -= lr grad under no_grad."""
+
+    name = "torch"
+
+    def __init__(self, data, device="cpu", copy=True):
+        import torch
+
+        self.problem = data.problem
+        self.xp = None
+        self.torch = torch
+        self.device = device
+        self.lr = data.problem.lr
+        self.act = parse_activation(data.problem.activation)
+        if device != "cpu":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.X = torch.as_tensor(data.X, device=device)
+        self.Y = torch.as_tensor(data.Y, device=device)
+        if copy or device != "cpu":
+            self.W = [torch.tensor(w, device=device).requires_grad_(True) for w in data.W]
+        else:  # shares data.W's memory (the memory measurement)
+            self.W = [torch.from_numpy(w).requires_grad_(True) for w in data.W]
+        self.sigma = _torch_activation(torch, self.act)
+
+    def _loss(self):
+        F = self.X
+        for W in self.W[:-1]:
+            F = self.sigma(F @ W)
+        R = F @ self.W[-1] - self.Y
+        return 0.5 * (R * R).sum()
+
+    def step(self) -> float:
+        loss = self._loss()  # no N x n1 reference is kept here: the graph frees them during backward
+        loss.backward()
+        with self.torch.no_grad():
+            for W in self.W:
+                W.sub_(W.grad, alpha=self.lr)
+                W.grad = None
+        return float(loss.detach())
+
+    def weights(self) -> list[np.ndarray]:
+        return [_host(w) for w in self.W]
+
+    def sync(self) -> None:
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
+
+
+def extra_bytes(name: str, problem, itemsize: int = 4, block: int = 512) -> int:
+    """A rough bound of what a candidate allocates beyond the data (to skip one that would not fit)."""
+    N, n1 = problem.N, problem.n1
+    n2 = problem.widths[1] if len(problem.widths) > 1 else 1
+    if name == "fused":
+        return 8 * N * n2 * itemsize
+    if name == "chunked":
+        return (8 * N * min(block, n1) + 8 * N * n2) * itemsize
+    if name == "unfused":
+        return 5 * N * n1 * itemsize  # Z1, F1, sigma'(Z1), D1 and one temporary
+    if name == "torch":
+        return 4 * N * n1 * itemsize  # Z1 (saved), F1 (saved), dPhi/dF1, sigma'(Z1)
+    raise PyrgdError(f"candidate: unknown {name!r}; expected one of {', '.join(CANDIDATES)}")
+
+
+def make_candidate(name: str, data, *, device="cpu", backend="auto", block=None, copy=True):
+    """Build candidate ``name`` on ``device`` ('cpu': NumPy, 'cuda': CuPy / torch CUDA).
+
+    copy=False lets a CPU candidate update ``data.W`` in place instead of its own copies.
+    """
+    if device == "cpu":
+        xp = np
+    else:
+        import cupy as xp
+    if name == "fused":
+        return FusedStep(data, xp, backend=backend, copy=copy)
+    if name == "unfused":
+        return UnfusedStep(data, xp, copy=copy)
+    if name == "chunked":
+        return ChunkedStep(data, xp, block=block or default_block(data.problem, device), copy=copy)
+    if name == "torch":
+        return TorchStep(data, device=device, copy=copy)
+    raise PyrgdError(f"candidate: unknown {name!r}; expected one of {', '.join(CANDIDATES)}")
+
+
+def default_block(problem, device="cpu") -> int:
+    """Neurons per block of the chunked baseline: on the CPU 512 (a sweep over 64..2048 on B1 and B2: 64 and 128
+    were slower, 256..2048 alike within noise; see bench/README.md);
+    on the GPU as many as keep an N x block matrix under 1 GiB (between 256 and 8192)."""
+    if device == "cpu":
+        return 512
+    return int(min(8192, max(256, 2**28 // max(problem.N, 1))))

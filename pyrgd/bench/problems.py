@@ -1,0 +1,202 @@
+"""The reference problems of the benchmark, the useful-flop count of one GD step, the data bytes, and the data.
+
+Every problem is one full-batch GD step of a whole network (THEORY.md section 1): X (N, d), Y (N, n_L), weights
+W_l (n_{l-1}, n_l), float32 unless asked otherwise, LeCun initial weights, rows of X of norm about 1.
+
+Selectors accepted by ``--problems``: a problem's name (``B1``, ``B4_2048``, ``T2``, ``G1``) or a group
+(``B4``: every n1 of the time-per-neuron sweep; ``T``: B1 with 1 and 2 threads).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import PyrgdError
+
+#: the activation of the problems that name none (B1's)
+DEFAULT_ACTIVATION = "smooth_leaky_relu(0.2)"
+#: the step size is LR_SCALE / N: small enough that the ~20 steps of a timing stay finite (the NTK's largest
+#: eigenvalue is of order N for these initializations), large enough that the update is far above float32 rounding
+LR_SCALE = 0.1
+#: candidates of the CPU problems and of the GPU problems (see pyrgd.bench.candidates)
+CPU_CANDIDATES = ("fused", "unfused", "chunked", "torch")
+GPU_CANDIDATES = ("fused", "chunked", "torch")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark problem.
+
+    name: its label in tables and JSON; group: the selector it belongs to (B4, T) or its own name.
+    candidates: which candidates run on it (fused is always first: the others are compared with it).
+    threads: run with this many threads (pyrgd's kernels and the BLAS); None: the machine's default.
+    max_repeats: at most this many timed steps (B3, the memory problem, is one large step).
+    """
+
+    name: str
+    N: int
+    d: int
+    widths: tuple
+    activation: str = DEFAULT_ACTIVATION
+    group: str = ""
+    candidates: tuple = CPU_CANDIDATES
+    threads: int | None = None
+    max_repeats: int | None = None
+    device: str = "cpu"
+    note: str = ""
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.d] + list(self.widths)
+
+    @property
+    def n1(self) -> int:
+        return self.widths[0]
+
+    @property
+    def lr(self) -> float:
+        return LR_SCALE / self.N
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        d["candidates"] = list(self.candidates)
+        return d
+
+
+def useful_flops(N: int, d: int, widths) -> int:
+    """Useful flops of one GD step (THEORY.md section 2): sum over l of 6 N n_{l-1} n_l, minus 2 N d n1.
+
+    It is the count of an unfused implementation (forward 2 N n_{l-1} n_l per layer, backward twice that), without
+    the gradient with respect to X; every GFLOP/s figure of the benchmark divides this count by the time.
+    """
+    dims = [int(d)] + [int(w) for w in widths]
+    return sum(6 * int(N) * a * b for a, b in zip(dims, dims[1:])) - 2 * int(N) * dims[0] * dims[1]
+
+
+def data_bytes(N: int, d: int, widths, itemsize: int = 4) -> dict:
+    """Bytes a GD step cannot do without, by part, and their ``total``.
+
+    X (N d), Y (N n_L), every weight, two N x n2 buffers (H = Z_2, the wide layer's output, and G = dPhi/dZ_2, the
+    tail's gradient that the wide step consumes; H of the next step can take H's place) and one N x n_l buffer per
+    hidden tail layer l = 3..L-1. This is the denominator of the peak-memory targets (B3, G2).
+    """
+    dims = [int(d)] + [int(w) for w in widths]
+    N = int(N)
+    parts = {
+        "X": N * dims[0] * itemsize,
+        "Y": N * dims[-1] * itemsize,
+        "weights": sum(a * b for a, b in zip(dims, dims[1:])) * itemsize,
+        "N_x_n2_buffers": 2 * N * dims[2] * itemsize if len(dims) > 2 else 0,
+        "tail_buffers": sum(N * n for n in dims[3:-1]) * itemsize,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def _cpu_problems(tiny: bool) -> list[Problem]:
+    if tiny:
+        b1 = dict(N=256, d=16, widths=(512, 16, 8, 4))
+        b3 = dict(N=1024, d=8, widths=(1024, 8, 4, 1))
+        sweep = (256, 512, 1024)
+    else:
+        b1 = dict(N=4096, d=64, widths=(4096, 64, 32, 10))
+        b3 = dict(N=32768, d=32, widths=(32768, 32, 16, 1))
+        sweep = (1024, 2048, 4096, 8192, 16384)
+    out = [
+        Problem("B1", **b1, group="B1"),
+        Problem("B2", **b1, activation="relu", group="B2"),
+        Problem("B3", **b3, group="B3", max_repeats=1, note="one large step: peak memory"),
+    ]
+    for n1 in sweep:
+        out.append(Problem(f"B4_{n1}", b1["N"], b1["d"], (n1,) + b1["widths"][1:], group="B4",
+                           candidates=("fused",), note="time per neuron"))
+    for t in (1, 2):
+        out.append(Problem(f"T{t}", **b1, group="T", candidates=("fused",), threads=t,
+                           note=f"B1 with {t} thread{'s' if t > 1 else ''}"))
+    return out
+
+
+def _gpu_problems(tiny: bool) -> list[Problem]:
+    if tiny:
+        g1 = dict(N=2048, d=32, widths=(2048, 32, 16, 4))
+        g2 = dict(N=4096, d=32, widths=(4096, 16, 8, 1))
+    else:
+        g1 = dict(N=65536, d=256, widths=(65536, 128, 64, 10))
+        g2 = dict(N=131072, d=256, widths=(131072, 64, 32, 1))
+    return [
+        Problem("G1", **g1, group="G1", candidates=GPU_CANDIDATES, device="cuda"),
+        Problem("G2", **g2, group="G2", candidates=GPU_CANDIDATES, device="cuda", max_repeats=3,
+                note="peak memory; an unfused step would need N x n1 matrices"),
+    ]
+
+
+def all_problems(device: str = "cpu", tiny: bool = False) -> list[Problem]:
+    """Every problem of ``device`` ('cpu' or 'cuda'), in run order."""
+    if device == "cpu":
+        return _cpu_problems(tiny)
+    if device == "cuda":
+        return _gpu_problems(tiny)
+    raise PyrgdError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+
+
+def default_selection(device: str) -> str:
+    return "B1,B2,B3,B4,T" if device == "cpu" else "G1,G2"
+
+
+def select_problems(selection: str | None, device: str = "cpu", tiny: bool = False) -> list[Problem]:
+    """The problems named by a comma-separated selection of names and groups (None: the device's default)."""
+    problems = all_problems(device, tiny)
+    if selection is None or selection.strip() == "":
+        selection = default_selection(device)
+    wanted = [s.strip() for s in selection.split(",") if s.strip()]
+    out: list[Problem] = []
+    for w in wanted:
+        hit = [p for p in problems if p.name.upper() == w.upper() or p.group.upper() == w.upper()]
+        if not hit:
+            names = ", ".join(sorted({p.group for p in problems} | {p.name for p in problems}))
+            other = "cuda" if device == "cpu" else "cpu"
+            hint = (f" ({w} is a {other} problem: pass --backend {'cuda' if other == 'cuda' else 'cpu'})"
+                    if any(p.name.upper() == w.upper() or p.group.upper() == w.upper()
+                           for p in all_problems(other, tiny)) else "")
+            raise PyrgdError(f"--problems: unknown problem {w!r} for {device}; expected some of {names}{hint}")
+        out += [p for p in hit if p not in out]
+    return out
+
+
+@dataclass
+class ProblemData:
+    """Host arrays of one problem: X, Y, the initial weights (never modified: candidates take copies)."""
+
+    problem: Problem
+    X: np.ndarray
+    Y: np.ndarray
+    W: list = field(default_factory=list)
+
+    @property
+    def dtype(self):
+        return self.X.dtype
+
+
+def make_data(problem: Problem, dtype="float32", seed: int = 0) -> ProblemData:
+    """X with rows of norm about 1 (entries N(0, 1/d)), Y ~ N(0, 1), LeCun weights N(0, 1/n_{l-1}).
+
+    Drawn directly in ``dtype`` and scaled in place, so that making the data allocates nothing but the arrays (the
+    memory measurement relies on that). The same seed gives the same arrays for every candidate.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise PyrgdError(f"dtype: expected float32 or float64, got {dtype}")
+    rng = np.random.default_rng(seed)
+    N, dims = problem.N, problem.dims
+    X = rng.standard_normal((N, dims[0]), dtype=dtype)
+    X *= dtype.type(1.0 / math.sqrt(dims[0]))
+    Y = rng.standard_normal((N, dims[-1]), dtype=dtype)
+    W = []
+    for a, b in zip(dims, dims[1:]):
+        w = rng.standard_normal((a, b), dtype=dtype)
+        w *= dtype.type(1.0 / math.sqrt(a))
+        W.append(w)
+    return ProblemData(problem, X, Y, W)

@@ -1,0 +1,587 @@
+"""Running the benchmark: every candidate of a problem on the same data and weights, checked, timed, measured.
+
+For each problem:
+1. the host data (X, Y, initial weights) is drawn once; every candidate starts from copies of it;
+2. each candidate runs one GD step from the initial weights; its loss, its updated weights and its update
+   (W_after - W_before) are compared with the fused candidate's (relative errors, float64 arithmetic);
+3. warm-up steps, then ``repeats`` timed steps (perf_counter around step() and a device sync): median and IQR.
+   On the CPU, where all candidates fit in memory at once, in two passes (one candidate after the other, the
+   second pass in reverse order, warm-up steps before each candidate's turn), so that a slow stretch of a shared
+   machine does not fall on one candidate only and each candidate is timed twice (``pass_medians``); not step
+   by step in turns, since one library's idle threads spin for a while and would slow the next one. Else, and
+   on the GPU, one candidate after the other, each freed before the next;
+4. peak memory: on the CPU in a fresh process per candidate (:mod:`pyrgd.bench.memory`), on the GPU from the
+   allocator over steps 2-3 (data upload included).
+The SGEMM rate (a large float32 matrix product, same process, same thread count) is measured at the start and
+again just before each problem; a problem's %SGEMM uses the latter (``sgemm`` in the problem's result).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .candidates import DESCRIPTIONS, extra_bytes, make_candidate, torch_available
+from .memory import GpuMemory, available_bytes, measure_cpu_peaks, release_gpu_memory
+from .problems import Problem, data_bytes, make_data, useful_flops
+
+SCHEMA = "pyrgd-bench-1"
+#: a candidate whose update differs from the fused one's by more than this (relative) is flagged as a mismatch
+UPDATE_TOLERANCE = {"float32": 1e-2, "float64": 1e-8}
+
+
+@dataclass
+class Options:
+    """What ``pyrgd bench`` was asked for (see :func:`pyrgd.bench.build_parser`)."""
+
+    device: str = "cpu"  # cpu | cuda
+    backend: str = "auto"  # the fused candidate's backend: auto | cpu | reference | cuda
+    tiny: bool = False
+    repeats: int | None = None  # None: 7 (3 in tiny mode)
+    warmup: int = 1  # warm-up steps after the check step (and before each timing pass)
+    warmup_seconds: float | None = None  # and at least this long (None: WARMUP_SECONDS; 0.05 s in tiny mode)
+    memory: bool = True
+    dtype: str = "float32"
+    seed: int = 0
+    block: int | None = None  # the chunked baseline's block (None: candidates.default_block)
+    progress: bool = True
+
+    @property
+    def warmup_s(self) -> float:
+        if self.warmup_seconds is not None:
+            return self.warmup_seconds
+        return 0.05 if self.tiny else WARMUP_SECONDS
+
+    @property
+    def n_repeats(self) -> int:
+        return self.repeats if self.repeats is not None else (3 if self.tiny else 7)
+
+
+# ------------------------------------------------------------------------------------------------ threads
+@contextlib.contextmanager
+def thread_limits(n: int | None):
+    """Run the block with ``n`` threads in pyrgd's C++ kernels and in the BLAS (threadpoolctl); None: unchanged."""
+    if n is None:
+        yield
+        return
+    old = None
+    try:
+        from ..backends import cpu
+
+        if cpu.available()[0]:
+            old = cpu.get_num_threads()
+            cpu.set_num_threads(n)
+    except ImportError:
+        cpu = None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    try:
+        if threadpool_limits is not None:
+            with threadpool_limits(limits=n):
+                yield
+        else:
+            yield
+    finally:
+        if old is not None:
+            cpu.set_num_threads(old)
+
+
+def blas_threads_controlled() -> bool:
+    try:
+        import threadpoolctl  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def summarize(times) -> dict:
+    """Median, IQR (75th minus 25th percentile), min and max of a list of seconds."""
+    t = np.asarray(times, dtype=np.float64)
+    q25, med, q75 = np.percentile(t, [25, 50, 75])
+    return {"seconds": float(med), "iqr": float(q75 - q25), "min": float(t.min()), "max": float(t.max()),
+            "times": [float(x) for x in t]}
+
+
+#: warm-up lasts at least this long (and at least ``warmup`` steps, at most WARMUP_MAX_STEPS): another library's
+#: idle threads (OpenBLAS, OpenMP) keep spinning for a while after its last call and would slow the first steps
+WARMUP_SECONDS = 0.3
+WARMUP_MAX_STEPS = 100
+#: a candidate whose check step took this long needs no further warm-up (first-call costs are far smaller)
+LONG_STEP_SECONDS = 3.0
+
+
+def warm_up(cand, steps: int, seconds: float = WARMUP_SECONDS) -> None:
+    """Run ``steps`` steps, then more until ``seconds`` have passed (at most WARMUP_MAX_STEPS in all)."""
+    t0 = time.perf_counter()
+    k = 0
+    while k < steps or (time.perf_counter() - t0 < seconds and k < WARMUP_MAX_STEPS):
+        cand.step()
+        cand.sync()
+        k += 1
+
+
+def time_one(cand) -> float:
+    t0 = time.perf_counter()
+    cand.step()
+    cand.sync()
+    return time.perf_counter() - t0
+
+
+def sgemm_cpu(n: int, repeats: int = 5, threads: int | None = None) -> dict:
+    """GFLOP/s of a float32 n x n x n NumPy matmul into a preallocated output (median of ``repeats``)."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    with thread_limits(threads):
+        np.matmul(a, b, out=c)  # warm-up
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            ts.append(time.perf_counter() - t0)
+    s = summarize(ts)
+    return {"n": n, "threads": threads, "gflops": 2.0 * n ** 3 / s["seconds"] / 1e9, "seconds": s["seconds"],
+            "iqr": s["iqr"], "library": "numpy.matmul"}
+
+
+def sgemm_gpu(n: int, repeats: int = 10) -> dict:
+    """GFLOP/s of a float32 n x n x n CuPy matmul (cuBLAS SGEMM, TF32 off unless CUPY_TF32=1)."""
+    import cupy as cp
+
+    rng = np.random.default_rng(1)
+    a = cp.asarray(rng.standard_normal((n, n), dtype=np.float32))
+    b = cp.asarray(rng.standard_normal((n, n), dtype=np.float32))
+    c = cp.empty((n, n), dtype=cp.float32)
+    cp.matmul(a, b, out=c)
+    cp.cuda.Device().synchronize()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    ts = []
+    for _ in range(repeats):
+        start.record()
+        cp.matmul(a, b, out=c)
+        end.record()
+        end.synchronize()
+        ts.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
+    del a, b, c
+    release_gpu_memory()
+    s = summarize(ts)
+    return {"n": n, "threads": None, "gflops": 2.0 * n ** 3 / s["seconds"] / 1e9, "seconds": s["seconds"],
+            "iqr": s["iqr"], "library": "cupy.matmul (cuBLAS SGEMM)", "tf32": os.environ.get("CUPY_TF32", "0")}
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def _rel(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    nb = float(np.linalg.norm(b))
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("inf")
+    return float(np.linalg.norm(a - b) / nb) if nb > 0 else float(np.linalg.norm(a))
+
+
+def step_errors(w0, w_ref, w, loss_ref, loss) -> dict:
+    """Relative errors of one step against the reference step from the same weights w0 (lists per layer).
+
+    rel_err_weights: max over layers of ||W - W_ref|| / ||W_ref|| (the updated weights);
+    rel_err_update: max over layers of ||dW - dW_ref|| / ||dW_ref||, dW = W_after - w0 (stricter: the update is
+      small next to the weights); rel_err_loss: |loss - loss_ref| / |loss_ref|.
+    """
+    ew = max(_rel(a, b) for a, b in zip(w, w_ref))
+    eu = max(_rel(np.asarray(a, np.float64) - np.asarray(z, np.float64),
+                  np.asarray(b, np.float64) - np.asarray(z, np.float64)) for a, b, z in zip(w, w_ref, w0))
+    el = abs(loss - loss_ref) / abs(loss_ref) if loss_ref != 0 else abs(loss - loss_ref)
+    if not (math.isfinite(loss) and math.isfinite(loss_ref)):
+        el = float("inf")
+    return {"rel_err_weights": ew, "rel_err_update": eu, "rel_err_loss": float(el)}
+
+
+# ------------------------------------------------------------------------------------------------ one problem
+def _skip(note) -> dict:
+    return {"status": "skipped", "note": note}
+
+
+def _availability(name: str, problem: Problem, opts: Options, itemsize: int, free: int | None) -> str | None:
+    """Why candidate ``name`` cannot run here (None: it can)."""
+    if name == "torch":
+        ok, why = torch_available()
+        if not ok:
+            return why
+        if opts.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                return "PyTorch has no CUDA device"
+    need = extra_bytes(name, problem, itemsize, opts.block or 512) + data_bytes(problem.N, problem.d,
+                                                                                problem.widths, itemsize)["total"]
+    limit = 0.9 if opts.device == "cuda" else 0.6
+    if free is not None and need > limit * free:
+        where = "the device has" if opts.device == "cuda" else "the machine has"
+        return (f"one {name} step needs about {need / 2**30:.1f} GiB, {where} {free / 2**30:.1f} GiB free: "
+                "not run (it would not fit)")
+    if problem.threads and opts.device == "cpu":
+        try:
+            usable = len(os.sched_getaffinity(0))
+        except AttributeError:
+            usable = os.cpu_count() or 1
+        if problem.threads > usable:
+            return f"needs {problem.threads} CPUs, this process may use {usable}"
+    return None
+
+
+def _free_bytes(device: str) -> int | None:
+    if device == "cuda":
+        import cupy as cp
+
+        release_gpu_memory()
+        return int(cp.cuda.runtime.memGetInfo()[0])
+    return available_bytes()
+
+
+def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None) -> dict:
+    """Run every candidate of ``problem``; returns the problem's JSON-ready result."""
+    dtype = np.dtype(opts.dtype)
+    itemsize = dtype.itemsize
+    flops = useful_flops(problem.N, problem.d, problem.widths)
+    dbytes = data_bytes(problem.N, problem.d, problem.widths, itemsize)
+    repeats = opts.n_repeats if problem.max_repeats is None else min(opts.n_repeats, problem.max_repeats)
+    repeats = max(1, repeats)
+    rate = sgemm.get(str(problem.threads) if problem.threads else "default") or sgemm.get("default")
+    res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops": flops,
+           "data_bytes": dbytes["total"], "data_bytes_parts": dbytes, "repeats": repeats, "warmup": opts.warmup,
+           "sgemm_gflops": rate["gflops"] if rate else None, "candidates": {}}
+    data = make_data(problem, dtype, opts.seed)
+    free = _free_bytes(opts.device)
+
+    names = list(problem.candidates)
+    rows: dict = {}
+    runnable = []
+    for name in names:
+        why = _availability(name, problem, opts, itemsize, free)
+        if why:
+            rows[name] = _skip(why)
+        else:
+            runnable.append(name)
+    fused_backend = None
+    with thread_limits(problem.threads):
+        est = sum(extra_bytes(n, problem, itemsize, opts.block or 512) for n in runnable) + 2 * dbytes["total"]
+        together = opts.device == "cpu" and (free is None or est <= 0.4 * free) and repeats >= 2
+        res["schedule"] = ("two passes, the second in reverse order" if together
+                           else "one candidate after the other")
+        ref = None  # (weights after the fused step, its loss)
+        live = {}
+        check_s = {}
+        for name in runnable:
+            if bar is not None:
+                bar.set_description(f"{problem.name} {name}")
+            row = {"description": DESCRIPTIONS[name]}
+            mem = GpuMemory("torch" if name == "torch" else "cupy") if opts.device == "cuda" else None
+            cand = None
+            try:
+                if mem is not None:
+                    mem.__enter__()
+                cand = make_candidate(name, data, device=opts.device, backend=opts.backend, block=opts.block)
+                if name == "fused":
+                    fused_backend = cand.backend
+                    row["backend"] = cand.backend
+                if name == "chunked":
+                    row["block"] = cand.block
+                t0 = time.perf_counter()
+                loss = cand.step()  # the check step, from the initial weights
+                cand.sync()
+                check_s[name] = time.perf_counter() - t0
+                row["check_step_seconds"] = check_s[name]
+                w = cand.weights()
+                if name == "fused":
+                    ref = (w, loss)
+                    row.update(rel_err_weights=0.0, rel_err_update=0.0, rel_err_loss=0.0)
+                elif ref is not None:
+                    row.update(step_errors(data.W, ref[0], w, ref[1], loss))
+                row["loss"] = loss
+                del w
+                tol = UPDATE_TOLERANCE.get(dtype.name, 1e-2)
+                row["status"] = "ok"
+                if name != "fused" and ref is not None and not (row["rel_err_update"] <= tol):
+                    row["status"] = "mismatch"
+                    row["note"] = (f"its step differs from the fused one: update relative error "
+                                   f"{row['rel_err_update']:.2e} > {tol:g}")
+                if not math.isfinite(loss):
+                    row["status"] = "mismatch"
+                    row["note"] = "non-finite loss"
+                if together:
+                    live[name] = cand
+                else:
+                    if check_s[name] < LONG_STEP_SECONDS:  # else the check step was warm-up enough
+                        warm_up(cand, opts.warmup, opts.warmup_s)
+                    row.update(summarize([time_one(cand) for _ in range(repeats)]))
+                    row["finite_after"] = bool(all(np.all(np.isfinite(a)) for a in cand.weights()))
+                    cand.close()
+                if mem is not None:
+                    mem.__exit__(None, None, None)
+                    row.update(peak_bytes=mem.peak_bytes, device_delta_bytes=mem.device_delta_bytes,
+                               peak_method="torch.cuda.max_memory_allocated" if name == "torch"
+                               else "cupy memory pool total_bytes")
+            except Exception as e:  # noqa: BLE001 - a candidate that cannot run is reported, not fatal
+                row = {"status": "failed", "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                       "description": DESCRIPTIONS[name]}
+                live.pop(name, None)
+            finally:
+                if not together:
+                    cand = None
+                if opts.device == "cuda":
+                    release_gpu_memory()
+            rows[name] = row
+            if bar is not None and not together:
+                bar.update(1)
+        if live:
+            # two passes, one candidate after the other in each (round-robin step by step would let one
+            # library's idle spinning threads slow the next one), the second pass in reverse order so that a
+            # slow stretch of a shared machine does not fall on one candidate only
+            first = (repeats + 1) // 2
+            times = {n: [] for n in live}
+            medians = {n: [] for n in live}
+            for names_in_pass, k in ((list(live), first), (list(live)[::-1], repeats - first)):
+                for n in names_in_pass:
+                    if n not in live:
+                        continue
+                    c = live[n]
+                    try:
+                        if check_s[n] < LONG_STEP_SECONDS:
+                            warm_up(c, opts.warmup, opts.warmup_s)
+                        ts = [time_one(c) for _ in range(k)]
+                    except Exception as e:  # noqa: BLE001 - reported in its row, the others go on
+                        rows[n] = {"status": "failed", "description": DESCRIPTIONS[n],
+                                   "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
+                        del live[n]
+                        continue
+                    times[n] += ts
+                    medians[n].append(float(np.median(ts)))
+            for n, c in live.items():
+                rows[n].update(summarize(times[n]))
+                rows[n]["pass_medians"] = medians[n]
+                rows[n]["finite_after"] = bool(all(np.all(np.isfinite(a)) for a in c.weights()))
+            if bar is not None:
+                bar.update(len(times))
+            live.clear()
+            gc.collect()
+
+    # memory (CPU: one fresh process per candidate)
+    if opts.device == "cpu":
+        todo = [n for n in names if rows[n].get("status") in ("ok", "mismatch")]
+        if not opts.memory:
+            for n in todo:
+                rows[n]["peak_note"] = "not measured (--no-memory)"
+            todo = []
+        if todo:
+            if bar is not None:
+                bar.set_description(f"{problem.name} memory")
+            need = sum(extra_bytes(n, problem, itemsize, opts.block or 512) + dbytes["total"] for n in todo)
+            avail = available_bytes()
+            peaks = measure_cpu_peaks(problem, todo, together=avail is not None and need < 0.4 * avail,
+                                      dtype=dtype.name, seed=opts.seed, backend=opts.backend, block=opts.block,
+                                      steps=1 if problem.max_repeats == 1 else 2)
+            for n, m in peaks.items():
+                if "error" in m:
+                    rows[n]["peak_note"] = f"memory measurement failed: {m['error']}"
+                else:
+                    rows[n]["peak_bytes"] = m["peak_bytes"]
+                    rows[n]["peak_method"] = m["method"]
+
+    fused = rows.get("fused", {})
+    tf = fused.get("seconds")
+    for name, row in rows.items():
+        if "seconds" in row:
+            row["gflops"] = flops / row["seconds"] / 1e9
+            row["pct_sgemm"] = 100.0 * row["gflops"] / rate["gflops"] if rate else None
+            if tf and name != "fused":
+                row["fused_speedup"] = row["seconds"] / tf
+        if row.get("peak_bytes") is not None:
+            row["peak_over_data"] = row["peak_bytes"] / dbytes["total"]
+    res["candidates"] = {n: rows[n] for n in names}
+    res["fused_backend"] = fused_backend
+    if "seconds" in fused:
+        res["seconds_per_neuron"] = fused["seconds"] / problem.n1
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ facts
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blas() -> list:
+    try:
+        from threadpoolctl import threadpool_info
+
+        return [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture", "user_api")}
+                for i in threadpool_info()]
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        cfg = np.show_config(mode="dicts")
+        b = cfg.get("Build Dependencies", {}).get("blas", {})
+        return [{"internal_api": b.get("name"), "version": b.get("version")}]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def source_state() -> dict | None:
+    """The git commit of the pyrgd source being measured and the tracked files modified since (None outside a
+    git checkout, e.g. an installed package): numbers are only comparable for the same code."""
+    import subprocess
+
+    import pyrgd
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyrgd.__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        st = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    modified = [ln[3:] for ln in st.stdout.splitlines() if ln.strip()]
+    return {"commit": head.stdout.strip(), "modified": modified}
+
+
+def machine_facts(device: str = "cpu") -> dict:
+    """CPU model, cores, threads, BLAS, versions; the GPU's name, driver and runtime when device is 'cuda'."""
+    from .. import __version__
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    facts = {
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": affinity,
+        "memory_available_bytes": available_bytes(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyrgd": __version__,
+        "blas": _blas(),
+        "blas_threads_controlled": blas_threads_controlled(),
+        "source": source_state(),
+    }
+    try:
+        from ..backends import cpu
+
+        ok, why = cpu.available()
+        facts["pyrgd_cpu_backend"] = why
+        if ok:
+            facts["pyrgd_cpu_threads"] = cpu.get_num_threads()
+            facts["pyrgd_cpu_build"] = cpu.build_info()
+    except ImportError as e:
+        facts["pyrgd_cpu_backend"] = f"unavailable: {e}"
+    ok, why = torch_available()
+    facts["torch"] = why if ok else None
+    if ok:
+        import torch
+
+        facts["torch_threads"] = torch.get_num_threads()
+    if device == "cuda":
+        import cupy as cp
+
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        facts.update(gpu_name=name.decode() if isinstance(name, bytes) else name,
+                     gpu_memory_bytes=int(props["totalGlobalMem"]),
+                     gpu_multiprocessors=int(props["multiProcessorCount"]),
+                     cuda_driver=cp.cuda.runtime.driverGetVersion(),
+                     cuda_runtime=cp.cuda.runtime.runtimeGetVersion(), cupy=cp.__version__)
+    return facts
+
+
+def _loadavg():
+    """The 1, 5 and 15-minute load averages (other work on a shared machine shows here), or None."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ everything
+def run(problems, opts: Options, on_problem=None) -> dict:
+    """Run ``problems`` (a list of Problem); returns the whole result (see pyrgd.bench.report for the schema).
+
+    ``on_problem(partial_result)``, when given, is called after each problem with the result so far (targets
+    evaluated on what has run, ``complete`` False), so that a run cut short still leaves its numbers behind.
+    """
+    from tqdm.auto import tqdm
+
+    from .report import evaluate_targets
+
+    if opts.device == "cuda":
+        import cupy  # noqa: F401  (fails early, before any timing)
+    facts = machine_facts(opts.device)
+    result = {
+        "schema": SCHEMA,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pyrgd_version": facts["pyrgd"],
+        "mode": "tiny" if opts.tiny else "full",
+        "device": opts.device,
+        "backend_requested": opts.backend,
+        "dtype": opts.dtype,
+        "repeats": opts.n_repeats,
+        "warmup": opts.warmup,
+        "warmup_seconds": opts.warmup_s,
+        "seed": opts.seed,
+        "machine": facts,
+        "load_average_start": _loadavg(),
+        "sgemm": {},
+        "problems": [],
+    }
+    total = sum(len(p.candidates) for p in problems) + 1
+    bar = tqdm(total=total, file=sys.stderr, disable=not opts.progress, dynamic_ncols=True, leave=False,
+               desc="SGEMM")
+    try:
+        if opts.device == "cuda":
+            result["sgemm"]["default"] = sgemm_gpu(2048 if opts.tiny else 8192)
+        else:
+            n = 512 if opts.tiny else 2048
+            result["sgemm"]["default"] = sgemm_cpu(n)
+            for t in sorted({p.threads for p in problems if p.threads}):
+                result["sgemm"][str(t)] = sgemm_cpu(n, threads=t)
+        bar.update(1)
+        for p in problems:
+            # the SGEMM rate again just before the problem, at its thread count: on a shared machine the load
+            # changes within a run, and %SGEMM should compare with the machine as the problem found it
+            if opts.device == "cuda":
+                near = {"default": sgemm_gpu(2048 if opts.tiny else 8192)}
+            else:
+                near = {"default": sgemm_cpu(512 if opts.tiny else 2048, threads=p.threads)}
+            r = run_problem(p, opts, near, bar)
+            r["sgemm"] = near["default"]
+            result["problems"].append(r)
+            if on_problem is not None:
+                on_problem({**result, "targets": evaluate_targets(result), "complete": False})
+    finally:
+        bar.close()
+    result["load_average_end"] = _loadavg()
+    backs = {r.get("fused_backend") for r in result["problems"] if r.get("fused_backend")}
+    result["fused_backend"] = ",".join(sorted(backs)) if backs else None
+    result["targets"] = evaluate_targets(result)
+    result["complete"] = True
+    return result

@@ -1,0 +1,294 @@
+"""E1, width thresholds of two-layer ReLU networks (LeCun init): where GD converges against where Nguyen 2021,
+Theorem 2.2 certifies it.
+
+For every N the data (X, Y) are fixed (``data_seed``) and the network is F_2 = relu(X W_1) W_2 with
+(W_1)_ij ~ N(0, 1/d), (W_2)_j ~ N(0, 1/n_1) (Nguyen 2021, Sec. 3.2, whose corollary needs n_1 of order N^2).
+
+- **GD threshold**: n_1 runs over N * n1_min_over_N * n1_factor^k (rounded, up to n1_max_over_N * N); at each
+  width GD is run from every seed in ``seeds`` (:func:`pyrgd.sweep.run_cell`: step size ``lr``, at most ``steps``
+  steps, converged when the loss falls to ``rel_tol`` of its start); a width stops at its first seed that does not
+  converge. The threshold is the smallest width where every seed converged.
+- **Certified threshold**: the smallest n_1 at which the three initial conditions of Theorem 2.2 (THEORY 4.2,
+  C_l = C) hold. The conditions need widths (1e8 and more) far beyond what can be built here, so the threshold is
+  computed from the large-width values of the quantities the conditions use [derived]:
+  alpha_0^2 = lambda_min(F_1 F_1^T) -> n_1 lambda_*, lambda_* = lambda_min(E_w[relu(Xw) relu(Xw)^T]), w ~ N(0, I/d)
+  (the law of large numbers over the n_1 neurons; lambda_* exactly, by the arc-cosine closed form);
+  ||W_1||_2 -> sqrt(n_1/d) + 1 and ||W_2||_2 -> 1 + sqrt(n_2/n_1) (the edges of the spectra of Gaussian matrices);
+  Phi_0 -> (n_2 tr G + ||Y||_F^2) / 2 (its mean: F_2 is Gaussian given W_1, with covariance ~ G, independent of Y).
+  Each condition's margin lhs/rhs increases with n_1; the threshold is where the last one reaches 1. For large n_1
+  the binding condition initW gives n_1 ~ (16 ||X||_F sqrt(2 Phi_0) / (sqrt(d) lambda_*))^2, of order N^2 / lambda_*^2:
+  the paper's N^2 when lambda_* stays bounded, faster when lambda_* falls with N (a fixed d).
+- **Exact margins**: the margins of real LeCun nets at the widths ``exact_n1`` (n_1 >= N), computed by
+  :func:`pyrgd.theory.nguyen2021_certificate`, beside the predicted ones, to show where the prediction is reached.
+
+Outputs: E1.csv (per N: both thresholds, lambda_*), E1_gd.csv (every GD run), E1_margins.csv (exact and predicted
+margins), E1.png (left: thresholds against N with fitted slopes; right: margins against n_1).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from ..errors import PyrgdError
+from ._common import Param, check_params, fit_loglog, progress_bar, save_figure, write_csv
+
+SPEC = {
+    "N": Param("int_list", "sample sizes", lo=1),
+    "d": Param("int", "input dimension", lo=1),
+    "inputs": Param("str", "synthetic inputs: gaussian or sphere"),
+    "targets": Param("str", "synthetic targets: gaussian or teacher"),
+    "data_seed": Param("int", "seed of the data", lo=0),
+    "seeds": Param("int_list", "seeds of the initial weights for GD", lo=0),
+    "steps": Param("int", "GD step budget", lo=1),
+    "rel_tol": Param("float", "GD converged when loss <= rel_tol * initial loss", lo=0.0),
+    "lr": Param("raw", "GD step size: 'auto' or a number"),
+    "track_every": Param("int", "steps between certificate evaluations during GD", lo=1),
+    "n1_min_over_N": Param("float", "smallest width of the GD search, as a multiple of N", lo=0.0),
+    "n1_factor": Param("float", "ratio of two successive widths of the GD search", lo=1.0),
+    "n1_max_over_N": Param("float", "largest width of the GD search, as a multiple of N", lo=0.0),
+    "C": Param("float", "Nguyen 2021's constants C_l (the paper's applications use 1)", lo=0.0),
+    "exact_n1": Param("int_list", "widths of the real nets whose exact margins are computed", lo=1),
+    "exact_seeds": Param("int_list", "seeds of those nets", lo=0),
+}
+CONDITIONS = ("initW", "initF", "initS")
+
+
+def check(params) -> dict:
+    from ..config import resolve_config
+
+    p = check_params("E1", SPEC, params)
+    resolve_config(overrides={"data": {"inputs": p["inputs"], "targets": p["targets"], "d": p["d"]},
+                              "train": {"lr": p["lr"], "steps": p["steps"], "rel_tol": p["rel_tol"]}})
+    if p["n1_factor"] <= 1.0:
+        raise PyrgdError(f"E1.params.n1_factor: expected a number > 1, got {p['n1_factor']!r}")
+    if p["C"] <= 0 or p["n1_min_over_N"] <= 0:
+        raise PyrgdError("E1.params.C and n1_min_over_N: expected positive numbers")
+    if p["n1_max_over_N"] < p["n1_min_over_N"]:
+        raise PyrgdError("E1.params.n1_max_over_N: expected at least n1_min_over_N")
+    return p
+
+
+def make_data(p, N):
+    from ..data import synthetic
+
+    return synthetic(N, p["d"], 1, inputs=p["inputs"], targets=p["targets"], seed=p["data_seed"])
+
+
+def gd_config(p, N, n1, seed) -> dict:
+    from ..config import resolve_config
+
+    return resolve_config(overrides={
+        "data": {"source": "synthetic", "N": N, "d": p["d"], "n_out": 1, "inputs": p["inputs"],
+                 "targets": p["targets"], "seed": p["data_seed"]},
+        "model": {"widths": [n1, 1], "activation": "relu", "init": "lecun", "seed": seed, "dtype": "float64"},
+        "train": {"lr": p["lr"], "steps": p["steps"], "rel_tol": p["rel_tol"], "tol": 0.0,
+                  "track_every": p["track_every"]}})
+
+
+# --------------------------------------------------------------------------------------------- Theorem 2.2
+def theorem22_conditions(alpha, norms, C, norm_X, loss_0) -> dict:
+    """{name: (lhs, rhs, margin)} of Theorem 2.2's three initial conditions for given quantities
+    [paper: Nguyen 2021, Thm 2.2; THEORY 4.2]: alpha = alpha_0, norms = (||W_1||_2, ..., ||W_L||_2), C = C_l
+    (a float), norm_X = ||X||_F, loss_0 = Phi_0. The same formulas as :func:`pyrgd.theory.nguyen2021_certificate`
+    (a test checks that they agree), here as a function of the quantities so that they can be evaluated at their
+    predicted large-width values."""
+    lbar = [n + C for n in norms]
+    p_all = math.prod(lbar)
+    p_hid = math.prod(lbar[:-1])
+    r = math.sqrt(2.0 * loss_0)
+    s_hid = sum(p_hid ** 2 / lb ** 2 for lb in lbar[:-1])
+    pairs = {
+        "initW": (alpha ** 2, 16 * norm_X * max(p_all / (lb * C) for lb in lbar) * r),
+        "initF": (alpha ** 3, 32 * norm_X ** 2 * lbar[-1] * s_hid * r),
+        "initS": (alpha ** 2, 16 * norm_X ** 2 * lbar[-1] ** 2 * s_hid),
+    }
+    return {k: (a, b, a / b if b > 0 else math.inf) for k, (a, b) in pairs.items()}
+
+
+class Predictor:
+    """The large-width values of Theorem 2.2's quantities for a two-layer ReLU net with LeCun init on (X, Y)
+    (see the module docstring) and the conditions evaluated at them."""
+
+    def __init__(self, X, Y, C=1.0):
+        from ..theory import lambda_star
+
+        self.N, self.d = X.shape
+        self.n2 = Y.shape[1]
+        ls = lambda_star(X, "relu", w_var=1.0 / self.d)
+        self.lambda_star = ls.value
+        self.trace_G = float(np.trace(ls.gram))
+        self.norm_X = float(np.linalg.norm(X))
+        self.norm_Y2 = float((Y.astype(np.float64) ** 2).sum())
+        self.C = C
+
+    def quantities(self, n1):
+        alpha = math.sqrt(max(n1 * self.lambda_star, 0.0))
+        norms = (math.sqrt(n1 / self.d) + 1.0, 1.0 + math.sqrt(self.n2 / n1))
+        loss_0 = 0.5 * (self.n2 * self.trace_G + self.norm_Y2)
+        return alpha, norms, loss_0
+
+    def conditions(self, n1):
+        alpha, norms, loss_0 = self.quantities(n1)
+        return theorem22_conditions(alpha, norms, self.C, self.norm_X, loss_0)
+
+    def min_margin(self, n1):
+        return min(c[2] for c in self.conditions(n1).values())
+
+    def threshold(self, n1_max=1e40):
+        """The smallest n_1 (an integer) at which every predicted margin is >= 1; inf if none below n1_max."""
+        if self.lambda_star <= 0:
+            return math.inf
+        k, n1 = 0, 1.0
+        while self.min_margin(n1) < 1.0:  # geometric scan, then bisection inside the bracket
+            k += 1
+            n1 = 2.0 ** (k / 4)
+            if n1 > n1_max:
+                return math.inf
+        if k == 0:
+            return 1.0
+        lo, hi = math.floor(2.0 ** ((k - 1) / 4)), math.ceil(n1)  # margin(lo) < 1 <= margin(hi), integers
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self.min_margin(mid) >= 1.0 else (mid, hi)
+        return float(hi)
+
+
+# --------------------------------------------------------------------------------------------- the run
+def gd_widths(p, N):
+    out, x = [], p["n1_min_over_N"] * N
+    while x <= p["n1_max_over_N"] * N * (1 + 1e-12):
+        n1 = max(1, int(round(x)))
+        if n1 not in out:
+            out.append(n1)
+        x *= p["n1_factor"]
+    return out
+
+
+def run(p, out, progress=False) -> dict:
+    from ..model import PyramidalNet
+    from ..sweep import run_cell
+    from ..theory import nguyen2021_certificate
+
+    gd_rows, margin_rows, rows = [], [], []
+    total = sum(len(gd_widths(p, N)) * len(p["seeds"]) for N in p["N"])
+    bar = progress_bar(progress, total, "E1 GD", unit="run")
+    try:
+        for N in p["N"]:
+            X, Y = make_data(p, N)
+            pred = Predictor(X, Y, p["C"])
+            gd_thr = None
+            budget = len(gd_widths(p, N)) * len(p["seeds"])  # the most runs this N can take
+            for n1 in gd_widths(p, N):
+                ok = True
+                for seed in p["seeds"]:
+                    bar.set_postfix_str(f"N={N} n1={n1} seed={seed}")
+                    r = run_cell(gd_config(p, N, n1, seed), C=p["C"])
+                    if r.pop("_interrupted"):
+                        raise KeyboardInterrupt
+                    gd_rows.append({"N": N, "n1": n1, "seed": seed, **r})
+                    bar.update(1)
+                    budget -= 1
+                    if not r["converged"]:
+                        budget -= len(p["seeds"]) - p["seeds"].index(seed) - 1
+                        ok = False
+                        break
+                if ok:
+                    gd_thr = n1
+                    break
+            bar.total -= budget  # the runs this N did not need
+            bar.refresh()
+            for n1 in [m for m in p["exact_n1"] if m >= N]:
+                pc = pred.conditions(n1)
+                for seed in p["exact_seeds"]:
+                    net = PyramidalNet(p["d"], [n1, 1], activation="relu", init="lecun", seed=seed)
+                    c = nguyen2021_certificate(net, X, Y, C=p["C"])
+                    row = {"N": N, "n1": n1, "seed": seed, "alpha_0": c.alpha_0, "loss_0": c.loss_0}
+                    for k in CONDITIONS:
+                        row[f"margin_{k}"] = c.conditions[k].margin
+                        row[f"predicted_margin_{k}"] = pc[k][2]
+                    row["margin_min"] = min(c.conditions[k].margin for k in CONDITIONS)
+                    row["predicted_margin_min"] = min(pc[k][2] for k in CONDITIONS)
+                    margin_rows.append(row)
+            cert_thr = pred.threshold()
+            binding = min(pred.conditions(cert_thr).items(), key=lambda kv: kv[1][2])[0] \
+                if math.isfinite(cert_thr) else None
+            rows.append({"N": N, "gd_threshold": gd_thr, "gd_threshold_over_N": gd_thr / N if gd_thr else None,
+                         "certified_threshold": cert_thr, "certified_over_N2": cert_thr / N ** 2,
+                         "lambda_star": pred.lambda_star, "last_condition": binding,
+                         "ratio_certified_to_gd": cert_thr / gd_thr if gd_thr else None})
+    finally:
+        bar.close()
+
+    files = {"csv": os.path.join(out, "E1.csv"), "csv_gd": os.path.join(out, "E1_gd.csv"),
+             "csv_margins": os.path.join(out, "E1_margins.csv"), "figure": os.path.join(out, "E1.png")}
+    write_csv(files["csv"], rows)
+    write_csv(files["csv_gd"], gd_rows)
+    if margin_rows:
+        write_csv(files["csv_margins"], margin_rows)
+    Ns = [r["N"] for r in rows]
+    s_gd, _ = fit_loglog(Ns, [r["gd_threshold"] or np.nan for r in rows])
+    s_c, _ = fit_loglog(Ns, [r["certified_threshold"] for r in rows])
+    s_cl, _ = fit_loglog(Ns, [r["certified_threshold"] * r["lambda_star"] ** 2 for r in rows])
+    findings = {"slope_gd_threshold": s_gd, "slope_certified_threshold": s_c,
+                "slope_certified_times_lambda_star_sq": s_cl,
+                "thresholds": {str(r["N"]): {"gd": r["gd_threshold"], "certified": r["certified_threshold"]}
+                               for r in rows},
+                "tolerance": f"loss <= {p['rel_tol']:g} of the initial loss within {p['steps']} steps, every seed "
+                             f"of {p['seeds']}"}
+    _plot(files["figure"], p, rows, margin_rows, findings)
+    return {**files, "findings": findings}
+
+
+def _plot(path, p, rows, margin_rows, f):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.subplots(1, 2)
+    Ns = np.array([r["N"] for r in rows], dtype=float)
+    gd = np.array([r["gd_threshold"] or np.nan for r in rows], dtype=float)
+    ct = np.array([r["certified_threshold"] for r in rows], dtype=float)
+    ax.plot(Ns, ct, "s-", color="C3", label=f"Thm 2.2 certifies (predicted), slope {f['slope_certified_threshold']:.2f}")
+    ax.plot(Ns, gd, "o-", color="C0", label=f"GD converges (every seed), slope {f['slope_gd_threshold']:.2f}")
+    for i, r in enumerate(rows):
+        if r["gd_threshold"] is None:
+            ax.plot(Ns[i], p["n1_max_over_N"] * Ns[i], "^", color="C0", mfc="none",
+                    label="GD: none up to the search's end" if i == 0 else None)
+    ax.plot(Ns, Ns, ":", color="0.5", label="$n_1 = N$")
+    lam = np.array([r["lambda_star"] for r in rows], dtype=float)
+    if len(Ns) and np.isfinite(ct).all() and (lam > 0).all():
+        ax.plot(Ns, ct * (lam / lam[0]) ** 2, "--", color="C3", alpha=0.5, lw=1.2,
+                label=f"the same with $\\lambda_*$ held at its N = {int(Ns[0])} value, slope "
+                      f"{f['slope_certified_times_lambda_star_sq']:.2f}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("N (samples)")
+    ax.set_ylabel("width $n_1$")
+    ax.set_title(f"two-layer ReLU, LeCun init, d = {p['d']}, {p['inputs']} inputs\n"
+                 f"GD: loss $\\leq$ {p['rel_tol']:g} of start within {p['steps']} steps", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7.5, loc="center right")
+
+    grid = np.logspace(0, np.log10(max(np.nanmax(ct) * 4, 10.0)) if np.isfinite(ct).any() else 12, 200)
+    for k, r in enumerate(rows):
+        X, Y = make_data(p, r["N"])
+        pred = Predictor(X, Y, p["C"])
+        g = grid[grid >= r["N"]]
+        ax2.plot(g, [pred.min_margin(x) for x in g], "-", color=f"C{k % 10}", lw=1.2,
+                 label=f"N = {r['N']}: predicted")
+        pts = [m for m in margin_rows if m["N"] == r["N"]]
+        if pts:
+            ax2.plot([m["n1"] for m in pts], [max(m["margin_min"], 1e-30) for m in pts], "o", ms=4,
+                     color=f"C{k % 10}", mfc="none", label=f"N = {r['N']}: real nets")
+    ax2.axhline(1.0, color="k", lw=0.8)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("width $n_1$")
+    ax2.set_ylabel("smallest margin lhs/rhs of Thm 2.2's conditions")
+    ax2.set_title("certified where the margin reaches 1", fontsize=9)
+    ax2.grid(True, which="major", alpha=0.3)
+    ax2.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)

@@ -1,0 +1,522 @@
+"""The benchmark harness (pyrgd.bench) is right: flop and byte counts, every candidate computes the same GD step,
+the memory probe sees what is allocated, targets are judged correctly, and `pyrgd bench --tiny --json` runs.
+
+No timing thresholds here: speed is measured by `pyrgd bench` and bench/, never asserted by a unit test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pyrgd.bench import add_bench_parser, main, run_bench
+from pyrgd.bench import candidates as C
+from pyrgd.bench.memory import measure_cpu_peak
+from pyrgd.bench.problems import Problem, all_problems, data_bytes, make_data, select_problems, useful_flops
+from pyrgd.bench.report import TARGETS, evaluate_targets, format_report, format_target, json_safe
+from pyrgd.bench.runner import Options, run_problem, step_errors, summarize, thread_limits
+from pyrgd.errors import PyrgdError
+
+TORCH = C.torch_available()[0]
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def cpu_available():
+    try:
+        from pyrgd.backends import cpu
+
+        return cpu.available()[0]
+    except ImportError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ counts
+def _count_flops_by_matmuls(N, d, widths):
+    """Independent count: every matrix product of an unfused step, 2 m k n flops each."""
+    dims = [d] + list(widths)
+    L = len(widths)
+    f = 0
+    for l in range(L):  # forward Z_{l+1} = F_l W_{l+1}
+        f += 2 * N * dims[l] * dims[l + 1]
+    for l in range(L - 1, -1, -1):  # backward: dW = F^T D, and D W^T except below layer 1
+        f += 2 * N * dims[l] * dims[l + 1]
+        if l > 0:
+            f += 2 * N * dims[l] * dims[l + 1]
+    return f
+
+
+@pytest.mark.parametrize("N,d,widths", [(4096, 64, [4096, 64, 32, 10]), (32768, 32, [32768, 32, 16, 1]),
+                                        (7, 3, [11, 2]), (5, 4, [9, 6, 3])])
+def test_useful_flops_is_theory_formula(N, d, widths):
+    dims = [d] + widths
+    theory = sum(6 * N * a * b for a, b in zip(dims, dims[1:])) - 2 * N * d * widths[0]
+    assert useful_flops(N, d, widths) == theory == _count_flops_by_matmuls(N, d, widths)
+
+
+def test_useful_flops_of_b1_by_hand():
+    # 6 N (d n1 + n1 n2 + n2 n3 + n3 n4) - 2 N d n1 with N = n1 = 4096, d = n2 = 64, n3 = 32, n4 = 10
+    assert useful_flops(4096, 64, [4096, 64, 32, 10]) == 4096 * (6 * (2 * 64 * 4096 + 64 * 32 + 320) - 2 * 64 * 4096)
+
+
+def test_data_bytes_parts():
+    p = data_bytes(32768, 32, [32768, 32, 16, 1], itemsize=4)
+    assert p["X"] == 4 * 32768 * 32
+    assert p["Y"] == 4 * 32768
+    assert p["weights"] == 4 * (32 * 32768 + 32768 * 32 + 32 * 16 + 16)
+    assert p["N_x_n2_buffers"] == 2 * 4 * 32768 * 32
+    assert p["tail_buffers"] == 4 * 32768 * 16
+    assert p["total"] == sum(v for k, v in p.items() if k != "total")
+    assert data_bytes(10, 3, [20, 1])["tail_buffers"] == 0  # L = 2: no hidden tail layer
+
+
+def test_problem_specs():
+    full = {p.name: p for p in all_problems("cpu")}
+    assert (full["B1"].N, full["B1"].d, full["B1"].widths) == (4096, 64, (4096, 64, 32, 10))
+    assert full["B1"].activation == "smooth_leaky_relu(0.2)" and full["B2"].activation == "relu"
+    assert (full["B3"].N, full["B3"].d, full["B3"].widths) == (32768, 32, (32768, 32, 16, 1))
+    assert sorted(p.n1 for p in full.values() if p.group == "B4") == [1024, 2048, 4096, 8192, 16384]
+    assert [full["T1"].threads, full["T2"].threads] == [1, 2]
+    gpu = {p.name: p for p in all_problems("cuda")}
+    assert (gpu["G1"].N, gpu["G1"].d, gpu["G1"].widths) == (65536, 256, (65536, 128, 64, 10))
+    assert (gpu["G2"].N, gpu["G2"].d, gpu["G2"].widths) == (131072, 256, (131072, 64, 32, 1))
+    for tiny in all_problems("cpu", tiny=True):
+        assert tiny.N * tiny.n1 <= 2**23  # seconds, not minutes
+
+
+def test_select_problems():
+    assert [p.name for p in select_problems("B4", "cpu")] == ["B4_1024", "B4_2048", "B4_4096", "B4_8192", "B4_16384"]
+    assert [p.name for p in select_problems("b1,T", "cpu", tiny=True)] == ["B1", "T1", "T2"]
+    assert [p.name for p in select_problems(None, "cuda")] == ["G1", "G2"]
+    with pytest.raises(PyrgdError, match="--backend cuda"):
+        select_problems("G1", "cpu")
+    with pytest.raises(PyrgdError, match="unknown problem 'B9'"):
+        select_problems("B9", "cpu")
+
+
+def test_make_data_is_reproducible_and_in_dtype():
+    p = Problem("x", 30, 4, (50, 3, 2))
+    a, b = make_data(p, "float32", seed=3), make_data(p, "float32", seed=3)
+    assert a.X.dtype == np.float32 and all(w.dtype == np.float32 for w in a.W)
+    assert [w.shape for w in a.W] == [(4, 50), (50, 3), (3, 2)]
+    np.testing.assert_array_equal(a.X, b.X)
+    np.testing.assert_array_equal(a.W[0], b.W[0])
+    assert not np.array_equal(a.X, make_data(p, "float32", seed=4).X)
+    assert abs(float(np.mean(np.sum(a.X.astype(np.float64) ** 2, axis=1))) - 1.0) < 0.5
+
+
+# ------------------------------------------------------------------------------------------------ same step
+def _reference_step(data, steps=1):
+    """Weights and losses after `steps` GD steps by the NumPy reference backend + pyrgd.tail (float64 oracle)."""
+    ref = C.FusedStep(data, np, backend="reference")
+    losses = [ref.step() for _ in range(steps)]
+    return ref.weights(), losses
+
+
+def _names():
+    out = ["unfused", "chunked"]
+    if cpu_available():
+        out.append("fused")
+    if TORCH:
+        out.append("torch")
+    return out
+
+
+@pytest.mark.parametrize("activation", ["relu", "smooth_leaky_relu(0.2)", "tanh", "leaky_relu(0.1)"])
+@pytest.mark.parametrize("widths", [(64, 6, 4, 3), (70, 2), (45, 5, 5)])
+@pytest.mark.parametrize("name", _names())
+def test_candidate_computes_the_reference_step(name, widths, activation):
+    p = Problem("t", 40, 5, widths, activation=activation)
+    data = make_data(p, "float64", seed=7)
+    w_ref, loss_ref = _reference_step(data, steps=2)
+    cand = C.make_candidate(name, data, block=16)  # 16 does not divide n1: ragged last block
+    losses = [cand.step() for _ in range(2)]  # the second step checks what a candidate carries over (H)
+    cand.sync()
+    for a, b in zip(cand.weights(), w_ref):
+        assert rel_err(a, b) < 1e-11
+    assert losses == pytest.approx(loss_ref, rel=1e-11)
+    # the data the candidates start from is never modified
+    np.testing.assert_array_equal(data.W[0], make_data(p, "float64", seed=7).W[0])
+
+
+def test_unfused_step_is_gradient_descent():
+    """The unfused step (independent of pyrgd.tail) is W - lr dPhi/dW: its update matches a central difference."""
+    p = Problem("t", 12, 3, (20, 4, 2), activation="tanh")
+    data = make_data(p, "float64", seed=1)
+    cand = C.UnfusedStep(data)
+    phi = lambda W: C.UnfusedStep(type(data)(p, data.X, data.Y, W)).step()  # noqa: E731 (loss at W)
+    cand.step()
+    for l in range(3):
+        grad = (data.W[l] - cand.weights()[l]) / p.lr
+        i, j = 1, 1
+        e = 1e-6
+        Wp = [w.copy() for w in data.W]
+        Wm = [w.copy() for w in data.W]
+        Wp[l][i, j] += e
+        Wm[l][i, j] -= e
+        assert grad[i, j] == pytest.approx((phi(Wp) - phi(Wm)) / (2 * e), rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.skipif(not TORCH, reason="PyTorch is not installed")
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu(0.1)", "smooth_leaky_relu(0.2)", "softplus", "tanh",
+                                        "erf", "identity"])
+def test_torch_activation_matches_pyrgd(activation):
+    import torch
+
+    from pyrgd.activations import parse_activation
+
+    act = parse_activation(activation)
+    z = np.linspace(-6, 6, 101)
+    zt = torch.tensor(z, requires_grad=True)
+    y = C._torch_activation(torch, act)(zt)
+    y.sum().backward()
+    np.testing.assert_allclose(y.detach().numpy(), act.sigma(z), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(zt.grad.numpy(), act.dsigma(z), rtol=1e-12, atol=1e-12)
+
+
+def test_step_errors():
+    w0 = [np.ones((3, 2)), np.ones(4)]
+    w_ref = [w0[0] - 0.1, w0[1] - 0.2]
+    e = step_errors(w0, w_ref, [w.copy() for w in w_ref], 2.0, 2.0)
+    assert e == {"rel_err_weights": 0.0, "rel_err_update": 0.0, "rel_err_loss": 0.0}
+    e = step_errors(w0, w_ref, [w.copy() for w in w0], 2.0, 2.2)  # a candidate that does not update at all
+    assert e["rel_err_update"] == pytest.approx(1.0)
+    assert e["rel_err_weights"] < 0.25  # the updated weights alone would hide it: hence the update's error
+    assert e["rel_err_loss"] == pytest.approx(0.1)
+    assert step_errors(w0, w_ref, [w0[0] * np.nan, w0[1]], 2.0, 2.0)["rel_err_update"] == math.inf
+
+
+def test_summarize():
+    s = summarize([3.0, 1.0, 2.0, 4.0, 5.0])
+    assert s["seconds"] == 3.0 and s["iqr"] == 2.0 and s["min"] == 1.0 and s["max"] == 5.0
+    assert s["times"] == [3.0, 1.0, 2.0, 4.0, 5.0]
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def _opts(**kw):
+    base = dict(tiny=True, repeats=2, warmup=1, warmup_seconds=0.0, memory=False, progress=False)
+    base.update(kw)
+    return Options(**base)
+
+
+def test_run_problem_rows(monkeypatch):
+    p = Problem("B1", 64, 6, (96, 8, 3), candidates=C.CANDIDATES)
+    res = run_problem(p, _opts(), {"default": {"gflops": 10.0}})
+    rows = res["candidates"]
+    assert list(rows) == list(C.CANDIDATES)
+    assert rows["fused"]["status"] == "ok" and rows["fused"]["backend"] in ("cpu", "reference")
+    for n in ("unfused", "chunked"):
+        r = rows[n]
+        assert r["status"] == "ok", r
+        assert r["rel_err_update"] < 1e-3 and r["rel_err_loss"] < 1e-5
+        assert len(r["times"]) == 2 and r["seconds"] > 0 and r["fused_speedup"] > 0
+        assert r["gflops"] == pytest.approx(res["useful_flops"] / r["seconds"] / 1e9)
+        assert r["pct_sgemm"] == pytest.approx(10 * r["gflops"])
+        assert len(r["pass_medians"]) == 2
+    assert rows["torch"]["status"] == ("ok" if TORCH else "skipped")
+    if not TORCH:
+        assert "PyTorch" in rows["torch"]["note"]
+
+
+def test_a_wrong_candidate_is_flagged(monkeypatch, capsys):
+    class Wrong(C.ChunkedStep):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.lr *= 1.5  # a different step
+
+    def make(name, data, **kw):
+        if name == "chunked":
+            return Wrong(data, np, block=8)
+        return orig(name, data, **kw)
+
+    orig = C.make_candidate
+    monkeypatch.setattr("pyrgd.bench.runner.make_candidate", make)
+    p = Problem("B1", 32, 4, (40, 4, 2), candidates=("fused", "chunked"))
+    row = run_problem(p, _opts(), {})["candidates"]["chunked"]
+    assert row["status"] == "mismatch" and "differs" in row["note"]
+    assert row["rel_err_update"] > 0.1
+    rc = main(["--tiny", "--problems", "B1", "--repeats", "1", "--no-memory", "--no-progress", "--json"])
+    assert rc == 1
+    assert "did not compute the fused step" in capsys.readouterr().err
+
+
+def test_a_failing_candidate_is_reported_not_fatal(monkeypatch):
+    def make(name, data, **kw):
+        if name == "unfused":
+            raise MemoryError("pretend")
+        return orig(name, data, **kw)
+
+    orig = C.make_candidate
+    monkeypatch.setattr("pyrgd.bench.runner.make_candidate", make)
+    p = Problem("B1", 32, 4, (40, 4, 2), candidates=("fused", "unfused", "chunked"))
+    rows = run_problem(p, _opts(), {})["candidates"]
+    assert rows["unfused"]["status"] == "failed" and "MemoryError" in rows["unfused"]["note"]
+    assert rows["chunked"]["status"] == "ok"
+
+
+def test_a_candidate_failing_while_timed_is_reported(monkeypatch):
+    class Flaky(C.ChunkedStep):
+        calls = 0
+
+        def step(self):
+            Flaky.calls += 1
+            if Flaky.calls > 1:  # the check step passes, the timing fails
+                raise FloatingPointError("pretend")
+            return super().step()
+
+    def make(name, data, **kw):
+        return Flaky(data, np, block=8) if name == "chunked" else orig(name, data, **kw)
+
+    orig = C.make_candidate
+    monkeypatch.setattr("pyrgd.bench.runner.make_candidate", make)
+    p = Problem("B1", 32, 4, (40, 4, 2), candidates=("fused", "chunked", "unfused"))
+    res = run_problem(p, _opts(), {})
+    rows = res["candidates"]
+    assert res["schedule"].startswith("two passes")
+    assert rows["chunked"]["status"] == "failed" and "FloatingPointError" in rows["chunked"]["note"]
+    assert rows["fused"]["status"] == rows["unfused"]["status"] == "ok"
+    assert len(rows["unfused"]["times"]) == 2
+
+
+def test_candidate_that_would_not_fit_is_skipped(monkeypatch):
+    monkeypatch.setattr("pyrgd.bench.runner.available_bytes", lambda: 10 * 2**20)
+    p = Problem("B3", 1024, 4, (2048, 4, 1), candidates=("fused", "unfused"))
+    rows = run_problem(p, _opts(), {})["candidates"]
+    assert rows["unfused"]["status"] == "skipped" and "would not fit" in rows["unfused"]["note"]
+    assert rows["fused"]["status"] == "ok"
+
+
+def test_thread_limits_restore():
+    if not cpu_available():
+        pytest.skip("the C++ backend is not built")
+    from pyrgd.backends import cpu
+
+    before = cpu.get_num_threads()
+    with thread_limits(1):
+        assert cpu.get_num_threads() == 1
+    assert cpu.get_num_threads() == before
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def test_memory_probe_sees_the_n_by_n1_matrices():
+    """The fresh-process probe: the unfused step's N x n1 matrices show, the fused step stays near its data."""
+    p = Problem("m", 2048, 8, (2048, 8, 1))
+    nn1 = 4 * p.N * p.n1  # one float32 N x n1 matrix: 16 MiB
+    unf = measure_cpu_peak(p, "unfused")
+    assert "error" not in unf, unf
+    assert unf["peak_bytes"] >= 2 * nn1  # at least F1 and sigma'(Z1) live at once
+    assert unf["method"] in ("vmhwm-reset", "vmhwm-no-reset", "ru_maxrss")
+    if cpu_available():
+        fus = measure_cpu_peak(p, "fused", backend="cpu")
+        assert "error" not in fus, fus
+        assert fus["peak_bytes"] < nn1 / 2
+        assert fus["loss_finite"]
+
+
+def test_memory_probe_reports_errors():
+    p = Problem("m", 16, 2, (16, 1))
+    out = measure_cpu_peak(p, "no_such_candidate")
+    assert "error" in out
+
+
+# ------------------------------------------------------------------------------------------------ targets
+def _row(seconds=None, status="ok", **kw):
+    r = {"status": status, **kw}
+    if seconds is not None:
+        r["seconds"] = seconds
+    return r
+
+
+def _prob(name, cands, group=None, widths=(4096, 64, 32, 10), **kw):
+    return {"name": name, "group": group or name, "widths": list(widths), "data_bytes": 100 * 2**20,
+            "sgemm_gflops": 200.0, "candidates": cands, **kw}
+
+
+def _synthetic():
+    return {"device": "cpu", "problems": [
+        _prob("B1", {"fused": _row(1.0, pct_sgemm=55.0, gflops=110.0), "chunked": _row(3.5),
+                     "torch": _row(2.0), "unfused": _row(9.0)}),
+        _prob("B2", {"fused": _row(1.0, pct_sgemm=20.0, gflops=40.0),
+                     "chunked": _row(5.0, status="mismatch", note="differs"),
+                     "torch": _row(status="skipped", note="PyTorch is not importable")}),
+        _prob("B3", {"fused": _row(9.0, peak_bytes=140 * 2**20, peak_over_data=1.4, peak_method="vmhwm-reset")}),
+        _prob("B4_1024", {"fused": _row(1.0)}, group="B4", widths=(1024, 64, 32, 10)),
+        _prob("B4_2048", {"fused": _row(2.1)}, group="B4", widths=(2048, 64, 32, 10)),
+        _prob("B4_4096", {"fused": _row(4.4)}, group="B4", widths=(4096, 64, 32, 10)),
+        _prob("T1", {"fused": _row(1.8)}, threads=1),
+        _prob("T2", {"fused": _row(1.0)}, threads=2),
+    ]}
+
+
+def test_targets_on_synthetic_numbers():
+    t = {x["id"]: x for x in evaluate_targets(_synthetic())}
+    assert set(t) == {x["id"] for x in TARGETS if x["device"] == "cpu"}
+    assert t["B1_vs_chunked"]["status"] == "PASS" and t["B1_vs_chunked"]["measured"] == pytest.approx(3.5)
+    assert t["B1_vs_torch"]["status"] == "FAIL" and t["B1_vs_torch"]["measured"] == pytest.approx(2.0)
+    assert t["B1_sgemm"]["status"] == "PASS" and t["B1_sgemm"]["measured"] == 55.0
+    assert t["B2_sgemm"]["status"] == "FAIL"
+    assert t["B2_vs_chunked"]["status"] == "SKIP" and "mismatch" in t["B2_vs_chunked"]["detail"]
+    assert t["B2_vs_torch"]["status"] == "SKIP" and "PyTorch" in t["B2_vs_torch"]["detail"]
+    assert t["B3_memory"]["status"] == "PASS" and t["B3_memory"]["measured"] == 1.4
+    # s per neuron: 1.0/1024, 2.1/2048, 4.4/4096 -> max/min = (4.4/4096)/(1.0/1024) = 1.1
+    assert t["B4_per_neuron"]["status"] == "PASS" and t["B4_per_neuron"]["measured"] == pytest.approx(1.1)
+    assert t["threads"]["status"] == "PASS" and t["threads"]["measured"] == pytest.approx(1.8)
+    for x in t.values():
+        assert set(x) == {"id", "text", "status", "measured", "threshold", "op", "detail"}
+        line = format_target(x)
+        assert line.startswith(x["status"]) and x["text"] in line
+
+
+def test_targets_fail_and_skip_edges():
+    r = _synthetic()
+    r["problems"][2]["candidates"]["fused"]["peak_over_data"] = 1.6  # B3 over budget
+    r["problems"][5]["candidates"]["fused"]["seconds"] = 5.0  # B4 spread 1.25
+    r["problems"][6]["candidates"]["fused"]["seconds"] = 1.5  # threads 1.5x
+    t = {x["id"]: x for x in evaluate_targets(r)}
+    assert t["B3_memory"]["status"] == "FAIL" and t["B4_per_neuron"]["status"] == "FAIL"
+    assert t["threads"]["status"] == "FAIL" and t["threads"]["measured"] == pytest.approx(1.5)
+    r["problems"] = r["problems"][:1]  # only B1 ran
+    t = {x["id"]: x for x in evaluate_targets(r)}
+    assert t["B3_memory"]["status"] == "SKIP" and "not run" in t["B3_memory"]["detail"]
+    assert t["threads"]["status"] == "SKIP" and t["B4_per_neuron"]["status"] == "SKIP"
+    r["problems"][0]["candidates"]["fused"] = _row(status="failed", note="boom")
+    t = {x["id"]: x for x in evaluate_targets(r)}
+    assert t["B1_vs_chunked"]["status"] == "FAIL" and "boom" in t["B1_vs_chunked"]["detail"]
+
+
+def test_gpu_targets_on_synthetic_numbers():
+    r = {"device": "cuda", "problems": [
+        _prob("G1", {"fused": _row(1.0, pct_sgemm=65.0, gflops=1.0), "torch": _row(1.9), "chunked": _row(1.6)}),
+        _prob("G2", {"fused": _row(3.0, peak_bytes=130 * 2**20, peak_over_data=1.3),
+                     "torch": _row(status="skipped", note="would not fit")}),
+    ]}
+    t = {x["id"]: x for x in evaluate_targets(r)}
+    assert set(t) == {"G1_sgemm", "G1_vs_torch", "G1_vs_chunked", "G2_memory"}
+    assert [t[k]["status"] for k in ("G1_sgemm", "G1_vs_torch", "G1_vs_chunked", "G2_memory")] == \
+        ["PASS", "FAIL", "PASS", "FAIL"]
+
+
+def test_json_safe():
+    out = json_safe({"a": float("nan"), "b": [np.float32(1.5), (1, 2)], "c": np.int64(3), "d": float("inf")})
+    assert out == {"a": None, "b": [1.5, [1, 2]], "c": 3, "d": None}
+    json.dumps(out, allow_nan=False)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+REQUIRED_TOP = {"schema", "date", "pyrgd_version", "mode", "device", "fused_backend", "dtype", "repeats", "machine",
+                "sgemm", "problems", "targets"}
+REQUIRED_ROW = {"seconds", "iqr", "times", "gflops", "pct_sgemm", "rel_err_weights", "rel_err_update",
+                "rel_err_loss", "status"}
+
+
+def _check_schema(res, problems):
+    assert REQUIRED_TOP <= set(res)
+    assert res["schema"] == "pyrgd-bench-1" and res["mode"] == "tiny" and res["device"] == "cpu"
+    assert {"cpu_model", "logical_cpus", "blas", "pyrgd"} <= set(res["machine"])
+    assert res["sgemm"]["default"]["gflops"] > 0
+    assert [p["name"] for p in res["problems"]] == problems
+    for p in res["problems"]:
+        assert p["useful_flops"] == useful_flops(p["N"], p["d"], p["widths"])
+        for name, row in p["candidates"].items():
+            if row["status"] == "ok":
+                assert REQUIRED_ROW <= set(row), (p["name"], name, set(row))
+                if name != "fused":
+                    assert "fused_speedup" in row
+            else:
+                assert row["status"] == "skipped" and row["note"], (p["name"], name, row)
+
+
+def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    rc = main(["--tiny", "--json", "--no-progress", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    res = json.loads(cap.out)
+    assert json.loads(out.read_text()) == res
+    names = [p.name for p in all_problems("cpu", tiny=True)]
+    _check_schema(res, names)
+    b1 = res["problems"][0]
+    assert list(b1["candidates"]) == list(C.CANDIDATES)
+    for n in ("fused", "unfused", "chunked"):
+        assert b1["candidates"][n]["status"] == "ok"
+        assert b1["candidates"][n]["peak_bytes"] >= 0
+    assert b1["candidates"]["torch"]["status"] == ("ok" if TORCH else "skipped")
+    assert {t["id"] for t in res["targets"]} == {t["id"] for t in TARGETS if t["device"] == "cpu"}
+    assert all(t["status"] in ("PASS", "FAIL", "SKIP") for t in res["targets"])
+    assert set(res["sgemm"]) == {"default", "1", "2"}
+
+
+def test_text_report(capsys):
+    rc = main(["--tiny", "--problems", "B2,B4", "--repeats", "2", "--no-memory", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "SGEMM" in out and "B2       fused" in out and "B4_512" in out
+    assert "B4 fused time per neuron within 15% across n1" in out
+    assert "B3 fused peak memory" in out and "not run" in out  # SKIP line of a problem left out
+    if not TORCH:
+        assert any(ln.split()[:3] == ["B2", "torch", "skipped:"] and "PyTorch is not importable" in ln
+                   for ln in out.splitlines())
+
+
+def test_cli_hook_and_errors(capsys):
+    p = argparse.ArgumentParser(prog="pyrgd")
+    sub = p.add_subparsers(dest="command")
+    add_bench_parser(sub)
+    args = p.parse_args(["bench", "--tiny", "--problems", "T1", "--repeats", "1", "--no-memory", "--no-progress",
+                         "--json"])
+    assert args.func is run_bench
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["problems"][0]["name"] == "T1"
+    assert main(["--tiny", "--problems", "B9"]) == 2
+    assert "unknown problem 'B9'" in capsys.readouterr().err
+    assert main(["--repeats", "0"]) == 2
+    try:
+        import cupy  # noqa: F401
+
+        has_cupy = True
+    except ImportError:
+        has_cupy = False
+    if not has_cupy:
+        assert main(["--backend", "cuda", "--tiny"]) == 2
+        assert "cuda" in capsys.readouterr().err
+
+
+def test_format_report_of_synthetic_result():
+    r = _synthetic()
+    for p in r["problems"]:
+        p.update(N=10, d=2, activation="relu", useful_flops=10**9, repeats=3, threads=p.get("threads"))
+    r.update(targets=evaluate_targets(r), sgemm={"default": {"n": 64, "gflops": 200.0, "library": "numpy.matmul"}})
+    text = format_report(r)
+    assert "mismatch".upper() in text and "skipped: PyTorch is not importable" in text
+    assert "PASS  B1 fused >= 3x chunked NumPy: measured 3.50x (target >= 3x)" in text
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+def _gpu():
+    try:
+        import cupy as cp
+
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu(), reason="needs CuPy and a CUDA device")
+def test_gpu_tiny_bench(capsys):
+    rc = main(["--backend", "cuda", "--tiny", "--json", "--no-progress", "--repeats", "2"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert [p["name"] for p in res["problems"]] == ["G1", "G2"]
+    for p in res["problems"]:
+        assert p["candidates"]["fused"]["status"] == "ok"
+        assert p["candidates"]["fused"]["peak_bytes"] > 0
+        assert p["candidates"]["chunked"]["status"] == "ok"
+        assert p["candidates"]["chunked"]["rel_err_update"] < 1e-2
+    assert res["machine"]["gpu_name"] and res["sgemm"]["default"]["gflops"] > 0

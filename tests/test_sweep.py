@@ -1,0 +1,212 @@
+"""pyrgd.sweep and `pyrgd sweep`: the grid parser, the rows of results.csv, resume after an interruption, the summary,
+the certificates at init against pyrgd.theory, and the command line."""
+import copy
+import os
+
+import pytest
+
+from pyrgd import PyramidalNet, cli, config as C, sweep, theory
+from pyrgd.errors import PyrgdError
+
+from test_cli import assert_one_line_error
+
+try:
+    import tomli_w
+except ImportError:  # pragma: no cover
+    tomli_w = None
+
+
+def tiny_grid(**grid):
+    g = {"N": [6, 10], "n1_over_N": [1, 4], "activation": ["relu"], "seed": [0, 1]}
+    g.update(grid)
+    return {"grid": g, "data": {"d": 3, "inputs": "gaussian"}, "model": {"widths": [8, 1]},
+            "train": {"steps": 60, "rel_tol": 1e-3, "track_every": 1000, "lr": 0.02}}
+
+
+# --------------------------------------------------------------------------------------------- the grid parser
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda g: g.pop("grid"), "grid: no [grid] table"),
+    (lambda g: g.update(extra={"a": 1}), "grid: unknown table [extra]"),
+    (lambda g: g["grid"].update(width=[1]), "grid.width: unknown grid key"),
+    (lambda g: g["grid"].update(N=64), "grid.N: expected a non-empty list"),
+    (lambda g: g["grid"].update(N=[]), "grid.N: expected a non-empty list"),
+    (lambda g: g["grid"].update(N=[8, 8]), "grid.N: the value 8 is listed twice"),
+    (lambda g: g["grid"].update(N=[8, 0]), "grid.N[1]: expected an integer >= 1"),
+    (lambda g: g["grid"].update(n1=[16]), "grid.n1: give n_1 either absolutely"),
+    (lambda g: g["grid"].update(n1_over_N=[1, -2]), "grid.n1_over_N[1]: expected a positive number"),
+    (lambda g: g["grid"].update(n1_over_N=[1.0, 1.01]), "two ratios give the same n_1"),
+    (lambda g: g["grid"].update(tail=[[1]], depth=[2]), "grid.tail: give the tail either"),
+    (lambda g: g["grid"].update(tail=[[4, 0]]), "grid.tail[0]: expected a non-empty list of positive widths"),
+    (lambda g: g["grid"].update(tail=[[4, 2]]), "grid.tail[0]: the last width 2 must equal data.n_out = 1"),
+    (lambda g: g["grid"].update(depth=[2, 4]), "grid.depth[1]: depth 4 needs 3 tail widths"),
+    (lambda g: g["grid"].update(activation=["swish"]), "grid.activation[0]"),
+    (lambda g: g["grid"].update(init=["orthogonal"]), "grid.init[0]"),
+    (lambda g: g["grid"].update(seed=[0], seeds=[1]), "given twice"),
+    (lambda g: g["grid"].update({"model.beta": [1.0, -1.0]}), "grid.model.beta[1]"),
+    (lambda g: g["grid"].update({"model.nope": [1]}), "grid.model.nope: unknown config key"),
+    (lambda g: g["grid"].update({"model.widths": [[4, 1]]}), "grid.model.widths: set it through the grid key"),
+    (lambda g: g["train"].update(steps=0), "train.steps"),
+])
+def test_grid_errors_name_the_key(mutate, fragment):
+    g = tiny_grid()
+    mutate(g)
+    with pytest.raises(PyrgdError) as e:
+        sweep.parse_grid(g)
+    assert fragment in str(e.value)
+
+
+def test_grid_file_errors(tmp_path):
+    with pytest.raises(PyrgdError, match="grid: file not found"):
+        sweep.parse_grid(str(tmp_path / "none.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid]\nN = [1,\n")
+    with pytest.raises(PyrgdError, match="grid: TOML syntax error"):
+        sweep.parse_grid(str(bad))
+
+
+def test_cells_are_the_product_of_the_lists():
+    g = sweep.parse_grid(tiny_grid(tail=[[1], [3, 1]], **{"model.beta": [1.0, 2.0]}))
+    assert len(g) == 2 * 2 * 2 * 2 * 2
+    ids = [c[0] for c in g.cells]
+    assert len(set(ids)) == len(ids)
+    for _cid, p, cfg in g.cells:
+        assert cfg["data"]["N"] == p["N"] and cfg["model"]["widths"][0] == p["n1"]
+        assert p["n1"] == round(p["n1_over_N"] * p["N"])
+        assert cfg["model"]["widths"][1:] == ([1] if p["tail"] == "[1]" else [3, 1])
+        assert cfg["model"]["seed"] == p["seed"] and cfg["data"]["seed"] == 0  # seeds vary the init only
+        assert cfg["model"]["beta"] == p["model.beta"]
+        assert cfg["train"]["steps"] == 60
+    depth = sweep.parse_grid({**tiny_grid(depth=[2, 3]), "model": {"widths": [8, 5, 1]}})
+    assert sorted({c[2]["model"]["widths"][1:] == [1] for c in depth.cells}) == [False, True]
+
+
+# --------------------------------------------------------------------------------------------- running
+def test_rows_summary_and_files(tmp_path):
+    out = tmp_path / "sw"
+    rows = sweep.run_sweep(tiny_grid(), out)
+    assert len(rows) == 8
+    on_disk = sweep.read_results(out / "results.csv")
+    assert [r["cell"] for r in on_disk] == [r["cell"] for r in rows]
+    for r in on_disk:
+        assert set(sweep.RESULT_COLUMNS) <= set(r)
+        assert r["status"] in ("converged", "max_steps", "diverged")
+        assert r["converged"] == (r["status"] == "converged")
+        assert r["steps_to_tol"] == (r["steps"] if r["converged"] else None)
+        assert r["steps"] <= 60 and r["lr"] == 0.02
+        if r["converged"]:
+            assert r["relative_loss"] <= 1e-3
+    summ = sweep.summarize(on_disk)
+    assert len(summ) == 4 and all(s["seeds"] == 2 for s in summ)
+    for s in summ:
+        mine = [r for r in on_disk if r["N"] == s["N"] and r["n1"] == s["n1"]]
+        assert s["converged_fraction"] == sum(r["converged"] for r in mine) / 2
+    for f in ("summary.csv", "heatmap.png", "final_loss.png", "grid.toml", "sweep.json"):
+        assert (out / f).stat().st_size > 0, f
+    assert "converged" in sweep.format_summary(summ)
+
+
+def test_certificates_at_init_match_theory(tmp_path):
+    # zero_scaled init with a large beta: the "width N suffices" construction that Theorem 2.2 certifies
+    g = {"grid": {"N": [6], "n1": [24], "model.beta": [1.0, 3e4], "seed": [0]},
+         "data": {"d": 3, "inputs": "sphere"},
+         "model": {"widths": [8, 1], "activation": "relu", "init": "zero_scaled"},
+         "train": {"steps": 5, "lr": 1e-12, "track_every": 1000}}
+    rows = sweep.run_sweep(g, tmp_path / "c", plots=False)
+    for r, (_cid, p, cfg) in zip(rows, sweep.parse_grid(g).cells):
+        net, X, Y, _ = C.build(cfg)
+        ng = theory.nguyen2021_certificate(net, X, Y, eta=1e-12)
+        assert r["nguyen_margin_initW"] == pytest.approx(ng.conditions["initW"].margin, rel=1e-12)
+        assert r["nguyen_conditions_hold"] == all(c.holds for c in ng.conditions.values())
+        assert r["sigma_min_F1"] == pytest.approx(theory.nm2020_quantities(net, X).lambda_F, rel=1e-12)
+        assert r["mu_0"] == pytest.approx(r["sigma_min_F1"] ** 2, rel=1e-12)
+    assert [r["nguyen_conditions_hold"] for r in rows] == [False, True]
+    assert [s["certified_fraction"] for s in sweep.summarize(rows)] == [0.0, 1.0]
+
+
+def test_interrupted_sweep_resumes_only_missing_cells(tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    real = sweep.run_cell
+    calls = []
+
+    def failing(cfg, **kw):
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        calls.append((cfg["data"]["N"], cfg["model"]["widths"][0], cfg["model"]["seed"]))
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(sweep, "run_cell", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        sweep.run_sweep(tiny_grid(), out)
+    first = sweep.read_results(out / "results.csv")
+    assert len(first) == 3
+    done = set(calls)
+
+    calls.clear()
+    monkeypatch.setattr(sweep, "run_cell", lambda cfg, **kw: (calls.append(
+        (cfg["data"]["N"], cfg["model"]["widths"][0], cfg["model"]["seed"])), real(cfg, **kw))[1])
+    rows = sweep.run_sweep(tiny_grid(), out, resume=True)
+    assert len(calls) == 5 and not (set(calls) & done)
+    final = sweep.read_results(out / "results.csv")
+    assert len(final) == 8 and len({r["cell"] for r in final}) == 8
+    assert final[:3] == first  # the finished rows are kept as they were
+    assert [r["cell"] for r in rows] == [c[0] for c in sweep.parse_grid(tiny_grid()).cells]
+
+    calls.clear()
+    sweep.run_sweep(tiny_grid(), out, resume=True)  # nothing left to run
+    assert calls == []
+    bigger = tiny_grid(seed=[0, 1, 2])  # a grid that grows runs only its new cells
+    sweep.run_sweep(bigger, out, resume=True)
+    assert len(calls) == 4 and {c[2] for c in calls} == {2}
+
+
+def test_resume_refuses_another_base_config_and_restart_starts_over(tmp_path):
+    out = tmp_path / "b"
+    g = tiny_grid(N=[6], n1_over_N=[2], seed=[0])
+    sweep.run_sweep(g, out)
+    other = copy.deepcopy(g)
+    other["train"]["steps"] = 61
+    with pytest.raises(PyrgdError, match=r"out: .*another base config \(train.steps: 60 then, 61 now\)"):
+        sweep.run_sweep(other, out, resume=True)
+    rows = sweep.run_sweep(other, out, resume=False)
+    assert len(rows) == 1 and len(sweep.read_results(out / "results.csv")) == 1
+
+
+def test_run_sweep_bad_arguments(tmp_path):
+    with pytest.raises(PyrgdError, match="^grid_cfg"):
+        sweep.run_sweep(42, tmp_path)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(PyrgdError, match="^out: .* is not a folder"):
+        sweep.run_sweep(tiny_grid(), f)
+
+
+# --------------------------------------------------------------------------------------------- the command line
+@pytest.mark.skipif(tomli_w is None, reason="needs tomli-w")
+def test_cli_sweep_and_resume(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text(tomli_w.dumps(tiny_grid(N=[6], seed=[0])))
+    out = tmp_path / "o"
+    assert cli.main(["sweep", "--grid", str(grid), "--out", str(out), "--no-progress"]) == 0
+    assert "converged" in capsys.readouterr().out
+    assert len(sweep.read_results(out / "results.csv")) == 2
+    assert cli.main(["sweep", "--grid", str(grid), "--out", str(out), "--no-progress"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--resume", str(out))
+    assert cli.main(["sweep", "--grid", str(grid), "--out", str(out), "--no-progress", "--resume", "--json"]) == 0
+    assert '"cells": 2' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["sweep"], ["--grid"]),
+    (["sweep", "--grid", "/nonexistent/g.toml"], ["grid: file not found"]),
+])
+def test_cli_sweep_bad_input(capsys, argv, fragments):
+    assert cli.main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, *fragments)
+
+
+def test_cli_sweep_bad_grid_key(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text("[grid]\nN = [4]\nwidth = [8]\n")
+    assert cli.main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "o")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "grid.width")
+    assert not os.path.exists(tmp_path / "o" / "results.csv")
