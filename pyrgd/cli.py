@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--json", action="store_true", help="print the result (files, findings, runtime) as JSON")
 
-    # `pyrgd bench` (pyrgd/bench) is added here: b = sub.add_parser("bench", ...)
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)  # `pyrgd bench` (pyrgd/bench)
     return p
 
 
@@ -298,6 +300,12 @@ def _cmd_experiment(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------- info
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
 def _cmd_info(args) -> int:
     from .info import collect_info, format_info
 
@@ -334,7 +342,7 @@ def _main(argv) -> int:
         except SystemExit as e:  # --help and --version exit through argparse
             return int(e.code or 0) if not isinstance(e.code, str) else _error(e.code)
         commands = {"train": _cmd_train, "info": _cmd_info, "certify": _cmd_certify, "sweep": _cmd_sweep,
-                    "experiment": _cmd_experiment}  # "bench": _cmd_bench goes here
+                    "experiment": _cmd_experiment, "bench": _cmd_bench}
         return commands[args.command](args)
     except _UsageError as e:
         return _error(str(e))

@@ -10,8 +10,8 @@ Data: N points drawn uniformly on the unit sphere S^{d-1} (seed ``data_seed``), 
   weights (init = "normal", init_std = 1) and multipliers a_l = sqrt(c_sigma/m) (THEORY 1); its Gram of the last
   hidden layer, G^(H)_ij = <dF/dW_H (x_i), dF/dW_H (x_j)> = (F_{H-1} F_{H-1}^T) (.) (B_H B_H^T) (THEORY 5), should
   approach K^(H) as m grows, with fluctuations of order m^{-1/2}. The figure shows the relative error
-  ||G^(H) - K^(H)||_F / ||K^(H)||_F against m for each H in ``gram_depths`` (mean over ``seeds`` nets) and both
-  readings of K^(H).
+  ||G^(H) - K^(H)||_F / ||K^(H)||_F against m for each H in ``gram_depths`` (mean and standard error over ``seeds``
+  nets) and both readings of K^(H).
 
 Outputs: E3.csv (lambda_0 per depth), E3_width.csv (every error), E3.png.
 """
@@ -163,7 +163,8 @@ def _plot(path, p, depth_rows, width_rows):
         allm += ms
         for c, style in (("natural", "o-"), ("paper", "s--")):
             e = np.array([[r[f"err_{c}"] for r in width_rows if r["H"] == H and r["m"] == m] for m in ms])
-            ax2.errorbar(ms, e.mean(axis=1), yerr=e.std(axis=1) if e.shape[1] > 1 else None, fmt=style,
+            sem = e.std(axis=1, ddof=1) / np.sqrt(e.shape[1]) if e.shape[1] > 1 else None
+            ax2.errorbar(ms, e.mean(axis=1), yerr=sem, fmt=style,
                          color=f"C{k % 10}", capsize=3, ms=4, mfc="none" if c == "paper" else None,
                          label=f"H = {H}, {'natural' if c == 'natural' else 'as printed'}")
     if allm:
@@ -176,7 +177,7 @@ def _plot(path, p, depth_rows, width_rows):
     ax2.set_yscale("log")
     ax2.set_xlabel("width m")
     ax2.set_ylabel("$\\|G^{(H)}_m - K^{(H)}\\|_F / \\|K^{(H)}\\|_F$")
-    ax2.set_title(f"last-layer Gram at width m against $K^{{(H)}}$ (mean $\\pm$ std over {p['seeds']} nets)",
+    ax2.set_title(f"last-layer Gram at width m against $K^{{(H)}}$ (mean $\\pm$ s.e. over {p['seeds']} nets)",
                   fontsize=9)
     ax2.grid(True, which="both", alpha=0.3)
     ax2.legend(fontsize=7, ncol=2)
