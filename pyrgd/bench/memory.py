@@ -20,6 +20,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import sys
 
 _KIB = 1024
@@ -110,8 +111,9 @@ def _spawn(problem, candidate, dtype, seed, backend, block, steps):
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(pyrgd.__file__)))  # the pyrgd under test
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # cwd elsewhere: `python -m` puts the working folder first on sys.path, which could shadow the pyrgd under test
     return subprocess.Popen([sys.executable, "-m", "pyrgd.bench.memory", json.dumps(spec)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
 
 
 def _collect(proc, timeout) -> dict:
