@@ -80,7 +80,7 @@ def certify(net, X, Y, lr=None, *, C=1.0, ntk=True, du=True, backend="auto") -> 
     :mod:`pyrgd.theory`).
     """
     from .model import PyramidalNet
-    from .theory import du_gram, ntk_lambda_min, nguyen2021_certificate, nm2020_quantities  # noqa: F401
+    from .theory import du_gram, nguyen2021_certificate, nm2020_quantities
     from .theory.ntk import empirical_ntk
 
     if not isinstance(net, PyramidalNet):
@@ -137,7 +137,7 @@ def certify(net, X, Y, lr=None, *, C=1.0, ntk=True, du=True, backend="auto") -> 
     }
 
     if not ntk:
-        res["ntk"] = {"available": False, "reason": "not computed (ntk=False)"}
+        res["ntk"] = {"available": False, "reason": "skipped (ntk=False, --no-ntk)"}
     elif net.widths[-1] != 1:
         res["ntk"] = {"available": False,
                       "reason": f"the empirical NTK is computed for single-output nets (n_L = 1); n_L = "
@@ -170,7 +170,7 @@ def _nguyen_verdict(cert) -> str:
 def _du_entry(X, L, act, wanted, du_gram) -> dict:
     H = L - 1
     if not wanted:
-        return {"available": False, "H": H, "reason": "not computed (du=False)"}
+        return {"available": False, "H": H, "reason": "skipped (du=False, --no-du)"}
     norms = np.linalg.norm(X.astype(np.float64, copy=False), axis=1)
     dev = float(np.max(np.abs(norms - 1.0)))
     if dev > UNIT_NORM_RTOL:
@@ -268,7 +268,7 @@ def format_certificate(d: dict) -> str:
         if k.get("lr_times_lambda_max") is not None:
             out.append(_row("lr lambda_max", _f(k["lr_times_lambda_max"])))
     else:
-        out.append(_row("not computed", k["reason"]))
+        out.append(_row("n/a", k["reason"]))
 
     du = d["du2019"]
     out += ["", f"Du et al. 2019, lambda_0 = lambda_min(K^(H)), H = {du['H']} (THEORY 4.4, paper)"]
@@ -278,5 +278,5 @@ def format_certificate(d: dict) -> str:
         for n in du.get("notes", []):
             out.append(_row("note", n))
     else:
-        out.append(_row("not computed", du["reason"]))
+        out.append(_row("n/a", du["reason"]))
     return "\n".join(out)

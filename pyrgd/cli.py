@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "[train] tables) and write results.csv, summary.csv and plots into --out. "
                                    "An interrupted sweep continues with --resume.")
     s.add_argument("--grid", metavar="FILE.toml", required=True, help="the grid file")
-    s.add_argument("--out", metavar="DIR", help="output folder (default: sweeps/<grid file name>)")
+    s.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweeps/<grid file name>)")
     s.add_argument("--resume", action="store_true",
                    help="continue the sweep in --out, skipping its finished cells")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -270,7 +270,7 @@ def _cmd_sweep(args) -> int:
     from .sweep import format_summary, load_grid, run_sweep, summarize
 
     grid_cfg = load_grid(args.grid)
-    out = args.out or os.path.join("sweeps", os.path.splitext(os.path.basename(args.grid))[0])
+    out = args.out or os.path.join("runs", "sweeps", os.path.splitext(os.path.basename(args.grid))[0])
     if not args.resume and os.path.exists(os.path.join(out, "results.csv")):
         raise PyrgdError(f"--out: {out} already holds a sweep (results.csv); pass --resume to continue it, or "
                          "choose another --out")

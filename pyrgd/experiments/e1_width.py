@@ -59,14 +59,18 @@ def check(params) -> dict:
     from ..config import resolve_config
 
     p = check_params("E1", SPEC, params)
-    resolve_config(overrides={"data": {"inputs": p["inputs"], "targets": p["targets"], "d": p["d"]},
-                              "train": {"lr": p["lr"], "steps": p["steps"], "rel_tol": p["rel_tol"]}})
+    try:
+        resolve_config(overrides={"data": {"inputs": p["inputs"], "targets": p["targets"], "d": p["d"]},
+                                  "train": {"lr": p["lr"], "steps": p["steps"], "rel_tol": p["rel_tol"]}})
+    except PyrgdError as e:
+        raise PyrgdError(f"E1.params: {e}") from None
     if p["n1_factor"] <= 1.0:
         raise PyrgdError(f"E1.params.n1_factor: expected a number > 1, got {p['n1_factor']!r}")
-    if p["C"] <= 0 or p["n1_min_over_N"] <= 0:
-        raise PyrgdError("E1.params.C and n1_min_over_N: expected positive numbers")
+    for k in ("C", "n1_min_over_N"):
+        if p[k] <= 0:
+            raise PyrgdError(f"E1.params.{k}: expected a positive number, got {p[k]!r}")
     if p["n1_max_over_N"] < p["n1_min_over_N"]:
-        raise PyrgdError("E1.params.n1_max_over_N: expected at least n1_min_over_N")
+        raise PyrgdError(f"E1.params.n1_max_over_N: expected at least n1_min_over_N = {p['n1_min_over_N']:g}")
     return p
 
 

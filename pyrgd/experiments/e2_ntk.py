@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from ..errors import PyrgdError
 from ._common import Param, check_params, fit_loglog, progress_bar, save_figure, write_csv
 
 SPEC = {
@@ -37,8 +38,11 @@ def check(params) -> dict:
     from ..config import resolve_config
 
     p = check_params("E2", SPEC, params)
-    resolve_config(overrides={"data": {"inputs": p["inputs"]},
-                              "model": {"activation": p["activation"], "init": p["init"]}})
+    try:
+        resolve_config(overrides={"data": {"inputs": p["inputs"]},
+                                  "model": {"activation": p["activation"], "init": p["init"]}})
+    except PyrgdError as e:
+        raise PyrgdError(f"E2.params: {e}") from None
     return p
 
 

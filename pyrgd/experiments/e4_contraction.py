@@ -6,7 +6,8 @@ every ``track_every`` steps. At a tracked step k the PL certificate of THEORY 4.
 of at least eta mu_k (Phi_{k+1} <= (1 - eta mu_k) Phi_k, while eta is below 1/(local smoothness)); the run's own
 per-step decrease over the window [k, k + track_every) is 1 - (Phi_{k+T}/Phi_k)^(1/T). The figure shows, per run,
 the loss with the certified envelope prod (1 - eta mu_k), and both decreases; the findings give the median of their
-ratio (how many times faster GD contracts than certified).
+ratio (how many times faster GD contracts than certified) and the number of windows where the loss rose (there the
+certificate's step-size condition cannot have held).
 
 Outputs: E4.csv (per tracked step of every run: loss, mu, certified and observed decrease), E4_history.csv (every
 step: loss, factor, envelope), E4.png.
@@ -85,7 +86,10 @@ def run(p, out, progress=False) -> dict:
                           "median_observed_factor": res.summary["median_factor"],
                           "median_certified_factor": _median(c.get("certified_factor", [])),
                           "median_observed_over_certified": float(np.median(ratios)) if ratios else None,
-                          "min_observed_over_certified": float(np.min(ratios)) if ratios else None})
+                          "min_observed_over_certified": float(np.min(ratios)) if ratios else None,
+                          "windows_where_loss_rose": sum(1 for t in tracked if t["run"] == r["label"]
+                                                         and math.isfinite(t["observed_decrease"])
+                                                         and t["observed_decrease"] <= 0)})
     files = {"csv": os.path.join(out, "E4.csv"), "csv_history": os.path.join(out, "E4_history.csv"),
              "figure": os.path.join(out, "E4.png")}
     write_csv(files["csv"], tracked)
@@ -124,9 +128,13 @@ def _plot(path, p, summaries, tracked, history):
         ts = [r["step"] for r in t]
         obs = np.array([r["observed_decrease"] for r in t], dtype=float)
         cer = np.array([r["certified_decrease"] for r in t], dtype=float)
-        keep = np.isfinite(obs) & (obs > 0)
-        ax2.plot(np.array(ts)[keep], obs[keep], "-", color="C0", lw=1.2,
+        rose = np.isfinite(obs) & (obs <= 0)
+        ax2.plot(ts, np.where(rose | ~np.isfinite(obs), np.nan, obs), "-", color="C0", lw=1.2,
                  label=f"observed $1-(\\Phi_{{k+T}}/\\Phi_k)^{{1/T}}$, T = {p['track_every']}")
+        if rose.any():  # windows where the loss rose: no decrease to draw on a log scale
+            lo = np.nanmin(np.where(obs > 0, obs, np.nan)) if (obs > 0).any() else 1e-12
+            ax2.plot(np.array(ts)[rose], np.full(rose.sum(), lo), "|", color="C1", ms=8,
+                     label=f"the loss rose over the window ({rose.sum()} of {len(ts)})")
         keep = np.isfinite(cer) & (cer > 0)
         ax2.plot(np.array(ts)[keep], cer[keep], "o", ms=3, color="C3", label="certified $\\eta\\mu_k$")
         ax2.set_yscale("log")
