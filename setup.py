@@ -34,6 +34,10 @@ class build_py_with_csrc(build_py):
                 rel = os.path.relpath(src, os.path.join(HERE, "csrc"))
                 os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
                 shutil.copy2(src, os.path.join(dest, rel))
+        exp = os.path.join(self.build_lib, "pyrgd", "_experiments")  # experiment configs for installed copies
+        os.makedirs(exp, exist_ok=True)
+        for src in glob.glob(os.path.join(HERE, "experiments", "*.toml")):
+            shutil.copy2(src, exp)
 
 
 cflags, lflags = openmp_flags()

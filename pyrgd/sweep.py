@@ -466,7 +466,7 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) 
         if bar is not None:
             bar.close()
     rows = [by_id[c[0]] for c in grid.cells if c[0] in by_id]
-    summary = summarize(rows, list(grid.axes))
+    summary = summarize(rows)
     _write_rows(os.path.join(out, _SUMMARY), summary)
     if plots and rows:
         try:
@@ -507,7 +507,7 @@ def _median(vals):
     return float(np.median(v)) if v else None
 
 
-def summarize(rows: list, axes=None) -> list:
+def summarize(rows: list) -> list:
     """Group result rows over seeds: one row per combination of the other parameters, with seeds (count),
     converged_fraction, median_steps_to_tol (over the converged seeds), median_relative_loss, median_final_loss,
     median_factor, certified_fraction (Theorem 2.2's initial conditions hold: GD is certified for every step size
@@ -657,6 +657,7 @@ def plot_final_loss(path, summary: list, rel_tol=None) -> None:
     """final_loss.png: median relative final loss against n_1/N, one line per N, one panel per other combination."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     panels = _panels(summary)
     n = len(panels)
@@ -676,6 +677,10 @@ def plot_final_loss(path, summary: list, rel_tol=None) -> None:
             ax.axhline(rel_tol, color="0.4", ls="--", lw=1, label=f"tolerance {rel_tol:g}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ratios = sorted({r["n1_over_N"] for r in rows})
+        if len(ratios) <= 12:
+            ax.set_xticks(ratios, [_ratio_label(x) for x in ratios])
+            ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("$n_1 / N$")
         ax.set_ylabel("final loss / initial loss (median over seeds)")
         ax.grid(True, which="major", alpha=0.3)

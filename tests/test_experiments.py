@@ -11,7 +11,7 @@ from pyrgd import PyramidalNet, cli, data, theory
 from pyrgd.activations import parse_activation
 from pyrgd.errors import PyrgdError
 from pyrgd.experiments import EXPERIMENTS, load_experiment, run_experiment
-from pyrgd.experiments import e1_width, e2_ntk, e3_du
+from pyrgd.experiments import e1_width, e3_du
 from pyrgd.sweep import read_results
 
 from test_cli import assert_one_line_error

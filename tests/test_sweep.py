@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pyrgd import PyramidalNet, cli, config as C, sweep, theory
+from pyrgd import cli, config as C, sweep, theory
 from pyrgd.errors import PyrgdError
 
 from test_cli import assert_one_line_error
