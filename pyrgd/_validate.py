@@ -26,7 +26,7 @@ def is_cupy(a) -> bool:
     return type(a).__module__.startswith("cupy") and hasattr(a, "__cuda_array_interface__")
 
 
-def check_float_array(name, a, ndim, *, dtype=None, xp=None, inplace=False, shape=None):
+def check_float_array(name, a, ndim, *, dtype=None, xp=None, inplace=False, shape=None, finite=True):
     """Return ``a`` as a C-contiguous, native-order, finite float32/float64 array of ``ndim`` dimensions.
 
     - a NumPy/CuPy array of another float dtype, integers or a list is *not* silently converted: the error says
@@ -35,6 +35,7 @@ def check_float_array(name, a, ndim, *, dtype=None, xp=None, inplace=False, shap
       case it is rejected, since a copy would leave the caller's array unchanged.
     - ``shape``: a tuple with ints or None (None: any size) that the shape must match.
     - ``xp``: the array module the array must belong to (all arrays of one call live on one device).
+    - ``finite``: reject NaN and infinities (False for an output buffer, whose content is overwritten).
     """
     mod = array_module(a)
     if mod is None:
@@ -68,7 +69,7 @@ def check_float_array(name, a, ndim, *, dtype=None, xp=None, inplace=False, shap
         a = mod.ascontiguousarray(a, dtype=base)
     if inplace and not getattr(a.flags, "writeable", True):  # CuPy arrays have no such flag
         raise PyrgdError(f"{name}: is updated in place but is read-only")
-    if not bool(mod.isfinite(a).all()):
+    if finite and not bool(mod.isfinite(a).all()):
         raise PyrgdError(f"{name}: contains NaN or infinite values")
     return a
 

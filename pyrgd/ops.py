@@ -94,13 +94,17 @@ def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto"):
     return get_backend(resolve_backend(backend, xp)).forward(X, W1, W2, act, a1)
 
 
-def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False, backend="auto") -> StepResult:
+def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False, backend="auto",
+              out=None) -> StepResult:
     """One gradient-descent step of the wide layer, W1 and W2 updated in place.
 
     G = dPhi/dZ_2 (N, n2) is the gradient of the loss with respect to the wide layer's output H, as the tail
     produces it. The gradients are those of THEORY section 2 at the weights before the update; the update is
     W <- W - lr * dPhi/dW. With ``next_forward=True`` the forward pass of the updated weights is accumulated in
-    the same sweep over the neurons and returned as ``StepResult.H_next``.
+    the same sweep over the neurons and returned as ``StepResult.H_next``; ``out`` (with next_forward only): an
+    (N, n2) C-contiguous writeable array of X's dtype and device that receives H_next. It may be G itself (H_next
+    is written after the last read of G) but no part of X, W1, W2. The cpu backend writes into it directly, which
+    saves one N x n2 buffer per step; the others compute H_next and copy it there.
     Returns StepResult(H_next or None, ||dPhi/dW1||_F^2, ||dPhi/dW2||_F^2).
     """
     xp, X, W1, W2 = _check_wide(X, W1, W2, inplace=True)
@@ -114,7 +118,22 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
         for wname, w in (("W1", W1), ("W2", W2)):
             if _shares_memory(xp, a, w):
                 raise PyrgdError(f"{name}, {wname}: must not share memory ({wname} is updated in place)")
-    return get_backend(resolve_backend(backend, xp)).step(X, W1, W2, G, lr, act, a1, bool(next_forward))
+    if out is not None:
+        if not next_forward:
+            raise PyrgdError("out: only with next_forward=True (it receives H_next)")
+        out = check_float_array("out", out, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]), inplace=True,
+                                finite=False)
+        for name, a in (("X", X), ("W1", W1), ("W2", W2)):
+            if _shares_memory(xp, out, a):
+                raise PyrgdError(f"out, {name}: must not share memory ({name} is read while out is written)")
+    be = resolve_backend(backend, xp)
+    if be == "cpu":
+        return get_backend(be).step(X, W1, W2, G, lr, act, a1, bool(next_forward), out=out)
+    res = get_backend(be).step(X, W1, W2, G, lr, act, a1, bool(next_forward))
+    if out is None:
+        return res
+    out[...] = res.H_next
+    return res._replace(H_next=out)
 
 
 def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="auto"):

@@ -44,3 +44,18 @@ def tail_backward(cache, Y, weights, act, multipliers):
         D = multipliers[l - 2] * (D @ weights[l - 1].T) * dS
     grads.reverse()
     return loss, D, grads
+
+
+def tail_step(H, Y, weights, act, multipliers, backend="reference", out=None):
+    """Loss and gradients of the tail from H = Z_2: (loss, G, grads) as :func:`tail_backward` returns them.
+
+    backend 'cpu' (NumPy arrays): one streamed C++ pass (:func:`pyrgd.backends.cpu.tail`), which keeps nothing of N
+    rows but G, written into ``out`` when given (an (N, n_2) array sharing no memory with H, Y or the weights), and
+    returns the loss as a float. Any other backend: :func:`tail_forward` then :func:`tail_backward` with the array
+    library (``out`` unused), the loss a 0-d array.
+    """
+    if backend == "cpu":
+        from .backends import cpu
+
+        return cpu.tail(H, Y, weights[2:], act, multipliers[1:], out=out)
+    return tail_backward(tail_forward(H, weights, act, multipliers), Y, weights, act, multipliers)

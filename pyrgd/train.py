@@ -20,6 +20,7 @@ from . import ops
 from ._validate import array_module, check_float_array, check_nonnegative_int, check_scalar
 from .errors import PyrgdError
 from .model import PyramidalNet
+from .gdstep import apply_step, loss_and_gradient
 from .tail import tail_backward, tail_forward
 from .tracking import certificate
 
@@ -247,11 +248,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
             H = ops.wide_forward(Xd, W[0], W[1], activation=act, a1=mult[0], backend=backend)
             step_time += time.perf_counter() - t0
             k = 0
+            spare = None  # the H of the step before: G's buffer on the cpu backend (two N x n2 arrays in all)
             while True:
                 t0 = time.perf_counter()
-                cache = tail_forward(H, W, act, mult)
-                loss_d, G, tail_grads = tail_backward(cache, Yd, W, act, mult)
-                loss = float(loss_d)
+                loss, G, tail_grads = loss_and_gradient(H, Yd, W, act, mult, backend, out=spare)
                 step_time += time.perf_counter() - t0
                 if phi0 is None:
                     phi0 = loss
@@ -293,18 +293,11 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                     break
                 # one GD step: the wide layer (with the next forward fused), then the tail weights
                 t0 = time.perf_counter()
-                res = ops.wide_step(Xd, W[0], W[1], G, lr, activation=act, a1=mult[0], next_forward=True,
-                                    backend=backend)
-                tail_sq = [(g * g).sum() for g in tail_grads]
-                for l, g in enumerate(tail_grads, start=3):
-                    W[l - 1] -= lr * g
-                H = res.H_next
-                hist["grad_norm_1"].append(math.sqrt(res.grad_sq_w1))
-                hist["grad_norm_2"].append(math.sqrt(res.grad_sq_w2))
-                if tail_sq:
-                    sq = _to_host(xp.stack(tail_sq)) if xp is not np else np.array(tail_sq)
-                    for l, s in enumerate(sq, start=3):
-                        hist[f"grad_norm_{l}"].append(math.sqrt(float(s)))
+                H_next, grad_sq = apply_step(Xd, W, G, tail_grads, lr, act, mult, backend)
+                spare, H = H, H_next
+                del G
+                for l, sq in enumerate(grad_sq, start=1):
+                    hist[f"grad_norm_{l}"].append(math.sqrt(sq))
                 step_time += time.perf_counter() - t0
                 k += 1
                 if bar is not None:

@@ -200,6 +200,39 @@ def test_h_next_equals_forward_of_updated_weights():
     assert rel_err(res.H_next, H) <= 1e-13
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_out_buffers(dtype):
+    """forward(out=) and step(out=) write H into the caller's array (step's may be G itself) with the same bits."""
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    X, W1, W2, G = make_case(DET_SHAPE, dtype, act)
+    a1, lr = DET_SHAPE[4], DET_SHAPE[5]
+    H = cpu.forward(X, W1, W2, act, a1)
+    out = np.full_like(H, np.nan)
+    assert cpu.forward(X, W1, W2, act, a1, out=out) is out and np.array_equal(out, H)
+    A1, A2 = W1.copy(), W2.copy()
+    ref = cpu.step(X, A1, A2, G, lr, act, a1, True)
+    B1, B2, Gc = W1.copy(), W2.copy(), G.copy()
+    res = cpu.step(X, B1, B2, Gc, lr, act, a1, True, out=Gc)  # H_next over G
+    assert res.H_next is Gc and np.array_equal(Gc, ref.H_next)
+    assert np.array_equal(B1, A1) and np.array_equal(B2, A2)
+    assert (res.grad_sq_w1, res.grad_sq_w2) == (ref.grad_sq_w1, ref.grad_sq_w2)
+    C1, C2 = W1.copy(), W2.copy()
+    flat = np.zeros(X.size + 10, dtype)  # an X and an out that share memory
+    Xs = flat[: X.size].reshape(X.shape)
+    Xs[...] = X
+    out_x = flat[10: 10 + H.size].reshape(H.shape)
+    for xin, bad, text in ((X, np.zeros((3, 3), dtype), "out"), (X, np.zeros(H.shape, np.float16), "out"),
+                           (X, np.asfortranarray(out), "out"), (X, _readonly(out), "out"), (Xs, out_x, "out, X")):
+        with pytest.raises(PyrgdError, match=text):
+            cpu.step(xin, C1, C2, G, lr, act, a1, True, out=bad)
+    with pytest.raises(PyrgdError, match="next_forward"):
+        cpu.step(X, C1, C2, G, lr, act, a1, False, out=out)
+    assert np.array_equal(C1, W1) and np.array_equal(C2, W2)  # nothing written before the checks failed
+    out_w2 = W2.reshape(-1)[: H.size].reshape(H.shape)  # a view of W2's memory
+    with pytest.raises(PyrgdError, match="out, W2"):
+        cpu.forward(X, W1, W2, act, a1, out=out_w2)
+
+
 # ------------------------------------------------------------------------------------- in place and determinism
 def test_step_updates_callers_arrays_in_place():
     act = parse_activation("relu")
@@ -358,7 +391,7 @@ def test_avx2_and_avx512_kernels_give_the_same_bits(dtype):
                 A1, A2 = W1.copy(), W2.copy()
                 Hn, q1, q2 = _cpu.step(X, A1, A2, G, shape[5], act.code, act.gamma, shape[4], True)
                 outs.append((_cpu.forward(X, W1, W2, act.code, act.gamma, shape[4]), A1, A2, Hn, q1, q2,
-                             *_cpu._eval_activation(z, act.code, act.gamma)))
+                             *_cpu.activation(z, act.code, act.gamma)))
             for a, b in zip(*outs):
                 assert np.array_equal(a, b), spec
     finally:
@@ -384,7 +417,7 @@ def test_vectorized_activations_are_accurate(isa, spec, dtype):
     ln 2 from softplus: cancellation near 0 whatever the math library), plus 4 denormal steps."""
     act = parse_activation(spec)
     x = _activation_points(dtype)
-    S, D = _cpu._eval_activation(x, act.code, act.gamma)
+    S, D = _cpu.activation(x, act.code, act.gamma)
     assert S.dtype == dtype and D.dtype == dtype and S.shape == x.shape
     s64, d64 = act.sigma(x.astype(np.float64)), act.dsigma(x.astype(np.float64))
     fi = np.finfo(dtype)
@@ -393,6 +426,38 @@ def test_vectorized_activations_are_accurate(isa, spec, dtype):
         bound = 4 * float(fi.eps) * (np.abs(want) + c) + 4 * float(fi.smallest_subnormal)
         err = np.abs(got.astype(np.float64) - want)
         assert (err <= bound).all(), (x[np.argmax(err / bound)], (err / bound).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ACTIVATIONS)
+def test_backend_sigma_and_derivative(spec, dtype, restore_threads):
+    """pyrgd.backends.cpu.sigma_and_derivative: the NumPy function's signature and values (within a few ulp), any
+    shape, value/derivative alone, the same bits for 1 and 3 threads, NumPy fallback for other inputs."""
+    from pyrgd.activations import sigma_and_derivative as numpy_version
+
+    act = parse_activation(spec)
+    x = np.random.default_rng(3).standard_normal((37, 5, 301)).astype(dtype) * 5
+    s64, d64 = numpy_version(act, x.astype(np.float64))
+    outs = []
+    for n in (1, 3):
+        cpu.set_num_threads(n)
+        outs.append(cpu.sigma_and_derivative(act, x))
+    (S, D), (S3, D3) = outs
+    assert np.array_equal(S, S3) and np.array_equal(D, D3)
+    for got, want in ((S, s64), (D, d64)):
+        assert got.dtype == dtype and got.shape == x.shape and got.flags.c_contiguous
+        tol = 1e-5 if spec == "erf" and dtype == np.float32 else 64 * float(np.finfo(dtype).eps)
+        assert np.allclose(got, want, rtol=tol, atol=tol), spec
+    s_only, none = cpu.sigma_and_derivative(act, x, derivative=False)
+    none2, d_only = cpu.sigma_and_derivative(act, x, value=False)
+    assert none is None and none2 is None
+    assert np.array_equal(s_only, S) and np.array_equal(d_only, D)
+    # other inputs: the NumPy version (non-contiguous, integer), and empty arrays
+    xt = x.T
+    St, Dt = cpu.sigma_and_derivative(act, xt)
+    assert np.allclose(St, numpy_version(act, xt)[0], rtol=64 * float(np.finfo(dtype).eps), atol=1e-5)
+    Se, De = cpu.sigma_and_derivative(act, np.zeros((0, 3), dtype))
+    assert Se.shape == (0, 3) and De.shape == (0, 3)
 
 
 def test_isa_selection(isa):
@@ -637,3 +702,127 @@ def test_no_n_by_n1_allocation():
                        cwd=tempfile.gettempdir())
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split() == ["OK"], p.stdout
+
+
+# ------------------------------------------------------------------------------------------------ the tail kernel
+# (N, tail widths [n2, ..., nL], multipliers a_2..a_{L-1}): L = 2 (no tail weight), 3, 4, 5; N = 1, below, at and
+# above one chunk (64 rows), and large enough that the chunks grow past 64 rows (N > 64 * 64); widths not multiples
+# of the register tiles, n_L = 1.
+TAIL_CASES = [
+    (1, [3], []),
+    (7, [5, 1], [0.8]),
+    (64, [33, 9], [1.0]),
+    (130, [40, 17, 3], [0.6, 1.7]),
+    (1000, [12, 8, 5, 1], [1.0, 0.5, 2.0]),
+    (4200, [19, 6], [1.2]),
+]
+
+
+def _tail_case(N, widths, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    H = rng.standard_normal((N, widths[0])).astype(dtype)
+    Y = rng.standard_normal((N, widths[-1])).astype(dtype)
+    Wt = [(rng.standard_normal((p, q)) / np.sqrt(p)).astype(dtype) for p, q in zip(widths, widths[1:])]
+    return H, Y, Wt
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ACTIVATIONS)
+@pytest.mark.parametrize("case", TAIL_CASES, ids=lambda c: f"N{c[0]}-L{len(c[1]) + 1}")
+def test_tail_matches_numpy_tail(case, spec, dtype, isa):
+    """pyrgd.backends.cpu.tail (one streamed C++ pass) against pyrgd.tail's NumPy forward/backward: loss, G and
+    every tail gradient, relative error <= 1e-12 (float64) / 1e-5 (float32)."""
+    from pyrgd.tail import tail_backward, tail_forward
+
+    N, widths, tail_mult = case
+    act = parse_activation(spec)
+    H, Y, Wt = _tail_case(N, widths, dtype)
+    W = [None, None] + Wt
+    mult = [1.0] + tail_mult
+    loss_ref, G_ref, grads_ref = tail_backward(tail_forward(H, W, act, mult), Y, W, act, mult)
+    loss, G, grads = cpu.tail(H, Y, Wt, act, tail_mult)
+    assert isinstance(loss, float) and G.dtype == dtype and G.shape == H.shape
+    assert abs(loss - float(loss_ref)) <= TOL[dtype] * float(loss_ref)
+    assert rel_err(G, G_ref) <= TOL[dtype]
+    assert len(grads) == len(grads_ref)
+    for g, gr in zip(grads, grads_ref):
+        assert g.dtype == dtype and g.shape == gr.shape and rel_err(g, gr) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_tail_is_thread_count_independent_and_writes_out(dtype, restore_threads):
+    """The same bits for 1, 2 and 3 threads; `out` receives G (and nothing else is changed)."""
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    H, Y, Wt = _tail_case(5000, [21, 7, 2], dtype, seed=4)
+    Hc, Wc = H.copy(), [w.copy() for w in Wt]
+    outs = []
+    for n in (1, 2, 3):
+        cpu.set_num_threads(n)
+        outs.append(cpu.tail(H, Y, Wt, act, [0.9, 1.1]))
+    for loss, G, grads in outs[1:]:
+        assert loss == outs[0][0] and np.array_equal(G, outs[0][1])
+        assert all(np.array_equal(a, b) for a, b in zip(grads, outs[0][2]))
+    out = np.full_like(H, np.nan)
+    loss, G, _ = cpu.tail(H, Y, Wt, act, [0.9, 1.1], out=out)
+    assert G is out and np.array_equal(out, outs[0][1]) and loss == outs[0][0]
+    assert np.array_equal(H, Hc) and all(np.array_equal(a, b) for a, b in zip(Wt, Wc))
+
+
+def test_tail_rejects_bad_input():
+    """Every argument of the raw tail kernel is checked, and the error names it; nothing is written on failure."""
+    act = parse_activation("tanh")
+    H, Y, Wt = _tail_case(20, [6, 4, 2], np.float64)
+    out = np.zeros_like(H)
+    m = [1.0, 1.0]
+    bad = [
+        (dict(H=H.astype(np.float32)), TypeError, "weights\\[0\\].*float32"),
+        (dict(H=np.ascontiguousarray(H[:, :5])), ValueError, "weights\\[0\\] \\(W_3\\): expected shape"),
+        (dict(H=np.asfortranarray(H)), ValueError, "H: expected a C-contiguous"),
+        (dict(H=H[0]), ValueError, "H: expected a 2-D"),
+        (dict(Y=Y[:19]), ValueError, "Y: expected shape"),
+        (dict(Y=Y[:, :1]), ValueError, "Y: expected shape"),
+        (dict(W=[Wt[0]]), ValueError, "multipliers: expected one per tail weight"),
+        (dict(W=[Wt[0], Wt[0]]), ValueError, "weights\\[1\\] \\(W_4\\): expected shape"),
+        (dict(W=Wt[0]), ValueError, "."),  # a 2-D array is a sequence of 1-D rows: rejected by the checks
+        (dict(W="W"), TypeError, "weights: expected a list"),
+        (dict(m=[1.0, float("nan")]), ValueError, "multipliers\\[1\\]: expected a finite"),
+        (dict(m=[1.0, "x"]), TypeError, "multipliers\\[1\\]: expected a float"),
+        (dict(out=np.zeros((20, 5))), ValueError, "out: expected shape"),
+        (dict(out=H), ValueError, "out, H: must not share memory"),
+        (dict(out=np.zeros((20, 6), np.float32)), TypeError, "out: expected dtype float64"),
+        (dict(act_code=99), ValueError, "act_code"),
+    ]
+    for over, exc, text in bad:
+        args = dict(H=H, Y=Y, W=Wt, m=m, out=out, act_code=act.code)
+        args.update(over)
+        before = out.copy()
+        with pytest.raises(exc, match=text):
+            _cpu.tail(args["H"], args["Y"], args["W"], args["act_code"], 0.0, args["m"], args["out"])
+        assert np.array_equal(out, before)
+    with pytest.raises(PyrgdError, match="Y: expected shape"):  # the wrapper turns them into PyrgdError
+        cpu.tail(H, Y[:3], Wt, act, m)
+
+
+def test_wide_step_out_argument():
+    """ops.wide_step(out=...): H_next lands in `out` (which may be G) with the bits of the plain call, on the cpu
+    and the reference backend; bad `out` is rejected with a message that names it."""
+    rng = np.random.default_rng(2)
+    X, W1, W2 = rng.standard_normal((30, 5)), rng.standard_normal((5, 70)) / 3, rng.standard_normal((70, 4)) / 9
+    G = rng.standard_normal((30, 4))
+    for backend in ("cpu", "reference"):
+        a1, a2 = W1.copy(), W2.copy()
+        ref = ops.wide_step(X, a1, a2, G, 0.01, activation="tanh", next_forward=True, backend=backend)
+        b1, b2, Gc = W1.copy(), W2.copy(), G.copy()
+        res = ops.wide_step(X, b1, b2, Gc, 0.01, activation="tanh", next_forward=True, backend=backend, out=Gc)
+        assert res.H_next is Gc and np.array_equal(Gc, ref.H_next), backend
+        assert np.array_equal(b1, a1) and np.array_equal(b2, a2)
+    c1, c2 = W1.copy(), W2.copy()
+    for out, text in ((np.zeros((30, 3)), "out: expected shape"), (np.zeros((30, 4), np.float32), "out: expected dtype"),
+                      (np.asfortranarray(np.zeros((30, 4))), "out: is updated in place but is not C-contiguous"),
+                      (X[:, :4], "out: is updated in place but is not C-contiguous"),
+                      (c2.reshape(-1)[:120].reshape(30, 4), "out, W2: must not share memory")):
+        with pytest.raises(PyrgdError, match=text):
+            ops.wide_step(X, c1, c2, G, 0.01, activation="tanh", next_forward=True, out=out)
+    with pytest.raises(PyrgdError, match="out: only with next_forward"):
+        ops.wide_step(X, c1, c2, G, 0.01, activation="tanh", out=np.zeros((30, 4)))
+    assert np.array_equal(c1, W1) and np.array_equal(c2, W2)

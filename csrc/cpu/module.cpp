@@ -61,7 +61,7 @@ py::array check_matrix(const py::object& o, const char* name, DType want, py::ss
   const DType t = dtype_of(a, name);
   if (t != want)
     throw py::type_error(std::string(name) + ": expected dtype " + dtype_name(want) +
-                         " like X (all arrays of one call share one dtype), got " + dtype_name(t));
+                         " like the call's first array (X, or H for the tail: all arrays of one call share one dtype), got " + dtype_name(t));
   const py::ssize_t r = a.shape(0), c = a.shape(1);
   if ((rows >= 0 && r != rows) || (cols >= 0 && c != cols))
     throw py::value_error(std::string(name) + ": expected shape " + shape_text + ", got (" + std::to_string(r) + ", " +
@@ -127,36 +127,55 @@ Wide check_wide(const py::object& X, const py::object& W1, const py::object* W2,
   return w;
 }
 
+// The output H (N, n2): `out` checked (writable, C-contiguous, of the dtype, not sharing memory with X, W1, W2, which
+// the kernel reads while it writes H) and returned, or a new array when `out` is None.
+py::array output_h(const Wide& w, const py::object& out) {
+  if (out.is_none()) {
+    if (w.t == DType::f32) return py::array_t<float>({py::ssize_t(w.s.N), py::ssize_t(w.s.n2)});
+    return py::array_t<double>({py::ssize_t(w.s.N), py::ssize_t(w.s.n2)});
+  }
+  const std::string so = "(N, n2) = " + dims("N", py::ssize_t(w.s.N), "n2", py::ssize_t(w.s.n2));
+  py::array o = check_matrix(out, "out", w.t, py::ssize_t(w.s.N), py::ssize_t(w.s.n2), true, so.c_str());
+  const std::pair<const py::array*, const char*> read[] = {{&w.X, "X"}, {&w.W1, "W1"}, {&w.W2, "W2"}};
+  for (const auto& r : read)
+    if (overlap(o, *r.first))
+      throw py::value_error(std::string("out, ") + r.second + ": must not share memory (" + r.second +
+                            " is read while out is written)");
+  return o;
+}
+
 template <class T>
-py::array forward_t(const Wide& w, int act, double gamma, double a1) {
-  py::array_t<T> H({py::ssize_t(w.s.N), py::ssize_t(w.s.n2)});
+py::array forward_t(const Wide& w, int act, double gamma, double a1, const py::object& out) {
+  py::array H = output_h(w, out);
   const T* X = static_cast<const T*>(w.X.data());
   const T* W1 = static_cast<const T*>(w.W1.data());
   const T* W2 = static_cast<const T*>(w.W2.data());
-  T* h = H.mutable_data();
+  T* h = static_cast<T*>(H.mutable_data());
   {
     py::gil_scoped_release nogil;
     pyrgd::cpu::forward<T>(w.s, X, W1, W2, act, T(gamma), T(a1), h);
   }
-  return std::move(H);
+  return H;
 }
 
 py::array forward(const py::object& X, const py::object& W1, const py::object& W2, int act_code, double gamma,
-                  double a1) {
+                  double a1, const py::object& out) {
   const Wide w = check_wide(X, W1, &W2, false);
   check_act(act_code);
   check_finite(gamma, "gamma");
   check_finite(a1, "a1");
-  return w.t == DType::f32 ? forward_t<float>(w, act_code, gamma, a1) : forward_t<double>(w, act_code, gamma, a1);
+  return w.t == DType::f32 ? forward_t<float>(w, act_code, gamma, a1, out)
+                           : forward_t<double>(w, act_code, gamma, a1, out);
 }
 
 template <class T>
-py::tuple step_t(Wide& w, const py::array& G, double lr, int act, double gamma, double a1, bool next_forward) {
+py::tuple step_t(Wide& w, const py::array& G, double lr, int act, double gamma, double a1, bool next_forward,
+                 const py::object& out) {
   py::object Hobj = py::none();
   T* h = nullptr;
   if (next_forward) {
-    py::array_t<T> H({py::ssize_t(w.s.N), py::ssize_t(w.s.n2)});
-    h = H.mutable_data();
+    py::array H = output_h(w, out);
+    h = static_cast<T*>(H.mutable_data());
     Hobj = std::move(H);
   }
   const T* X = static_cast<const T*>(w.X.data());
@@ -172,7 +191,8 @@ py::tuple step_t(Wide& w, const py::array& G, double lr, int act, double gamma, 
 }
 
 py::tuple step(const py::object& X, const py::object& W1, const py::object& W2, const py::object& G, double lr,
-               int act_code, double gamma, double a1, bool next_forward) {
+               int act_code, double gamma, double a1, bool next_forward, const py::object& out) {
+  if (!out.is_none() && !next_forward) throw py::value_error("out: only with next_forward=True (it receives H_next)");
   Wide w = check_wide(X, W1, &W2, true);
   const std::string sg = "(N, n2) = " + dims("N", py::ssize_t(w.s.N), "n2", py::ssize_t(w.s.n2));
   const py::array g = check_matrix(G, "G", w.t, py::ssize_t(w.s.N), py::ssize_t(w.s.n2), false, sg.c_str());
@@ -188,8 +208,8 @@ py::tuple step(const py::object& X, const py::object& W1, const py::object& W2, 
     if (overlap(*in.first, w.W2))
       throw py::value_error(std::string(in.second) + ", W2: must not share memory (W2 is updated in place)");
   }
-  return w.t == DType::f32 ? step_t<float>(w, g, lr, act_code, gamma, a1, next_forward)
-                           : step_t<double>(w, g, lr, act_code, gamma, a1, next_forward);
+  return w.t == DType::f32 ? step_t<float>(w, g, lr, act_code, gamma, a1, next_forward, out)
+                           : step_t<double>(w, g, lr, act_code, gamma, a1, next_forward, out);
 }
 
 template <class T>
@@ -226,30 +246,122 @@ py::array gram(const py::object& X, const py::object& W1, const py::object& W2, 
 }
 
 template <class T>
-py::tuple eval_activation_t(const py::array& Z, int act, double gamma) {
+py::tuple activation_t(const py::array& Z, int act, double gamma, bool value, bool derivative) {
   std::vector<py::ssize_t> shape(Z.shape(), Z.shape() + Z.ndim());
-  py::array_t<T> S(shape), D(shape);
+  py::object So = py::none(), Do = py::none();
+  T* sp = nullptr;
+  T* dp = nullptr;
+  if (value) {
+    py::array_t<T> S(shape);
+    sp = S.mutable_data();
+    So = std::move(S);
+  }
+  if (derivative) {
+    py::array_t<T> D(shape);
+    dp = D.mutable_data();
+    Do = std::move(D);
+  }
   const T* z = static_cast<const T*>(Z.data());
-  T* sp = S.mutable_data();
-  T* dp = D.mutable_data();
   const std::size_t count = std::size_t(Z.size());
   {
     py::gil_scoped_release nogil;
-    pyrgd::cpu::eval_activation<T>(count, z, act, T(gamma), sp, dp);
+    pyrgd::cpu::activation<T>(count, z, act, T(gamma), sp, dp);
   }
-  return py::make_tuple(S, D);
+  return py::make_tuple(So, Do);
 }
 
-// (sigma(Z), sigma'(Z)) by the kernels' own activation code; Z: a non-empty C-contiguous float array, any ndim.
-py::tuple eval_activation(const py::object& Zobj, int act_code, double gamma) {
+// (sigma(Z) or None, sigma'(Z) or None) by the kernels' own activation code; Z: a C-contiguous float array, any
+// shape (empty included).
+py::tuple activation(const py::object& Zobj, int act_code, double gamma, bool value, bool derivative) {
   py::array Z = as_array(Zobj, "Z");
   const DType t = dtype_of(Z, "Z");
-  if (Z.size() == 0) throw py::value_error("Z: expected a non-empty array");
   if (!(Z.flags() & py::array::c_style)) throw py::value_error("Z: expected a C-contiguous array");
   if (!(Z.flags() & kAlignedFlag)) throw py::value_error("Z: expected an aligned array");
   check_act(act_code);
   check_finite(gamma, "gamma");
-  return t == DType::f32 ? eval_activation_t<float>(Z, act_code, gamma) : eval_activation_t<double>(Z, act_code, gamma);
+  return t == DType::f32 ? activation_t<float>(Z, act_code, gamma, value, derivative)
+                         : activation_t<double>(Z, act_code, gamma, value, derivative);
+}
+
+template <class T>
+py::tuple tail_t(const py::array& H, const py::array& Y, const std::vector<py::array>& Ws,
+                 const std::vector<double>& mult, int act, double gamma, py::array G, std::vector<std::size_t> wd) {
+  const std::size_t nt = Ws.size();
+  std::vector<const T*> wp(nt);
+  std::vector<T*> gp(nt);
+  std::vector<T> mt(mult.begin(), mult.end());
+  py::list grads;
+  for (std::size_t j = 0; j < nt; ++j) {
+    wp[j] = static_cast<const T*>(Ws[j].data());
+    py::array_t<T> g({py::ssize_t(wd[j]), py::ssize_t(wd[j + 1])});
+    gp[j] = g.mutable_data();
+    grads.append(g);
+  }
+  double loss;
+  {
+    py::gil_scoped_release nogil;
+    loss = pyrgd::cpu::tail<T>(std::size_t(H.shape(0)), nt, wd.data(), static_cast<const T*>(H.data()),
+                               static_cast<const T*>(Y.data()), wp.data(), mt.data(), act, T(gamma),
+                               static_cast<T*>(G.mutable_data()), gp.data());
+  }
+  return py::make_tuple(loss, G, grads);
+}
+
+// The tail (layers 2..L) from H: (loss, G = dPhi/dZ_2, [dPhi/dW_3, ..., dPhi/dW_L]); see wide_kernels.h.
+py::tuple tail(const py::object& Hobj, const py::object& Yobj, const py::object& Wobj, int act_code, double gamma,
+               const py::object& mobj, const py::object& out) {
+  py::array h = as_array(Hobj, "H");
+  if (h.ndim() != 2)
+    throw py::value_error("H: expected a 2-D array (N, n2), got " + std::to_string(h.ndim()) + " dimensions");
+  const DType t = dtype_of(h, "H");
+  const py::array H = check_matrix(Hobj, "H", t, -1, -1, false, "(N, n2)");
+  const py::ssize_t N = H.shape(0);
+  if (!py::isinstance<py::sequence>(Wobj) || py::isinstance<py::str>(Wobj))
+    throw py::type_error("weights: expected a list of the tail's weights [W_3, ..., W_L], got " + type_name(Wobj));
+  if (!py::isinstance<py::sequence>(mobj) || py::isinstance<py::str>(mobj))
+    throw py::type_error("multipliers: expected a list of floats [a_2, ..., a_{L-1}], got " + type_name(mobj));
+  const py::sequence wseq = py::reinterpret_borrow<py::sequence>(Wobj);
+  const py::sequence mseq = py::reinterpret_borrow<py::sequence>(mobj);
+  const std::size_t nt = std::size_t(py::len(wseq));
+  if (std::size_t(py::len(mseq)) != nt)
+    throw py::value_error("multipliers: expected one per tail weight (" + std::to_string(nt) + " values a_2.., got " +
+                          std::to_string(py::len(mseq)) + ")");
+  std::vector<std::size_t> wd{std::size_t(H.shape(1))};
+  std::vector<py::array> Ws;
+  std::vector<double> mult;
+  for (std::size_t j = 0; j < nt; ++j) {
+    const std::string name = "weights[" + std::to_string(j) + "] (W_" + std::to_string(j + 3) + ")";
+    const std::string shape = "(" + std::to_string(wd[j]) + ", n) after " + (j ? "the previous weight" : "H");
+    Ws.push_back(check_matrix(wseq[j], name.c_str(), t, py::ssize_t(wd[j]), -1, false, shape.c_str()));
+    wd.push_back(std::size_t(Ws.back().shape(1)));
+    const py::object m = mseq[j];
+    double a;
+    try {
+      a = m.cast<double>();
+    } catch (const py::cast_error&) {
+      throw py::type_error("multipliers[" + std::to_string(j) + "]: expected a float, got " + type_name(m));
+    }
+    mult.push_back(check_finite(a, ("multipliers[" + std::to_string(j) + "]").c_str()));
+  }
+  const std::string sy = "(N, n_L) = " + dims("N", N, "n_L", py::ssize_t(wd.back()));
+  const py::array Y = check_matrix(Yobj, "Y", t, N, py::ssize_t(wd.back()), false, sy.c_str());
+  check_act(act_code);
+  check_finite(gamma, "gamma");
+  py::array G;
+  if (out.is_none()) {
+    G = t == DType::f32 ? py::array(py::array_t<float>({N, py::ssize_t(wd[0])}))
+                        : py::array(py::array_t<double>({N, py::ssize_t(wd[0])}));
+  } else {
+    const std::string sg = "(N, n2) = " + dims("N", N, "n2", py::ssize_t(wd[0]));
+    G = check_matrix(out, "out", t, N, py::ssize_t(wd[0]), true, sg.c_str());
+    if (overlap(G, H)) throw py::value_error("out, H: must not share memory (H is read while out is written)");
+    if (overlap(G, Y)) throw py::value_error("out, Y: must not share memory (Y is read while out is written)");
+    for (std::size_t j = 0; j < nt; ++j)
+      if (overlap(G, Ws[j]))
+        throw py::value_error("out, weights[" + std::to_string(j) + "]: must not share memory");
+  }
+  return t == DType::f32 ? tail_t<float>(H, Y, Ws, mult, act_code, gamma, G, wd)
+                         : tail_t<double>(H, Y, Ws, mult, act_code, gamma, G, wd);
 }
 
 int isa_code(const std::string& name) {
@@ -330,11 +442,15 @@ PYBIND11_MODULE(_cpu, m) {
       "pyrgd's fused C++ CPU kernels of the wide first layer (OpenMP). Shapes: X (N, d), W1 (d, n1), W2 (n1, n2), "
       "G and B2 (N, n2); all C-contiguous float32 or float64 of one dtype. Use pyrgd.ops for the checked public API.";
   m.def("forward", &forward, py::arg("X"), py::arg("W1"), py::arg("W2"), py::arg("act_code"), py::arg("gamma") = 0.0,
-        py::arg("a1") = 1.0, "H (N, n2) = a1 sigma(X W1) W2, streamed over blocks of neurons.");
+        py::arg("a1") = 1.0, py::arg("out") = py::none(),
+        "H (N, n2) = a1 sigma(X W1) W2, streamed over blocks of neurons; written into `out` when given (an (N, n2) "
+        "array of the dtype that shares no memory with X, W1, W2).");
   m.def("step", &step, py::arg("X"), py::arg("W1"), py::arg("W2"), py::arg("G"), py::arg("lr"), py::arg("act_code"),
-        py::arg("gamma") = 0.0, py::arg("a1") = 1.0, py::arg("next_forward") = false,
+        py::arg("gamma") = 0.0, py::arg("a1") = 1.0, py::arg("next_forward") = false, py::arg("out") = py::none(),
         "One GD step of the wide layer given G = dPhi/dH: W1, W2 updated in place. Returns (H_next or None, "
-        "||dPhi/dW1||_F^2, ||dPhi/dW2||_F^2), the norms at the weights before the update.");
+        "||dPhi/dW1||_F^2, ||dPhi/dW2||_F^2), the norms at the weights before the update. With next_forward, H_next "
+        "is written into `out` when given: an (N, n2) array that shares no memory with X, W1, W2; it may be G "
+        "itself (H_next is written after the last read of G), which saves one N x n2 buffer.");
   m.def("gram", &gram, py::arg("X"), py::arg("W1"), py::arg("W2") = py::none(), py::arg("B2") = py::none(),
         py::arg("act_code") = 0, py::arg("gamma") = 0.0, py::arg("a1") = 1.0,
         "K (N, N) = F F^T with F = a1 sigma(X W1), or with F = a1 (B2 W2^T) (.) sigma'(X W1) when W2 and B2 are "
@@ -363,8 +479,17 @@ PYBIND11_MODULE(_cpu, m) {
       "Use the kernels of one instruction set from now on (process-wide): 'generic', 'avx2', 'avx512' (if this CPU "
       "has them) or 'auto' (the best). The default is 'auto', or the environment variable PYRGD_CPU_ISA.");
   m.def("available_isas", &available_isas, "Instruction sets this build can use on this CPU, from the baseline up.");
-  m.def("_eval_activation", &eval_activation, py::arg("Z"), py::arg("act_code"), py::arg("gamma") = 0.0,
-        "(sigma(Z), sigma'(Z)) computed by the kernels' own vectorized activation code (for accuracy tests).");
+  m.def("activation", &activation, py::arg("Z"), py::arg("act_code"), py::arg("gamma") = 0.0,
+        py::arg("value") = true, py::arg("derivative") = true,
+        "(sigma(Z), sigma'(Z)) elementwise by the kernels' own vectorized activation code, either None when not asked "
+        "for; Z: a C-contiguous float32/float64 array of any shape. No temporary beyond the outputs.");
+  m.def("tail", &tail, py::arg("H"), py::arg("Y"), py::arg("weights"), py::arg("act_code"), py::arg("gamma") = 0.0,
+        py::arg("multipliers") = py::list(), py::arg("out") = py::none(),
+        "The pyramidal tail (layers 2..L) from H = Z_2 (N, n2), streamed over chunks of rows: returns (loss, G, "
+        "grads) with loss = 1/2 ||F_L - Y||^2, G = dPhi/dZ_2 (N, n2; written into `out` when given, which must not "
+        "share memory with H, Y or the weights) and grads = [dPhi/dW_3, ..., dPhi/dW_L]. weights: [W_3, ..., W_L]; "
+        "multipliers: [a_2, ..., a_{L-1}] (one per weight); Y (N, n_L). With no weights (L = 2), G = H - Y. "
+        "Bit-identical for any number of threads.");
   m.def("build_info", &build_info, "How this module was built: compiler, OpenMP, block size, ISA flags.");
   m.attr("BLOCK_SIZE") = int(pyrgd::cpu::kBlock);
 }

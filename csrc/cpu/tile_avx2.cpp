@@ -6,7 +6,9 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstddef>
+#include <cstring>
 
 #include <pyrgd/activations.h>
 

@@ -1,12 +1,15 @@
-// pyrgd CPU backend: the tile operations (tile_ops.h) for AVX-512 (F, with AVX2 and FMA; x86-64 with GCC). Only the functions of this
-// file use those instructions (`#pragma GCC target`, after every header is included so that no inline function
-// shared with other files is compiled for them); wide_kernels.cpp calls them only on a CPU that has AVX-512F, AVX2 and FMA.
+// pyrgd CPU backend: the tile operations (tile_ops.h) for AVX-512 (F, with AVX2 and FMA; x86-64 with GCC). Only the
+// functions of this file use those instructions (`#pragma GCC target`, after every header is included so that no
+// inline function shared with other files is compiled for them); wide_kernels.cpp calls them only on a CPU that has
+// AVX-512F, AVX2 and FMA (and an OS that saves the AVX-512 registers: __builtin_cpu_supports checks both).
 #include "tile_ops.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstddef>
+#include <cstring>
 
 #include <pyrgd/activations.h>
 

@@ -425,6 +425,15 @@ void set_isa(int isa) {
 
 const char* isa_name(int isa) { return isa == 2 ? "avx512" : isa == 1 ? "avx2" : isa == 0 ? "generic" : "unknown"; }
 
+template <>
+const TileOps<float>& active_tile_ops<float>() {
+  return *ops_of<float>(get_isa());
+}
+template <>
+const TileOps<double>& active_tile_ops<double>() {
+  return *ops_of<double>(get_isa());
+}
+
 template <class T>
 void forward(const WideShape& s, const T* X, const T* W1, const T* W2, int act, T gamma, T a1, T* H) {
   if (!is_activation_code(act)) bad_activation(act);
@@ -439,11 +448,27 @@ void step(const WideShape& s, const T* X, T* W1, T* W2, const T* G, T lr, int ac
 }
 
 template <class T>
-void eval_activation(std::size_t count, const T* Z, int act, T gamma, T* S, T* D) {
+void activation(std::size_t count, const T* Z, int act, T gamma, T* S, T* D) {
   if (!is_activation_code(act)) bad_activation(act);
-  std::copy(Z, Z + count, S);
-  std::fill(D, D + count, T(1));
-  ops_of<T>(get_isa())->act_grad(act, count, S, D, gamma, T(1));
+  if (!S && !D) return;
+  const TileOps<T>& ops = *ops_of<T>(get_isa());
+  constexpr size_t kChunk = 2048;  // elements per task (two chunks of T on the stack)
+  const size_t nchunks = ceil_div(count, kChunk);
+  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nchunks / 4)));
+#pragma omp parallel for schedule(static) num_threads(P)
+  for (idx c = 0; c < idx(nchunks); ++c) {
+    const size_t e0 = size_t(c) * kChunk, n = std::min(kChunk, count - e0);
+    T zs[kChunk], pd[kChunk];
+    std::copy(Z + e0, Z + e0 + n, zs);
+    if (D) {
+      std::fill(pd, pd + n, T(1));
+      ops.act_grad(act, n, zs, pd, gamma, T(1));
+      std::copy(pd, pd + n, D + e0);
+    } else {
+      ops.act_value(act, n, zs, gamma, T(1));
+    }
+    if (S) std::copy(zs, zs + n, S + e0);
+  }
 }
 
 template <class T>
@@ -452,8 +477,8 @@ void gram(const WideShape& s, const T* X, const T* W1, const T* W2, const T* B2,
   gram_tiles<T>(s, *ops_of<T>(get_isa()), act, X, W1, W2, B2, gamma, a1, K);
 }
 
-template void eval_activation<float>(std::size_t, const float*, int, float, float*, float*);
-template void eval_activation<double>(std::size_t, const double*, int, double, double*, double*);
+template void activation<float>(std::size_t, const float*, int, float, float*, float*);
+template void activation<double>(std::size_t, const double*, int, double, double*, double*);
 template void forward<float>(const WideShape&, const float*, const float*, const float*, int, float, float, float*);
 template void forward<double>(const WideShape&, const double*, const double*, const double*, int, double, double,
                               double*);

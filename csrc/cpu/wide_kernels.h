@@ -75,7 +75,8 @@ void forward(const WideShape& s, const T* X, const T* W1, const T* W2, int act, 
 
 // One GD step given G = dPhi/dH (N, n2): W1 -= lr dPhi/dW1, W2 -= lr dPhi/dW2, in place, block by block.
 // grad_sq_w1/grad_sq_w2 receive the squared Frobenius norms of the gradients at the weights before the update.
-// H_next (N, n2), when not null, receives a1 sigma(X W1') W2' with the updated weights, from the same sweep.
+// H_next (N, n2), when not null, receives a1 sigma(X W1') W2' with the updated weights (a second pass, after every
+// block is updated and G is no longer read: H_next may be G itself; it must not overlap X, W1, W2).
 // X, G must not overlap W1, W2 (the caller checks).
 template <class T>
 void step(const WideShape& s, const T* X, T* W1, T* W2, const T* G, T lr, int act, T gamma, T a1, T* H_next,
@@ -86,13 +87,34 @@ void step(const WideShape& s, const T* X, T* W1, T* W2, const T* G, T lr, int ac
 template <class T>
 void gram(const WideShape& s, const T* X, const T* W1, const T* W2, const T* B2, int act, T gamma, T a1, T* K);
 
-// S = sigma(Z) and D = sigma'(Z) elementwise over `count` elements, with the kernels' own activation code (the
-// vectorized math of vec_math.h, instruction set get_isa()): for tests of its accuracy.
+// S = sigma(Z) and/or D = sigma'(Z) elementwise over `count` elements (S or D may be null: not computed), with the
+// kernels' own activation code (the vectorized math of vec_math.h, instruction set get_isa()), in parallel over
+// chunks of a few thousand elements; no buffer beyond the outputs. Z may be S or D (in place).
 template <class T>
-void eval_activation(std::size_t count, const T* Z, int act, T gamma, T* S, T* D);
+void activation(std::size_t count, const T* Z, int act, T gamma, T* S, T* D);
 
-extern template void eval_activation<float>(std::size_t, const float*, int, float, float*, float*);
-extern template void eval_activation<double>(std::size_t, const double*, int, double, double*, double*);
+// The pyramidal tail (layers 2..L, THEORY.md section 1) from H = Z_2, streamed over chunks of rows: per chunk the
+// forward F_l = a_l sigma(Z_l), Z_{l+1} = F_l W_{l+1} up to F_L, D_L = F_L - Y, then backwards
+// dPhi/dW_l += F_{l-1}^T D_l and D_{l-1} = a_{l-1} (D_l W_l^T) (.) sigma'(Z_{l-1}) down to D_2 = G, written into G.
+// Nothing of N rows is allocated besides G (the chunks' activations live in per-thread buffers of a few rows).
+//   nt = L - 2 tail weights; dims = [n_2, ..., n_L] (nt + 1 values); W[j] = W_{j+3} (dims[j], dims[j+1]);
+//   mult[j] = a_{j+2} (nt values); grads[j] receives dPhi/dW_{j+3}; H, G (N, n_2), Y (N, n_L). With nt = 0
+//   (L = 2): G = H - Y. Returns Phi = 1/2 ||F_L - Y||_F^2 (accumulated in double).
+// Deterministic: the rows are cut into chunks by N alone (at most kTailChunks), each chunk's partial sums are one
+// FMA chain over its rows, and the chunks' partial gradients and losses are added in chunk order in double: the
+// same bits for any number of threads. G must not overlap H, Y or W (the caller checks).
+constexpr std::size_t kTailChunks = 64;
+
+template <class T>
+double tail(std::size_t N, std::size_t nt, const std::size_t* dims, const T* H, const T* Y, const T* const* W,
+            const T* mult, int act, T gamma, T* G, T* const* grads);
+
+extern template double tail<float>(std::size_t, std::size_t, const std::size_t*, const float*, const float*,
+                                   const float* const*, const float*, int, float, float*, float* const*);
+extern template double tail<double>(std::size_t, std::size_t, const std::size_t*, const double*, const double*,
+                                    const double* const*, const double*, int, double, double*, double* const*);
+extern template void activation<float>(std::size_t, const float*, int, float, float*, float*);
+extern template void activation<double>(std::size_t, const double*, int, double, double*, double*);
 extern template void forward<float>(const WideShape&, const float*, const float*, const float*, int, float, float,
                                     float*);
 extern template void forward<double>(const WideShape&, const double*, const double*, const double*, int, double,

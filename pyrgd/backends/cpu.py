@@ -61,16 +61,22 @@ def _call(fn, *args):
         raise PyrgdError(str(e)) from None
 
 
-def forward(X, W1, W2, act, a1):
-    """H = a1 sigma(X W1) W2, shape (N, n2)."""
+def forward(X, W1, W2, act, a1, out=None):
+    """H = a1 sigma(X W1) W2, shape (N, n2); written into ``out`` when given (an (N, n2) array of the dtype, sharing
+    no memory with X, W1, W2)."""
     m = _module()
-    return _call(m.forward, X, W1, W2, act.code, float(act.gamma), float(a1))
+    return _call(m.forward, X, W1, W2, act.code, float(act.gamma), float(a1), out)
 
 
-def step(X, W1, W2, G, lr, act, a1, next_forward):
-    """One GD step of the wide layer, W1 and W2 updated in place; returns StepResult."""
+def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
+    """One GD step of the wide layer, W1 and W2 updated in place; returns StepResult.
+
+    With ``next_forward``, H_next is written into ``out`` when given: an (N, n2) array of the dtype sharing no memory
+    with X, W1, W2; it may be G itself (written after the last read of G), which saves one N x n2 buffer.
+    """
     m = _module()
-    H, g1, g2 = _call(m.step, X, W1, W2, G, float(lr), act.code, float(act.gamma), float(a1), bool(next_forward))
+    H, g1, g2 = _call(m.step, X, W1, W2, G, float(lr), act.code, float(act.gamma), float(a1), bool(next_forward),
+                      out)
     return StepResult(H, float(g1), float(g2))
 
 
@@ -88,6 +94,41 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Threads the C++ kernels use from now on (process-wide); 0 restores OpenMP's default."""
     _call(_module().set_num_threads, n)
+
+
+def sigma_and_derivative(act, x, value: bool = True, derivative: bool = True):
+    """(sigma(x), sigma'(x)) like :func:`pyrgd.activations.sigma_and_derivative`, by the kernels' vectorized code.
+
+    For a C-contiguous, aligned, native float32/float64 NumPy array: computed in C++ (OpenMP, GIL released) with no
+    temporary beyond the outputs, within a few ulp of the NumPy formulas (tests/test_cpu_backend.py); any other
+    input goes to the NumPy version. Either output is None when not asked for. For a NumPy tail (layers 2..L)
+    next to these kernels: less memory (NumPy's formulas hold several temporaries of the input's size) and time.
+    """
+    import numpy as np
+
+    from ..activations import sigma_and_derivative as numpy_version
+
+    if (_cpu is None or not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64)
+            or not x.dtype.isnative or not x.flags.c_contiguous or not x.flags.aligned):
+        return numpy_version(act, x, value=value, derivative=derivative)
+    if not (value or derivative):
+        return None, None
+    return _call(_cpu.activation, x, act.code, float(act.gamma), bool(value), bool(derivative))
+
+
+def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
+    """The pyramidal tail (layers 2..L) from H = Z_2 in one streamed C++ pass: (loss, G, grads).
+
+    loss = 1/2 ||F_L - Y||_F^2 (a float), G = dPhi/dZ_2 (N, n2; written into ``out`` when given, an (N, n2) array
+    of the dtype sharing no memory with H, Y or the weights), grads = [dPhi/dW_3, ..., dPhi/dW_L].
+    tail_weights: [W_3, ..., W_L]; tail_multipliers: [a_2, ..., a_{L-1}]. Nothing of N rows is allocated besides G,
+    and no BLAS is called (whose worker threads would compete with the kernels' for the cores); the same bits for
+    any number of threads.
+    """
+    m = _module()
+    loss, G, grads = _call(m.tail, H, Y, list(tail_weights), act.code, float(act.gamma),
+                           [float(a) for a in tail_multipliers], out)
+    return float(loss), G, list(grads)
 
 
 def get_isa() -> str:

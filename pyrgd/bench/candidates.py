@@ -5,8 +5,9 @@ and moves them to its device), and then ``step()`` runs one GD step of the whole
 ``problem.lr`` and returns the loss Phi = 1/2 ||F_L - Y||^2 at the weights before the step. ``weights()`` gives
 host copies of the current weights, so that the harness can check that every candidate computes the same step.
 
-fused    what :func:`pyrgd.train` runs per step: the tail (pyrgd.tail) from H, the wide layer's fused
-         ``ops.wide_step(next_forward=True)`` (never N x n1), the tail's update, the tail's gradient norms.
+fused    what :func:`pyrgd.train` runs per step (:mod:`pyrgd.gdstep`): the tail from H (on the cpu backend one
+         streamed C++ pass), the wide layer's fused ``ops.wide_step(next_forward=True)`` (never N x n1), the tail's
+         update, the gradient norms.
 unfused  the textbook step on an array library: Z1 = X W1, F1 = sigma(Z1) and the backward with full N x n1
          matrices (NumPy on the CPU, CuPy on the GPU); written independently of pyrgd.tail.
 chunked  a loop over blocks of ``block`` neurons, one BLAS call per product, O(N x block) memory; the next step's H
@@ -91,23 +92,15 @@ class FusedStep(Candidate):
         self.backend = ops.resolve_backend(backend, xp)
         self.mult = [1.0] * (len(self.W) - 1)
         self.H = ops.wide_forward(self.X, self.W[0], self.W[1], activation=self.act, a1=1.0, backend=self.backend)
+        self.spare = None  # the H of the step before, G's buffer (pyrgd.gdstep)
 
     def step(self) -> float:
-        from ..tail import tail_backward, tail_forward
+        from ..gdstep import apply_step, loss_and_gradient
 
-        W, act, lr = self.W, self.act, self.lr
-        cache = tail_forward(self.H, W, act, self.mult)
-        loss_d, G, tail_grads = tail_backward(cache, self.Y, W, act, self.mult)
-        loss = float(loss_d)
-        del cache
-        res = self.ops.wide_step(self.X, W[0], W[1], G, lr, activation=act, a1=1.0, next_forward=True,
-                                 backend=self.backend)
-        del G
-        tail_sq = [(g * g).sum() for g in tail_grads]
-        for l, g in enumerate(tail_grads, start=2):
-            W[l] -= lr * g
-        self.H = res.H_next
-        self.grad_sq = [res.grad_sq_w1, res.grad_sq_w2] + [float(s) for s in tail_sq]
+        loss, G, tail_grads = loss_and_gradient(self.H, self.Y, self.W, self.act, self.mult, self.backend,
+                                                out=self.spare)
+        H_next, self.grad_sq = apply_step(self.X, self.W, G, tail_grads, self.lr, self.act, self.mult, self.backend)
+        self.spare, self.H = self.H, H_next
         return loss
 
 
