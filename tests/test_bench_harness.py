@@ -373,6 +373,23 @@ def test_targets_on_synthetic_numbers():
         assert line.startswith(x["status"]) and x["text"] in line
 
 
+def test_speedup_targets_state_the_roofline_bound():
+    """With the fused flop count and the SGEMM rate, a speed-up target says the largest ratio a fused step at BLAS
+    speed could show: baseline s / (fused flops / SGEMM rate)."""
+    from pyrgd.bench.problems import fused_flops, useful_flops
+    from pyrgd.bench.report import attainable_speedup
+
+    assert fused_flops(4096, 64, (4096, 64, 32, 10)) == useful_flops(4096, 64, (4096, 64, 32, 10)) + 2 * 4096 * 64 * 4096
+    r = _synthetic()
+    r["problems"][0]["fused_flops"] = 400e9  # 2 s at 200 GFLOP/s
+    t = {x["id"]: x for x in evaluate_targets(r)}
+    assert attainable_speedup(r["problems"][0], 3.5) == pytest.approx(1.75)
+    assert "at most 1.75x is attainable" in t["B1_vs_chunked"]["detail"]
+    assert "at most 1.00x is attainable" in t["B1_vs_torch"]["detail"]
+    assert attainable_speedup(r["problems"][1], 3.5) is None  # no flop count: no bound claimed
+    assert "roofline" not in t["B2_vs_torch"]["detail"]
+
+
 def test_targets_fail_and_skip_edges():
     r = _synthetic()
     r["problems"][2]["candidates"]["fused"]["peak_over_data"] = 1.6  # B3 over budget

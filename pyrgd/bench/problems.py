@@ -76,6 +76,14 @@ def useful_flops(N: int, d: int, widths) -> int:
     return sum(6 * int(N) * a * b for a, b in zip(dims, dims[1:])) - 2 * int(N) * dims[0] * dims[1]
 
 
+def fused_flops(N: int, d: int, widths) -> int:
+    """Flops the fused step executes: the useful flops plus 2 N d n1, since it computes Z_1 = X W_1 twice, once for
+    the gradient and once, with the updated weights, for the next step's H (THEORY.md section 2: 6 N d n1 + 6 N n1
+    n2 for the wide layer). Divided by the SGEMM rate it is the least time the fused step can take at BLAS speed
+    (the roofline bound of the speed-up targets)."""
+    return useful_flops(N, d, widths) + 2 * int(N) * int(d) * int(widths[0])
+
+
 def data_bytes(N: int, d: int, widths, itemsize: int = 4) -> dict:
     """Bytes a GD step cannot do without, by part, and their ``total``.
 

@@ -72,6 +72,15 @@ def _why(row, name) -> str:
     return f"{name} {row.get('status', '?')}: {row.get('note', 'no timing')}"
 
 
+def attainable_speedup(p: dict, baseline_seconds: float):
+    """baseline s / (the fused step's flops at the SGEMM rate of the same run): the largest speed-up over that
+    baseline that a fused step running at BLAS speed could show (None without the figures)."""
+    ff, rate = p.get("fused_flops"), p.get("sgemm_gflops")
+    if not ff or not rate or not baseline_seconds:
+        return None
+    return baseline_seconds / (ff / (rate * 1e9))
+
+
 def _evaluate(t: dict, result: dict) -> tuple:
     """(status, measured, detail) of one target."""
     kind = t["kind"]
@@ -108,8 +117,13 @@ def _evaluate(t: dict, result: dict) -> tuple:
         if not c or c.get("status") != "ok" or "seconds" not in c:
             return "SKIP", None, _why(c, t["candidate"])
         r = c["seconds"] / fused["seconds"]
-        return ("PASS" if r >= t["threshold"] else "FAIL"), r, (
-            f"{t['candidate']} {c['seconds']:.4g} s, fused {fused['seconds']:.4g} s per step")
+        detail = f"{t['candidate']} {c['seconds']:.4g} s, fused {fused['seconds']:.4g} s per step"
+        bound = attainable_speedup(p, c["seconds"])
+        if bound is not None:
+            detail += (f"; roofline: the fused step's {p['fused_flops'] / 1e9:.4g} GFLOP at the SGEMM rate "
+                       f"({p['sgemm_gflops']:.4g} GFLOP/s) take >= {p['fused_flops'] / p['sgemm_gflops'] / 1e9:.4g} "
+                       f"s, so at most {bound:.2f}x is attainable here")
+        return ("PASS" if r >= t["threshold"] else "FAIL"), r, detail
     if kind == "pct_sgemm":
         pct = fused.get("pct_sgemm")
         if pct is None:

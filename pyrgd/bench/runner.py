@@ -31,7 +31,7 @@ import numpy as np
 
 from .candidates import DESCRIPTIONS, extra_bytes, make_candidate, torch_available
 from .memory import GpuMemory, available_bytes, measure_cpu_peaks, release_gpu_memory
-from .problems import Problem, data_bytes, make_data, useful_flops
+from .problems import Problem, data_bytes, fused_flops, make_data, useful_flops
 
 SCHEMA = "pyrgd-bench-1"
 #: a candidate whose update differs from the fused one's by more than this (relative) is flagged as a mismatch
@@ -260,6 +260,7 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None) -> dict:
     repeats = max(1, repeats)
     rate = sgemm.get(str(problem.threads) if problem.threads else "default") or sgemm.get("default")
     res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops": flops,
+           "fused_flops": fused_flops(problem.N, problem.d, problem.widths),
            "data_bytes": dbytes["total"], "data_bytes_parts": dbytes, "repeats": repeats, "warmup": opts.warmup,
            "sgemm_gflops": rate["gflops"] if rate else None, "candidates": {}}
     data = make_data(problem, dtype, opts.seed)
