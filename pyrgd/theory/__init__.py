@@ -5,6 +5,8 @@
 - :mod:`.du2019`: c_sigma, the Gram recursion K^(0..H) and lambda_0 of Du et al. 2019 (THEORY 4.4).
 - :mod:`.nguyen2021`: Nguyen 2021, Theorem 2.2, the certificate at initialization (THEORY 4.2).
 - :mod:`.nm2020`: the quantities of Nguyen & Mondelli 2020, Theorem 3.2, without a verdict (THEORY 4.3).
+- :mod:`.pl`: the PL certificate of THEORY 4.1 at the current weights and along a training run (the tracker's own
+  computation, :func:`pyrgd.tracking.certificate`).
 - :mod:`.ntk`: the empirical NTK from streamed Gram blocks (THEORY 5) and lambda_* of the wide layer.
 
 Each function's docstring marks its formula [paper: ...], [derived] or [unavailable], as THEORY.md does.
@@ -14,9 +16,11 @@ from .gaussian import (gauss_hermite, gaussian_expectation_1d, gaussian_gram, ga
                        piecewise_linear_closed_form, relu_closed_form)
 from .nguyen2021 import Condition, Nguyen2021Certificate, nguyen2021_certificate
 from .nm2020 import NM2020Quantities, nm2020_quantities
+from .pl import PLCertificate, pl_certificate, pl_trajectory
 from .ntk import LambdaStar, empirical_ntk, lambda_star, lambda_star_mc, ntk_lambda_min
 
-__all__ = ["Condition", "DuGram", "LambdaStar", "NM2020Quantities", "Nguyen2021Certificate", "c_sigma", "du_gram",
-           "du_lambda0", "empirical_ntk", "gauss_hermite", "gaussian_expectation_1d", "gaussian_gram",
-           "gaussian_pair_expectation", "lambda_star", "lambda_star_mc", "nguyen2021_certificate",
-           "nm2020_quantities", "ntk_lambda_min", "piecewise_linear_closed_form", "relu_closed_form"]
+__all__ = ["Condition", "DuGram", "LambdaStar", "NM2020Quantities", "Nguyen2021Certificate", "PLCertificate",
+           "c_sigma", "du_gram", "du_lambda0", "empirical_ntk", "gauss_hermite", "gaussian_expectation_1d",
+           "gaussian_gram", "gaussian_pair_expectation", "lambda_star", "lambda_star_mc", "nguyen2021_certificate",
+           "nm2020_quantities", "ntk_lambda_min", "piecewise_linear_closed_form", "pl_certificate", "pl_trajectory",
+           "relu_closed_form"]
