@@ -265,6 +265,35 @@ def test_finite_width_gram_approaches_K1_like_inverse_sqrt_m(spec, rng):
     assert 2.5 < errs[500] / errs[8000] < 6.5  # 16x the width: about 4x smaller
 
 
+def test_finite_width_last_layer_gram_approaches_the_natural_K_H(rng):
+    """Du et al.'s net at width m, H = 2: the Gram of the last hidden layer's gradients,
+    G = (F_1 F_1^T) (.) (B_2 B_2^T) with F_1 = a sigma(X W_1), B_2 = a sigma'(F_1 W_2) (.) w_3^T, a = sqrt(c_sigma/m),
+    written out here, approaches K^(2) (sigma' part included) with error ~ m^{-1/2} under the natural reading of
+    the last line of Def. 5.1, and stays away from the reading as printed (they differ by ~10% for softplus)."""
+    spec = "softplus"
+    act = parse_activation(spec)
+    X = unit_rows(rng, 16, 5)
+    cs = theory.c_sigma(spec)
+    K_nat = theory.du_gram(X, 2, spec, last_layer_cov="natural").K_H
+    K_pap = theory.du_gram(X, 2, spec, last_layer_cov="paper").K_H
+    assert np.linalg.norm(K_nat - K_pap) > 0.05 * np.linalg.norm(K_nat)
+    err_nat, err_pap = {}, {}
+    for m in (128, 2048):
+        en, ep = [], []
+        for seed in range(6):
+            g = np.random.default_rng(100 + seed)
+            W1, W2, w3 = g.standard_normal((5, m)), g.standard_normal((m, m)), g.standard_normal(m)
+            a = math.sqrt(cs / m)
+            F1 = a * sigma_and_derivative(act, X @ W1)[0]
+            B2 = a * sigma_and_derivative(act, F1 @ W2)[1] * w3
+            G = (F1 @ F1.T) * (B2 @ B2.T)
+            en.append(np.linalg.norm(G - K_nat) / np.linalg.norm(K_nat))
+            ep.append(np.linalg.norm(G - K_pap) / np.linalg.norm(K_pap))
+        err_nat[m], err_pap[m] = np.mean(en), np.mean(ep)
+    assert 2.5 < err_nat[128] / err_nat[2048] < 6.5  # 16x the width: about 4x smaller
+    assert err_pap[2048] > 2 * err_nat[2048]
+
+
 # ------------------------------------------------------------------------------------------------ lambda_*
 @pytest.mark.parametrize("spec", ["relu", "tanh"])
 def test_lambda_star_mc_converges_like_inverse_sqrt_m(spec, rng):
@@ -386,6 +415,106 @@ def test_nm2020_quantities_without_verdict(rng):
     assert q.mu == pytest.approx(mu, rel=1e-6) and q.gamma == 0.2
     d = q.as_dict()
     assert not {"holds", "applies", "verdict"} & set(d) and "no verdict" in d["note"]
+
+
+# ------------------------------------------------------------------------------------------------ PL certificate
+def explicit_grad_W2(net, X, Y):
+    """dPhi/dW_2 from the reference forward and the tail's backward (independent of the certificate code)."""
+    W, act, mult = net.weights, net.activation, net.multipliers
+    cache = tail_forward(reference.forward(X, W[0], W[1], act, mult[0]), W, act, mult)
+    loss, G, _ = tail_backward(cache, Y, W, act, mult)
+    return reference.gradients(X, W[0], W[1], G, act, mult[0])[1], float(loss)
+
+
+def test_pl_certificate_is_tight_for_two_layers_when_the_residual_is_the_smallest_singular_vector(rng):
+    """L = 2: ||grad_{W_2} Phi|| = ||F_1^T D|| >= sigma_min(F_1) ||D|| with equality when D is F_1's left singular
+    vector of sigma_min. Choosing Y so that the residual is that vector checks mu_0 = sigma_min(F_1)^2 exactly."""
+    N, d = 10, 4
+    X = rng.standard_normal((N, d))
+    net = PyramidalNet(d, [60, 1], activation="tanh", multipliers=[0.7], seed=3)
+    F1 = 0.7 * np.tanh(X @ net.weights[0])
+    U, S, _ = np.linalg.svd(F1, full_matrices=False)
+    Y = F1 @ net.weights[1] - 3.0 * U[:, -1:]  # residual D = 3 u_min
+    c = theory.pl_certificate(net, X, lr=0.01, backend="reference")
+    assert c.available and c.reason is None and c.tail_sigma_min == {}
+    assert c.mu == pytest.approx(S[-1] ** 2, rel=1e-8)
+    g2, loss = explicit_grad_W2(net, X, Y)
+    assert np.linalg.norm(g2) == pytest.approx(math.sqrt(2 * c.mu * loss), rel=1e-7)
+    assert c.certified_factor == pytest.approx(1 - 0.01 * c.mu, rel=1e-14)
+
+
+def test_pl_certificate_is_tight_through_an_identity_tail(rng):
+    """L = 3, identity (gamma = 1, sigma' = 1), n_L = 1: D_2 = a_2 D_3 W_3^T, so ||grad_{W_2} Phi|| =
+    a_2 ||F_1^T D_3|| ||W_3|| = sigma_min(F_1) a_2 sigma_min(W_3) ||D_3|| when D_3 is F_1's left singular vector of
+    sigma_min: the bound of THEORY 4.1 is an equality, which checks the tail factor gamma a_{l-1} sigma_min(W_l)."""
+    N, d = 6, 8  # d >= N so that the linear F_1 = a_1 X W_1 has full row rank
+    X = rng.standard_normal((N, d))
+    net = PyramidalNet(d, [40, 5, 1], activation="identity", multipliers=[0.7, 1.3], seed=5)
+    F1 = 0.7 * X @ net.weights[0]
+    U, S, _ = np.linalg.svd(F1, full_matrices=False)
+    Y = net.forward(X, backend="reference") - 2.0 * U[:, -1:]
+    c = theory.pl_certificate(net, X, backend="reference")
+    w3 = np.linalg.norm(net.weights[2])
+    assert c.gamma == 1.0 and c.tail_sigma_min[3] == pytest.approx(w3, rel=1e-12)
+    assert c.mu == pytest.approx((S[-1] * 1.3 * w3) ** 2, rel=1e-8)
+    g2, loss = explicit_grad_W2(net, X, Y)
+    assert np.linalg.norm(g2) == pytest.approx(math.sqrt(2 * c.mu * loss), rel=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pl_certificate_along_a_trajectory_bounds_every_step(backend, rng):
+    """A deep pyramidal net trained step by step at a small lr: at every step the PL inequality holds for the
+    explicit gradient, the loss contracts at least by the certified factor 1 - lr mu_k, and pl_trajectory pairs the
+    tracker's certificates with the steps they bound (the same numbers as pl_certificate at those weights)."""
+    import pyrgd
+
+    N, d = 12, 5
+    X = rng.standard_normal((N, d))
+    Y = rng.standard_normal((N, 1))
+    net = PyramidalNet(d, [200, 6, 3, 1], activation="smooth_leaky_relu(0.3)", multipliers=[1.0, 1.2, 0.9], seed=2)
+    start = net.copy()
+    lr = 1e-3
+    certs = []
+    for k in range(8):
+        c = theory.pl_certificate(net, X, lr=lr, backend=backend)
+        g2, loss = explicit_grad_W2(net, X, Y)
+        assert c.available and c.mu > 0 and set(c.tail_sigma_min) == {3, 4}
+        assert np.linalg.norm(g2) >= math.sqrt(2 * c.mu * loss) * (1 - 1e-9)
+        r = pyrgd.train(net, X, Y, lr=lr, steps=1, backend=backend, track_every=0, progress=False)
+        assert r.history["loss"][1] <= c.certified_factor * r.history["loss"][0] * (1 + 1e-12)
+        certs.append(c)
+    run = pyrgd.train(start, X, Y, lr=lr, steps=8, backend=backend, track_every=2, progress=False)
+    rows = theory.pl_trajectory(run)
+    assert [r["step"] for r in rows] == [0, 2, 4, 6]  # step 8 bounds no step of this run
+    for r in rows:
+        k = r["step"]
+        assert r["mu"] == pytest.approx(certs[k].mu, rel=1e-9)
+        assert r["certified_factor"] == pytest.approx(certs[k].certified_factor, rel=1e-12)
+        assert r["observed_factor"] == pytest.approx(run.history["loss"][k + 1] / run.history["loss"][k], rel=1e-14)
+        assert r["holds"] is True
+
+
+def test_pl_certificate_unavailable_and_bad_input(rng):
+    import pyrgd
+
+    X = rng.standard_normal((6, 3))
+    Y = rng.standard_normal((6, 1))
+    relu_deep = PyramidalNet(3, [30, 4, 1], activation="relu", seed=0)
+    c = theory.pl_certificate(relu_deep, X, lr=0.1)
+    assert not c.available and math.isnan(c.mu) and c.certified_factor is None and "gamma" in c.reason
+    assert theory.pl_certificate(PyramidalNet(3, [30, 1], activation="relu"), X).available  # L = 2: any activation
+    assert theory.pl_certificate(PyramidalNet(3, [30, 1]), X).certified_factor is None  # no lr
+    with pytest.raises(PyrgdError, match="^lr"):
+        theory.pl_certificate(relu_deep, X, lr=0.0)
+    with pytest.raises(PyrgdError, match="^net"):
+        theory.pl_certificate("net", X)
+    untracked = pyrgd.train(PyramidalNet(3, [30, 1]), X, Y, lr=0.01, steps=3, track_every=0, progress=False)
+    with pytest.raises(PyrgdError, match="^result: the run recorded no certificates"):
+        theory.pl_trajectory(untracked)
+    with pytest.raises(PyrgdError, match="^result"):
+        theory.pl_trajectory({"loss": []})
+    rows = theory.pl_trajectory(pyrgd.train(relu_deep, X, Y, lr=0.01, steps=3, track_every=1, progress=False))
+    assert len(rows) == 3 and all(r["holds"] is None and r["certified_factor"] is None for r in rows)
 
 
 # ------------------------------------------------------------------------------------------------ empirical NTK
