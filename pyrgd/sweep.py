@@ -50,7 +50,7 @@ import numpy as np
 from .errors import PyrgdError
 
 __all__ = ["GRID_KEYS", "Grid", "load_grid", "parse_grid", "cell_config", "run_cell", "run_sweep", "summarize",
-           "format_summary", "read_results", "plot_heatmap", "plot_final_loss", "RESULT_COLUMNS"]
+           "format_summary", "read_results", "certified_outline", "plot_heatmap", "plot_final_loss", "RESULT_COLUMNS"]
 
 #: the special keys of a [grid] table (besides "table.key" names of any config key)
 GRID_KEYS = ("N", "n1", "n1_over_N", "init", "activation", "tail", "depth", "seed")
@@ -592,6 +592,28 @@ def _ratio_label(r):
     return f"{r:.3g}"
 
 
+def certified_outline(cert) -> list:
+    """The boundary of the certified region of a heat map: ``cert`` is a boolean (rows, cols) mask (row i = the
+    i-th N, column j = the j-th n_1/N, cell (i, j) drawn as the unit square centred at x = j, y = i); returns the
+    unit edges ([x0, x1], [y0, y1]) that separate a certified cell from an uncertified one or from the map's
+    border."""
+    cert = np.asarray(cert, dtype=bool)
+    n_i, n_j = cert.shape
+    segs = []
+    for i in range(n_i):
+        for j in range(n_j):
+            if not cert[i, j]:
+                continue
+            for di, dj, seg in ((-1, 0, ([j - .5, j + .5], [i - .5, i - .5])),
+                                (1, 0, ([j - .5, j + .5], [i + .5, i + .5])),
+                                (0, -1, ([j - .5, j - .5], [i - .5, i + .5])),
+                                (0, 1, ([j + .5, j + .5], [i - .5, i + .5]))):
+                ii, jj = i + di, j + dj
+                if not (0 <= ii < n_i and 0 <= jj < n_j) or not cert[ii, jj]:
+                    segs.append(seg)
+    return segs
+
+
 def plot_heatmap(path, summary: list, rel_tol=None) -> None:
     """heatmap.png: median steps to tolerance over (N, n_1/N), one panel per other combination; the cells that
     Theorem 2.2 certifies at init for every seed (its three conditions hold; any eta < eta_max) are outlined."""
@@ -626,17 +648,8 @@ def plot_heatmap(path, summary: list, rel_tol=None) -> None:
             ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="w" if dark else "0.1")
         ax.imshow(np.ones_like(A), cmap="Greys", vmin=0, vmax=5, aspect="auto", origin="lower")  # 'no' cells grey
         im = ax.imshow(np.ma.masked_invalid(A), cmap="viridis", norm=norm, aspect="auto", origin="lower")
-        for i in range(len(Ns)):  # outline the certified region: the edges between certified and other cells
-            for j in range(len(ratios)):
-                if not cert[i, j]:
-                    continue
-                for di, dj, seg in ((-1, 0, ([j - .5, j + .5], [i - .5, i - .5])),
-                                    (1, 0, ([j - .5, j + .5], [i + .5, i + .5])),
-                                    (0, -1, ([j - .5, j - .5], [i - .5, i + .5])),
-                                    (0, 1, ([j + .5, j + .5], [i - .5, i + .5]))):
-                    ii, jj = i + di, j + dj
-                    if not (0 <= ii < len(Ns) and 0 <= jj < len(ratios)) or not cert[ii, jj]:
-                        ax.plot(*seg, color="k", lw=2.5)
+        for seg in certified_outline(cert):  # outline the certified region
+            ax.plot(*seg, color="k", lw=2.5)
         ax.set_xticks(range(len(ratios)), [_ratio_label(r) for r in ratios])
         ax.set_yticks(range(len(Ns)), [str(N) for N in Ns])
         ax.set_xlabel("$n_1 / N$")

@@ -123,6 +123,40 @@ def test_certificates_at_init_match_theory(tmp_path):
     assert [s["certified_fraction"] for s in sweep.summarize(rows)] == [0.0, 1.0]
 
 
+def test_certified_outline_is_the_boundary_of_the_certified_cells():
+    mask = [[True, True, False],
+            [False, True, False],
+            [False, False, False]]
+    segs = sweep.certified_outline(mask)
+    edges = {(tuple(x), tuple(y)) for x, y in segs}
+    assert len(segs) == len(edges) == 8  # 3 cells, 12 edges, 2 shared edges counted by neither side
+    assert ((-0.5, -0.5), (-0.5, 0.5)) in edges  # the left border of cell (0, 0)
+    assert ((0.5, 0.5), (-0.5, 0.5)) not in edges  # shared by the certified cells (0, 0) and (0, 1)
+    assert ((0.5, 1.5), (0.5, 0.5)) not in edges  # shared by (0, 1) and (1, 1)
+    assert ((0.5, 1.5), (1.5, 1.5)) in edges  # the top of (1, 1)
+    assert sweep.certified_outline([[False, False]]) == []
+    assert len(sweep.certified_outline([[True]])) == 4
+
+
+def test_heatmap_outlines_the_cells_certified_for_every_seed(tmp_path, monkeypatch):
+    # beta = 3e4 with zero_scaled init is certified by Theorem 2.2 (see above), beta = 1 is not; two widths
+    g = {"grid": {"N": [6], "n1": [12, 24], "model.beta": [1.0, 3e4], "seed": [0]},
+         "data": {"d": 3, "inputs": "sphere"},
+         "model": {"widths": [8, 1], "activation": "relu", "init": "zero_scaled"},
+         "train": {"steps": 5, "lr": 1e-12, "track_every": 1000}}
+    masks = []
+    real = sweep.certified_outline
+    monkeypatch.setattr(sweep, "certified_outline", lambda cert: (masks.append(cert.copy()), real(cert))[1])
+    rows = sweep.run_sweep(g, tmp_path / "h")
+    assert (tmp_path / "h" / "heatmap.png").stat().st_size > 0
+    assert len(masks) == 2  # one panel per beta
+    for mask, beta in zip(masks, (1.0, 3e4)):
+        want = [[all(r["nguyen_conditions_hold"] for r in rows if r["model.beta"] == beta and r["n1"] == n1)
+                 for n1 in (12, 24)]]
+        assert mask.tolist() == want
+    assert not masks[0].any() and masks[1].any()
+
+
 def test_interrupted_sweep_resumes_only_missing_cells(tmp_path, monkeypatch):
     out = tmp_path / "r"
     real = sweep.run_cell
