@@ -25,8 +25,9 @@ trains with :func:`pyrgd.train` (``progress=False``) under the [train] table's s
 
 The output folder holds ``results.csv`` (one row per finished cell, rewritten atomically after every cell),
 ``summary.csv`` (grouped over seeds: fraction converged, median steps to tolerance, ...), ``heatmap.png`` (median
-steps to tolerance over (N, n_1/N), outlined: the cells where Theorem 2.2's three initial conditions hold for every
-seed, i.e. GD is certified for any step size below the theorem's eta_max),
+steps to tolerance over (N, n_1/N); outlined dashed: the cells where Theorem 2.2's three initial conditions hold
+for every seed, i.e. GD is certified for any step size below the theorem's eta_max; solid: where the cells' own lr
+is below eta_max as well),
 ``final_loss.png`` (relative final loss against n_1/N), ``grid.toml`` (the grid as run) and ``sweep.json``.
 A sweep that is run again into the same folder with ``resume=True`` skips the cells already in results.csv (a
 cell is keyed by its parameters); its base configuration must be unchanged (lists of the grid may grow).
@@ -511,7 +512,9 @@ def summarize(rows: list) -> list:
     """Group result rows over seeds: one row per combination of the other parameters, with seeds (count),
     converged_fraction, median_steps_to_tol (over the converged seeds), median_relative_loss, median_final_loss,
     median_factor, certified_fraction (Theorem 2.2's initial conditions hold: GD is certified for every step size
-    below its eta_max), median_sigma_min_F1, median_mu_0."""
+    below its eta_max), certified_at_lr_fraction (they hold and the cell's own lr is below eta_max: the run that
+    was made is certified), median_lr, median_eta_max (Theorem 2.2's step-size bound), median_sigma_min_F1,
+    median_mu_0."""
     param_keys = ["N", "n1", "n1_over_N", "tail", "L", "activation", "init"]
     for r in rows:
         for k in r:
@@ -534,6 +537,9 @@ def summarize(rows: list) -> list:
             "median_final_loss": _median([r.get("final_loss") for r in rs]),
             "median_factor": _median([r.get("median_factor") for r in rs]),
             "certified_fraction": sum(1 for r in rs if r.get("nguyen_conditions_hold")) / n,
+            "certified_at_lr_fraction": sum(1 for r in rs if r.get("nguyen_holds")) / n,
+            "median_lr": _median([r.get("lr") for r in rs]),
+            "median_eta_max": _median([r.get("nguyen_eta_max") for r in rs]),
             "median_sigma_min_F1": _median([r.get("sigma_min_F1") for r in rs]),
             "median_mu_0": _median([r.get("mu_0") for r in rs]),
         })
@@ -547,14 +553,16 @@ def format_summary(summary: list) -> str:
         return "(no finished cells)"
     extra = [k for k in summary[0] if "." in k]
     cols = ["N", "n1", "n1_over_N", "tail", "activation", "init"] + extra + \
-        ["seeds", "converged_fraction", "median_steps_to_tol", "median_relative_loss", "certified_fraction"]
+        ["seeds", "converged_fraction", "median_steps_to_tol", "median_relative_loss", "certified_fraction",
+         "certified_at_lr_fraction"]
     heads = {"n1_over_N": "n1/N", "converged_fraction": "converged", "median_steps_to_tol": "steps (median)",
-             "median_relative_loss": "rel. loss (median)", "certified_fraction": "certified"}
+             "median_relative_loss": "rel. loss (median)", "certified_fraction": "certified",
+             "certified_at_lr_fraction": "at lr"}
 
     def fmt(k, v):
         if v is None:
             return "-"
-        if k in ("converged_fraction", "certified_fraction"):
+        if k in ("converged_fraction", "certified_fraction", "certified_at_lr_fraction"):
             return f"{v:.2f}"
         if k == "median_relative_loss":
             return f"{v:.2e}"
@@ -614,9 +622,18 @@ def certified_outline(cert) -> list:
     return segs
 
 
+def _span(v):
+    lo, hi = min(v), max(v)
+    return f"{lo:.1e}" if lo == hi else f"{lo:.1e}..{hi:.1e}"
+
+
 def plot_heatmap(path, summary: list, rel_tol=None) -> None:
-    """heatmap.png: median steps to tolerance over (N, n_1/N), one panel per other combination; the cells that
-    Theorem 2.2 certifies at init for every seed (its three conditions hold; any eta < eta_max) are outlined."""
+    """heatmap.png: median steps to tolerance over (N, n_1/N), one panel per other combination, with the certified
+    region outlined: dashed around the cells where Theorem 2.2's three initial conditions hold for every seed (GD
+    is certified for any step size eta < eta_max), solid around those where, in addition, the lr the cells trained
+    with is below eta_max for every seed (the runs shown are themselves certified). The panel's title gives the
+    range of eta_max and of lr over the dashed cells: eta_max is often many orders of magnitude below a step size
+    at which GD gets anywhere."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
@@ -636,11 +653,17 @@ def plot_heatmap(path, summary: list, rel_tol=None) -> None:
         ratios = sorted({round(r["n1_over_N"], 12) for r in rows})
         A = np.full((len(Ns), len(ratios)), np.nan)
         cert = np.zeros_like(A, dtype=bool)
+        cert_lr = np.zeros_like(A, dtype=bool)
+        eta_max, lrs = [], []
         for r in rows:
             i, j = Ns.index(r["N"]), ratios.index(round(r["n1_over_N"], 12))
             if r["converged_fraction"] >= 0.5 and r.get("median_steps_to_tol") is not None:
                 A[i, j] = max(r["median_steps_to_tol"], 1.0)
             cert[i, j] = r["certified_fraction"] >= 1.0
+            cert_lr[i, j] = r.get("certified_at_lr_fraction", 0.0) >= 1.0
+            if cert[i, j]:
+                eta_max += [r["median_eta_max"]] if r.get("median_eta_max") is not None else []
+                lrs += [r["median_lr"]] if r.get("median_lr") is not None else []
             txt = "no" if np.isnan(A[i, j]) else f"{A[i, j]:.0f}"
             if 0 < r["converged_fraction"] < 1:
                 txt += f"\n({r['converged_fraction']:.2f})"
@@ -648,13 +671,22 @@ def plot_heatmap(path, summary: list, rel_tol=None) -> None:
             ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="w" if dark else "0.1")
         ax.imshow(np.ones_like(A), cmap="Greys", vmin=0, vmax=5, aspect="auto", origin="lower")  # 'no' cells grey
         im = ax.imshow(np.ma.masked_invalid(A), cmap="viridis", norm=norm, aspect="auto", origin="lower")
-        for seg in certified_outline(cert):  # outline the certified region
-            ax.plot(*seg, color="k", lw=2.5)
+        for seg in certified_outline(cert):  # the conditions hold: certified for eta < eta_max
+            ax.plot(*seg, color="k", lw=2.0, ls=(0, (3, 2)))
+        for seg in certified_outline(cert_lr):  # and the lr used is below eta_max: the runs are certified
+            ax.plot(*seg, color="k", lw=3.0)
         ax.set_xticks(range(len(ratios)), [_ratio_label(r) for r in ratios])
         ax.set_yticks(range(len(Ns)), [str(N) for N in Ns])
         ax.set_xlabel("$n_1 / N$")
         ax.set_ylabel("N")
-        note = "outlined: Thm 2.2 certifies every seed (eta < eta_max)" if cert.any() else "no cell certified by Thm 2.2"
+        if not cert.any():
+            note = "no cell certified by Thm 2.2"
+        else:
+            note = "dashed: Thm 2.2's conditions hold for every seed (certified for eta < eta_max)"
+            if eta_max and lrs:
+                note += f"\neta_max {_span(eta_max)}, lr used {_span(lrs)}"
+            note += ("\nsolid: the lr used is below eta_max as well" if cert_lr.any() else
+                     "; no run certified at its own lr")
         ax.set_title(f"{label}\n{note}", fontsize=9)
     for ax in axs[n:]:
         ax.set_visible(False)

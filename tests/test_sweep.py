@@ -139,22 +139,30 @@ def test_certified_outline_is_the_boundary_of_the_certified_cells():
 
 
 def test_heatmap_outlines_the_cells_certified_for_every_seed(tmp_path, monkeypatch):
-    # beta = 3e4 with zero_scaled init is certified by Theorem 2.2 (see above), beta = 1 is not; two widths
-    g = {"grid": {"N": [6], "n1": [12, 24], "model.beta": [1.0, 3e4], "seed": [0]},
+    # beta = 3e4 with zero_scaled init satisfies Theorem 2.2's conditions (see above), beta = 1 does not; lr = 1e-12
+    # is far above the theorem's eta_max there, lr = 1e-30 below it: only then is the run itself certified
+    g = {"grid": {"N": [6], "n1": [12, 24], "model.beta": [1.0, 3e4], "train.lr": [1e-12, 1e-30], "seed": [0, 1]},
          "data": {"d": 3, "inputs": "sphere"},
          "model": {"widths": [8, 1], "activation": "relu", "init": "zero_scaled"},
-         "train": {"steps": 5, "lr": 1e-12, "track_every": 1000}}
+         "train": {"steps": 5, "track_every": 1000}}
     masks = []
     real = sweep.certified_outline
     monkeypatch.setattr(sweep, "certified_outline", lambda cert: (masks.append(cert.copy()), real(cert))[1])
     rows = sweep.run_sweep(g, tmp_path / "h")
     assert (tmp_path / "h" / "heatmap.png").stat().st_size > 0
-    assert len(masks) == 2  # one panel per beta
-    for mask, beta in zip(masks, (1.0, 3e4)):
-        want = [[all(r["nguyen_conditions_hold"] for r in rows if r["model.beta"] == beta and r["n1"] == n1)
-                 for n1 in (12, 24)]]
-        assert mask.tolist() == want
-    assert not masks[0].any() and masks[1].any()
+    panels = [(beta, lr) for beta in (1.0, 3e4) for lr in (1e-12, 1e-30)]
+    assert len(masks) == 2 * len(panels)  # per panel: the conditions' region, then the runs certified at their lr
+    for k, (beta, lr) in enumerate(panels):
+        mine = [r for r in rows if r["model.beta"] == beta and r["train.lr"] == lr]
+        cond = [[all(r["nguyen_conditions_hold"] for r in mine if r["n1"] == n1) for n1 in (12, 24)]]
+        at_lr = [[all(r["nguyen_conditions_hold"] and r["lr"] < r["nguyen_eta_max"] for r in mine if r["n1"] == n1)
+                  for n1 in (12, 24)]]
+        assert masks[2 * k].tolist() == cond and masks[2 * k + 1].tolist() == at_lr
+    assert not masks[0].any() and masks[4].any() and not masks[5].any() and masks[7].any()
+    summ = {(s["model.beta"], s["train.lr"], s["n1"]): s for s in sweep.summarize(rows)}
+    assert summ[(3e4, 1e-30, 24)]["certified_at_lr_fraction"] == 1.0
+    assert summ[(3e4, 1e-12, 24)]["certified_at_lr_fraction"] == 0.0
+    assert summ[(3e4, 1e-12, 24)]["median_eta_max"] < 1e-12 == summ[(3e4, 1e-12, 24)]["median_lr"]
 
 
 def test_interrupted_sweep_resumes_only_missing_cells(tmp_path, monkeypatch):
