@@ -490,6 +490,19 @@ PYBIND11_MODULE(_cpu, m) {
         "share memory with H, Y or the weights) and grads = [dPhi/dW_3, ..., dPhi/dW_L]. weights: [W_3, ..., W_L]; "
         "multipliers: [a_2, ..., a_{L-1}] (one per weight); Y (N, n_L). With no weights (L = 2), G = H - Y. "
         "Bit-identical for any number of threads.");
+  m.def(
+      "fma_peak_gflops",
+      [](const std::string& dtype, double seconds) {
+        if (dtype != "float32" && dtype != "float64")
+          throw py::value_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+        if (!(seconds > 0.0 && seconds <= 60.0)) throw py::value_error("seconds: expected a number in (0, 60]");
+        py::gil_scoped_release nogil;
+        return dtype == "float32" ? pyrgd::cpu::fma_peak_gflops<float>(seconds)
+                                  : pyrgd::cpu::fma_peak_gflops<double>(seconds);
+      },
+      py::arg("dtype") = "float32", py::arg("seconds") = 0.2,
+      "The machine's floating-point roof: GFLOP/s of independent FMA chains on registers with the kernels' "
+      "instruction set, on the kernels' threads at once, over about `seconds` (no memory traffic).");
   m.def("build_info", &build_info, "How this module was built: compiler, OpenMP, block size, ISA flags.");
   m.attr("BLOCK_SIZE") = int(pyrgd::cpu::kBlock);
 }

@@ -37,6 +37,8 @@ struct TileOps {
   // act_value: ZS = a1 sigma(Z).
   void (*act_grad)(int act, std::size_t count, T* ZS, T* PD, T gamma, T a1);
   void (*act_value)(int act, std::size_t count, T* ZS, T gamma, T a1);
+  // Independent FMA chains on registers for `iters` rounds; returns the flops done (the peak probe).
+  double (*fma_probe)(std::size_t iters);
 };
 
 // The operations of one instruction set, or nullptr where this build has none (the CPU's support is checked by the

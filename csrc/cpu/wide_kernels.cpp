@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -477,6 +478,32 @@ void gram(const WideShape& s, const T* X, const T* W1, const T* W2, const T* B2,
   gram_tiles<T>(s, *ops_of<T>(get_isa()), act, X, W1, W2, B2, gamma, a1, K);
 }
 
+template <class T>
+double fma_peak_gflops(double seconds) {
+  const TileOps<T>& ops = *ops_of<T>(get_isa());
+  using clock = std::chrono::steady_clock;
+  // calibrate on one thread: rounds per second
+  size_t iters = 1u << 16;
+  double el = 0.0;
+  for (;;) {
+    const auto t0 = clock::now();
+    ops.fma_probe(iters);
+    el = std::chrono::duration<double>(clock::now() - t0).count();
+    if (el > 0.02 || iters > (size_t(1) << 40)) break;
+    iters *= 4;
+  }
+  const size_t n = std::max<size_t>(1, size_t(double(iters) * std::max(seconds, 1e-3) / el));
+  const int P = get_num_threads();
+  double flops = 0.0;
+  const auto t0 = clock::now();
+#pragma omp parallel num_threads(P) reduction(+ : flops)
+  { flops += ops.fma_probe(n); }
+  const double wall = std::chrono::duration<double>(clock::now() - t0).count();
+  return flops / wall / 1e9;
+}
+
+template double fma_peak_gflops<float>(double);
+template double fma_peak_gflops<double>(double);
 template void activation<float>(std::size_t, const float*, int, float, float*, float*);
 template void activation<double>(std::size_t, const double*, int, double, double*, double*);
 template void forward<float>(const WideShape&, const float*, const float*, const float*, int, float, float, float*);

@@ -109,6 +109,13 @@ template <class T>
 double tail(std::size_t N, std::size_t nt, const std::size_t* dims, const T* H, const T* Y, const T* const* W,
             const T* mult, int act, T gamma, T* G, T* const* grads);
 
+// The floating-point roof of this machine for T: GFLOP/s of independent FMA chains on registers (kernels of
+// get_isa()), on get_num_threads() threads at once, for about `seconds` of wall time.
+template <class T>
+double fma_peak_gflops(double seconds);
+
+extern template double fma_peak_gflops<float>(double);
+extern template double fma_peak_gflops<double>(double);
 extern template double tail<float>(std::size_t, std::size_t, const std::size_t*, const float*, const float*,
                                    const float* const*, const float*, int, float, float*, float* const*);
 extern template double tail<double>(std::size_t, std::size_t, const std::size_t*, const double*, const double*,

@@ -131,6 +131,12 @@ def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
     return float(loss), G, list(grads)
 
 
+def fma_peak_gflops(dtype="float32", seconds: float = 0.2) -> float:
+    """This machine's floating-point roof in GFLOP/s: independent FMA chains on registers with the kernels'
+    instruction set, on the kernels' threads at once (no memory traffic), over about ``seconds``."""
+    return float(_call(_module().fma_peak_gflops, str(dtype), float(seconds)))
+
+
 def get_isa() -> str:
     """Instruction set of the kernels in use: 'generic', 'avx2' or 'avx512'."""
     return _module().get_isa()

@@ -7,8 +7,10 @@ The result (``pyrgd.bench.runner.run``, schema ``pyrgd-bench-1``) is a dict:
 - ``machine``: CPU model, logical/usable CPUs, BLAS (threadpoolctl's view), pyrgd's C++ build and threads, torch,
   and on the GPU its name, memory, driver and runtime versions, CuPy;
 - ``sgemm``: {"default": {n, threads, gflops, seconds, iqr, library}, "1": ..., "2": ...} (per thread count run);
+- ``fma_peak`` (CPU): {"default": {gflops, threads, isa, dtype}, "1": ...}: the FMA roof (independent FMA chains on
+  registers, pyrgd.backends.cpu.fma_peak_gflops), the denominator of %peak and of the roofline bounds;
 - ``problems``: one dict per problem: name, group, N, d, widths, activation, threads, lr, useful_flops, data_bytes
-  (and data_bytes_parts), repeats, schedule, fused_backend, seconds_per_neuron, sgemm (the SGEMM rate measured just
+  (and data_bytes_parts), fused_flops (what the fused algorithm executes), peak_gflops, repeats, schedule, fused_backend, seconds_per_neuron, sgemm (the SGEMM rate measured just
   before the problem, at its thread count) and sgemm_gflops (the rate %SGEMM divides by), and ``candidates``:
   {name: row}. A row has ``status`` (ok | mismatch | skipped | failed), ``note`` when not ok, and when it ran:
   seconds (median), iqr, min, max, times, gflops, pct_sgemm, peak_bytes, peak_method, peak_over_data,
@@ -73,9 +75,10 @@ def _why(row, name) -> str:
 
 
 def attainable_speedup(p: dict, baseline_seconds: float):
-    """baseline s / (the fused step's flops at the SGEMM rate of the same run): the largest speed-up over that
-    baseline that a fused step running at BLAS speed could show (None without the figures)."""
-    ff, rate = p.get("fused_flops"), p.get("sgemm_gflops")
+    """baseline s / (the fused step's flops at the machine's FMA roof measured in the same run): the largest
+    speed-up over that baseline that any implementation of the fused algorithm could show here (None without the
+    figures)."""
+    ff, rate = p.get("fused_flops"), p.get("peak_gflops")
     if not ff or not rate or not baseline_seconds:
         return None
     return baseline_seconds / (ff / (rate * 1e9))
@@ -120,8 +123,8 @@ def _evaluate(t: dict, result: dict) -> tuple:
         detail = f"{t['candidate']} {c['seconds']:.4g} s, fused {fused['seconds']:.4g} s per step"
         bound = attainable_speedup(p, c["seconds"])
         if bound is not None:
-            detail += (f"; roofline: the fused step's {p['fused_flops'] / 1e9:.4g} GFLOP at the SGEMM rate "
-                       f"({p['sgemm_gflops']:.4g} GFLOP/s) take >= {p['fused_flops'] / p['sgemm_gflops'] / 1e9:.4g} "
+            detail += (f"; roofline: the fused step's {p['fused_flops'] / 1e9:.4g} GFLOP at the FMA peak "
+                       f"({p['peak_gflops']:.4g} GFLOP/s) take >= {p['fused_flops'] / p['peak_gflops'] / 1e9:.4g} "
                        f"s, so at most {bound:.2f}x is attainable here")
         return ("PASS" if r >= t["threshold"] else "FAIL"), r, detail
     if kind == "pct_sgemm":
@@ -196,13 +199,23 @@ def format_report(result: dict) -> str:
                         if k != "default")
         lines.append(f"SGEMM ({d.get('library')}, float32 {d['n']}^3) at the start: {d['gflops']:.1f} GFLOP/s{extra}"
                      "; again before each problem (%SGEMM uses that one)")
+    fp = {k: v for k, v in (result.get("fma_peak") or {}).items() if v}
+    if "default" in fp:
+        d = fp["default"]
+        extra = "".join(f", {k} thread{'s' if k != '1' else ''}: {v['gflops']:.1f}" for k, v in fp.items()
+                        if k != "default")
+        lines.append(f"FMA peak ({d.get('isa')}, {d.get('dtype')}, independent FMA chains on registers): "
+                     f"{d['gflops']:.1f} GFLOP/s with {d.get('threads')} threads{extra} (the roof of the roofline "
+                     "bounds of the speed-up targets)")
     head = (f"{'problem':9}{'candidate':10}{'s/step':>10}{'IQR':>9}{'GFLOP/s':>9}{'%SGEMM':>7}{'peak MiB':>10}"
             f"{'peak/data':>10}{'fused x':>8}{'err W':>9}{'err dW':>9}")
     lines += ["", head]
     for p in result.get("problems", []):
         lines.append(f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']} {p['activation']}"
                      + (f" threads={p['threads']}" if p.get("threads") else "")
-                     + f"; {p['useful_flops'] / 1e9:.4g} useful GFLOP/step, data {p['data_bytes'] / 2**20:.1f} MiB,"
+                     + f"; {p['useful_flops'] / 1e9:.4g} useful GFLOP/step"
+                     + (f" ({p['fused_flops'] / 1e9:.4g} executed by fused)" if p.get("fused_flops") else "")
+                     + f", data {p['data_bytes'] / 2**20:.1f} MiB,"
                      + (f" SGEMM {p['sgemm_gflops']:.4g} GFLOP/s," if p.get("sgemm_gflops") else "")
                      + f" {p['repeats']} timed steps ({p.get('schedule', '')})")
         for name, r in p["candidates"].items():

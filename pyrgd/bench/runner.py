@@ -157,6 +157,19 @@ def sgemm_cpu(n: int, repeats: int = 5, threads: int | None = None) -> dict:
             "iqr": s["iqr"], "library": "numpy.matmul"}
 
 
+def fma_peak_cpu(threads: int | None = None, dtype="float32", seconds: float = 0.3) -> dict | None:
+    """The FMA roof of the CPU (pyrgd.backends.cpu.fma_peak_gflops, the best of 3) at ``threads``; None without the
+    C++ extension."""
+    from ..backends import cpu
+
+    if not cpu.available()[0]:
+        return None
+    with thread_limits(threads):
+        g = max(cpu.fma_peak_gflops(dtype, seconds / 3) for _ in range(3))
+        n = cpu.get_num_threads()
+    return {"gflops": g, "threads": n, "isa": cpu.get_isa(), "dtype": str(dtype)}
+
+
 def sgemm_gpu(n: int, repeats: int = 10) -> dict:
     """GFLOP/s of a float32 n x n x n CuPy matmul (cuBLAS SGEMM, TF32 off unless CUPY_TF32=1)."""
     import cupy as cp
@@ -250,8 +263,9 @@ def _free_bytes(device: str) -> int | None:
     return available_bytes()
 
 
-def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None) -> dict:
-    """Run every candidate of ``problem``; returns the problem's JSON-ready result."""
+def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak: dict | None = None) -> dict:
+    """Run every candidate of ``problem``; returns the problem's JSON-ready result. ``fma_peak``: the machine's FMA
+    roof by thread count ({"default": {...}, "1": ...}, see :func:`fma_peak_cpu`), for the roofline figures."""
     dtype = np.dtype(opts.dtype)
     itemsize = dtype.itemsize
     flops = useful_flops(problem.N, problem.d, problem.widths)
@@ -259,7 +273,9 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None) -> dict:
     repeats = opts.n_repeats if problem.max_repeats is None else min(opts.n_repeats, problem.max_repeats)
     repeats = max(1, repeats)
     rate = sgemm.get(str(problem.threads) if problem.threads else "default") or sgemm.get("default")
+    peak = (fma_peak or {}).get(str(problem.threads) if problem.threads else "default")
     res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops": flops,
+           "peak_gflops": peak["gflops"] if peak else None,
            "fused_flops": fused_flops(problem.N, problem.d, problem.widths),
            "data_bytes": dbytes["total"], "data_bytes_parts": dbytes, "repeats": repeats, "warmup": opts.warmup,
            "sgemm_gflops": rate["gflops"] if rate else None, "candidates": {}}
@@ -563,8 +579,10 @@ def run(problems, opts: Options, on_problem=None) -> dict:
         else:
             n = 512 if opts.tiny else 2048
             result["sgemm"]["default"] = sgemm_cpu(n)
+            result["fma_peak"] = {"default": fma_peak_cpu(dtype=opts.dtype)}
             for t in sorted({p.threads for p in problems if p.threads}):
                 result["sgemm"][str(t)] = sgemm_cpu(n, threads=t)
+                result["fma_peak"][str(t)] = fma_peak_cpu(t, dtype=opts.dtype)
         bar.update(1)
         for p in problems:
             # the SGEMM rate again just before the problem, at its thread count: on a shared machine the load
@@ -573,7 +591,7 @@ def run(problems, opts: Options, on_problem=None) -> dict:
                 near = {"default": sgemm_gpu(2048 if opts.tiny else 8192)}
             else:
                 near = {"default": sgemm_cpu(512 if opts.tiny else 2048, threads=p.threads)}
-            r = run_problem(p, opts, near, bar)
+            r = run_problem(p, opts, near, bar, fma_peak=result.get("fma_peak"))
             r["sgemm"] = near["default"]
             result["problems"].append(r)
             if on_problem is not None:
