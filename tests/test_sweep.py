@@ -64,6 +64,14 @@ def test_grid_file_errors(tmp_path):
         sweep.parse_grid(str(bad))
 
 
+def test_the_readme_figure_grid_parses():
+    """docs/figures/sweep.toml, the grid of the README's sweep figures, is a valid grid of 3 x 5 x 2 x 2 cells."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    g = sweep.parse_grid(os.path.join(root, "docs", "figures", "sweep.toml"))
+    assert len(g) == 60 and g.axes["init"] == ["lecun", "zero_scaled"] and g.base["model"]["beta"] == 1e5
+    assert {p["n1"] for _, p, _ in g.cells if p["N"] == 64} == {32, 64, 128, 256, 512}
+
+
 def test_cells_are_the_product_of_the_lists():
     g = sweep.parse_grid(tiny_grid(tail=[[1], [3, 1]], **{"model.beta": [1.0, 2.0]}))
     assert len(g) == 2 * 2 * 2 * 2 * 2
