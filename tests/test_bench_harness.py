@@ -391,6 +391,27 @@ def test_speedup_targets_state_the_roofline_bound():
     assert "roofline" not in t["B2_vs_torch"]["detail"]
 
 
+def test_plot_of_a_result(tmp_path):
+    """The figure has a panel per problem with speed-up targets and one for the B4 sweep, and is a real PNG; a
+    result with nothing to draw is refused with a message; the JSON redraw entry point reports bad files."""
+    from pyrgd.bench.plot import main as plot_main
+    from pyrgd.bench.plot import plot_result
+
+    r = _synthetic()
+    r["problems"][0].update(fused_flops=400e9, peak_gflops=400.0, N=4096, d=64, activation="relu")
+    r["problems"][1].update(N=4096, d=64, activation="relu")
+    out = tmp_path / "b.png"
+    assert plot_result(r, str(out)) == ["B1", "B2", "B4"]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_result({"device": "cpu", "problems": []}, str(tmp_path / "none.png"))
+    js = tmp_path / "r.json"
+    js.write_text(json.dumps(r))
+    assert plot_main([str(js), str(tmp_path / "again.png")]) == 0 and (tmp_path / "again.png").stat().st_size > 0
+    assert plot_main([str(tmp_path / "missing.json"), str(tmp_path / "x.png")]) == 2
+    assert plot_main([str(js)]) == 2
+
+
 def test_targets_fail_and_skip_edges():
     r = _synthetic()
     r["problems"][2]["candidates"]["fused"]["peak_over_data"] = 1.6  # B3 over budget
@@ -452,11 +473,13 @@ def _check_schema(res, problems):
 
 def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
     out = tmp_path / "bench.json"
-    rc = main(["--tiny", "--json", "--no-progress", "--out", str(out)])
+    fig = tmp_path / "bench.png"
+    rc = main(["--tiny", "--json", "--no-progress", "--out", str(out), "--plot", str(fig)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     res = json.loads(cap.out)
     assert json.loads(out.read_text()) == res
+    assert fig.read_bytes()[:4] == b"\x89PNG"
     names = [p.name for p in all_problems("cpu", tiny=True)]
     _check_schema(res, names)
     b1 = res["problems"][0]
@@ -468,6 +491,11 @@ def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
     assert {t["id"] for t in res["targets"]} == {t["id"] for t in TARGETS if t["device"] == "cpu"}
     assert all(t["status"] in ("PASS", "FAIL", "SKIP") for t in res["targets"])
     assert set(res["sgemm"]) == {"default", "1", "2"}
+    from pyrgd.backends import cpu
+
+    if cpu.available()[0]:  # the FMA roof at each thread count, and the bound it gives
+        assert set(res["fma_peak"]) == {"default", "1", "2"} and all(v["gflops"] > 0 for v in res["fma_peak"].values())
+        assert b1["peak_gflops"] == res["fma_peak"]["default"]["gflops"] and b1["fused_flops"] > b1["useful_flops"]
 
 
 def test_text_report(capsys):

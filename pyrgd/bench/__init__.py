@@ -1,7 +1,7 @@
 """``pyrgd bench``: one full GD step of reference problems, timed for pyrgd's fused step and for baselines.
 
     pyrgd bench [--backend cpu|cuda|reference] [--problems B1,B2,...] [--tiny] [--repeats N] [--json]
-                [--out FILE.json] [--no-memory] [--strict]
+                [--out FILE.json] [--plot FILE.png] [--no-memory] [--strict]
 
 Every candidate runs on the same data and initial weights and is checked against the fused step (relative errors of
 the updated weights and of the update); the report gives seconds per step (median, IQR), useful GFLOP/s
@@ -65,6 +65,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE.json", default=None,
                    help="also write the JSON result to this file (rewritten after every problem, with "
                         "\"complete\": false until the run ends)")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw the run: seconds per step of every candidate against the targets and the "
+                        "roofline floor, and the B4 time per neuron (python -m pyrgd.bench.plot redraws a JSON)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements (CPU: subprocesses)")
     p.add_argument("--block", type=_positive_int, default=None, metavar="NEURONS",
                    help="neurons per block of the chunked baseline (default 512 on the CPU, N x block <= 1 GiB on "
@@ -135,12 +138,21 @@ def run_bench(args) -> int:
     text = to_json(result)
     if args.out:
         write(result)
+    if args.plot:
+        from .plot import plot_result
+
+        try:
+            plot_result(result, args.plot)
+        except (OSError, ValueError) as e:  # the measurements are kept (printed, --out) even if the plot fails
+            print(f"pyrgd bench: warning: --plot {args.plot}: {e}", file=sys.stderr)
     if args.json:
         sys.stdout.write(text + "\n")
     else:
         print(format_report(result))
         if args.out:
             print(f"\nJSON written to {args.out}")
+        if args.plot and os.path.exists(args.plot):
+            print(f"figure written to {args.plot}")
     sys.stdout.flush()
     bad = [(p["name"], n) for p in result["problems"] for n, r in p["candidates"].items()
            if r.get("status") == "mismatch" or (n == "fused" and r.get("status") == "failed")]

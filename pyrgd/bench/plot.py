@@ -1,0 +1,104 @@
+"""The figure of a benchmark run: where the fused step stands between its baselines, the targets and the roofline.
+
+One panel per problem with a speed-up target (B1, B2; G1 on the GPU): seconds per step of every candidate (bars),
+the fused time each speed-up target asks for (baseline s / threshold, dotted) and the roofline floor, the fused
+step's flops at the FMA peak measured in the same run (dashed: no implementation of the fused algorithm can be
+faster here). One panel for the width sweep B4 (fused seconds per neuron against n1, with the +-15% band around
+the smallest) when it ran.
+
+    python -m pyrgd.bench.plot RESULT.json OUT.png     # a committed result, drawn again
+    pyrgd bench --plot OUT.png                         # drawn at the end of a run
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from .report import TARGETS
+
+
+def _speed_panels(result):
+    names = []
+    for t in TARGETS:
+        if t["device"] == result.get("device", "cpu") and t["kind"] == "speedup" and t["problem"] not in names:
+            names.append(t["problem"])
+    probs = {p["name"]: p for p in result.get("problems", [])}
+    return [probs[n] for n in names if n in probs]
+
+
+def plot_result(result: dict, path: str) -> list[str]:
+    """Draw the figure of ``result`` (a ``pyrgd bench`` result dict) into ``path``; returns the panel titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speed = _speed_panels(result)
+    sweep = [p for p in result.get("problems", []) if p.get("group") == "B4"
+             and p["candidates"].get("fused", {}).get("seconds")]
+    n = len(speed) + (1 if len(sweep) >= 2 else 0)
+    if n == 0:
+        raise ValueError("nothing to plot: the result has no problem with a speed-up target nor a B4 sweep")
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False)
+    titles = []
+    for ax, p in zip(axes[0], speed):
+        rows = [(c, r["seconds"]) for c, r in p["candidates"].items() if r.get("status") == "ok" and r.get("seconds")]
+        labels = [c for c, _ in rows]
+        ax.barh(range(len(rows)), [s for _, s in rows], color=["C0" if c == "fused" else "C7" for c in labels])
+        ax.set_yticks(range(len(rows)), labels)
+        ax.invert_yaxis()
+        secs = dict(rows)
+        for t in TARGETS:
+            if t.get("problem") == p["name"] and t["kind"] == "speedup" and t["candidate"] in secs:
+                need = secs[t["candidate"]] / t["threshold"]
+                ax.axvline(need, color="C3", ls=":", lw=1.2)
+                ax.annotate(f"{t['threshold']:g}x {t['candidate']}", (need, len(rows) - 0.5), color="C3",
+                            fontsize=7, rotation=90, va="bottom", ha="right")
+        if p.get("fused_flops") and p.get("peak_gflops"):
+            floor = p["fused_flops"] / (p["peak_gflops"] * 1e9)
+            ax.axvline(floor, color="k", ls="--", lw=1.2)
+            ax.annotate("roofline floor", (floor, -0.45), fontsize=7, rotation=90, va="top", ha="right")
+        ax.set_xlabel("seconds per GD step")
+        title = f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']}\n{p['activation']}"
+        ax.set_title(title, fontsize=8)
+        titles.append(p["name"])
+    if len(sweep) >= 2:
+        ax = axes[0][-1]
+        n1 = [p["widths"][0] for p in sweep]
+        per = [p["candidates"]["fused"]["seconds"] / p["widths"][0] * 1e6 for p in sweep]
+        lo = min(per)
+        ax.fill_between([min(n1), max(n1)], lo, 1.15 * lo, color="C2", alpha=0.15, label="within 15% of the least")
+        ax.plot(n1, per, "o-", color="C0", label="fused")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.4 * max(per))
+        ax.set_xlabel("n1")
+        ax.set_ylabel("microseconds per neuron per step")
+        ax.set_title("B4: time per neuron against the width", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+        titles.append("B4")
+    m = result.get("machine", {})
+    fig.suptitle(f"pyrgd bench {result.get('date', '')} on {m.get('cpu_model') or m.get('gpu_name') or '?'}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return titles
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m pyrgd.bench.plot RESULT.json OUT.png", file=sys.stderr)
+        return 2
+    try:
+        with open(argv[0]) as f:
+            result = json.load(f)
+        plot_result(result, argv[1])
+    except (OSError, ValueError, KeyError) as e:
+        print(f"pyrgd.bench.plot: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
