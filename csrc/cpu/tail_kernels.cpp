@@ -4,6 +4,7 @@
 // several N x n_l temporaries and calls a multithreaded BLAS whose spinning worker threads compete with the
 // kernels' OpenMP threads for the cores. Here one pass over chunks of rows does the forward, the loss and the
 // backward of a chunk while its activations stay in the cache, with the same tile operations as the wide layer.
+#include "kernel_util.h"
 #include "tile_ops.h"
 #include "wide_kernels.h"
 
@@ -13,29 +14,13 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace pyrgd {
 namespace cpu {
 
-namespace {
-
 using std::size_t;
-using idx = std::ptrdiff_t;
-
-inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-}  // namespace
+using util::ceil_div;
+using util::idx;
+using util::thread_id;
 
 template <class T>
 double tail(size_t N, size_t nt, const size_t* dims, const T* H, const T* Y, const T* const* W, const T* mult,

@@ -9,6 +9,7 @@
 // and N x N (the second level of the sums over neurons) when n1 > 1024.
 #include "wide_kernels.h"
 
+#include "kernel_util.h"
 #include "tile_ops.h"
 
 #include <pyrgd/activations.h>
@@ -42,19 +43,11 @@ namespace cpu {
 namespace {
 
 using std::size_t;
-using idx = std::ptrdiff_t;  // OpenMP loop index (signed: OpenMP 2.0 compilers accept only signed loops)
+using util::ceil_div;
+using util::idx;
+using util::thread_id;
 
 std::atomic<int> g_num_threads{0};
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
 // a * b * c, or std::length_error (ValueError in Python) when it does not fit in size_t.
 inline size_t checked_mul(size_t a, size_t b, size_t c = 1) {

@@ -1,0 +1,31 @@
+// pyrgd CPU backend: small helpers shared by the kernel files (wide_kernels.cpp, tail_kernels.cpp).
+#ifndef PYRGD_CPU_KERNEL_UTIL_H
+#define PYRGD_CPU_KERNEL_UTIL_H
+
+#include <cstddef>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pyrgd {
+namespace cpu {
+namespace util {
+
+using idx = std::ptrdiff_t;  // OpenMP loop index (signed: OpenMP 2.0 compilers accept only signed loops)
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
+
+}  // namespace util
+}  // namespace cpu
+}  // namespace pyrgd
+
+#endif  // PYRGD_CPU_KERNEL_UTIL_H
