@@ -2,6 +2,7 @@
 the certificates at init against pyrgd.theory, and the command line."""
 import copy
 import os
+import re
 
 import pytest
 
@@ -207,6 +208,17 @@ def test_interrupted_sweep_resumes_only_missing_cells(tmp_path, monkeypatch):
     bigger = tiny_grid(seed=[0, 1, 2])  # a grid that grows runs only its new cells
     sweep.run_sweep(bigger, out, resume=True)
     assert len(calls) == 4 and {c[2] for c in calls} == {2}
+
+
+def test_progress_bar_counts_cells_with_time_left_and_starts_at_the_finished_ones(tmp_path, capsys):
+    out = tmp_path / "p"
+    sweep.run_sweep(tiny_grid(N=[6], seed=[0]), out, progress=True)  # 2 cells
+    err = capsys.readouterr().err
+    assert "sweep" in err and "2/2" in err and "cell" in err
+    assert re.search(r"\d+:\d+<\d+:\d+", err)  # elapsed<remaining
+    sweep.run_sweep(tiny_grid(N=[6], seed=[0, 1]), out, resume=True, progress=True)  # 2 more cells
+    err = capsys.readouterr().err
+    assert "2/4" in err and "4/4" in err and "0/4" not in err
 
 
 def test_resume_refuses_another_base_config_and_restart_starts_over(tmp_path):
