@@ -642,6 +642,8 @@ def test_cupy_inputs_give_the_numpy_results(rng):
     Y = rng.standard_normal((9, 1))
     c_gpu = theory.nguyen2021_certificate(net2, cp.asarray(X), cp.asarray(Y))
     c_cpu = theory.nguyen2021_certificate(net2, X, Y, backend="reference")
+    assert theory.pl_certificate(net2, cp.asarray(X), lr=0.01).mu == pytest.approx(
+        theory.pl_certificate(net2, X, lr=0.01, backend="reference").mu, rel=1e-8)
     assert c_gpu.alpha_0 == pytest.approx(c_cpu.alpha_0, rel=1e-8)
     for name in ("initW", "initF", "initS"):
         assert c_gpu.conditions[name].rhs == pytest.approx(c_cpu.conditions[name].rhs, rel=1e-10)
