@@ -48,16 +48,16 @@ def plot_result(result: dict, path: str) -> list[str]:
         ax.set_yticks(range(len(rows)), labels)
         ax.invert_yaxis()
         secs = dict(rows)
+        colors = iter(("C3", "C1", "C4", "C5"))
         for t in TARGETS:
             if t.get("problem") == p["name"] and t["kind"] == "speedup" and t["candidate"] in secs:
                 need = secs[t["candidate"]] / t["threshold"]
-                ax.axvline(need, color="C3", ls=":", lw=1.2)
-                ax.annotate(f"{t['threshold']:g}x {t['candidate']}", (need, len(rows) - 0.5), color="C3",
-                            fontsize=7, rotation=90, va="bottom", ha="right")
+                ax.axvline(need, color=next(colors), ls=":", lw=1.5,
+                           label=f"fused time for {t['threshold']:g}x {t['candidate']}")
         if p.get("fused_flops") and p.get("peak_gflops"):
             floor = p["fused_flops"] / (p["peak_gflops"] * 1e9)
-            ax.axvline(floor, color="k", ls="--", lw=1.2)
-            ax.annotate("roofline floor", (floor, -0.45), fontsize=7, rotation=90, va="top", ha="right")
+            ax.axvline(floor, color="k", ls="--", lw=1.2, label="roofline floor (fused flops at FMA peak)")
+        ax.legend(fontsize=7, loc="lower right")
         ax.set_xlabel("seconds per GD step")
         title = f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']}\n{p['activation']}"
         ax.set_title(title, fontsize=8)
