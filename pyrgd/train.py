@@ -43,7 +43,8 @@ class TrainResult:
     history: per evaluated step k = 0..K, lists of equal length: step, loss (Phi_k), factor (Phi_k/Phi_{k-1}, nan at
       k = 0), grad_norm_1..grad_norm_L (||dPhi/dW_l||_F at step k, nan at the last k when no step followed),
       time (cumulative seconds of GD steps), envelope (the PL-certified loss envelope, nan where unknown).
-    certificates: every track_every steps, see :mod:`pyrgd.tracking` (plus step, observed_factor, time).
+    certificates: every track_every steps, see :mod:`pyrgd.tracking` (plus step, time and observed_factor:
+      Phi_{k+1}/Phi_k, the factor of the step the certificate at step k bounds; nan when no step followed).
     summary: scalars describing the run (JSON-friendly). net: the trained network (the same object as passed in).
     """
 
@@ -231,12 +232,13 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                    leave=True)
     last_post = 0.0
 
-    def record_cert(k, factor):
+    def record_cert(k):
         nonlocal track_time, certified
         t0 = time.perf_counter()
         row = certificate(Xd, W, W0, act, mult, lr, backend)
         track_time += time.perf_counter() - t0
-        row = {"step": k, **row, "observed_factor": factor, "time": track_time}
+        # observed_factor: Phi_{k+1}/Phi_k, the step this certificate bounds; filled in when Phi_{k+1} is known
+        row = {"step": k, **row, "observed_factor": float("nan"), "time": track_time}
         for key, val in row.items():
             certs.setdefault(key, []).append(val)
         cf = row["certified_factor"]
@@ -265,8 +267,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                 if k > 0:
                     envelope = envelope * certified
                 hist["envelope"].append(envelope)
+                if certs and certs["step"][-1] == k - 1:
+                    certs["observed_factor"][-1] = factor
                 if track_every and k % track_every == 0 and math.isfinite(loss):
-                    record_cert(k, factor)
+                    record_cert(k)
                     if k == 0 and not math.isfinite(certified):
                         envelope = float("nan")
                         hist["envelope"][-1] = envelope

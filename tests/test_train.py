@@ -197,3 +197,19 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(PyrgdError, match=match):
         pyrgd.train(**args)
+
+
+def test_certificate_rows_pair_with_the_step_they_bound():
+    """certificates["observed_factor"] at tracked step k is Phi_{k+1}/Phi_k (the step the PL certificate at k
+    bounds), nan at a tracked step that no step followed; the envelope multiplies the latest certified factor."""
+    net, X, Y = problem(N=16, widths=(300, 1))
+    r = pyrgd.train(net, X, Y, lr=1e-3, steps=10, track_every=5, backend="cpu", progress=False)
+    loss, c = r.history["loss"], r.certificates
+    assert r.status == "max_steps" and loss[-1] < loss[0]
+    assert c["step"] == [0, 5, 10]
+    for k, obs in zip(c["step"][:2], c["observed_factor"][:2]):
+        assert obs == pytest.approx(loss[k + 1] / loss[k], rel=1e-14)
+    assert math.isnan(c["observed_factor"][2])
+    env = r.history["envelope"]
+    assert env[0] == loss[0] and env[1] == pytest.approx(loss[0] * c["certified_factor"][0], rel=1e-14)
+    assert env[6] == pytest.approx(env[5] * c["certified_factor"][1], rel=1e-14)
