@@ -706,7 +706,7 @@ def test_no_n_by_n1_allocation():
 
 # ------------------------------------------------------------------------------------------------ the tail kernel
 # (N, tail widths [n2, ..., nL], multipliers a_2..a_{L-1}): L = 2 (no tail weight), 3, 4, 5; N = 1, below, at and
-# above one chunk (64 rows), and large enough that the chunks grow past 64 rows (N > 64 * 64); widths not multiples
+# above one chunk (256 rows), and so large that the groups hold several chunks (N > 64 * 256); widths not multiples
 # of the register tiles, n_L = 1.
 TAIL_CASES = [
     (1, [3], []),
@@ -715,6 +715,7 @@ TAIL_CASES = [
     (130, [40, 17, 3], [0.6, 1.7]),
     (1000, [12, 8, 5, 1], [1.0, 0.5, 2.0]),
     (4200, [19, 6], [1.2]),
+    (17000, [7, 3], [1.1]),
 ]
 
 
@@ -753,7 +754,7 @@ def test_tail_matches_numpy_tail(case, spec, dtype, isa):
 def test_tail_is_thread_count_independent_and_writes_out(dtype, restore_threads):
     """The same bits for 1, 2 and 3 threads; `out` receives G (and nothing else is changed)."""
     act = parse_activation("smooth_leaky_relu(0.2)")
-    H, Y, Wt = _tail_case(5000, [21, 7, 2], dtype, seed=4)
+    H, Y, Wt = _tail_case(20000, [21, 7, 2], dtype, seed=4)
     Hc, Wc = H.copy(), [w.copy() for w in Wt]
     outs = []
     for n in (1, 2, 3):

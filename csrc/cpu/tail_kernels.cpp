@@ -28,11 +28,12 @@ double tail(size_t N, size_t nt, const size_t* dims, const T* H, const T* Y, con
   if (!is_activation_code(act)) throw std::invalid_argument("act_code: unknown activation code " + std::to_string(act));
   const TileOps<T>& ops = active_tile_ops<T>();
   const size_t n2 = dims[0], nL = dims[nt];
-  // Rows per chunk, from N alone (the order of every sum depends on it): at least 64, at most kTailChunks chunks.
-  size_t R = std::max<size_t>(64, ceil_div(N, kTailChunks));
-  R = std::min(N, ceil_div(R, 16) * 16);
+  // Chunks of kRowChunk rows (the first-level sums over samples, as in the wide layer's step), in at most
+  // kTailChunks groups of consecutive chunks; both from N alone, so the order of every sum is fixed by N.
+  const size_t R = std::min(N, kRowChunk);
   const size_t nchunks = ceil_div(N, R);
-  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nchunks)));
+  const size_t ngroups = std::min(nchunks, kTailChunks), per_group = ceil_div(nchunks, ngroups);
+  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), ngroups)));
 
   size_t maxd = 0, gsz = 0;
   std::vector<size_t> goff(nt + 1, 0);
@@ -41,13 +42,13 @@ double tail(size_t N, size_t nt, const size_t* dims, const T* H, const T* Y, con
     goff[j] = gsz;
     gsz += dims[j] * dims[j + 1];
   }
-  // W_l^T (dims[j+1], dims[j]) for the products D_l W_l^T; per-chunk partial gradients and losses.
-  std::vector<T> WT(gsz), part(nchunks * gsz);
-  std::vector<double> lossp(nchunks, 0.0);
+  // W_l^T (dims[j+1], dims[j]) for the products D_l W_l^T; per-group gradients and losses (double).
+  std::vector<T> WT(gsz);
+  std::vector<double> part(ngroups * gsz, 0.0), lossp(ngroups, 0.0);
   for (size_t j = 0; j < nt; ++j)
     for (size_t r = 0; r < dims[j]; ++r)
       for (size_t c = 0; c < dims[j + 1]; ++c) WT[goff[j] + c * dims[j] + r] = W[j][r * dims[j + 1] + c];
-  // Per thread: Z_l and F_l of every hidden tail layer, Z_L, and one buffer for D_l W_l^T.
+  // Per thread: Z_l and F_l of every hidden tail layer, Z_L, two buffers for D_l W_l^T, one chunk's gradients.
   std::vector<size_t> zoff(nt + 1, 0);
   size_t per_thread = 0;
   for (size_t j = 0; j < nt; ++j) {
@@ -55,68 +56,71 @@ double tail(size_t N, size_t nt, const size_t* dims, const T* H, const T* Y, con
     per_thread += 2 * R * dims[j];
   }
   zoff[nt] = per_thread;
-  per_thread += R * nL + 2 * R * maxd;
+  per_thread += R * nL + 2 * R * maxd + gsz;
   std::vector<T> buf(size_t(P) * per_thread);
   T* const base = buf.data();
-  T* const partp = part.data();
+  double* const partp = part.data();
   double* const lp = lossp.data();
   const T* const WTp = WT.data();
 
 #pragma omp parallel num_threads(P)
   {
     T* const tb = base + size_t(thread_id()) * per_thread;
+    T* const gc = tb + zoff[nt] + R * nL + 2 * R * maxd;  // this chunk's gradients (T)
 #pragma omp for schedule(dynamic, 1)
-    for (idx ci = 0; ci < idx(nchunks); ++ci) {
-      const size_t c = size_t(ci), r0 = c * R, rows = std::min(R, N - r0);
-      T* const pc = partp + c * gsz;
-      // forward: Z_2 = H rows; F_l = a_l sigma(Z_l); Z_{l+1} = F_l W_{l+1}
-      const T* Z = H + r0 * n2;
-      for (size_t j = 0; j < nt; ++j) {
-        T* Zj = tb + zoff[j];
-        T* Fj = Zj + R * dims[j];
-        const size_t cnt = rows * dims[j];
-        if (j == 0) std::copy(Z, Z + cnt, Zj);
-        std::copy(Zj, Zj + cnt, Fj);
-        ops.act_value(act, cnt, Fj, gamma, mult[j]);
-        T* Znext = j + 1 < nt ? tb + zoff[j + 1] : tb + zoff[nt];
-        ops.gemm_nn(rows, dims[j + 1], dims[j], Fj, dims[j], W[j], dims[j + 1], Znext, dims[j + 1], false);
-      }
-      // D_L = F_L - Y (with L = 2, F_L = H and D_L is G itself)
-      T* D = nt == 0 ? G + r0 * n2 : tb + zoff[nt];
-      if (nt == 0) std::copy(Z, Z + rows * n2, D);
-      const T* Yr = Y + r0 * nL;
-      double acc = 0.0;
-      for (size_t e = 0; e < rows * nL; ++e) {
-        D[e] -= Yr[e];
-        acc += double(D[e]) * double(D[e]);
-      }
-      lp[c] = 0.5 * acc;
-      // backward: dW_l = F_{l-1}^T D_l; D_{l-1} = a_{l-1} (D_l W_l^T) (.) sigma'(Z_{l-1})
-      T* const spare[2] = {tb + zoff[nt] + R * nL, tb + zoff[nt] + R * nL + R * maxd};
-      int which = 0;
-      for (size_t jj = nt; jj-- > 0;) {
-        T* Zj = tb + zoff[jj];
-        T* Fj = Zj + R * dims[jj];
-        ops.gemm_tn(dims[jj], dims[jj + 1], rows, Fj, dims[jj], D, dims[jj + 1], pc + goff[jj], dims[jj + 1], false);
-        T* Dn = jj == 0 ? G + r0 * n2 : spare[which];
-        which ^= 1;
-        ops.gemm_nn(rows, dims[jj], dims[jj + 1], D, dims[jj + 1], WTp + goff[jj], dims[jj], Dn, dims[jj], false);
-        ops.act_grad(act, rows * dims[jj], Zj, Dn, gamma, mult[jj]);
-        D = Dn;
+    for (idx gi = 0; gi < idx(ngroups); ++gi) {
+      const size_t g = size_t(gi);
+      double* const pg = partp + g * gsz;
+      for (size_t c = g * per_group; c < std::min(nchunks, (g + 1) * per_group); ++c) {
+        const size_t r0 = c * R, rows = std::min(R, N - r0);
+        // forward: Z_2 = H rows; F_l = a_l sigma(Z_l); Z_{l+1} = F_l W_{l+1}
+        const T* Z = H + r0 * n2;
+        for (size_t j = 0; j < nt; ++j) {
+          T* Zj = tb + zoff[j];
+          T* Fj = Zj + R * dims[j];
+          const size_t cnt = rows * dims[j];
+          if (j == 0) std::copy(Z, Z + cnt, Zj);
+          std::copy(Zj, Zj + cnt, Fj);
+          ops.act_value(act, cnt, Fj, gamma, mult[j]);
+          T* Znext = j + 1 < nt ? tb + zoff[j + 1] : tb + zoff[nt];
+          ops.gemm_nn(rows, dims[j + 1], dims[j], Fj, dims[j], W[j], dims[j + 1], Znext, dims[j + 1], false);
+        }
+        // D_L = F_L - Y (with L = 2, F_L = H and D_L is G itself)
+        T* D = nt == 0 ? G + r0 * n2 : tb + zoff[nt];
+        if (nt == 0) std::copy(Z, Z + rows * n2, D);
+        const T* Yr = Y + r0 * nL;
+        double acc = 0.0;
+        for (size_t e = 0; e < rows * nL; ++e) {
+          D[e] -= Yr[e];
+          acc += double(D[e]) * double(D[e]);
+        }
+        lp[g] += 0.5 * acc;
+        // backward: dW_l = F_{l-1}^T D_l; D_{l-1} = a_{l-1} (D_l W_l^T) (.) sigma'(Z_{l-1})
+        T* const spare[2] = {tb + zoff[nt] + R * nL, tb + zoff[nt] + R * nL + R * maxd};
+        int which = 0;
+        for (size_t jj = nt; jj-- > 0;) {
+          T* Zj = tb + zoff[jj];
+          T* Fj = Zj + R * dims[jj];
+          ops.gemm_tn(dims[jj], dims[jj + 1], rows, Fj, dims[jj], D, dims[jj + 1], gc + goff[jj], dims[jj + 1],
+                      false);
+          T* Dn = jj == 0 ? G + r0 * n2 : spare[which];
+          which ^= 1;
+          ops.gemm_nn(rows, dims[jj], dims[jj + 1], D, dims[jj + 1], WTp + goff[jj], dims[jj], Dn, dims[jj], false);
+          ops.act_grad(act, rows * dims[jj], Zj, Dn, gamma, mult[jj]);
+          D = Dn;
+        }
+        for (size_t e = 0; e < gsz; ++e) pg[e] += double(gc[e]);
       }
     }
   }
   double loss = 0.0;
-  for (size_t c = 0; c < nchunks; ++c) loss += lp[c];
-  if (gsz) {
-    std::vector<double> sum(gsz, 0.0);
-    for (size_t c = 0; c < nchunks; ++c) {
-      const T* pc = partp + c * gsz;
-      for (size_t e = 0; e < gsz; ++e) sum[e] += double(pc[e]);
+  for (size_t g = 0; g < ngroups; ++g) loss += lp[g];
+  for (size_t j = 0; j < nt; ++j)
+    for (size_t e = 0; e < dims[j] * dims[j + 1]; ++e) {
+      double sum = 0.0;
+      for (size_t g = 0; g < ngroups; ++g) sum += partp[g * gsz + goff[j] + e];
+      grads[j][e] = T(sum);
     }
-    for (size_t j = 0; j < nt; ++j)
-      for (size_t e = 0; e < dims[j] * dims[j + 1]; ++e) grads[j][e] = T(sum[goff[j] + e]);
-  }
   return loss;
 }
 

@@ -100,9 +100,10 @@ void activation(std::size_t count, const T* Z, int act, T gamma, T* S, T* D);
 //   nt = L - 2 tail weights; dims = [n_2, ..., n_L] (nt + 1 values); W[j] = W_{j+3} (dims[j], dims[j+1]);
 //   mult[j] = a_{j+2} (nt values); grads[j] receives dPhi/dW_{j+3}; H, G (N, n_2), Y (N, n_L). With nt = 0
 //   (L = 2): G = H - Y. Returns Phi = 1/2 ||F_L - Y||_F^2 (accumulated in double).
-// Deterministic: the rows are cut into chunks by N alone (at most kTailChunks), each chunk's partial sums are one
-// FMA chain over its rows, and the chunks' partial gradients and losses are added in chunk order in double: the
-// same bits for any number of threads. G must not overlap H, Y or W (the caller checks).
+// Deterministic: the rows are cut into chunks of kRowChunk rows, and the chunks into at most kTailChunks groups of
+// consecutive chunks, by N alone; a chunk's gradient is one FMA chain over its rows (in T), added in double to its
+// group's sum in chunk order, and the groups' sums (gradients and losses) are added in group order: the same bits
+// for any number of threads. G must not overlap H, Y or W (the caller checks).
 constexpr std::size_t kTailChunks = 64;
 
 template <class T>
