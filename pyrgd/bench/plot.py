@@ -57,7 +57,8 @@ def plot_result(result: dict, path: str) -> list[str]:
         if p.get("fused_flops") and p.get("peak_gflops"):
             floor = p["fused_flops"] / (p["peak_gflops"] * 1e9)
             ax.axvline(floor, color="k", ls="--", lw=1.2, label="roofline floor (fused flops at FMA peak)")
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xlabel("seconds per GD step")
         title = f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']}\n{p['activation']}"
         ax.set_title(title, fontsize=8)
