@@ -32,6 +32,12 @@ struct TileOps {
                   std::size_t ldb, T* C, std::size_t ldc, bool accumulate);
   void (*gemm_tn)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
                   std::size_t ldb, T* C, std::size_t ldc, bool accumulate);
+  // gemm_nn (C = A B, not accumulated) followed by the activation, applied to each block of rows of C as soon as it
+  // is complete (while it is in L1) over all ldc elements of each row: PD == nullptr: C = a1 sigma(C), as act_value;
+  // else C = a1 sigma(C) and PD = (a1 PD) sigma'(C), as act_grad, PD with C's row stride. The same bits as gemm_nn
+  // then act_value / act_grad over the m rows.
+  void (*gemm_nn_act)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
+                      std::size_t ldb, T* C, std::size_t ldc, int act, T gamma, T a1, T* PD);
   // Elementwise over `count` elements, activation `act` (an activations.h code, checked by the caller):
   // act_grad: ZS holds Z, PD holds P on entry; on exit ZS = a1 sigma(Z) and PD = (a1 P) sigma'(Z).
   // act_value: ZS = a1 sigma(Z).

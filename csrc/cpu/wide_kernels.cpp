@@ -147,8 +147,8 @@ void forward_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* 
         zero(Hg, rows * n2);
         for (size_t blk = sb; blk < se; ++blk) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
-          ops.gemm_nn(rows, nb, d, Xr, d, W1 + t0, n1, Z, kBlock, false);   // Z = X W1[:, T]
-          ops.act_value(act, rows * kBlock, Z, gamma, a1);                   // S = a1 sigma(Z)
+          // Z = X W1[:, T], then S = a1 sigma(Z) row block by row block
+          ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, nullptr);
           ops.gemm_nn(rows, n2, nb, Z, kBlock, W2 + t0 * n2, n2, Hg, n2, true);  // Hg += S W2[T, :]
         }
         add_into(Ht, static_cast<const T*>(Hg), rows * n2);
@@ -199,9 +199,9 @@ void step_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, 
         const size_t rows = std::min(R, N - r0);
         const T* Xr = X + r0 * d;
         const T* Gr = G + r0 * n2;
-        ops.gemm_nn(rows, nb, d, Xr, d, W1 + t0, n1, ZS, kBlock, false);  // Z = X W1[:, T]
         ops.gemm_nn(rows, nb, n2, Gr, n2, W2T, kBlock, PD, kBlock, false);  // P = G W2[T, :]^T
-        ops.act_grad(act, rows * kBlock, ZS, PD, gamma, a1);              // S = a1 sigma(Z), D = (a1 P) sigma'(Z)
+        // Z = X W1[:, T], then S = a1 sigma(Z), D = (a1 P) sigma'(Z) row block by row block
+        ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, ZS, kBlock, act, gamma, a1, PD);
         ops.gemm_tn(n2, nb, rows, Gr, n2, ZS, kBlock, gW2T, kBlock, true);  // dW2[T, :]^T += G^T S
         ops.gemm_tn(d, nb, rows, Xr, d, PD, kBlock, gW1, kBlock, true);     // dW1[:, T] += X^T D
       }
