@@ -19,8 +19,8 @@ import numpy as np
 from . import ops
 from ._validate import array_module, check_float_array, check_nonnegative_int, check_scalar
 from .errors import PyrgdError
-from .model import PyramidalNet
 from .gdstep import apply_step, loss_and_gradient
+from .model import PyramidalNet
 from .tail import tail_backward, tail_forward
 from .tracking import certificate
 
