@@ -827,3 +827,85 @@ def test_wide_step_out_argument():
     with pytest.raises(PyrgdError, match="out: only with next_forward"):
         ops.wide_step(X, c1, c2, G, 0.01, activation="tanh", out=np.zeros((30, 4)))
     assert np.array_equal(c1, W1) and np.array_equal(c2, W2)
+
+
+def test_random_bad_input_never_crashes_the_extension():
+    """Fuzzing the raw module: 4000 calls of forward, step, gram, tail and activation, half with every argument
+    drawn from a pool of wrong and right things (arrays of every dtype, shape, order, byte order and writeability,
+    views that overlap, None, lists, strings, non-finite and huge numbers), half valid calls with one argument so
+    replaced (or none). In a subprocess, so that a crash fails this test
+    instead of killing the run: every call either returns or raises TypeError / ValueError / OverflowError."""
+    code = textwrap.dedent(
+        """
+        import numpy as np, pyrgd._cpu as c
+        rng = np.random.default_rng(12345)
+        def arr():
+            k = rng.integers(8)
+            shape = tuple(int(s) for s in rng.integers(0, 5, size=int(rng.integers(0, 4))))
+            dt = [np.float64, np.float32, np.float16, np.int32, np.complex64, np.float64, np.float32, ">f8"][k]
+            a = (rng.standard_normal(shape) * 2).astype(dt) if shape else np.array(1.5, dtype=dt)
+            r = rng.random()
+            if r < 0.1 and a.ndim == 2:
+                a = np.asfortranarray(a)
+            elif r < 0.2 and a.ndim >= 1 and a.shape[0] > 1:
+                a = a[::2]
+            elif r < 0.3:
+                a.setflags(write=False)
+            elif r < 0.35 and a.size and a.dtype.kind in "fc":
+                a[...] = np.nan
+            return a
+        big = np.zeros(64)
+        def pick():
+            r = rng.random()
+            if r < 0.55:
+                return arr()
+            if r < 0.65:
+                s = int(rng.integers(0, 30)); return big[s:s + 16].reshape(4, 4)   # overlapping views
+            return [None, [[1.0, 2.0]], "X", 0, -1, 3, 2**40, float("nan"), float("inf"), 1e308, (1, 2),
+                    [np.zeros((2, 2))], {"a": 1}][int(rng.integers(13))]
+        def valid(name):
+            N, d, n1, n2 = (int(v) for v in rng.integers(1, 9, size=4))
+            t = [np.float64, np.float32][int(rng.integers(2))]
+            X, W1, W2, G = (rng.standard_normal(s).astype(t) for s in ((N, d), (d, n1), (n1, n2), (N, n2)))
+            act = int(rng.integers(0, 7))
+            if name == "forward":
+                return [X, W1, W2, act, 0.1, 1.0]
+            if name == "step":
+                return [X, W1, W2, G, 1e-3, act, 0.1, 1.0, bool(rng.integers(2)), None]
+            if name == "gram":
+                return [X, W1, W2, G, act, 0.1, 1.0]
+            if name == "tail":
+                Wt = [rng.standard_normal((n2, 3)).astype(t), rng.standard_normal((3, 2)).astype(t)]
+                return [G, rng.standard_normal((N, 2)).astype(t), Wt, act, 0.1, [1.0, 0.5], None]
+            return [X, act, 0.1, True, bool(rng.integers(2))]
+        fns = [(c.forward, 4, 7), (c.step, 6, 10), (c.gram, 2, 7), (c.tail, 4, 7), (c.activation, 2, 5)]
+        names = ["forward", "step", "gram", "tail", "activation"]
+        ok = bad = 0
+        for i in range(4000):
+            j = int(rng.integers(len(fns)))
+            fn, lo, hi = fns[j]
+            if i % 2:
+                args = [pick() for _ in range(int(rng.integers(lo, hi + 1)))]
+            else:  # a valid call with one argument (or none) replaced
+                args = valid(names[j])
+                if rng.random() < 0.8:
+                    args[int(rng.integers(len(args)))] = pick()
+            try:
+                fn(*args)
+                ok += 1
+            except (TypeError, ValueError, OverflowError):
+                bad += 1
+        print("DONE", ok, bad)
+        """
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    import pyrgd
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyrgd.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=tempfile.gettempdir())
+    assert p.returncode == 0, (p.returncode, p.stderr[-3000:])
+    out = p.stdout.split()
+    assert out[0] == "DONE" and int(out[1]) + int(out[2]) == 4000, p.stdout
+    assert int(out[1]) >= 300, p.stdout  # the valid calls ran: the checks were passed as well as failed
