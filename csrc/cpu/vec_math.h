@@ -6,9 +6,9 @@
 // so the AVX2 and AVX-512 builds give the same bits. kFma selects fused multiply-adds (std::fma, one rounding;
 // used where the CPU has FMA) or a multiply then an add (the generic build of a CPU without FMA).
 //
-// Contract (that of activations.h's math policy): exp_(x) for x <= 0 (what the activations pass; it is also right
-// up to the overflow threshold and +inf beyond it, up to 2^21); log1p_(y) for y in [0, 1] only (the activations
-// pass y = exp(-|x|)); NaN in, NaN out. tanh and erf come from the C library.
+// Contract (that of activations.h's math policy): exp_(x) for x <= 0 only (what the activations pass: -|x| or
+// -x^2; positive x are outside it: right below 43 (float) / 511 (double), wrong above); log1p_(y) for y in [0, 1]
+// only (the activations pass y = exp(-|x|)); NaN in, NaN out. tanh and erf come from the C library.
 // Accuracy, measured over every float and over random doubles (tests/test_cpu_backend.py): exp_ within 2 ulp,
 // log1p_ within 2 ulp; below the float/double underflow threshold exp_ returns a denormal or zero.
 // No fast-math: the rounding trick below needs IEEE arithmetic without reassociation.
@@ -58,11 +58,12 @@ struct VecMath {
   }
 
   // e^x = 2^n e^r with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in two parts so that
-  // n * hi is exact); e^r by a polynomial; 2^n applied as 2^(n/2) 2^(n - n/2) so that results down to the
-  // denormal range come out right. n is rounded by adding and subtracting 1.5 * 2^23 (2^52), which also leaves
-  // n as an integer k in the low bits of the sum (no float-to-int conversion, which is undefined for NaN).
-  // x is clamped below (e^x rounds to 0 there anyway); above, k is capped so that e^x = +inf for
-  // 89 <= x < 2^21 (every caller of the activations passes x <= 0). NaN in, NaN out (through r).
+  // n * hi is exact); e^r by a polynomial p. n is rounded by adding and subtracting 1.5 * 2^23 (2^52), which also
+  // leaves n as an integer k in the low bits of the sum (no float-to-int conversion, which is undefined for NaN).
+  // 2^k is applied as 2^(k+64) (2^(k+512)), a normal number for every k of x in [-104, 0] ([-746, 0]), then 2^-64
+  // (2^-512): p 2^(k+64) is exact, so the one rounding is that of the last product and results in the denormal
+  // range come out correctly rounded from p. x is clamped below (e^x rounds to 0 there anyway). NaN in, NaN out
+  // (through r and p).
   static inline float exp_(float x) {
     x = x < -104.0f ? -104.0f : x;  // e^-104 < the smallest denormal / 2
     const float magic = 12582912.0f;  // 1.5 * 2^23
@@ -76,10 +77,8 @@ struct VecMath {
     q = fma_(q, r, 0.166665181517601f);
     q = fma_(q, r, 0.49999988079071045f);
     const float p = fma_(r, fma_(r, q, 1.0f), 1.0f);
-    std::int32_t k = bits(t) - bits(magic);  // n as an integer, >= -151
-    k = k < 128 ? k : 128;
-    const std::int32_t k1 = k >> 1;
-    return p * pow2f(k1) * pow2f(k - k1);
+    const std::int32_t k = bits(t) - bits(magic);  // n as an integer, in [-151, 0] for x in [-104, 0]
+    return p * pow2f(k + 64) * 5.42101086242752217e-20f;  // 2^-64
   }
   static inline double exp_(double x) {
     x = x < -746.0 ? -746.0 : x;
@@ -102,10 +101,8 @@ struct VecMath {
     p = fma_(p, r, 1.0 / 6.0);
     p = fma_(p, r, 0.5);
     p = fma_(r, fma_(r, p, 1.0), 1.0);
-    std::int64_t k = bits(t) - bits(magic);  // >= -1076
-    k = k < 1025 ? k : 1025;
-    const std::int64_t k1 = k >> 1;
-    return p * pow2d(k1) * pow2d(k - k1);
+    const std::int64_t k = bits(t) - bits(magic);  // in [-1076, 0] for x in [-746, 0]
+    return p * pow2d(k + 512) * 7.458340731200206743e-155;  // 2^-512
   }
 
   // log(1 + y) for y in [0, 1]: with f = y (y < 1/2) or f = (y - 1) / 2 (y >= 1/2, exact by Sterbenz's lemma) and
