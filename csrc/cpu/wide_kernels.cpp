@@ -303,15 +303,15 @@ void gram_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, 
         const size_t r0 = size_t(tile) * R, rows = std::min(R, N - r0);
         for (size_t off = 0; off < pn; off += kBlock) {
           const size_t t0 = p0 + off, nb = std::min(kBlock, pn - off);
-          ops.gemm_nn(rows, nb, d, X + r0 * d, d, W1 + t0, n1, Z, kBlock, false);  // Z = X W1[:, T]
           const T* F = Z;
-          if (!backward) {
-            ops.act_value(act, rows * kBlock, Z, gamma, a1);  // F = a1 sigma(Z)
+          if (!backward) {  // Z = X W1[:, T], then F = a1 sigma(Z) row block by row block
+            ops.gemm_nn_act(rows, nb, d, X + r0 * d, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, nullptr);
           } else {
             for (size_t b = 0; b < nb; ++b)
               for (size_t c = 0; c < n2; ++c) W2T[c * kBlock + b] = W2[(t0 + b) * n2 + c];
             ops.gemm_nn(rows, nb, n2, B2 + r0 * n2, n2, W2T, kBlock, PD, kBlock, false);  // P = B2 W2[T, :]^T
-            ops.act_grad(act, rows * kBlock, Z, PD, gamma, a1);  // F = (a1 P) sigma'(Z)
+            // Z = X W1[:, T], then F = (a1 P) sigma'(Z) row block by row block
+            ops.gemm_nn_act(rows, nb, d, X + r0 * d, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, PD);
             F = PD;
           }
           for (size_t b = 0; b < nb; ++b)
