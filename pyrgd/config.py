@@ -5,7 +5,8 @@ A config is a dict of three tables, the same as the TOML file::
     [data]   source = "synthetic" | "digits" | "file"; N, d, n_out, inputs, targets, seed, teacher_width,
              teacher_activation, path, y_path, x_key, y_key
     [model]  widths, activation, init, init_std, beta, zero_layer, seed, dtype, multipliers, allow_non_pyramidal
-    [train]  lr ("auto" or a float), steps, tol, rel_tol, track_every, time_budget, divergence_factor, backend
+    [train]  lr ("auto" or a float), steps, tol, rel_tol, track_every, time_budget, divergence_factor, backend,
+             threads
 
 Every key always has a value (TOML has no null): ``time_budget = 0`` means no budget, ``path = ""`` / ``y_path = ""``
 no file, ``zero_layer = 0`` the last layer, ``multipliers = []`` all ones. :data:`SCHEMA` lists every key with its
@@ -97,6 +98,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "divergence_factor": Key("float", 1e6, "stop as diverged when loss > factor * initial loss", lo=1.0,
                                  lo_open=True),
         "backend": Key("str", "auto", "wide-layer backend", choices=BACKEND_NAMES),
+        "threads": Key("int", 0, "CPU threads of the C++ kernels and the BLAS (0: the machine's default)", lo=0),
     },
 }
 
@@ -376,7 +378,7 @@ def train_kwargs(cfg: dict) -> dict:
     return {
         "lr": t["lr"], "steps": t["steps"], "tol": t["tol"], "rel_tol": t["rel_tol"],
         "track_every": t["track_every"], "time_budget": t["time_budget"] or None,
-        "divergence_factor": t["divergence_factor"], "backend": t["backend"],
+        "divergence_factor": t["divergence_factor"], "backend": t["backend"], "threads": t["threads"] or None,
     }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops
+from ._threads import thread_limits
 from ._validate import array_module, check_float_array, check_nonnegative_int, check_scalar
 from .errors import PyrgdError
 from .gdstep import apply_step, loss_and_gradient
@@ -151,7 +152,8 @@ def _versions(backend):
 
 
 def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.0, rel_tol=0.0, track_every=100,
-          time_budget=None, divergence_factor=1e6, progress=True, out=None, config=None) -> TrainResult:
+          time_budget=None, divergence_factor=1e6, progress=True, out=None, config=None,
+          threads=None) -> TrainResult:
     """Train ``net`` in place by full-batch gradient descent on Phi = 1/2 ||F_L(X) - Y||_F^2 with a constant step.
 
     Parameters
@@ -169,6 +171,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     progress : show a progress bar (tqdm, on stderr) with the step, the loss and the contraction factor.
     out : run folder to write (history, certificates, summary, weights, plot) when the run ends, however it ends.
     config : the resolved configuration to store in the run folder.
+    threads : CPU threads of the C++ kernels and of the BLAS for this run (None or 0: as they are); both are
+        restored when it returns. The cpu backend's results are the same bits for any number of threads.
     """
     if not isinstance(net, PyramidalNet):
         raise PyrgdError(f"net: expected a pyrgd.PyramidalNet, got {type(net).__name__}")
@@ -179,6 +183,12 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     divergence_factor = check_scalar("divergence_factor", divergence_factor, positive=True)
     if time_budget is not None:
         time_budget = check_scalar("time_budget", time_budget, nonnegative=True) or None
+    if threads is not None:
+        threads = check_nonnegative_int("threads", threads) or None
+        with thread_limits(threads):
+            return train(net, X, Y, lr=lr, steps=steps, backend=backend, tol=tol, rel_tol=rel_tol,
+                         track_every=track_every, time_budget=time_budget, divergence_factor=divergence_factor,
+                         progress=progress, out=out, config=config)
     if not (isinstance(lr, str) and lr == "auto"):
         if isinstance(lr, str):
             raise PyrgdError(f"lr: expected a positive number or 'auto', got {lr!r}")

@@ -231,3 +231,11 @@ def test_warnings_are_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert err == "pyrgd: warning: n_1 = 64 < N = 80: the theory needs a wide layer\n"
+
+
+def test_threads_flag_reaches_the_run(tmp_path, capsys):
+    """--threads N (train.threads) runs the training on N CPU threads: the summary records it."""
+    assert cli.main(["train", *TINY, "--threads", "1", "--out", str(tmp_path / "r"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threads"] == 1
+    assert cli.main(["train", *TINY, "--threads", "-1"]) == 2
+    assert "threads" in capsys.readouterr().err

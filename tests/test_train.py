@@ -213,3 +213,26 @@ def test_certificate_rows_pair_with_the_step_they_bound():
     env = r.history["envelope"]
     assert env[0] == loss[0] and env[1] == pytest.approx(loss[0] * c["certified_factor"][0], rel=1e-14)
     assert env[6] == pytest.approx(env[5] * c["certified_factor"][1], rel=1e-14)
+
+
+def test_threads_option_sets_and_restores_the_thread_counts():
+    """train(threads=1) runs the kernels and the BLAS on one thread (the summary says so), gives the same bits as
+    two threads, and leaves both thread settings as they were; a bad count is refused with its name."""
+    from threadpoolctl import threadpool_info
+
+    from pyrgd.backends import cpu
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+
+    net, X, Y = problem(N=16, widths=(200, 6, 1), dtype="float32")
+    before, blas_before = cpu.get_num_threads(), blas_threads()
+    runs = [pyrgd.train(net.copy(), X, Y, lr=0.01, steps=20, backend="cpu", track_every=0, progress=False,
+                        threads=t) for t in (1, 2)]
+    assert [r.summary["threads"] for r in runs] == [1, 2]
+    assert runs[0].history["loss"] == runs[1].history["loss"]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0].net.weights, runs[1].net.weights))
+    assert cpu.get_num_threads() == before and blas_threads() == blas_before
+    for bad in (-1, 1.5, "2"):
+        with pytest.raises(PyrgdError, match="threads"):
+            pyrgd.train(net.copy(), X, Y, lr=0.01, steps=1, backend="cpu", progress=False, threads=bad)

@@ -17,7 +17,6 @@ again just before each problem; a problem's %SGEMM uses the latter (``sgemm`` in
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gc
 import math
@@ -31,6 +30,7 @@ import numpy as np
 
 from .candidates import DESCRIPTIONS, extra_bytes, make_candidate, torch_available
 from .memory import GpuMemory, available_bytes, measure_cpu_peaks, release_gpu_memory
+from .._threads import thread_limits  # noqa: F401  (re-exported: the harness and the suites use it from here)
 from .problems import Problem, data_bytes, fused_flops, make_data, useful_flops
 
 SCHEMA = "pyrgd-bench-1"
@@ -66,36 +66,6 @@ class Options:
 
 
 # ------------------------------------------------------------------------------------------------ threads
-@contextlib.contextmanager
-def thread_limits(n: int | None):
-    """Run the block with ``n`` threads in pyrgd's C++ kernels and in the BLAS (threadpoolctl); None: unchanged."""
-    if n is None:
-        yield
-        return
-    old = None
-    try:
-        from ..backends import cpu
-
-        if cpu.available()[0]:
-            old = cpu.get_num_threads()
-            cpu.set_num_threads(n)
-    except ImportError:
-        cpu = None
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    try:
-        if threadpool_limits is not None:
-            with threadpool_limits(limits=n):
-                yield
-        else:
-            yield
-    finally:
-        if old is not None:
-            cpu.set_num_threads(old)
-
-
 def blas_threads_controlled() -> bool:
     try:
         import threadpoolctl  # noqa: F401
