@@ -430,9 +430,9 @@ def test_vectorized_activations_are_accurate(isa, spec, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("spec", ACTIVATIONS)
-def test_backend_sigma_and_derivative(spec, dtype, restore_threads):
-    """pyrgd.backends.cpu.sigma_and_derivative: the NumPy function's signature and values (within a few ulp), any
-    shape, value/derivative alone, the same bits for 1 and 3 threads, NumPy fallback for other inputs."""
+def test_raw_activation_any_shape_and_threads(spec, dtype, restore_threads):
+    """pyrgd._cpu.activation: the NumPy formulas' values (within a few ulp), any shape (empty included), value or
+    derivative alone (the other None), the same bits for 1 and 3 threads; a non-contiguous input is refused."""
     from pyrgd.activations import sigma_and_derivative as numpy_version
 
     act = parse_activation(spec)
@@ -441,23 +441,21 @@ def test_backend_sigma_and_derivative(spec, dtype, restore_threads):
     outs = []
     for n in (1, 3):
         cpu.set_num_threads(n)
-        outs.append(cpu.sigma_and_derivative(act, x))
+        outs.append(_cpu.activation(x, act.code, act.gamma))
     (S, D), (S3, D3) = outs
     assert np.array_equal(S, S3) and np.array_equal(D, D3)
     for got, want in ((S, s64), (D, d64)):
         assert got.dtype == dtype and got.shape == x.shape and got.flags.c_contiguous
         tol = 1e-5 if spec == "erf" and dtype == np.float32 else 64 * float(np.finfo(dtype).eps)
         assert np.allclose(got, want, rtol=tol, atol=tol), spec
-    s_only, none = cpu.sigma_and_derivative(act, x, derivative=False)
-    none2, d_only = cpu.sigma_and_derivative(act, x, value=False)
+    s_only, none = _cpu.activation(x, act.code, act.gamma, True, False)
+    none2, d_only = _cpu.activation(x, act.code, act.gamma, False, True)
     assert none is None and none2 is None
     assert np.array_equal(s_only, S) and np.array_equal(d_only, D)
-    # other inputs: the NumPy version (non-contiguous, integer), and empty arrays
-    xt = x.T
-    St, Dt = cpu.sigma_and_derivative(act, xt)
-    assert np.allclose(St, numpy_version(act, xt)[0], rtol=64 * float(np.finfo(dtype).eps), atol=1e-5)
-    Se, De = cpu.sigma_and_derivative(act, np.zeros((0, 3), dtype))
+    Se, De = _cpu.activation(np.zeros((0, 3), dtype), act.code, act.gamma)
     assert Se.shape == (0, 3) and De.shape == (0, 3)
+    with pytest.raises(ValueError, match="Z: expected a C-contiguous"):
+        _cpu.activation(x.T, act.code, act.gamma)
 
 
 def test_isa_selection(isa):

@@ -96,26 +96,6 @@ def set_num_threads(n: int) -> None:
     _call(_module().set_num_threads, n)
 
 
-def sigma_and_derivative(act, x, value: bool = True, derivative: bool = True):
-    """(sigma(x), sigma'(x)) like :func:`pyrgd.activations.sigma_and_derivative`, by the kernels' vectorized code.
-
-    For a C-contiguous, aligned, native float32/float64 NumPy array: computed in C++ (OpenMP, GIL released) with no
-    temporary beyond the outputs, within a few ulp of the NumPy formulas (tests/test_cpu_backend.py); any other
-    input goes to the NumPy version. Either output is None when not asked for. For a NumPy tail (layers 2..L)
-    next to these kernels: less memory (NumPy's formulas hold several temporaries of the input's size) and time.
-    """
-    import numpy as np
-
-    from ..activations import sigma_and_derivative as numpy_version
-
-    if (_cpu is None or not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64)
-            or not x.dtype.isnative or not x.flags.c_contiguous or not x.flags.aligned):
-        return numpy_version(act, x, value=value, derivative=derivative)
-    if not (value or derivative):
-        return None, None
-    return _call(_cpu.activation, x, act.code, float(act.gamma), bool(value), bool(derivative))
-
-
 def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
     """The pyramidal tail (layers 2..L) from H = Z_2 in one streamed C++ pass: (loss, G, grads).
 
