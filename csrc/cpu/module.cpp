@@ -364,6 +364,118 @@ py::tuple tail(const py::object& Hobj, const py::object& Yobj, const py::object&
                          : tail_t<double>(H, Y, Ws, mult, act_code, gamma, G, wd);
 }
 
+template <class T>
+py::tuple network_grad_t(const Wide& w, const py::array& Y, const std::vector<py::array>& Ws,
+                         const std::vector<double>& mult, int act, double gamma, std::vector<py::array>& G,
+                         const std::vector<std::size_t>& tdims, std::size_t panel_rows) {
+  const std::size_t L = Ws.size(), nt = L - 2;
+  std::vector<const T*> wt(nt);
+  std::vector<T*> gt(nt);
+  for (std::size_t j = 0; j < nt; ++j) {
+    wt[j] = static_cast<const T*>(Ws[j + 2].data());
+    gt[j] = static_cast<T*>(G[j + 2].mutable_data());
+  }
+  std::vector<T> mt(mult.begin(), mult.end());
+  std::vector<double> sq(L, 0.0);
+  const T* X = static_cast<const T*>(w.X.data());
+  const T* y = static_cast<const T*>(Y.data());
+  const T* W1 = static_cast<const T*>(w.W1.data());
+  const T* W2 = static_cast<const T*>(w.W2.data());
+  T* g1 = static_cast<T*>(G[0].mutable_data());
+  T* g2 = static_cast<T*>(G[1].mutable_data());
+  double loss;
+  {
+    py::gil_scoped_release nogil;
+    loss = pyrgd::cpu::network_grad<T>(w.s, nt, tdims.data(), X, y, W1, W2, wt.data(), mt.data(), act, T(gamma), g1,
+                                       g2, gt.data(), sq.data(), panel_rows);
+  }
+  py::list grads, sql;
+  for (std::size_t l = 0; l < L; ++l) {
+    grads.append(G[l]);
+    sql.append(sq[l]);
+  }
+  return py::make_tuple(loss, grads, sql);
+}
+
+// The loss and every gradient of the network in one pass over panels of rows: (loss, [dPhi/dW_1, ...,
+// dPhi/dW_L], [||dPhi/dW_l||^2]); see wide_kernels.h (network_grad).
+py::tuple network_grad(const py::object& X, const py::object& Y, const py::object& Wobj, int act_code, double gamma,
+                       const py::object& mobj, const py::object& gobj, py::ssize_t panel_rows) {
+  if (!py::isinstance<py::sequence>(Wobj) || py::isinstance<py::str>(Wobj))
+    throw py::type_error("weights: expected a list of the weights [W_1, ..., W_L], got " + type_name(Wobj));
+  if (!py::isinstance<py::sequence>(mobj) || py::isinstance<py::str>(mobj))
+    throw py::type_error("multipliers: expected a list of floats [a_1, ..., a_{L-1}], got " + type_name(mobj));
+  const py::sequence wseq = py::reinterpret_borrow<py::sequence>(Wobj);
+  const py::sequence mseq = py::reinterpret_borrow<py::sequence>(mobj);
+  const std::size_t L = std::size_t(py::len(wseq));
+  if (L < 2) throw py::value_error("weights: expected at least two weights [W_1, W_2, ...], got " + std::to_string(L));
+  if (std::size_t(py::len(mseq)) != L - 1)
+    throw py::value_error("multipliers: expected L - 1 = " + std::to_string(L - 1) + " values a_1.., got " +
+                          std::to_string(py::len(mseq)));
+  const py::object w1 = wseq[0], w2 = wseq[1];
+  const Wide w = check_wide(X, w1, &w2, false);
+  std::vector<py::array> Ws{w.W1, w.W2};
+  std::vector<std::size_t> tdims{w.s.n2};
+  for (std::size_t l = 2; l < L; ++l) {
+    const std::string name = "weights[" + std::to_string(l) + "] (W_" + std::to_string(l + 1) + ")";
+    const std::string shape = "(" + std::to_string(tdims.back()) + ", n) after the previous weight";
+    Ws.push_back(check_matrix(wseq[l], name.c_str(), w.t, py::ssize_t(tdims.back()), -1, false, shape.c_str()));
+    tdims.push_back(std::size_t(Ws.back().shape(1)));
+  }
+  std::vector<double> mult;
+  for (std::size_t j = 0; j + 1 < L; ++j) {
+    const py::object m = mseq[j];
+    double a;
+    try {
+      a = m.cast<double>();
+    } catch (const py::cast_error&) {
+      throw py::type_error("multipliers[" + std::to_string(j) + "]: expected a float, got " + type_name(m));
+    }
+    mult.push_back(check_finite(a, ("multipliers[" + std::to_string(j) + "]").c_str()));
+  }
+  const py::ssize_t N = py::ssize_t(w.s.N);
+  const std::string sy = "(N, n_L) = " + dims("N", N, "n_L", py::ssize_t(tdims.back()));
+  const py::array Ya = check_matrix(Y, "Y", w.t, N, py::ssize_t(tdims.back()), false, sy.c_str());
+  check_act(act_code);
+  check_finite(gamma, "gamma");
+  if (panel_rows < 0 || panel_rows > (py::ssize_t(1) << 20))
+    throw py::value_error("panel_rows: expected 0 (automatic) or 1..2^20 rows, got " + std::to_string(panel_rows));
+  std::vector<py::array> G;
+  if (gobj.is_none()) {
+    for (const auto& a : Ws)
+      G.push_back(w.t == DType::f32 ? py::array(py::array_t<float>({a.shape(0), a.shape(1)}))
+                                    : py::array(py::array_t<double>({a.shape(0), a.shape(1)})));
+  } else {
+    if (!py::isinstance<py::sequence>(gobj) || py::isinstance<py::str>(gobj))
+      throw py::type_error("grads: expected None or a list of L arrays shaped like the weights, got " +
+                           type_name(gobj));
+    const py::sequence gseq = py::reinterpret_borrow<py::sequence>(gobj);
+    if (std::size_t(py::len(gseq)) != L)
+      throw py::value_error("grads: expected " + std::to_string(L) + " arrays (one per weight), got " +
+                            std::to_string(py::len(gseq)));
+    for (std::size_t l = 0; l < L; ++l) {
+      const std::string name = "grads[" + std::to_string(l) + "]";
+      const std::string shape = "(" + std::to_string(Ws[l].shape(0)) + ", " + std::to_string(Ws[l].shape(1)) +
+                                ") like weights[" + std::to_string(l) + "]";
+      G.push_back(check_matrix(gseq[l], name.c_str(), w.t, Ws[l].shape(0), Ws[l].shape(1), true, shape.c_str()));
+    }
+    for (std::size_t l = 0; l < L; ++l) {
+      const std::string gname = "grads[" + std::to_string(l) + "]";
+      if (overlap(G[l], w.X)) throw py::value_error(gname + ", X: must not share memory");
+      if (overlap(G[l], Ya)) throw py::value_error(gname + ", Y: must not share memory");
+      for (std::size_t k = 0; k < L; ++k) {
+        if (overlap(G[l], Ws[k]))
+          throw py::value_error(gname + ", weights[" + std::to_string(k) + "]: must not share memory");
+        if (k < l && overlap(G[l], G[k]))
+          throw py::value_error(gname + ", grads[" + std::to_string(k) + "]: must not share memory");
+      }
+    }
+  }
+  const std::size_t pr = std::size_t(panel_rows);
+  return w.t == DType::f32 ? network_grad_t<float>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr)
+                           : network_grad_t<double>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr);
+}
+
 int isa_code(const std::string& name) {
   if (name == "generic") return 0;
   if (name == "avx2") return 1;
@@ -490,6 +602,15 @@ PYBIND11_MODULE(_cpu, m) {
         "share memory with H, Y or the weights) and grads = [dPhi/dW_3, ..., dPhi/dW_L]. weights: [W_3, ..., W_L]; "
         "multipliers: [a_2, ..., a_{L-1}] (one per weight); Y (N, n_L). With no weights (L = 2), G = H - Y. "
         "Bit-identical for any number of threads.");
+  m.def("network_grad", &network_grad, py::arg("X"), py::arg("Y"), py::arg("weights"), py::arg("act_code"),
+        py::arg("gamma") = 0.0, py::arg("multipliers") = py::list(), py::arg("grads") = py::none(),
+        py::arg("panel_rows") = 0,
+        "The loss and every gradient of the whole network at the current weights in one pass over panels of rows: "
+        "returns (loss, grads, grad_sq) with loss = 1/2 ||F_L - Y||^2, grads = [dPhi/dW_1, ..., dPhi/dW_L] (written "
+        "into `grads` when given: L writeable arrays shaped like the weights that share no memory with the inputs "
+        "or each other) and grad_sq = [||dPhi/dW_l||_F^2]. weights: [W_1, ..., W_L] (L >= 2); multipliers: "
+        "[a_1, ..., a_{L-1}]; Y (N, n_L). Nothing N x n1 is allocated (a panel of R x n1 values of sigma and "
+        "sigma'; R = panel_rows, or 0: chosen from the shapes). Bit-identical for any number of threads.");
   m.def(
       "fma_peak_gflops",
       [](const std::string& dtype, double seconds) {

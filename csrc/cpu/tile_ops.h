@@ -38,6 +38,16 @@ struct TileOps {
   // then act_value / act_grad over the m rows.
   void (*gemm_nn_act)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
                       std::size_t ldb, T* C, std::size_t ldc, int act, T gamma, T a1, T* PD);
+  // gemm_nn_act with D only written: C = a1 sigma(C), D = a1 sigma'(C) (D with C's row stride); the bits of
+  // gemm_nn_act with D filled with ones.
+  void (*gemm_nn_act_both)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
+                           std::size_t ldb, T* C, std::size_t ldc, int act, T gamma, T a1, T* D);
+  // C = (A B) (.) M elementwise (M with C's row stride, over all ldc elements of each row), each block of rows
+  // multiplied while it is in L1; the bits of gemm_nn then the multiplication.
+  void (*gemm_nn_mul)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
+                      std::size_t ldb, T* C, std::size_t ldc, const T* M);
+  // dst[e] += src[e] for e < count (dst and src do not overlap).
+  void (*add_into)(std::size_t count, T* dst, const T* src);
   // Elementwise over `count` elements, activation `act` (an activations.h code, checked by the caller):
   // act_grad: ZS holds Z, PD holds P on entry; on exit ZS = a1 sigma(Z) and PD = (a1 P) sigma'(Z).
   // act_value: ZS = a1 sigma(Z).

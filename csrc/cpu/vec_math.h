@@ -105,24 +105,25 @@ struct VecMath {
     return p * pow2d(k + 512) * 7.458340731200206743e-155;  // 2^-512
   }
 
-  // log(1 + y) for y in [0, 1]: with f = y (y < 1/2) or f = (y - 1) / 2 (y >= 1/2, exact by Sterbenz's lemma) and
+  // double: log(1 + y) for y in [0, 1]: with f = y (y < 1/2) or f = (y - 1) / 2 (y >= 1/2, exact by Sterbenz's lemma) and
   // j = 0 or 1, log(1 + y) = j ln 2 + log(1 + f), f in [-1/4, 1/2). With s = f / (2 + f) (|s| <= 1/5),
   // log(1 + f) = 2 atanh(s) = f - s (f - R), R = s^2 (2/3 + 2 s^2/5 + 2 s^4/7 + ...), the series cut where its
   // remainder falls below the type's precision.
   // (j and the scale are selected as constants and applied by arithmetic, so that the vectorized loop evaluates
   // one straight-line formula rather than both sides of a condition.)
   static inline float log1p_(float y) {
-    const float j = y >= 0.5f ? 1.0f : 0.0f;
-    const float f = (y - j) * (j > 0.0f ? 0.5f : 1.0f);
-    const float s = f / (2.0f + f);
-    const float z = s * s;
-    float R = fma_(z, 0.18181818181818182f, 0.22222222222222222f);  // 2/11, 2/9
-    R = fma_(R, z, 0.2857142857142857f);                            // 2/7
-    R = fma_(R, z, 0.4f);                                           // 2/5
-    R = fma_(R, z, 0.6666666666666666f);                            // 2/3
-    R = R * z;
-    const float L = f - s * (f - R);
-    return L + j * 0.693147180559945309f;
+    // float: log(1 + y) = y + y^2 r(y), r a polynomial of degree 8 fitted on [0, 1] (the polynomial's relative error
+    // is 5.3e-9, 0.09 ulp), evaluated by Horner's rule: no division and no range reduction (the float version of
+    // the reduction below cost a division and five more operations per value).
+    float r = fma_(-0.003318607807159424f, y, 0.020202966406941414f);
+    r = fma_(r, y, -0.05765631049871445f);
+    r = fma_(r, y, 0.10679091513156891f);
+    r = fma_(r, y, -0.15354052186012268f);
+    r = fma_(r, y, 0.19694717228412628f);
+    r = fma_(r, y, -0.24958397448062897f);
+    r = fma_(r, y, 0.33330485224723816f);
+    r = fma_(r, y, -0.4999993145465851f);
+    return fma_(y * r, y, y);
   }
   static inline double log1p_(double y) {
     const double j = y >= 0.5 ? 1.0 : 0.0;

@@ -110,6 +110,37 @@ template <class T>
 double tail(std::size_t N, std::size_t nt, const std::size_t* dims, const T* H, const T* Y, const T* const* W,
             const T* mult, int act, T gamma, T* G, T* const* grads);
 
+// The loss and every gradient of the network at the current weights, in one pass over panels of R rows
+// (grad_kernels.cpp): per panel, Z_1 of all neurons, S = a1 sigma(Z_1) and a1 sigma'(Z_1) kept for the panel,
+// Z_2 = S W_2, the tail on those rows, then the panel's share of every gradient. Each product of the wide layer is
+// done once per step (the step above does Z_1 = X W_1 twice), at the price of R x n1 values of S and sigma' per
+// panel, W_2^T and the gradients held until the last panel.
+//   nt = L - 2 tail weights; tdims = [n_2, ..., n_L]; Wt[j] = W_{j+3}; mult = [a_1, ..., a_{L-1}] (nt + 1 values);
+//   Y (N, n_L). gW1 (d, n1), gW2 (n1, n2), gWt[j] (tdims[j], tdims[j+1]) receive dPhi/dW_l (their previous content
+//   is ignored; they must not overlap the inputs or each other). grad_sq (L values) receives ||dPhi/dW_l||_F^2
+//   (in double). Returns Phi = 1/2 ||F_L - Y||_F^2 (accumulated in double).
+//   panel_rows: R, or 0 for grad_panel_rows(N, n1, n2, sizeof(T)).
+// Bit-identical for any number of threads (the panels and lanes are fixed by the shapes; see grad_kernels.cpp).
+constexpr std::size_t kGradPanelBytes = std::size_t(4) << 20;  // S, D and the lanes' Z_2 of one panel, at most
+constexpr std::size_t kGradPanelRowsMin = 16, kGradPanelRowsMax = 64;
+// R of network_grad: the largest multiple of 16 rows in [kGradPanelRowsMin, kGradPanelRowsMax] whose panel fits in
+// kGradPanelBytes (at least kGradPanelRowsMin), and at most N.
+std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize);
+
+template <class T>
+double network_grad(const WideShape& s, std::size_t nt, const std::size_t* tdims, const T* X, const T* Y,
+                    const T* W1, const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2,
+                    T* const* gWt, double* grad_sq, std::size_t panel_rows);
+
+extern template double network_grad<float>(const WideShape&, std::size_t, const std::size_t*, const float*,
+                                            const float*, const float*, const float*, const float* const*,
+                                            const float*, int, float, float*, float*, float* const*, double*,
+                                            std::size_t);
+extern template double network_grad<double>(const WideShape&, std::size_t, const std::size_t*, const double*,
+                                             const double*, const double*, const double*, const double* const*,
+                                             const double*, int, double, double*, double*, double* const*, double*,
+                                             std::size_t);
+
 // The floating-point roof of this machine for T: GFLOP/s of independent FMA chains on registers (kernels of
 // get_isa()), on get_num_threads() threads at once, for about `seconds` of wall time.
 template <class T>

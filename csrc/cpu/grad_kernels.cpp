@@ -1,0 +1,208 @@
+// pyrgd CPU backend: the loss and every gradient of the whole network in one pass over panels of rows (declared in
+// wide_kernels.h as network_grad).
+//
+// The wide layer's step of wide_kernels.cpp streams over blocks of neurons: it needs G = dPhi/dZ_2 of every row
+// before it starts, so Z_1 = X W_1 is computed twice per GD step (once for H = Z_2, once for the gradient). Here the
+// rows are the outer loop instead: for a panel of R rows, (A) Z_1 of all n1 neurons, S = a1 sigma(Z_1),
+// D = a1 sigma'(Z_1) (kept for the panel: R x n1 values each, never N x n1) and Z_2 = S W_2; (T) the tail on those
+// rows, which gives the panel's G; (B) P = G W_2^T, D = P (.) D, and dW_2 += S^T G, dW_1 += X^T D. Each product is
+// done once: 2 N n1 (d + n2) multiply-adds per step instead of 3, and sigma, sigma' are evaluated once.
+// The price is the gradients of W_1 and W_2 held until the last panel (the caller's arrays) and W_2^T.
+//
+// Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons (schedule(static), so that a thread
+// gets the same blocks in both and its part of the panel stays in its cache), the tail on one thread.
+// Determinism: Z_2 of a panel is the sum over lanes, in lane order, of each lane's sum over its blocks in order (one
+// FMA chain per block); the lanes and the panel rows are fixed by the shapes alone; each gradient element is a sum
+// over panels, in order, of one FMA chain over the panel's rows, written by one thread; the tail's gradients and the
+// loss are added in double, panel by panel in order. So every output is bit-identical for any number of threads.
+#include "kernel_util.h"
+#include "tail_plan.h"
+#include "tile_ops.h"
+#include "wide_kernels.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace pyrgd {
+namespace cpu {
+
+using std::size_t;
+using util::ceil_div;
+using util::idx;
+using util::thread_id;
+
+namespace {
+
+constexpr size_t kGradLanes = 32;  // at most this many lanes of blocks (the second-level sums of Z_2)
+constexpr size_t kTailRows = 16;   // rows of a sub-chunk of the tail (the tasks of its parallel loop)
+
+size_t mul_or_throw(size_t a, size_t b) {
+  if (a != 0 && b > std::numeric_limits<size_t>::max() / a)
+    throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
+  return a * b;
+}
+
+}  // namespace
+
+size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize) {
+  const size_t nblocks = ceil_div(n1, kBlock);
+  const size_t nlanes = ceil_div(nblocks, ceil_div(nblocks, kGradLanes));
+  const size_t per_row = (2 * nblocks * kBlock + nlanes * n2) * itemsize;
+  size_t R = kGradPanelBytes / std::max<size_t>(per_row, 1) / 16 * 16;
+  R = std::max(kGradPanelRowsMin, std::min(kGradPanelRowsMax, R));
+  return std::max<size_t>(1, std::min(R, N));
+}
+
+template <class T>
+double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T* X, const T* Y, const T* W1,
+                    const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2, T* const* gWt,
+                    double* grad_sq, size_t panel_rows) {
+  if (!is_activation_code(act)) throw std::invalid_argument("act_code: unknown activation code " + std::to_string(act));
+  const TileOps<T>& ops = active_tile_ops<T>();
+  const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
+  const size_t nblocks = ceil_div(n1, kBlock);
+  const size_t bpl = ceil_div(nblocks, kGradLanes), nlanes = ceil_div(nblocks, bpl);
+  const size_t R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, n1, n2, sizeof(T));
+  const T a1 = mult[0];
+  const size_t nsub = ceil_div(R, kTailRows);  // the tail runs on sub-chunks of kTailRows rows of a panel
+  const TailPlan<T> plan(nt, tdims, Wt, mult + 1, std::min(R, kTailRows));
+  const size_t gsz = plan.grad_size(), nL = tdims[nt];
+  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nlanes)));
+
+  // All allocated here, outside the parallel region (zeros: the padding columns of the panel stay finite).
+  const size_t szPanel = mul_or_throw(mul_or_throw(nblocks, R), kBlock);
+  std::vector<T> W2T(mul_or_throw(mul_or_throw(nblocks, n2), kBlock));  // W2[T, :]^T block after block
+  std::vector<T> Sp(szPanel), Dp(szPanel);   // S and D of the panel, block after block (R x kBlock each)
+  std::vector<T> Hl(mul_or_throw(mul_or_throw(nlanes, R), n2));  // each lane's part of Z_2
+  std::vector<T> F2(R * n2), Gb(R * n2);     // Z_2 and G of the panel
+  std::vector<T> Pb(mul_or_throw(size_t(P), R * kBlock));
+  std::vector<T> tbuf(mul_or_throw(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
+  std::vector<T> gsub(mul_or_throw(nsub, gsz));  // each sub-chunk's tail gradients
+  std::vector<double> tacc(gsz, 0.0), lsubv(nsub), q1(nblocks), q2(nblocks);
+  double loss = 0.0;
+  T* const W2Tp = W2T.data();
+  T* const SP = Sp.data();
+  T* const DP = Dp.data();
+  T* const HL = Hl.data();
+  T* const F2p = F2.data();
+  T* const Gp = Gb.data();
+  T* const PB = Pb.data();
+  T* const gcs = gsub.data();
+  double* const lsub = lsubv.data();
+  double* const ta = tacc.data();
+  double* const q1p = q1.data();
+  double* const q2p = q2.data();
+
+#pragma omp parallel num_threads(P)
+  {
+    T* const Pt = PB + size_t(thread_id()) * R * kBlock;
+    T* const tb = tbuf.data() + size_t(thread_id()) * plan.thread_buffer_size();
+#pragma omp for schedule(static)
+    for (idx bi = 0; bi < idx(nblocks); ++bi) {  // W_2^T by blocks: W2[T, :]^T (n2 x kBlock) contiguous
+      const size_t t0 = size_t(bi) * kBlock, t1 = std::min(n1, t0 + kBlock);
+      T* const wt = W2Tp + size_t(bi) * n2 * kBlock;
+      for (size_t t = t0; t < t1; ++t)
+        for (size_t c = 0; c < n2; ++c) wt[c * kBlock + (t - t0)] = W2[t * n2 + c];
+    }
+    for (size_t r0 = 0; r0 < N; r0 += R) {
+      const size_t rows = std::min(R, N - r0);
+      const bool acc = r0 > 0;
+      const T* const Xr = X + r0 * d;
+      // (A) per block: Z = X W1[:, T], S = a1 sigma(Z), D = a1 sigma'(Z); the lane's Z_2 += S W2[T, :]
+#pragma omp for schedule(static)
+      for (idx li = 0; li < idx(nlanes); ++li) {
+        const size_t b0 = size_t(li) * bpl, b1 = std::min(nblocks, b0 + bpl);
+        T* const H = HL + size_t(li) * R * n2;
+        for (size_t blk = b0; blk < b1; ++blk) {
+          const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
+          T* const S = SP + blk * R * kBlock;
+          T* const D = DP + blk * R * kBlock;
+          ops.gemm_nn_act_both(rows, nb, d, Xr, d, W1 + t0, n1, S, kBlock, act, gamma, a1, D);
+          ops.gemm_nn(rows, n2, nb, S, kBlock, W2 + t0 * n2, n2, H, n2, blk > b0);
+        }
+      }  // implicit barrier
+      // (T) Z_2 of the panel (the lanes in order), then the tail on its rows: the panel's G, loss, tail gradients
+#pragma omp for schedule(static)
+      for (idx si = 0; si < idx(nsub); ++si) {
+        const size_t rs = size_t(si) * kTailRows;
+        if (rs >= rows) continue;
+        const size_t rr = std::min(kTailRows, rows - rs), cnt = rr * n2;
+        T* const f2 = F2p + rs * n2;
+        std::copy(HL + rs * n2, HL + rs * n2 + cnt, f2);
+        for (size_t l = 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * R * n2 + rs * n2);
+        lsub[si] = plan.run(ops, act, gamma, rr, f2, Y + (r0 + rs) * nL, Gp + rs * n2, gcs + size_t(si) * gsz, tb);
+      }  // implicit barrier: G of the panel is complete
+#pragma omp single nowait
+      {
+        for (size_t si = 0; si * kTailRows < rows; ++si) {
+          loss += lsub[si];
+          const T* g = gcs + si * gsz;
+          for (size_t e = 0; e < gsz; ++e) ta[e] += double(g[e]);
+        }
+      }
+      // (B) per block: P = G W2[T, :]^T, D = P (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T D. No barrier after
+      // it: the next panel's (A) touches only this thread's blocks and lanes, and G is rewritten only after (A).
+#pragma omp for schedule(static) nowait
+      for (idx li = 0; li < idx(nlanes); ++li) {
+        const size_t b0 = size_t(li) * bpl, b1 = std::min(nblocks, b0 + bpl);
+        for (size_t blk = b0; blk < b1; ++blk) {
+          const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
+          const T* const S = SP + blk * R * kBlock;
+          const T* const D = DP + blk * R * kBlock;
+          ops.gemm_nn_mul(rows, nb, n2, Gp, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, D);
+          ops.gemm_tn(nb, n2, rows, S, kBlock, Gp, n2, gW2 + t0 * n2, n2, acc);
+          ops.gemm_tn(d, nb, rows, Xr, d, Pt, kBlock, gW1 + t0, n1, acc);
+        }
+      }
+    }
+#pragma omp barrier
+    // squared norms of the wide layer's gradients, per block in double
+#pragma omp for schedule(static)
+    for (idx bi = 0; bi < idx(nblocks); ++bi) {
+      const size_t t0 = size_t(bi) * kBlock, nb = std::min(kBlock, n1 - t0);
+      double a = 0.0, c = 0.0;
+      for (size_t k = 0; k < d; ++k)
+        for (size_t b = 0; b < nb; ++b) {
+          const double g = double(gW1[k * n1 + t0 + b]);
+          a += g * g;
+        }
+      for (size_t e = t0 * n2; e < (t0 + nb) * n2; ++e) {
+        const double g = double(gW2[e]);
+        c += g * g;
+      }
+      q1p[bi] = a;
+      q2p[bi] = c;
+    }
+  }
+  double t1 = 0.0, t2 = 0.0;
+  for (size_t blk = 0; blk < nblocks; ++blk) {
+    t1 += q1p[blk];
+    t2 += q2p[blk];
+  }
+  grad_sq[0] = t1;
+  grad_sq[1] = t2;
+  for (size_t j = 0; j < nt; ++j) {
+    double sq = 0.0;
+    for (size_t e = 0; e < plan.grad_count(j); ++e) {
+      const T g = T(ta[plan.grad_offset(j) + e]);
+      gWt[j][e] = g;
+      sq += double(g) * double(g);
+    }
+    grad_sq[2 + j] = sq;
+  }
+  return loss;
+}
+
+template double network_grad<float>(const WideShape&, size_t, const size_t*, const float*, const float*, const float*,
+                                    const float*, const float* const*, const float*, int, float, float*, float*,
+                                    float* const*, double*, size_t);
+template double network_grad<double>(const WideShape&, size_t, const size_t*, const double*, const double*,
+                                     const double*, const double*, const double* const*, const double*, int, double,
+                                     double*, double*, double* const*, double*, size_t);
+
+}  // namespace cpu
+}  // namespace pyrgd
