@@ -1,22 +1,29 @@
-"""One full-batch GD step of the whole network, in the two halves that :func:`pyrgd.train.train` runs (the
-benchmark's fused candidate runs the same two functions).
+"""One full-batch GD step of the whole network, as :func:`pyrgd.train.train` runs it (the benchmark's fused candidate
+runs the same code).
 
-1. :func:`loss_and_gradient`: from H = Z_2 (the wide layer's output), the tail's forward and backward pass: the loss
-   Phi, G = dPhi/dZ_2 and the tail's gradients.
-2. :func:`apply_step`: the wide layer's fused step (W_1, W_2 updated in place, H of the updated weights computed in
-   the same call) and the tail's update.
+:class:`GDStep` holds what a run carries from step to step and splits a step in two halves: :meth:`GDStep.evaluate`
+(the loss at the current weights, and what the update needs) and :meth:`GDStep.update` (the update, in place).
+Two methods:
 
-Memory on the cpu backend: the tail is one streamed C++ pass that writes G into a buffer the caller hands back (the
-previous step's H, free by then), and the wide step writes the next H over G, so that a run holds exactly two
-N x n_2 arrays and nothing else of N rows but X, Y and the hidden tail layers' chunks.
+- ``"rows"`` (cpu backend, the default there): one C++ pass over panels of rows
+  (:func:`pyrgd.backends.cpu.network_grad`) gives the loss and every gradient; each product of the wide layer is done
+  once per step and sigma, sigma' are evaluated once. It holds the gradients (the size of the weights), W_2^T and a
+  panel of a few MiB; nothing of N rows.
+- ``"neurons"`` (every backend; the only one on cuda and reference): H = Z_2 is carried from step to step;
+  :func:`loss_and_gradient` runs the tail from H and :func:`apply_step` the wide layer's fused step, streamed over
+  its neurons, which computes the next H in the same call (on the cpu backend written over G: two N x n_2 arrays in
+  all). It computes X W_1 twice per step but holds no gradient of the wide layer.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import ops
-from ._validate import array_module
+from ._validate import array_module, check_float_array, check_scalar
+from .errors import PyrgdError
 from .tail import tail_step
+
+METHODS = ("auto", "rows", "neurons")
 
 
 def loss_and_gradient(H, Y, W, act, mult, backend, out=None):
@@ -46,3 +53,96 @@ def apply_step(X, W, G, tail_grads, lr, act, mult, backend):
         host = np.array(tail_sq) if xp is np else xp.stack(tail_sq).get()
         sq += [float(s) for s in host]
     return res.H_next, sq
+
+
+def rows_fit(N, n1, n2, dtype) -> bool:
+    """Whether the cpu backend's one pass gets panels of at least min(N, 16) rows for these shapes (its panel holds
+    2 x R x n1 values within a few MiB): 'auto' picks the rows method then, the neurons method for wider layers."""
+    from .backends import cpu
+
+    return cpu.grad_panel_rows(N, n1, n2, np.dtype(dtype).itemsize) >= min(N, 16)
+
+
+class GDStep:
+    """Full-batch gradient descent on the weights ``W`` (a list, updated in place) of one network.
+
+    X (N, d), Y (N, n_L), W = [W_1, ..., W_L] (L >= 2; C-contiguous, writeable, of X's dtype and device), ``act`` a
+    parsed activation (:func:`pyrgd.activations.parse_activation`), ``mult`` = [a_1, ..., a_{L-1}], ``backend`` a
+    concrete backend name (:func:`pyrgd.ops.resolve_backend`), ``method`` 'auto' (rows on cpu where
+    :func:`rows_fit`, else neurons),
+    'rows' (cpu only) or 'neurons' (see the module docstring).
+
+    >>> import numpy as np
+    >>> from pyrgd.activations import parse_activation
+    >>> rng = np.random.default_rng(0)
+    >>> X, Y = rng.standard_normal((64, 3)), rng.standard_normal((64, 1))
+    >>> W = [rng.standard_normal((3, 128)) / 3 ** 0.5, rng.standard_normal((128, 1)) / 128 ** 0.5]
+    >>> gd = GDStep(X, Y, W, parse_activation("tanh"), [1.0], backend="reference")
+    >>> first = gd.evaluate(); _ = gd.update(0.01); gd.evaluate() < first
+    True
+    """
+
+    def __init__(self, X, Y, W, act, mult, backend, method="auto"):
+        if method not in METHODS:
+            raise PyrgdError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+        if not isinstance(W, list) or len(W) < 2:
+            raise PyrgdError("W: expected a list of at least two weight arrays [W_1, W_2, ...]")
+        X = check_float_array("X", X, 2)
+        xp = array_module(X)
+        N = X.shape[0]
+        rows = X.shape[1]
+        for l, w in enumerate(W, start=1):
+            check_float_array(f"W[{l - 1}]", w, 2, dtype=X.dtype, xp=xp, shape=(rows, None), inplace=True)
+            rows = w.shape[1]
+        self.Y = check_float_array("Y", Y, 2, dtype=X.dtype, xp=xp, shape=(N, rows))
+        if len(mult) != len(W) - 1:
+            raise PyrgdError(f"mult: expected L - 1 = {len(W) - 1} multipliers, got {len(mult)}")
+        self.mult = [check_scalar(f"mult[{j}]", a) for j, a in enumerate(mult)]
+        self.X, self.W, self.act, self.backend = X, W, act, backend
+        if method == "auto":
+            method = "rows" if backend == "cpu" and rows_fit(N, W[0].shape[1], W[1].shape[1], X.dtype) else "neurons"
+        if method == "rows" and backend != "cpu":
+            raise PyrgdError(f"method: 'rows' needs the cpu backend, got backend {backend!r}")
+        self.method = method
+        self._grads = None  # rows: the gradients of the last evaluate()
+        self._H = self._spare = self._G = self._tail_grads = None  # neurons
+        self._evaluated = False
+
+    def evaluate(self) -> float:
+        """The loss 1/2 ||F_L - Y||^2 at the current weights (a float); prepares the next :meth:`update`."""
+        if self.method == "rows":
+            from .backends import cpu
+
+            loss, self._grads, self._sq = cpu.network_grad(self.X, self.Y, self.W, self.act, self.mult,
+                                                           grads=self._grads)
+        else:
+            if self._H is None:
+                self._H = ops.wide_forward(self.X, self.W[0], self.W[1], activation=self.act, a1=self.mult[0],
+                                           backend=self.backend)
+            loss, self._G, self._tail_grads = loss_and_gradient(self._H, self.Y, self.W, self.act, self.mult,
+                                                                self.backend, out=self._spare)
+        self._evaluated = True
+        return loss
+
+    def update(self, lr) -> list[float]:
+        """W <- W - lr dPhi/dW at the weights of the last :meth:`evaluate` (which must come first), in place.
+
+        Returns the L squared gradient norms ||dPhi/dW_l||_F^2 (floats) at the weights before the update."""
+        if not self._evaluated:
+            raise PyrgdError("GDStep.update: call evaluate() first (the update uses its gradients)")
+        lr = check_scalar("lr", lr)
+        self._evaluated = False
+        if self.method == "rows":
+            from .backends import cpu
+
+            cpu.sgd_update(self.W, self._grads, lr)
+            return list(self._sq)
+        H_next, sq = apply_step(self.X, self.W, self._G, self._tail_grads, lr, self.act, self.mult, self.backend)
+        self._spare, self._H = self._H, H_next
+        self._G = self._tail_grads = None
+        return sq
+
+    def invalidate(self) -> None:
+        """Forget what was carried between steps (call it after changing the weights from outside)."""
+        self._H = self._spare = self._G = self._tail_grads = None
+        self._evaluated = False

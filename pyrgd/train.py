@@ -1,7 +1,8 @@
-"""Full-batch gradient descent with a constant step size: the wide layer in a kernel, the tail in NumPy/CuPy.
+"""Full-batch gradient descent with a constant step size, one :class:`pyrgd.gdstep.GDStep` per step.
 
-One GD step costs one sweep of the wide-layer kernel: ``ops.wide_step`` applies step k to W_1, W_2 and, in the
-same pass over the neurons, accumulates H = Z_2 of step k+1; the tail (layers 2..L) is a few small products.
+On the cpu backend one C++ pass over panels of rows gives the loss and every gradient (each product of the wide
+layer once per step); on cuda (and the reference) ``ops.wide_step`` applies step k to W_1, W_2 and, in the same
+pass over the neurons, accumulates H = Z_2 of step k+1, and the tail (layers 2..L) is a few small products.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from . import ops
 from ._threads import thread_limits
 from ._validate import array_module, check_float_array, check_nonnegative_int, check_scalar
 from .errors import PyrgdError
-from .gdstep import apply_step, loss_and_gradient
+from .gdstep import GDStep
 from .model import PyramidalNet
 from .tail import tail_backward, tail_forward
 from .tracking import certificate
@@ -256,14 +257,11 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
 
     try:
         with _StopFlag() as stop, warnings.catch_warnings():
-            t0 = time.perf_counter()
-            H = ops.wide_forward(Xd, W[0], W[1], activation=act, a1=mult[0], backend=backend)
-            step_time += time.perf_counter() - t0
+            gd = GDStep(Xd, Yd, W, act, mult, backend)
             k = 0
-            spare = None  # the H of the step before: G's buffer on the cpu backend (two N x n2 arrays in all)
             while True:
                 t0 = time.perf_counter()
-                loss, G, tail_grads = loss_and_gradient(H, Yd, W, act, mult, backend, out=spare)
+                loss = gd.evaluate()
                 step_time += time.perf_counter() - t0
                 if phi0 is None:
                     phi0 = loss
@@ -305,11 +303,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                     for l in range(1, L + 1):
                         hist[f"grad_norm_{l}"].append(float("nan"))
                     break
-                # one GD step: the wide layer (with the next forward fused), then the tail weights
+                # one GD step (pyrgd.gdstep: on the cpu backend every gradient came from the one pass of evaluate)
                 t0 = time.perf_counter()
-                H_next, grad_sq = apply_step(Xd, W, G, tail_grads, lr, act, mult, backend)
-                spare, H = H, H_next
-                del G
+                grad_sq = gd.update(lr)
                 for l, sq in enumerate(grad_sq, start=1):
                     hist[f"grad_norm_{l}"].append(math.sqrt(sq))
                 step_time += time.perf_counter() - t0

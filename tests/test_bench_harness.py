@@ -379,7 +379,11 @@ def test_speedup_targets_state_the_roofline_bound():
     from pyrgd.bench.problems import fused_flops, useful_flops
     from pyrgd.bench.report import attainable_speedup
 
-    assert fused_flops(4096, 64, (4096, 64, 32, 10)) == useful_flops(4096, 64, (4096, 64, 32, 10)) + 2 * 4096 * 64 * 4096
+    shape = (4096, 64, (4096, 64, 32, 10))
+    assert fused_flops(*shape, "neurons") == useful_flops(*shape) + 2 * 4096 * 64 * 4096
+    assert fused_flops(*shape, "rows") == useful_flops(*shape)
+    with pytest.raises(ValueError, match="method"):
+        fused_flops(*shape, "columns")
     r = _synthetic()
     r["problems"][0]["fused_flops"] = 400e9  # 2 s at the peak of 200 GFLOP/s
     r["problems"][0]["peak_gflops"] = 200.0
@@ -495,7 +499,11 @@ def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
 
     if cpu.available()[0]:  # the FMA roof at each thread count, and the bound it gives
         assert set(res["fma_peak"]) == {"default", "1", "2"} and all(v["gflops"] > 0 for v in res["fma_peak"].values())
-        assert b1["peak_gflops"] == res["fma_peak"]["default"]["gflops"] and b1["fused_flops"] > b1["useful_flops"]
+        assert b1["peak_gflops"] == res["fma_peak"]["default"]["gflops"]
+        # the cpu backend's one pass executes the useful flops; the neuron-streamed method computes X W_1 twice
+        assert b1["fused_method"] == b1["candidates"]["fused"]["method"]
+        extra = 0 if b1["fused_method"] == "rows" else 2 * b1["N"] * b1["d"] * b1["widths"][0]
+        assert b1["fused_flops"] == b1["useful_flops"] + extra
 
 
 def test_text_report(capsys):

@@ -676,6 +676,8 @@ def test_no_n_by_n1_allocation():
         G = rng.standard_normal((N, n2))
         c.step(X[:2], W1[:, :64].copy(), W2[:64].copy(), G[:2], 0.1, 0, 0.0, 1.0, True)  # start the OpenMP threads
         c.gram(X[:2], W1[:, :64], W2[:64], G[:2], 0)
+        c.network_grad(X[:2], G[:2], [W1[:, :64].copy(), W2[:64].copy()], 0, 0.0, [1.0])
+        grads = [np.empty_like(W1), np.empty_like(W2)]
         vm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize')][0] * 1024
         resource.setrlimit(resource.RLIMIT_AS, (vm + (100 << 20), resource.RLIM_INFINITY))
         try:
@@ -687,6 +689,10 @@ def test_no_n_by_n1_allocation():
         Hn, q1, q2 = c.step(X, W1, W2, G, 1e-3, 0, 0.0, 1.0, True)
         K = c.gram(X, W1, W2, G, 0)
         assert np.isfinite(H).all() and np.isfinite(Hn).all() and np.isfinite(K).all() and q1 > 0
+        del K
+        # the one-pass gradient: a panel of 1 row here (n1 is so wide), W2^T and the gradients (given up front)
+        loss, g, sq = c.network_grad(X, G, [W1, W2], 0, 0.0, [1.0], grads)
+        assert np.isfinite(loss) and sq[0] > 0 and g[0] is grads[0]
         print('OK')
         """
     )
@@ -828,7 +834,8 @@ def test_wide_step_out_argument():
 
 
 def test_random_bad_input_never_crashes_the_extension():
-    """Fuzzing the raw module: 4000 calls of forward, step, gram, tail and activation, half with every argument
+    """Fuzzing the raw module: 4000 calls of forward, step, gram, tail, activation, network_grad and sgd_update,
+    half with every argument
     drawn from a pool of wrong and right things (arrays of every dtype, shape, order, byte order and writeability,
     views that overlap, None, lists, strings, non-finite and huge numbers), half valid calls with one argument so
     replaced (or none). In a subprocess, so that a crash fails this test
@@ -875,9 +882,17 @@ def test_random_bad_input_never_crashes_the_extension():
             if name == "tail":
                 Wt = [rng.standard_normal((n2, 3)).astype(t), rng.standard_normal((3, 2)).astype(t)]
                 return [G, rng.standard_normal((N, 2)).astype(t), Wt, act, 0.1, [1.0, 0.5], None]
+            if name == "network_grad":
+                W = [W1, W2, rng.standard_normal((n2, 2)).astype(t)]
+                grads = [np.zeros_like(w) for w in W] if rng.random() < 0.5 else None
+                return [X, rng.standard_normal((N, 2)).astype(t), W, act, 0.1, [1.0, 0.5], grads,
+                        int(rng.integers(0, 5))]
+            if name == "sgd_update":
+                return [[W1, W2], [np.ones_like(W1), np.ones_like(W2)], 1e-3]
             return [X, act, 0.1, True, bool(rng.integers(2))]
-        fns = [(c.forward, 4, 7), (c.step, 6, 10), (c.gram, 2, 7), (c.tail, 4, 7), (c.activation, 2, 5)]
-        names = ["forward", "step", "gram", "tail", "activation"]
+        fns = [(c.forward, 4, 7), (c.step, 6, 10), (c.gram, 2, 7), (c.tail, 4, 7), (c.activation, 2, 5),
+               (c.network_grad, 4, 8), (c.sgd_update, 3, 3)]
+        names = ["forward", "step", "gram", "tail", "activation", "network_grad", "sgd_update"]
         ok = bad = 0
         for i in range(4000):
             j = int(rng.integers(len(fns)))

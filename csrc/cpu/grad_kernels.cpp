@@ -52,8 +52,8 @@ size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize) {
   const size_t nblocks = ceil_div(n1, kBlock);
   const size_t nlanes = ceil_div(nblocks, ceil_div(nblocks, kGradLanes));
   const size_t per_row = (2 * nblocks * kBlock + nlanes * n2) * itemsize;
-  size_t R = kGradPanelBytes / std::max<size_t>(per_row, 1) / 16 * 16;
-  R = std::max(kGradPanelRowsMin, std::min(kGradPanelRowsMax, R));
+  size_t R = kGradPanelBytes / std::max<size_t>(per_row, 1);
+  R = R >= 16 ? std::min(kGradPanelRowsMax, R / 16 * 16) : std::max<size_t>(1, R);
   return std::max<size_t>(1, std::min(R, N));
 }
 
@@ -196,6 +196,21 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   }
   return loss;
 }
+
+template <class T>
+void sgd_update(size_t count, T* W, const T* G, T lr) {
+  constexpr size_t kChunk = size_t(1) << 15;
+  const size_t nchunks = ceil_div(count, kChunk);
+  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nchunks)));
+#pragma omp parallel for schedule(static) num_threads(P)
+  for (idx c = 0; c < idx(nchunks); ++c) {
+    const size_t e0 = size_t(c) * kChunk, e1 = std::min(count, e0 + kChunk);
+    for (size_t e = e0; e < e1; ++e) W[e] -= lr * G[e];
+  }
+}
+
+template void sgd_update<float>(size_t, float*, const float*, float);
+template void sgd_update<double>(size_t, double*, const double*, double);
 
 template double network_grad<float>(const WideShape&, size_t, const size_t*, const float*, const float*, const float*,
                                     const float*, const float* const*, const float*, int, float, float*, float*,

@@ -476,6 +476,52 @@ py::tuple network_grad(const py::object& X, const py::object& Y, const py::objec
                            : network_grad_t<double>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr);
 }
 
+// W_l -= lr G_l for every pair, in one call without the GIL (so that a KeyboardInterrupt cannot land between two
+// layers): weights and grads are lists of one dtype, pairwise of one shape, C-contiguous, weights writeable, no array
+// of one list overlapping any of the other or of its own.
+void sgd_update(const py::object& Wobj, const py::object& Gobj, double lr) {
+  for (const auto& pr : {std::make_pair(&Wobj, "weights"), std::make_pair(&Gobj, "grads")})
+    if (!py::isinstance<py::sequence>(*pr.first) || py::isinstance<py::str>(*pr.first))
+      throw py::type_error(std::string(pr.second) + ": expected a list of arrays, got " + type_name(*pr.first));
+  const py::sequence ws = py::reinterpret_borrow<py::sequence>(Wobj), gs = py::reinterpret_borrow<py::sequence>(Gobj);
+  const std::size_t L = std::size_t(py::len(ws));
+  if (L == 0) throw py::value_error("weights: expected at least one array");
+  if (std::size_t(py::len(gs)) != L)
+    throw py::value_error("grads: expected " + std::to_string(L) + " arrays (one per weight), got " +
+                          std::to_string(py::len(gs)));
+  check_finite(lr, "lr");
+  std::vector<py::array> W, G;
+  py::array w0 = as_array(ws[0], "weights[0]");
+  if (w0.ndim() != 2) throw py::value_error("weights[0]: expected a 2-D array");
+  const DType t = dtype_of(w0, "weights[0]");
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::string wn = "weights[" + std::to_string(l) + "]", gn = "grads[" + std::to_string(l) + "]";
+    W.push_back(check_matrix(ws[l], wn.c_str(), t, -1, -1, true, "(rows, cols)"));
+    const std::string shape = "(" + std::to_string(W[l].shape(0)) + ", " + std::to_string(W[l].shape(1)) + ") like " +
+                              wn;
+    G.push_back(check_matrix(gs[l], gn.c_str(), t, W[l].shape(0), W[l].shape(1), false, shape.c_str()));
+  }
+  for (std::size_t l = 0; l < L; ++l)
+    for (std::size_t k = 0; k < L; ++k) {
+      if (overlap(W[l], G[k]))
+        throw py::value_error("weights[" + std::to_string(l) + "], grads[" + std::to_string(k) +
+                              "]: must not share memory");
+      if (k < l && overlap(W[l], W[k]))
+        throw py::value_error("weights[" + std::to_string(l) + "], weights[" + std::to_string(k) +
+                              "]: must not share memory (both are updated)");
+    }
+  py::gil_scoped_release nogil;
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::size_t n = std::size_t(W[l].shape(0)) * std::size_t(W[l].shape(1));
+    if (t == DType::f32)
+      pyrgd::cpu::sgd_update<float>(n, static_cast<float*>(W[l].mutable_data()), static_cast<const float*>(G[l].data()),
+                                    float(lr));
+    else
+      pyrgd::cpu::sgd_update<double>(n, static_cast<double*>(W[l].mutable_data()),
+                                     static_cast<const double*>(G[l].data()), lr);
+  }
+}
+
 int isa_code(const std::string& name) {
   if (name == "generic") return 0;
   if (name == "avx2") return 1;
@@ -611,6 +657,17 @@ PYBIND11_MODULE(_cpu, m) {
         "or each other) and grad_sq = [||dPhi/dW_l||_F^2]. weights: [W_1, ..., W_L] (L >= 2); multipliers: "
         "[a_1, ..., a_{L-1}]; Y (N, n_L). Nothing N x n1 is allocated (a panel of R x n1 values of sigma and "
         "sigma'; R = panel_rows, or 0: chosen from the shapes). Bit-identical for any number of threads.");
+  m.def(
+      "grad_panel_rows",
+      [](std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize) {
+        if (N == 0 || n1 == 0 || n2 == 0 || (itemsize != 4 && itemsize != 8))
+          throw py::value_error("grad_panel_rows: expected N, n1, n2 >= 1 and itemsize 4 or 8");
+        return pyrgd::cpu::grad_panel_rows(N, n1, n2, itemsize);
+      },
+      py::arg("N"), py::arg("n1"), py::arg("n2"), py::arg("itemsize"),
+      "The rows R of one panel of network_grad for these shapes (panel_rows=0).");
+  m.def("sgd_update", &sgd_update, py::arg("weights"), py::arg("grads"), py::arg("lr"),
+        "W -= lr * G for every pair of the two lists (in place; the bits of NumPy's W -= lr * G), in one call.");
   m.def(
       "fma_peak_gflops",
       [](const std::string& dtype, double seconds) {

@@ -121,10 +121,11 @@ double tail(std::size_t N, std::size_t nt, const std::size_t* dims, const T* H, 
 //   (in double). Returns Phi = 1/2 ||F_L - Y||_F^2 (accumulated in double).
 //   panel_rows: R, or 0 for grad_panel_rows(N, n1, n2, sizeof(T)).
 // Bit-identical for any number of threads (the panels and lanes are fixed by the shapes; see grad_kernels.cpp).
-constexpr std::size_t kGradPanelBytes = std::size_t(4) << 20;  // S, D and the lanes' Z_2 of one panel, at most
-constexpr std::size_t kGradPanelRowsMin = 16, kGradPanelRowsMax = 64;
-// R of network_grad: the largest multiple of 16 rows in [kGradPanelRowsMin, kGradPanelRowsMax] whose panel fits in
-// kGradPanelBytes (at least kGradPanelRowsMin), and at most N.
+constexpr std::size_t kGradPanelBytes = std::size_t(8) << 20;  // S, D and the lanes' Z_2 of one panel, at most
+constexpr std::size_t kGradPanelRowsMax = 64;
+// R of network_grad: the largest multiple of 16 rows up to kGradPanelRowsMax whose panel fits in kGradPanelBytes;
+// where not even 16 rows fit (a very wide layer), as many rows as fit, at least 1; at most N. The panel is thus at
+// most max(kGradPanelBytes, one row), never N x n1 unless N is that small.
 std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize);
 
 template <class T>
@@ -140,6 +141,13 @@ extern template double network_grad<double>(const WideShape&, std::size_t, const
                                              const double*, const double*, const double*, const double* const*,
                                              const double*, int, double, double*, double*, double* const*, double*,
                                              std::size_t);
+
+// W[e] -= lr G[e] for e < count (the product rounded, then the difference: the bits of NumPy's W -= lr * G), in
+// parallel over chunks. W and G must not overlap.
+template <class T>
+void sgd_update(std::size_t count, T* W, const T* G, T lr);
+extern template void sgd_update<float>(std::size_t, float*, const float*, float);
+extern template void sgd_update<double>(std::size_t, double*, const double*, double);
 
 // The floating-point roof of this machine for T: GFLOP/s of independent FMA chains on registers (kernels of
 // get_isa()), on get_num_threads() threads at once, for about `seconds` of wall time.

@@ -111,6 +111,38 @@ def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
     return float(loss), G, list(grads)
 
 
+def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0):
+    """The loss and every gradient of the whole network at the current weights, in one C++ pass over panels of rows.
+
+    Returns (loss, grads, grad_sq): loss = 1/2 ||F_L - Y||_F^2 (a float), grads = [dPhi/dW_1, ..., dPhi/dW_L]
+    (written into ``grads`` when given: L C-contiguous writeable arrays shaped like the weights, sharing no memory
+    with the inputs or each other) and grad_sq = [||dPhi/dW_l||_F^2] (floats). weights: [W_1, ..., W_L] (L >= 2);
+    multipliers: [a_1, ..., a_{L-1}].
+
+    Per panel of R rows it computes Z_1 for all n1 neurons (keeping a1 sigma(Z_1) and a1 sigma'(Z_1) for the panel:
+    R x n1 values each, never N x n1), Z_2, the tail on those rows, and the panel's share of every gradient, so each
+    product of the wide layer is done once per step (the neuron-streamed ``step`` computes X W_1 twice). Besides
+    the gradients it allocates W_2^T and the panel (at most 8 MiB or one row; R = ``panel_rows``, or 0:
+    :func:`grad_panel_rows`). The
+    same bits for any number of threads.
+    """
+    m = _module()
+    loss, g, sq = _call(m.network_grad, X, Y, list(weights), act.code, float(act.gamma),
+                        [float(a) for a in multipliers], None if grads is None else list(grads), int(panel_rows))
+    return float(loss), list(g), [float(v) for v in sq]
+
+
+def grad_panel_rows(N, n1, n2, itemsize) -> int:
+    """The rows R of one panel of :func:`network_grad` (panel_rows=0) for these shapes."""
+    return int(_call(_module().grad_panel_rows, int(N), int(n1), int(n2), int(itemsize)))
+
+
+def sgd_update(weights, grads, lr) -> None:
+    """W -= lr * G for every pair, in place, in one C++ call (a KeyboardInterrupt cannot fall between two layers);
+    the same bits as NumPy's ``W -= lr * G``."""
+    _call(_module().sgd_update, list(weights), list(grads), float(lr))
+
+
 def fma_peak_gflops(dtype="float32", seconds: float = 0.2) -> float:
     """This machine's floating-point roof in GFLOP/s: independent FMA chains on registers with the kernels'
     instruction set, on the kernels' threads at once (no memory traffic), over about ``seconds``."""

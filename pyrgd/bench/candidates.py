@@ -5,9 +5,9 @@ and moves them to its device), and then ``step()`` runs one GD step of the whole
 ``problem.lr`` and returns the loss Phi = 1/2 ||F_L - Y||^2 at the weights before the step. ``weights()`` gives
 host copies of the current weights, so that the harness can check that every candidate computes the same step.
 
-fused    what :func:`pyrgd.train` runs per step (:mod:`pyrgd.gdstep`): the tail from H (on the cpu backend one
-         streamed C++ pass), the wide layer's fused ``ops.wide_step(next_forward=True)`` (never N x n1), the tail's
-         update, the gradient norms.
+fused    what :func:`pyrgd.train` runs per step (:class:`pyrgd.gdstep.GDStep`): on the cpu backend one C++ pass
+         over panels of rows for the loss and every gradient, then the update; on cuda the tail from H and the
+         wide layer's fused ``ops.wide_step(next_forward=True)``. Never N x n1.
 unfused  the textbook step on an array library: Z1 = X W1, F1 = sigma(Z1) and the backward with full N x n1
          matrices (NumPy on the CPU, CuPy on the GPU); written independently of pyrgd.tail.
 chunked  a loop over blocks of ``block`` neurons, one BLAS call per product, O(N x block) memory; the next step's H
@@ -28,7 +28,7 @@ from ..errors import PyrgdError
 CANDIDATES = ("fused", "unfused", "chunked", "torch")
 #: what each candidate is, in a few words (tables, JSON)
 DESCRIPTIONS = {
-    "fused": "pyrgd fused wide step + pyrgd.tail (what pyrgd.train runs)",
+    "fused": "pyrgd's fused step (what pyrgd.train runs)",
     "unfused": "unfused array library step, N x n1 matrices",
     "chunked": "array library loop over neuron blocks, BLAS per block",
     "torch": "PyTorch autograd, unfused (N x n1 matrices)",
@@ -88,19 +88,16 @@ class FusedStep(Candidate):
         super().__init__(data, xp, copy)
         from .. import ops
 
-        self.ops = ops
+        from ..gdstep import GDStep
+
         self.backend = ops.resolve_backend(backend, xp)
         self.mult = [1.0] * (len(self.W) - 1)
-        self.H = ops.wide_forward(self.X, self.W[0], self.W[1], activation=self.act, a1=1.0, backend=self.backend)
-        self.spare = None  # the H of the step before, G's buffer (pyrgd.gdstep)
+        self.gd = GDStep(self.X, self.Y, self.W, self.act, self.mult, self.backend)
+        self.method = self.gd.method
 
     def step(self) -> float:
-        from ..gdstep import apply_step, loss_and_gradient
-
-        loss, G, tail_grads = loss_and_gradient(self.H, self.Y, self.W, self.act, self.mult, self.backend,
-                                                out=self.spare)
-        H_next, self.grad_sq = apply_step(self.X, self.W, G, tail_grads, self.lr, self.act, self.mult, self.backend)
-        self.spare, self.H = self.H, H_next
+        loss = self.gd.evaluate()
+        self.grad_sq = self.gd.update(self.lr)
         return loss
 
 
@@ -294,8 +291,9 @@ def extra_bytes(name: str, problem, itemsize: int = 4, block: int = 512) -> int:
     """A rough bound of what a candidate allocates beyond the data (to skip one that would not fit)."""
     N, n1 = problem.N, problem.n1
     n2 = problem.widths[1] if len(problem.widths) > 1 else 1
-    if name == "fused":
-        return 8 * N * n2 * itemsize
+    if name == "fused":  # neurons: the N x n2 buffers; rows: gradients, W2^T and a panel of a few MiB
+        weights = sum(a * b for a, b in zip([problem.d] + list(problem.widths), problem.widths))
+        return (8 * N * n2 + 2 * weights + 2 * min(N, 64) * n1) * itemsize
     if name == "chunked":
         return (8 * N * min(block, n1) + 8 * N * n2) * itemsize
     if name == "unfused":

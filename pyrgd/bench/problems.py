@@ -76,12 +76,21 @@ def useful_flops(N: int, d: int, widths) -> int:
     return sum(6 * int(N) * a * b for a, b in zip(dims, dims[1:])) - 2 * int(N) * dims[0] * dims[1]
 
 
-def fused_flops(N: int, d: int, widths) -> int:
-    """Flops the fused step executes: the useful flops plus 2 N d n1, since it computes Z_1 = X W_1 twice, once for
-    the gradient and once, with the updated weights, for the next step's H (THEORY.md section 2: 6 N d n1 + 6 N n1
-    n2 for the wide layer). Divided by the SGEMM rate it is the least time the fused step can take at BLAS speed
-    (the roofline bound of the speed-up targets)."""
-    return useful_flops(N, d, widths) + 2 * int(N) * int(d) * int(widths[0])
+def default_method(backend: str) -> str:
+    """The :class:`pyrgd.gdstep.GDStep` method the fused candidate uses on ``backend`` ('rows' on cpu and auto)."""
+    return "neurons" if backend in ("cuda", "reference") else "rows"
+
+
+def fused_flops(N: int, d: int, widths, method: str = "rows") -> int:
+    """Flops the fused step executes (:mod:`pyrgd.gdstep`). ``rows`` (the cpu backend's one pass over panels of
+    rows): the useful flops, each product once. ``neurons`` (streamed over the wide layer's neurons): the useful
+    flops plus 2 N d n1, since it computes Z_1 = X W_1 twice, once for the gradient and once, with the updated
+    weights, for the next step's H (THEORY.md section 2: 6 N d n1 + 6 N n1 n2 for the wide layer). Divided by the
+    FMA peak it is the least time the fused step can take (the roofline bound of the speed-up targets)."""
+    if method not in ("rows", "neurons"):
+        raise ValueError(f"method: expected 'rows' or 'neurons', got {method!r}")
+    extra = 2 * int(N) * int(d) * int(widths[0]) if method == "neurons" else 0
+    return useful_flops(N, d, widths) + extra
 
 
 def data_bytes(N: int, d: int, widths, itemsize: int = 4) -> dict:

@@ -1,0 +1,297 @@
+"""The one-pass gradient of the whole network on the CPU (pyrgd._cpu.network_grad, pyrgd.backends.cpu.network_grad),
+the in-place update (sgd_update) and pyrgd.gdstep.GDStep, which pyrgd.train and the benchmark run.
+
+Agreement with an independent float64 NumPy oracle (the textbook forward and backward with the whole N x n1
+matrices): relative Frobenius error <= 1e-12 (float64) and <= 1e-5 (float32) for the loss, every gradient and the
+squared gradient norms, over every activation, depths L = 2..5, awkward shapes (N = 1; N not a multiple of the
+panel rows; n1 below, not a multiple of, and far above the block of 64 neurons, so that lanes hold several blocks)
+and every instruction set this CPU has. Determinism: the same bits for 1, 2 and 3 threads. Robustness: bad input
+raises an error that names the argument, and nothing is written.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyrgd.activations import parse_activation, sigma_and_derivative
+from pyrgd.errors import PyrgdError
+
+_cpu = pytest.importorskip("pyrgd._cpu", reason="the C++ extension pyrgd._cpu is not built")
+from pyrgd.backends import cpu  # noqa: E402  (after the skip: needs the extension)
+from pyrgd.gdstep import GDStep  # noqa: E402
+
+ACTIVATIONS = ["relu", "leaky_relu(0.1)", "smooth_leaky_relu(0.3)", "softplus", "tanh", "erf", "identity"]
+DTYPES = [np.float64, np.float32]
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+ISAS = _cpu.available_isas()
+
+# (N, [d, n1, n2, ..., nL], multipliers a_1..a_{L-1})
+CASES = [
+    (1, [3, 5, 2], [1.0]),
+    (7, [2, 40, 3, 1], [0.8, 1.3]),
+    (65, [5, 130, 9, 4], [1.0, 0.7]),
+    (150, [4, 2100, 6, 5, 2], [0.05, 1.1, 0.9]),
+    (203, [9, 77, 33, 12, 8, 3], [0.6, 1.0, 1.4, 0.8]),
+]
+CASE_IDS = [f"N{c[0]}-L{len(c[1]) - 1}-n1_{c[1][1]}" for c in CASES]
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / (nb if nb > 0 else 1.0))
+
+
+def oracle(X, Y, W, act, mult):
+    """Loss and gradients in float64 with the whole N x n_l matrices (written independently of the kernels)."""
+    X, Y, W = X.astype(np.float64), Y.astype(np.float64), [w.astype(np.float64) for w in W]
+    L = len(W)
+    F, Fs, dSs = X, [X], []
+    for l in range(L - 1):
+        S, dS = sigma_and_derivative(act, F @ W[l])
+        F = mult[l] * S
+        Fs.append(F)
+        dSs.append(mult[l] * dS)
+    D = F @ W[L - 1] - Y
+    loss = 0.5 * float((D * D).sum())
+    grads = [None] * L
+    for l in range(L - 1, -1, -1):
+        grads[l] = Fs[l].T @ D
+        if l > 0:
+            D = (D @ W[l].T) * dSs[l - 1]
+    return loss, grads
+
+
+def make(N, dims, dtype, act, seed=0):
+    """X, Y, W; for relu/leaky_relu the first layer is redrawn until no pre-activation lies within 1e-3 of the kink
+    (rounding differences, ~1e-7, must not flip sigma')."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, dims[0]))
+    Y = rng.standard_normal((N, dims[-1]))
+    W = [rng.standard_normal((a, b)) / np.sqrt(a) for a, b in zip(dims, dims[1:])]
+    if act.name in ("relu", "leaky_relu"):
+        for _ in range(500):
+            bad = np.abs(X @ W[0]).min(axis=0) < 1e-3
+            if not bad.any():
+                break
+            W[0][:, bad] = rng.standard_normal((dims[0], int(bad.sum()))) / np.sqrt(dims[0])
+    return (X.astype(dtype), Y.astype(dtype), [w.astype(dtype) for w in W])
+
+
+@pytest.fixture
+def restore_threads():
+    yield
+    _cpu.set_num_threads(0)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    _cpu.set_isa(request.param)
+    yield request.param
+    _cpu.set_isa("auto")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ACTIVATIONS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_network_grad_matches_oracle(case, spec, dtype):
+    N, dims, mult = case
+    act = parse_activation(spec)
+    X, Y, W = make(N, dims, dtype, act)
+    Wc = [w.copy() for w in W]
+    loss_ref, g_ref = oracle(X, Y, W, act, mult)
+    loss, grads, sq = cpu.network_grad(X, Y, W, act, mult)
+    assert isinstance(loss, float) and abs(loss - loss_ref) <= TOL[dtype] * loss_ref
+    assert len(grads) == len(W) == len(sq)
+    for g, gr, s, w in zip(grads, g_ref, sq, W):
+        assert g.dtype == dtype and g.shape == w.shape and g.flags.c_contiguous
+        assert rel_err(g, gr) <= TOL[dtype]
+        assert abs(s - float((gr * gr).sum())) <= 4 * TOL[dtype] * float((gr * gr).sum())
+    assert all(np.array_equal(a, b) for a, b in zip(W, Wc))  # nothing written into the inputs
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_every_isa_and_panel_size_matches_oracle(isa, dtype):
+    """Every instruction set, and panels of 1, 5, 16, 64 rows and the automatic choice (N = 203 is a multiple of
+    none of them): the same gradients within the tolerance."""
+    N, dims, mult = CASES[-1]
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    X, Y, W = make(N, dims, dtype, act, seed=3)
+    loss_ref, g_ref = oracle(X, Y, W, act, mult)
+    for rows in (0, 1, 5, 16, 64):
+        loss, grads, _ = cpu.network_grad(X, Y, W, act, mult, panel_rows=rows)
+        assert abs(loss - loss_ref) <= TOL[dtype] * loss_ref, rows
+        assert all(rel_err(g, gr) <= TOL[dtype] for g, gr in zip(grads, g_ref)), rows
+
+
+def test_panel_rows_rule():
+    """R: the largest multiple of 16 up to 64 whose panel fits in the budget; fewer rows (at least 1) only when 16
+    do not fit; never more than N."""
+    assert _cpu.grad_panel_rows(4096, 4096, 64, 4) == 64
+    assert _cpu.grad_panel_rows(20, 4096, 64, 4) == 20
+    wide = _cpu.grad_panel_rows(4096, 1 << 16, 64, 8)
+    assert 1 <= wide < 16
+    assert _cpu.grad_panel_rows(4096, 1 << 24, 1, 8) == 1
+    r = _cpu.grad_panel_rows(32768, 32768, 32, 4)
+    assert r % 16 == 0 and 16 <= r <= 64
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_same_bits_for_any_thread_count(dtype, restore_threads):
+    """Several panels and lanes of several blocks: loss, gradients and norms are bit-identical for 1, 2, 3 threads;
+    given `grads` buffers receive exactly what new arrays get."""
+    act = parse_activation("softplus")
+    X, Y, W = make(300, [6, 2200, 12, 3], dtype, act, seed=5)
+    mult = [0.3, 1.2]
+    outs = []
+    for n in (1, 2, 3):
+        cpu.set_num_threads(n)
+        outs.append(cpu.network_grad(X, Y, W, act, mult))
+    for loss, grads, sq in outs[1:]:
+        assert loss == outs[0][0] and sq == outs[0][2]
+        assert all(np.array_equal(a, b) for a, b in zip(grads, outs[0][1]))
+    bufs = [np.full_like(w, np.nan) for w in W]
+    loss, grads, sq = cpu.network_grad(X, Y, W, act, mult, grads=bufs)
+    assert all(g is b for g, b in zip(grads, bufs))
+    assert loss == outs[0][0] and all(np.array_equal(a, b) for a, b in zip(bufs, outs[0][1]))
+
+
+def test_network_grad_rejects_bad_input():
+    """Every argument of the raw kernel is checked and named; a failed call writes nothing into `grads`."""
+    act = parse_activation("tanh")
+    X, Y, W = make(20, [3, 70, 4, 2], np.float64, act)
+    G = [np.zeros_like(w) for w in W]
+    m = [1.0, 1.0]
+    ro = W[0].copy()
+    ro.setflags(write=False)
+    big = np.zeros(600)
+    bad = [
+        (dict(X=X.astype(np.float32)), TypeError, "W1: expected dtype float32"),
+        (dict(X=np.asfortranarray(X)), ValueError, "X: expected a C-contiguous"),
+        (dict(X=X[0]), ValueError, "X: expected a 2-D"),
+        (dict(Y=Y[:19]), ValueError, "Y: expected shape"),
+        (dict(Y=Y[:, :1]), ValueError, "Y: expected shape"),
+        (dict(W=W[:1]), ValueError, "weights: expected at least two"),
+        (dict(W=[W[0], W[1], W[1]]), ValueError, "weights\\[2\\] \\(W_3\\): expected shape"),
+        (dict(W="W"), TypeError, "weights: expected a list"),
+        (dict(m=[1.0]), ValueError, "multipliers: expected L - 1 = 2"),
+        (dict(m=[1.0, float("inf")]), ValueError, "multipliers\\[1\\]: expected a finite"),
+        (dict(m=[1.0, "a"]), TypeError, "multipliers\\[1\\]: expected a float"),
+        (dict(G=G[:2]), ValueError, "grads: expected 3 arrays"),
+        (dict(G=[G[0], G[1], np.zeros((4, 3))]), ValueError, "grads\\[2\\]: expected shape"),
+        (dict(G=[G[0], G[1], G[2].astype(np.float32)]), TypeError, "grads\\[2\\]: expected dtype float64"),
+        (dict(G=[ro, G[1], G[2]]), ValueError, "grads\\[0\\]: is updated in place but is read-only"),
+        (dict(G=[W[0], G[1], G[2]]), ValueError, "grads\\[0\\], weights\\[0\\]: must not share memory"),
+        (dict(G=[big[:210].reshape(3, 70), big[100:380].reshape(70, 4), G[2]]), ValueError,
+         "grads\\[1\\], grads\\[0\\]: must not share memory"),
+        (dict(G="G"), TypeError, "grads: expected None or a list"),
+        (dict(act_code=42), ValueError, "act_code"),
+        (dict(rows=-1), ValueError, "panel_rows"),
+    ]
+    for over, exc, text in bad:
+        args = dict(X=X, Y=Y, W=W, m=m, G=G, act_code=act.code, rows=0)
+        args.update(over)
+        before = [g.copy() for g in G]
+        with pytest.raises(exc, match=text):
+            _cpu.network_grad(args["X"], args["Y"], args["W"], args["act_code"], 0.0, args["m"], args["G"],
+                              args["rows"])
+        assert all(np.array_equal(a, b) for a, b in zip(G, before)), text
+    with pytest.raises(PyrgdError, match="Y: expected shape"):  # the wrapper turns them into PyrgdError
+        cpu.network_grad(X, Y[:3], W, act, m)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_sgd_update_has_numpy_bits(dtype):
+    rng = np.random.default_rng(1)
+    W = [rng.standard_normal(s).astype(dtype) for s in ((5, 70000), (3, 4))]
+    G = [rng.standard_normal(w.shape).astype(dtype) for w in W]
+    want = [w.copy() for w in W]
+    for w, g in zip(want, G):
+        w -= 0.037 * g
+    cpu.sgd_update(W, G, 0.037)
+    assert all(np.array_equal(a, b) for a, b in zip(W, want))
+    for args, text in (((W, G[:1], 0.1), "grads: expected 2"), ((W, G, float("nan")), "lr: expected a finite"),
+                       (([W[0], W[0]], [G[0], G[0]], 0.1), "weights\\[1\\], weights\\[0\\]"),
+                       ((W, [W[0], G[1]], 0.1), "weights\\[0\\], grads\\[0\\]"),
+                       ((W, [G[0].T, G[1]], 0.1), "grads\\[0\\]: expected shape")):
+        before = [w.copy() for w in W]
+        with pytest.raises(PyrgdError, match=text):
+            cpu.sgd_update(*args)
+        assert all(np.array_equal(a, b) for a, b in zip(W, before))
+
+
+# ---------------------------------------------------------------------------------------------------- GDStep
+def _train(method, backend, X, Y, W, act, mult, lr, steps):
+    W = [w.copy() for w in W]
+    gd = GDStep(X, Y, W, act, mult, backend, method=method)
+    losses, norms = [], []
+    for _ in range(steps):
+        losses.append(gd.evaluate())
+        norms.append(gd.update(lr))
+    return losses, norms, W, gd.method
+
+
+@pytest.mark.parametrize("dims", [[5, 90, 3], [5, 150, 9, 5, 2]], ids=["L2", "L4"])
+def test_gdstep_methods_agree(dims):
+    """20 steps of the rows method (cpu), the neurons method (cpu) and the reference agree to 1e-10: losses,
+    gradient norms, weights; 'auto' is rows on the cpu backend and neurons on the reference."""
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    X, Y, W = make(40, dims, np.float64, act)
+    mult = [0.9, 1.2, 0.7][: len(dims) - 2]
+    runs = [_train("auto", "cpu", X, Y, W, act, mult, 2e-3, 20), _train("neurons", "cpu", X, Y, W, act, mult, 2e-3, 20),
+            _train("auto", "reference", X, Y, W, act, mult, 2e-3, 20)]
+    assert [r[3] for r in runs] == ["rows", "neurons", "neurons"]
+    a = runs[2]
+    assert a[0][-1] < a[0][0]  # it trains
+    for b in runs[:2]:
+        assert np.allclose(a[0], b[0], rtol=1e-10, atol=0)
+        assert np.allclose(a[1], b[1], rtol=1e-10, atol=0)
+        for wa, wb in zip(a[2], b[2]):
+            assert np.allclose(wa, wb, rtol=1e-10, atol=1e-13)
+
+
+def test_gdstep_checks_its_arguments():
+    act = parse_activation("relu")
+    X, Y, W = make(10, [3, 20, 2], np.float64, act)
+    with pytest.raises(PyrgdError, match="method: expected one of"):
+        GDStep(X, Y, W, act, [1.0], "cpu", method="columns")
+    with pytest.raises(PyrgdError, match="method: 'rows' needs the cpu backend"):
+        GDStep(X, Y, W, act, [1.0], "reference", method="rows")
+    with pytest.raises(PyrgdError, match="Y: expected shape"):
+        GDStep(X, Y[:, :1], W, act, [1.0], "cpu")
+    with pytest.raises(PyrgdError, match="W\\[1\\]: expected shape"):
+        GDStep(X, Y, [W[0], W[1][:5]], act, [1.0], "cpu")
+    with pytest.raises(PyrgdError, match="mult: expected L - 1 = 1"):
+        GDStep(X, Y, W, act, [1.0, 1.0], "cpu")
+    bad = [w.copy() for w in W]
+    bad[0][0, 0] = np.nan
+    with pytest.raises(PyrgdError, match="W\\[0\\].*finite"):
+        GDStep(X, Y, bad, act, [1.0], "cpu")
+    gd = GDStep(X, Y, W, act, [1.0], "cpu")
+    with pytest.raises(PyrgdError, match="call evaluate\\(\\) first"):
+        gd.update(0.1)
+    gd.evaluate()
+    gd.update(0.1)
+    with pytest.raises(PyrgdError, match="call evaluate\\(\\) first"):  # one update per evaluation
+        gd.update(0.1)
+
+
+def test_rows_step_reuses_its_buffers():
+    """After the first step, a rows step allocates (tracemalloc: every NumPy array) less than a tenth of one
+    N x n2 array: the gradients live in buffers kept from step to step."""
+    import tracemalloc
+
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    N, dims = 20000, [4, 300, 16, 8, 1]
+    X, Y, W = make(N, dims, np.float64, act, seed=1)
+    gd = GDStep(X, Y, W, act, [1.0, 1.0, 1.0], "cpu")
+    peaks = []
+    for _ in range(3):
+        tracemalloc.start()
+        gd.evaluate()
+        gd.update(1e-6)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert gd.method == "rows"
+    assert max(peaks[1:]) < 0.1 * N * dims[2] * 8, peaks
+    assert peaks[0] >= sum(w.nbytes for w in W)  # the first step allocates the gradients: the measurement sees them
