@@ -9,8 +9,9 @@
 // done once: 2 N n1 (d + n2) multiply-adds per step instead of 3, and sigma, sigma' are evaluated once.
 // The price is the gradients of W_1 and W_2 held until the last panel (the caller's arrays) and W_2^T.
 //
-// Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons (schedule(static), so that a thread
-// gets the same blocks in both and its part of the panel stays in its cache), the tail on one thread.
+// Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons, each thread the same contiguous range
+// of lanes in both (its part of the panel stays in its cache; (B) runs them backwards, the freshest first); the
+// tail over sub-chunks of kTailRows rows.
 // Determinism: Z_2 of a panel is the sum over lanes, in lane order, of each lane's sum over its blocks in order (one
 // FMA chain per block); the lanes and the panel rows are fixed by the shapes alone; each gradient element is a sum
 // over panels, in order, of one FMA chain over the panel's rows, written by one thread; the tail's gradients and the
@@ -23,6 +24,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -37,7 +39,7 @@ using util::thread_id;
 
 namespace {
 
-constexpr size_t kGradLanes = 32;  // at most this many lanes of blocks (the second-level sums of Z_2)
+constexpr size_t kGradLanes = 16;  // at most this many lanes of blocks (the second-level sums of Z_2)
 constexpr size_t kTailRows = 16;   // rows of a sub-chunk of the tail (the tasks of its parallel loop)
 
 size_t mul_or_throw(size_t a, size_t b) {
@@ -73,20 +75,26 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   const size_t gsz = plan.grad_size(), nL = tdims[nt];
   const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nlanes)));
 
-  // All allocated here, outside the parallel region (zeros: the padding columns of the panel stay finite).
+  // All allocated here, outside the parallel region. The large buffers are not cleared (every value read is
+  // written first; the columns past n1 of the last block, which the products never read but the activation
+  // epilogues pass over, are zeroed so that they hold finite values).
   const size_t szPanel = mul_or_throw(mul_or_throw(nblocks, R), kBlock);
-  std::vector<T> W2T(mul_or_throw(mul_or_throw(nblocks, n2), kBlock));  // W2[T, :]^T block after block
-  std::vector<T> Sp(szPanel), Dp(szPanel);   // S and D of the panel, block after block (R x kBlock each)
+  std::unique_ptr<T[]> W2T(new T[mul_or_throw(mul_or_throw(nblocks, n2), kBlock)]);  // W2[T, :]^T block by block
+  std::unique_ptr<T[]> Sp(new T[szPanel]), Dp(new T[szPanel]);  // S and D of the panel, block after block
   std::vector<T> Hl(mul_or_throw(mul_or_throw(nlanes, R), n2));  // each lane's part of Z_2
   std::vector<T> F2(R * n2), Gb(R * n2);     // Z_2 and G of the panel
   std::vector<T> Pb(mul_or_throw(size_t(P), R * kBlock));
+  if (n1 % kBlock) {
+    std::fill(Sp.get() + (nblocks - 1) * R * kBlock, Sp.get() + szPanel, T(0));
+    std::fill(Dp.get() + (nblocks - 1) * R * kBlock, Dp.get() + szPanel, T(0));
+  }
   std::vector<T> tbuf(mul_or_throw(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
   std::vector<T> gsub(mul_or_throw(nsub, gsz));  // each sub-chunk's tail gradients
   std::vector<double> tacc(gsz, 0.0), lsubv(nsub), q1(nblocks), q2(nblocks);
   double loss = 0.0;
-  T* const W2Tp = W2T.data();
-  T* const SP = Sp.data();
-  T* const DP = Dp.data();
+  T* const W2Tp = W2T.get();
+  T* const SP = Sp.get();
+  T* const DP = Dp.get();
   T* const HL = Hl.data();
   T* const F2p = F2.data();
   T* const Gp = Gb.data();
@@ -101,6 +109,9 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   {
     T* const Pt = PB + size_t(thread_id()) * R * kBlock;
     T* const tb = tbuf.data() + size_t(thread_id()) * plan.thread_buffer_size();
+    // this thread's lanes in (A) and (B): the same contiguous range in both
+    const size_t nth = size_t(util::team_size()), me = size_t(thread_id());
+    const size_t lane0 = me * nlanes / nth, lane1 = (me + 1) * nlanes / nth;
 #pragma omp for schedule(static)
     for (idx bi = 0; bi < idx(nblocks); ++bi) {  // W_2^T by blocks: W2[T, :]^T (n2 x kBlock) contiguous
       const size_t t0 = size_t(bi) * kBlock, t1 = std::min(n1, t0 + kBlock);
@@ -113,10 +124,9 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
       const bool acc = r0 > 0;
       const T* const Xr = X + r0 * d;
       // (A) per block: Z = X W1[:, T], S = a1 sigma(Z), D = a1 sigma'(Z); the lane's Z_2 += S W2[T, :]
-#pragma omp for schedule(static)
-      for (idx li = 0; li < idx(nlanes); ++li) {
-        const size_t b0 = size_t(li) * bpl, b1 = std::min(nblocks, b0 + bpl);
-        T* const H = HL + size_t(li) * R * n2;
+      for (size_t li = lane0; li < lane1; ++li) {
+        const size_t b0 = li * bpl, b1 = std::min(nblocks, b0 + bpl);
+        T* const H = HL + li * R * n2;
         for (size_t blk = b0; blk < b1; ++blk) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
           T* const S = SP + blk * R * kBlock;
@@ -124,7 +134,8 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
           ops.gemm_nn_act_both(rows, nb, d, Xr, d, W1 + t0, n1, S, kBlock, act, gamma, a1, D);
           ops.gemm_nn(rows, n2, nb, S, kBlock, W2 + t0 * n2, n2, H, n2, blk > b0);
         }
-      }  // implicit barrier
+      }
+#pragma omp barrier
       // (T) Z_2 of the panel (the lanes in order), then the tail on its rows: the panel's G, loss, tail gradients
 #pragma omp for schedule(static)
       for (idx si = 0; si < idx(nsub); ++si) {
@@ -144,12 +155,13 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
           for (size_t e = 0; e < gsz; ++e) ta[e] += double(g[e]);
         }
       }
-      // (B) per block: P = G W2[T, :]^T, D = P (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T D. No barrier after
-      // it: the next panel's (A) touches only this thread's blocks and lanes, and G is rewritten only after (A).
-#pragma omp for schedule(static) nowait
-      for (idx li = 0; li < idx(nlanes); ++li) {
-        const size_t b0 = size_t(li) * bpl, b1 = std::min(nblocks, b0 + bpl);
-        for (size_t blk = b0; blk < b1; ++blk) {
+      // (B) per block, this thread's blocks in the reverse order of (A), so that the S and D written last, still in
+      // this core's cache, are read first: P = G W2[T, :]^T, D = P (.) D, dW2[T, :] (+)= S^T G,
+      // dW1[:, T] (+)= X^T D. No barrier after it: the next panel's (A) touches only this thread's blocks and
+      // lanes, and G is rewritten only after (A).
+      for (size_t li = lane1; li-- > lane0;) {
+        const size_t b0 = li * bpl, b1 = std::min(nblocks, b0 + bpl);
+        for (size_t blk = b1; blk-- > b0;) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
           const T* const S = SP + blk * R * kBlock;
           const T* const D = DP + blk * R * kBlock;
