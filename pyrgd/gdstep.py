@@ -55,12 +55,40 @@ def apply_step(X, W, G, tail_grads, lr, act, mult, backend):
     return res.H_next, sq
 
 
-def rows_fit(N, n1, n2, dtype) -> bool:
-    """Whether the cpu backend's one pass gets panels of at least min(N, 16) rows for these shapes (its panel holds
-    2 x R x n1 values within a few MiB): 'auto' picks the rows method then, the neurons method for wider layers."""
+#: the last-level cache assumed where the OS does not say (bytes)
+DEFAULT_LLC_BYTES = 32 << 20
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache in bytes (sysconf / sysfs on Linux), or DEFAULT_LLC_BYTES."""
+    import os
+
+    for key in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        try:
+            v = os.sysconf(key)
+        except (ValueError, OSError, AttributeError):
+            continue
+        if v and v > 0:
+            return int(v)
+    return DEFAULT_LLC_BYTES
+
+
+def rows_fit(N, d, n1, n2, dtype, cache_bytes=None) -> bool:
+    """Whether 'auto' takes the rows method on the cpu backend for these shapes.
+
+    The rows method runs every block of W_1, W_2, their gradients and W_2^T through the cache once per panel of
+    rows, next to the panel itself: it wins where all that fits in half the last-level cache (``cache_bytes``,
+    default :func:`last_level_cache_bytes`), and where the panel keeps at least min(N, 16) rows. Otherwise the
+    neurons method, which keeps one block of weights in the cache while it streams over the samples, is faster
+    (measured on the benchmark's B4 and B3: bench/README.md)."""
     from .backends import cpu
 
-    return cpu.grad_panel_rows(N, n1, n2, np.dtype(dtype).itemsize) >= min(N, 16)
+    item = np.dtype(dtype).itemsize
+    R = cpu.grad_panel_rows(N, n1, n2, item)
+    if R < min(N, 16):
+        return False
+    working = (2 * (d * n1 + n1 * n2) + n1 * n2 + 2 * R * n1) * item
+    return working <= (cache_bytes or last_level_cache_bytes()) // 2
 
 
 class GDStep:
@@ -100,7 +128,8 @@ class GDStep:
         self.mult = [check_scalar(f"mult[{j}]", a) for j, a in enumerate(mult)]
         self.X, self.W, self.act, self.backend = X, W, act, backend
         if method == "auto":
-            method = "rows" if backend == "cpu" and rows_fit(N, W[0].shape[1], W[1].shape[1], X.dtype) else "neurons"
+            fit = backend == "cpu" and rows_fit(N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype)
+            method = "rows" if fit else "neurons"
         if method == "rows" and backend != "cpu":
             raise PyrgdError(f"method: 'rows' needs the cpu backend, got backend {backend!r}")
         self.method = method

@@ -125,15 +125,40 @@ def test_every_isa_and_panel_size_matches_oracle(isa, dtype):
 
 
 def test_panel_rows_rule():
-    """R: the largest multiple of 16 up to 64 whose panel fits in the budget; fewer rows (at least 1) only when 16
-    do not fit; never more than N."""
+    """R: a panel of about 2 MiB in multiples of 16 rows, clamped to [64, 256] (more rows for a narrow layer), cut to
+    the 8 MiB budget; fewer than 16 rows (at least 1) only when 16 do not fit; never more than N."""
     assert _cpu.grad_panel_rows(4096, 4096, 64, 4) == 64
+    narrow = _cpu.grad_panel_rows(4096, 1024, 64, 4)
+    assert narrow % 16 == 0 and 64 < narrow <= 256
+    assert _cpu.grad_panel_rows(4096, 64, 8, 4) == 256
     assert _cpu.grad_panel_rows(20, 4096, 64, 4) == 20
+    assert _cpu.grad_panel_rows(4096, 16384, 64, 4) == 48  # 64 rows would pass the 8 MiB budget
     wide = _cpu.grad_panel_rows(4096, 1 << 16, 64, 8)
     assert 1 <= wide < 16
     assert _cpu.grad_panel_rows(4096, 1 << 24, 1, 8) == 1
     r = _cpu.grad_panel_rows(32768, 32768, 32, 4)
-    assert r % 16 == 0 and 16 <= r <= 64
+    assert r % 16 == 0 and 16 <= r < 64
+    with pytest.raises(ValueError, match="grad_panel_rows"):
+        _cpu.grad_panel_rows(0, 10, 10, 4)
+
+
+def test_auto_method_rule():
+    """'auto' takes the rows method where W_1, W_2, their gradients, W_2^T and one panel fit in half the last-level
+    cache, the neurons method beyond (and on every other backend)."""
+    from pyrgd.gdstep import last_level_cache_bytes, rows_fit
+
+    llc = 32 << 20
+    assert rows_fit(4096, 64, 4096, 64, np.float32, llc)          # B1: 5 MiB of weights and 2 MiB of panel
+    assert rows_fit(4096, 64, 8192, 64, np.float32, llc)
+    assert not rows_fit(4096, 64, 16384, 64, np.float32, llc)     # 20 MiB of weights and 6 MiB of panel
+    assert not rows_fit(32768, 32, 32768, 32, np.float32, llc)    # B3
+    assert not rows_fit(4096, 64, 4096, 64, np.float32, 8 << 20)  # a small cache
+    assert not rows_fit(64, 1, 1 << 22, 1, np.float64, 1 << 40)   # panels of fewer than 16 rows
+    assert last_level_cache_bytes() > 0
+    act = parse_activation("tanh")
+    X, Y, W = make(64, [2, 1 << 15, 2], np.float64, act)
+    gd = GDStep(X, Y, W, act, [1.0], "cpu")
+    assert gd.method == ("rows" if rows_fit(64, 2, 1 << 15, 2, np.float64) else "neurons")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)

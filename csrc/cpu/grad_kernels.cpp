@@ -54,8 +54,11 @@ size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize) {
   const size_t nblocks = ceil_div(n1, kBlock);
   const size_t nlanes = ceil_div(nblocks, ceil_div(nblocks, kGradLanes));
   const size_t per_row = (2 * nblocks * kBlock + nlanes * n2) * itemsize;
-  size_t R = kGradPanelBytes / std::max<size_t>(per_row, 1);
-  R = R >= 16 ? std::min(kGradPanelRowsMax, R / 16 * 16) : std::max<size_t>(1, R);
+  const size_t cap = kGradPanelBytes / std::max<size_t>(per_row, 1);  // rows within the hard budget
+  if (cap < 16) return std::max<size_t>(1, std::min(cap, N));
+  size_t R = kGradPanelTarget / std::max<size_t>(per_row, 1) / 16 * 16;  // rows of a panel of the target size
+  R = std::max(kGradPanelRowsMin, std::min(kGradPanelRowsMax, R));
+  R = std::min(R, cap / 16 * 16);
   return std::max<size_t>(1, std::min(R, N));
 }
 

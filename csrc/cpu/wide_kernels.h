@@ -1,5 +1,7 @@
-// pyrgd CPU backend: the three fused operations of the wide first layer (THEORY.md section 2), streamed over
-// blocks of neurons so that nothing of size N x n1 (nor a d x n1 gradient) is ever allocated.
+// pyrgd CPU backend: the fused operations of the wide first layer (THEORY.md section 2) and of the whole network.
+// forward, step and gram stream over blocks of neurons so that nothing of size N x n1 (nor a d x n1 gradient) is
+// ever allocated; network_grad (grad_kernels.cpp), what a training run calls, streams over panels of rows instead,
+// with every neuron of the panel at once (R x n1 values, never N x n1) and the gradients held to the end.
 //
 // Plain C++17 + OpenMP, no Python: usable from C++ without the pybind11 module (csrc/cpu/module.cpp binds it).
 // All matrices are dense, C-contiguous (row-major), of one floating type T (float or double), in the notation
@@ -121,11 +123,14 @@ double tail(std::size_t N, std::size_t nt, const std::size_t* dims, const T* H, 
 //   (in double). Returns Phi = 1/2 ||F_L - Y||_F^2 (accumulated in double).
 //   panel_rows: R, or 0 for grad_panel_rows(N, n1, n2, sizeof(T)).
 // Bit-identical for any number of threads (the panels and lanes are fixed by the shapes; see grad_kernels.cpp).
-constexpr std::size_t kGradPanelBytes = std::size_t(8) << 20;  // S, D and the lanes' Z_2 of one panel, at most
-constexpr std::size_t kGradPanelRowsMax = 64;
-// R of network_grad: the largest multiple of 16 rows up to kGradPanelRowsMax whose panel fits in kGradPanelBytes;
-// where not even 16 rows fit (a very wide layer), as many rows as fit, at least 1; at most N. The panel is thus at
-// most max(kGradPanelBytes, one row), never N x n1 unless N is that small.
+constexpr std::size_t kGradPanelBytes = std::size_t(8) << 20;   // S, D and the lanes' Z_2 of one panel, at most
+constexpr std::size_t kGradPanelTarget = std::size_t(2) << 20;  // the panel size aimed at (the cores' L2 caches)
+constexpr std::size_t kGradPanelRowsMin = 64, kGradPanelRowsMax = 256;
+// R of network_grad: the largest multiple of 16 rows whose panel fits in kGradPanelTarget, clamped to
+// [kGradPanelRowsMin, kGradPanelRowsMax] (more rows amortize the per-panel work of a narrow layer: the tail, two
+// barriers; fewer than 64 make the products' inner dimension short), then cut to what fits in kGradPanelBytes;
+// where not even 16 rows fit there (a very wide layer), as many rows as fit, at least 1; at most N. The panel is
+// thus at most max(kGradPanelBytes, one row), never N x n1 unless N is that small.
 std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize);
 
 template <class T>

@@ -1,9 +1,12 @@
 """C++ CPU backend: the fused, OpenMP-parallel kernels of the extension module ``pyrgd._cpu``.
 
-Streams over blocks of neurons of the wide layer and never allocates anything of size N x n1 (nor a d x n1
-gradient): its buffers are a few tiles of 256 samples x 64 neurons per thread. Signatures as in
-:mod:`pyrgd.backends`; the arrays are expected already validated by :mod:`pyrgd.ops` (the extension checks them
-again and raises instead of crashing).
+Never allocates anything of size N x n1. ``forward``, ``step`` and ``gram`` stream over blocks of 64 neurons of the
+wide layer (their buffers are a few tiles of 256 samples x 64 neurons per thread, and no d x n1 gradient);
+:func:`network_grad`, what :class:`pyrgd.gdstep.GDStep` runs on this backend, streams over panels of rows with all
+the neurons of a panel (at most 8 MiB, or one row) and returns every gradient of the network, so that each
+product of a GD step is done once. Signatures as in :mod:`pyrgd.backends`; the arrays are expected already
+validated by :mod:`pyrgd.ops` / :class:`~pyrgd.gdstep.GDStep` (the extension checks them again and raises instead
+of crashing).
 
 Speed: register-tiled products with the activation fused between them on tiles that stay in the L2 cache,
 compiled for AVX-512, AVX2+FMA and the platform's baseline and chosen at run time (:func:`get_isa`,
@@ -11,7 +14,7 @@ compiled for AVX-512, AVX2+FMA and the platform's baseline and chosen at run tim
 (accuracy within a few ulp, tested). See csrc/cpu/wide_kernels.h and csrc/cpu/tile_ops.h.
 
 Determinism: the same inputs give the same bits run after run, and for ANY number of threads: ``forward``,
-``gram`` and all of ``step``'s outputs (W1, W2, the gradient norms and ``H_next``). The AVX2 and AVX-512 kernels
+``gram``, all of ``step``'s outputs (W1, W2, the gradient norms and ``H_next``), ``tail`` and ``network_grad``. The AVX2 and AVX-512 kernels
 give the same bits too; the baseline kernels may differ from them in the last bits on an x86-64 CPU without FMA.
 
 Threads: :func:`set_num_threads` (OpenMP). NumPy's own BLAS keeps idle worker threads spinning for a while after a
