@@ -99,6 +99,18 @@ int check_act(int code) {
   return code;
 }
 
+// multipliers[j] as a finite float (TypeError / ValueError naming it otherwise).
+double multiplier_at(const py::sequence& mseq, std::size_t j) {
+  const py::object m = mseq[j];
+  double a;
+  try {
+    a = m.cast<double>();
+  } catch (const py::cast_error&) {
+    throw py::type_error("multipliers[" + std::to_string(j) + "]: expected a float, got " + type_name(m));
+  }
+  return check_finite(a, ("multipliers[" + std::to_string(j) + "]").c_str());
+}
+
 // X, W1 (and W2 when given) checked; the shape (N, d, n1, n2) returned (n2 = 0 without W2).
 struct Wide {
   py::array X, W1, W2;
@@ -334,14 +346,7 @@ py::tuple tail(const py::object& Hobj, const py::object& Yobj, const py::object&
     const std::string shape = "(" + std::to_string(wd[j]) + ", n) after " + (j ? "the previous weight" : "H");
     Ws.push_back(check_matrix(wseq[j], name.c_str(), t, py::ssize_t(wd[j]), -1, false, shape.c_str()));
     wd.push_back(std::size_t(Ws.back().shape(1)));
-    const py::object m = mseq[j];
-    double a;
-    try {
-      a = m.cast<double>();
-    } catch (const py::cast_error&) {
-      throw py::type_error("multipliers[" + std::to_string(j) + "]: expected a float, got " + type_name(m));
-    }
-    mult.push_back(check_finite(a, ("multipliers[" + std::to_string(j) + "]").c_str()));
+    mult.push_back(multiplier_at(mseq, j));
   }
   const std::string sy = "(N, n_L) = " + dims("N", N, "n_L", py::ssize_t(wd.back()));
   const py::array Y = check_matrix(Yobj, "Y", t, N, py::ssize_t(wd.back()), false, sy.c_str());
@@ -424,14 +429,7 @@ py::tuple network_grad(const py::object& X, const py::object& Y, const py::objec
   }
   std::vector<double> mult;
   for (std::size_t j = 0; j + 1 < L; ++j) {
-    const py::object m = mseq[j];
-    double a;
-    try {
-      a = m.cast<double>();
-    } catch (const py::cast_error&) {
-      throw py::type_error("multipliers[" + std::to_string(j) + "]: expected a float, got " + type_name(m));
-    }
-    mult.push_back(check_finite(a, ("multipliers[" + std::to_string(j) + "]").c_str()));
+    mult.push_back(multiplier_at(mseq, j));
   }
   const py::ssize_t N = py::ssize_t(w.s.N);
   const std::string sy = "(N, n_L) = " + dims("N", N, "n_L", py::ssize_t(tdims.back()));
