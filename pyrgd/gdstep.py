@@ -60,7 +60,7 @@ DEFAULT_LLC_BYTES = 32 << 20
 
 
 def last_level_cache_bytes() -> int:
-    """Size of the CPU's last-level cache in bytes (sysconf / sysfs on Linux), or DEFAULT_LLC_BYTES."""
+    """Size of the CPU's last-level cache in bytes (os.sysconf: L3, else L2), or DEFAULT_LLC_BYTES where unknown."""
     import os
 
     for key in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
