@@ -21,3 +21,30 @@ def cpu_available():
         return cpu.available()[0]
     except ImportError:
         return False
+
+
+try:  # the C++ extension; the tests that need it skip themselves where it is not built
+    from pyrgd import _cpu as _cpu_ext
+
+    CPU_ISAS = _cpu_ext.available_isas()
+except ImportError:
+    _cpu_ext = None
+    CPU_ISAS = ["generic"]
+
+
+@pytest.fixture
+def restore_threads():
+    """Give the C++ kernels back OpenMP's default thread count after the test."""
+    yield
+    if _cpu_ext is not None:
+        _cpu_ext.set_num_threads(0)
+
+
+@pytest.fixture(params=CPU_ISAS)
+def isa(request):
+    """Run a test with the kernels of each instruction set this build has on this CPU."""
+    if _cpu_ext is None:
+        pytest.skip("the C++ extension pyrgd._cpu is not built")
+    _cpu_ext.set_isa(request.param)
+    yield request.param
+    _cpu_ext.set_isa("auto")

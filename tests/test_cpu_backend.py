@@ -86,21 +86,7 @@ def make_case(shape, dtype, act, seed=0):
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in (X, W1, W2, G))
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    _cpu.set_num_threads(0)
-
-
-ISAS = _cpu.available_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Run a test with the kernels of each instruction set this build has on this CPU."""
-    _cpu.set_isa(request.param)
-    yield request.param
-    _cpu.set_isa("auto")
+ISAS = _cpu.available_isas()  # (the `isa` and `restore_threads` fixtures are in conftest.py)
 
 
 # ----------------------------------------------------------------------------------------- agreement with reference

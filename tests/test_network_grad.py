@@ -23,7 +23,6 @@ from pyrgd.gdstep import GDStep  # noqa: E402
 ACTIVATIONS = ["relu", "leaky_relu(0.1)", "smooth_leaky_relu(0.3)", "softplus", "tanh", "erf", "identity"]
 DTYPES = [np.float64, np.float32]
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
-ISAS = _cpu.available_isas()
 
 # (N, [d, n1, n2, ..., nL], multipliers a_1..a_{L-1})
 CASES = [
@@ -76,19 +75,6 @@ def make(N, dims, dtype, act, seed=0):
                 break
             W[0][:, bad] = rng.standard_normal((dims[0], int(bad.sum()))) / np.sqrt(dims[0])
     return (X.astype(dtype), Y.astype(dtype), [w.astype(dtype) for w in W])
-
-
-@pytest.fixture
-def restore_threads():
-    yield
-    _cpu.set_num_threads(0)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    _cpu.set_isa(request.param)
-    yield request.param
-    _cpu.set_isa("auto")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
