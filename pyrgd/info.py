@@ -144,7 +144,8 @@ def collect_info() -> dict:
     """Versions, the state of every backend, and the BLAS NumPy uses, as a JSON-friendly dict.
 
     Keys: ``versions`` {package: version or None}, ``platform`` {system, machine, cpu_count, python},
-    ``backends`` {reference, cpu, cuda: {ok, detail, install (when missing), build_info / device_info}},
+    ``backends`` {reference, cpu, cuda: {ok, detail, install (when missing), build_info / device_info}; cpu also
+    last_level_cache_bytes},
     ``blas`` {ok, name, version, threads, threadpools}.
     """
     import numpy as np
@@ -173,6 +174,11 @@ def collect_info() -> dict:
         "cpu": _backend_module_info("cpu", "build_info"),
         "cuda": _backend_module_info("cuda", "device_info"),
     }
+    if backends["cpu"].get("ok"):  # what GDStep's 'auto' rule reads (pyrgd.gdstep.rows_fit)
+        from .gdstep import last_level_cache_bytes
+
+        llc = last_level_cache_bytes()
+        backends["cpu"]["last_level_cache_bytes"] = llc
     if backends["cuda"]["ok"] is False and cupy_v is None and "cannot be imported" not in backends["cuda"]["detail"]:
         backends["cuda"]["detail"] = backends["cuda"]["detail"] or "CuPy is not installed"
     return {
@@ -227,6 +233,9 @@ def format_info(d: dict) -> str:
         extra = _extra_text(name, e) if (name == "cuda" or not detail) else ""
         if extra:
             detail = f"{detail}; {extra}" if detail else extra
+        if e.get("last_level_cache_bytes"):
+            detail += (f"; last-level cache {e['last_level_cache_bytes'] / 2**20:.0f} MiB (a GD step runs the rows "
+                       "method where the wide layer's weights fit in half)")
         if not ok and e.get("install"):
             detail = f"{detail}; to install: {e['install']}" if detail else f"to install: {e['install']}"
         lines.append(f"{name:<10} {'ok' if ok else 'missing':<8} {detail}".rstrip())

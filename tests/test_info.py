@@ -93,3 +93,16 @@ def test_info_command_text_and_json(capsys):
 def test_info_bad_flags(capsys, bad):
     assert cli.main(bad) == 2
     assert capsys.readouterr().err.startswith("pyrgd: error: ")
+
+
+def test_cpu_backend_reports_the_cache_the_auto_method_reads():
+    from pyrgd.backends import cpu
+    from pyrgd.gdstep import last_level_cache_bytes
+
+    d = info.collect_info()
+    if not cpu.available()[0]:
+        assert "last_level_cache_bytes" not in d["backends"]["cpu"]
+        return
+    llc = d["backends"]["cpu"]["last_level_cache_bytes"]
+    assert llc == last_level_cache_bytes() > 0
+    assert f"last-level cache {llc / 2**20:.0f} MiB" in info.format_info(d)
