@@ -306,3 +306,18 @@ def test_rows_step_reuses_its_buffers():
     assert gd.method == "rows"
     assert max(peaks[1:]) < 0.1 * N * dims[2] * 8, peaks
     assert peaks[0] >= sum(w.nbytes for w in W)  # the first step allocates the gradients: the measurement sees them
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_relu_reads_its_derivative_off_sigma(dtype):
+    """For ReLU the panel holds a1 relu(Z) alone and (B) reads relu' off it; leaky_relu(0) runs the general path
+    that stores a1 sigma'(Z). The two give the same bits, for either sign of a1 and a layer that is not a multiple
+    of the block."""
+    act_relu = parse_activation("relu")
+    leaky = parse_activation("leaky_relu(0.1)").code  # with slope 0 (the raw module takes it; pyrgd's API not)
+    X, Y, W = make(300, [6, 2200, 12, 3], dtype, act_relu, seed=8)
+    for a1 in (0.7, -1.3):
+        r = cpu.network_grad(X, Y, W, act_relu, [a1, 1.0])
+        g = _cpu.network_grad(X, Y, W, leaky, 0.0, [a1, 1.0])
+        assert r[0] == g[0] and r[2] == g[2]
+        assert all(np.array_equal(a, b) for a, b in zip(r[1], g[1]))

@@ -8,6 +8,8 @@
 // rows, which gives the panel's G; (B) P = G W_2^T, D = P (.) D, and dW_2 += S^T G, dW_1 += X^T D. Each product is
 // done once: 2 N n1 (d + n2) multiply-adds per step instead of 3, and sigma, sigma' are evaluated once.
 // The price is the gradients of W_1 and W_2 held until the last panel (the caller's arrays) and W_2^T.
+// ReLU keeps S alone: (B) reads relu'(z) off S = a1 relu(z) (nonzero exactly where z > 0, unless a1 z underflows),
+// with the bits of the general path.
 //
 // Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons, each thread the same contiguous range
 // of lanes in both (its part of the panel stays in its cache; (B) runs them backwards, the freshest first); the
@@ -20,6 +22,8 @@
 #include "tail_plan.h"
 #include "tile_ops.h"
 #include "wide_kernels.h"
+
+#include <pyrgd/activations.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -83,13 +87,15 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   // epilogues pass over, are zeroed so that they hold finite values).
   const size_t szPanel = mul_or_throw(mul_or_throw(nblocks, R), kBlock);
   std::unique_ptr<T[]> W2T(new T[mul_or_throw(mul_or_throw(nblocks, n2), kBlock)]);  // W2[T, :]^T block by block
-  std::unique_ptr<T[]> Sp(new T[szPanel]), Dp(new T[szPanel]);  // S and D of the panel, block after block
+  // ReLU: D is read off S in (B) (relu'(z) = [a1 relu(z) != 0]), so the panel holds S alone
+  const bool relu = act == pyrgd::act::Relu::code;
+  std::unique_ptr<T[]> Sp(new T[szPanel]), Dp(new T[relu ? kBlock : szPanel]);  // S, D of the panel, by blocks
   std::vector<T> Hl(mul_or_throw(mul_or_throw(nlanes, R), n2));  // each lane's part of Z_2
   std::vector<T> F2(R * n2), Gb(R * n2);     // Z_2 and G of the panel
   std::vector<T> Pb(mul_or_throw(size_t(P), R * kBlock));
   if (n1 % kBlock) {
     std::fill(Sp.get() + (nblocks - 1) * R * kBlock, Sp.get() + szPanel, T(0));
-    std::fill(Dp.get() + (nblocks - 1) * R * kBlock, Dp.get() + szPanel, T(0));
+    if (!relu) std::fill(Dp.get() + (nblocks - 1) * R * kBlock, Dp.get() + szPanel, T(0));
   }
   std::vector<T> tbuf(mul_or_throw(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
   std::vector<T> gsub(mul_or_throw(nsub, gsz));  // each sub-chunk's tail gradients
@@ -133,8 +139,11 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
         for (size_t blk = b0; blk < b1; ++blk) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
           T* const S = SP + blk * R * kBlock;
-          T* const D = DP + blk * R * kBlock;
-          ops.gemm_nn_act_both(rows, nb, d, Xr, d, W1 + t0, n1, S, kBlock, act, gamma, a1, D);
+          T* const D = relu ? nullptr : DP + blk * R * kBlock;
+          if (relu)
+            ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, S, kBlock, act, gamma, a1, nullptr);
+          else
+            ops.gemm_nn_act_both(rows, nb, d, Xr, d, W1 + t0, n1, S, kBlock, act, gamma, a1, D);
           ops.gemm_nn(rows, n2, nb, S, kBlock, W2 + t0 * n2, n2, H, n2, blk > b0);
         }
       }
@@ -167,8 +176,12 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
         for (size_t blk = b1; blk-- > b0;) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
           const T* const S = SP + blk * R * kBlock;
-          const T* const D = DP + blk * R * kBlock;
-          ops.gemm_nn_mul(rows, nb, n2, Gp, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, D);
+          if (relu) {
+            ops.gemm_nn_mul_relu(rows, nb, n2, Gp, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, S, a1);
+          } else {
+            const T* const D = DP + blk * R * kBlock;
+            ops.gemm_nn_mul(rows, nb, n2, Gp, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, D);
+          }
           ops.gemm_tn(nb, n2, rows, S, kBlock, Gp, n2, gW2 + t0 * n2, n2, acc);
           ops.gemm_tn(d, nb, rows, Xr, d, Pt, kBlock, gW1 + t0, n1, acc);
         }

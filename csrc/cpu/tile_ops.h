@@ -46,6 +46,10 @@ struct TileOps {
   // multiplied while it is in L1; the bits of gemm_nn then the multiplication.
   void (*gemm_nn_mul)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
                       std::size_t ldb, T* C, std::size_t ldc, const T* M);
+  // C = (A B) (.) (a1 relu'(Z)) with relu'(Z) read off S = a1 relu(Z) (S != 0: a1 1, else a1 0; S with C's row
+  // stride): the bits of gemm_nn_mul with M = a1 relu'(Z) wherever a1 relu(z) does not underflow to zero for z > 0.
+  void (*gemm_nn_mul_relu)(std::size_t m, std::size_t n, std::size_t K, const T* A, std::size_t lda, const T* B,
+                           std::size_t ldb, T* C, std::size_t ldc, const T* S, T a1);
   // dst[e] += src[e] for e < count (dst and src do not overlap).
   void (*add_into)(std::size_t count, T* dst, const T* src);
   // Elementwise over `count` elements, activation `act` (an activations.h code, checked by the caller):
