@@ -27,7 +27,6 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -38,6 +37,7 @@ namespace cpu {
 
 using std::size_t;
 using util::ceil_div;
+using util::checked_mul;
 using util::idx;
 using util::thread_id;
 
@@ -46,17 +46,14 @@ namespace {
 constexpr size_t kGradLanes = 16;  // at most this many lanes of blocks (the second-level sums of Z_2)
 constexpr size_t kTailRows = 16;   // rows of a sub-chunk of the tail (the tasks of its parallel loop)
 
-size_t mul_or_throw(size_t a, size_t b) {
-  if (a != 0 && b > std::numeric_limits<size_t>::max() / a)
-    throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
-  return a * b;
-}
+// Lanes of consecutive blocks: at most kGradLanes, fixed by n1 alone (the order of the sums over lanes).
+inline size_t grad_lanes(size_t nblocks) { return ceil_div(nblocks, ceil_div(nblocks, kGradLanes)); }
 
 }  // namespace
 
 size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize) {
   const size_t nblocks = ceil_div(n1, kBlock);
-  const size_t nlanes = ceil_div(nblocks, ceil_div(nblocks, kGradLanes));
+  const size_t nlanes = grad_lanes(nblocks);
   const size_t per_row = (2 * nblocks * kBlock + nlanes * n2) * itemsize;
   const size_t cap = kGradPanelBytes / std::max<size_t>(per_row, 1);  // rows within the hard budget
   if (cap < 16) return std::max<size_t>(1, std::min(cap, N));
@@ -74,7 +71,7 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   const TileOps<T>& ops = active_tile_ops<T>();
   const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
   const size_t nblocks = ceil_div(n1, kBlock);
-  const size_t bpl = ceil_div(nblocks, kGradLanes), nlanes = ceil_div(nblocks, bpl);
+  const size_t bpl = ceil_div(nblocks, kGradLanes), nlanes = grad_lanes(nblocks);  // nlanes = ceil(nblocks / bpl)
   const size_t R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, n1, n2, sizeof(T));
   const T a1 = mult[0];
   const size_t nsub = ceil_div(R, kTailRows);  // the tail runs on sub-chunks of kTailRows rows of a panel
@@ -85,20 +82,20 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   // All allocated here, outside the parallel region. The large buffers are not cleared (every value read is
   // written first; the columns past n1 of the last block, which the products never read but the activation
   // epilogues pass over, are zeroed so that they hold finite values).
-  const size_t szPanel = mul_or_throw(mul_or_throw(nblocks, R), kBlock);
-  std::unique_ptr<T[]> W2T(new T[mul_or_throw(mul_or_throw(nblocks, n2), kBlock)]);  // W2[T, :]^T block by block
+  const size_t szPanel = checked_mul(nblocks, R, kBlock);
+  std::unique_ptr<T[]> W2T(new T[checked_mul(nblocks, n2, kBlock)]);  // W2[T, :]^T block by block
   // ReLU: D is read off S in (B) (relu'(z) = [a1 relu(z) != 0]), so the panel holds S alone
   const bool relu = act == pyrgd::act::Relu::code;
-  std::unique_ptr<T[]> Sp(new T[szPanel]), Dp(new T[relu ? kBlock : szPanel]);  // S, D of the panel, by blocks
-  std::vector<T> Hl(mul_or_throw(mul_or_throw(nlanes, R), n2));  // each lane's part of Z_2
+  std::unique_ptr<T[]> Sp(new T[szPanel]), Dp(relu ? nullptr : new T[szPanel]);  // S, D of the panel, by blocks
+  std::vector<T> Hl(checked_mul(nlanes, R, n2));  // each lane's part of Z_2
   std::vector<T> F2(R * n2), Gb(R * n2);     // Z_2 and G of the panel
-  std::vector<T> Pb(mul_or_throw(size_t(P), R * kBlock));
+  std::vector<T> Pb(checked_mul(size_t(P), R * kBlock));
   if (n1 % kBlock) {
     std::fill(Sp.get() + (nblocks - 1) * R * kBlock, Sp.get() + szPanel, T(0));
     if (!relu) std::fill(Dp.get() + (nblocks - 1) * R * kBlock, Dp.get() + szPanel, T(0));
   }
-  std::vector<T> tbuf(mul_or_throw(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
-  std::vector<T> gsub(mul_or_throw(nsub, gsz));  // each sub-chunk's tail gradients
+  std::vector<T> tbuf(checked_mul(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
+  std::vector<T> gsub(checked_mul(nsub, gsz));  // each sub-chunk's tail gradients
   std::vector<double> tacc(gsz, 0.0), lsubv(nsub), q1(nblocks), q2(nblocks);
   double loss = 0.0;
   T* const W2Tp = W2T.get();

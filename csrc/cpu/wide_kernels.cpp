@@ -20,7 +20,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -44,24 +43,11 @@ namespace {
 
 using std::size_t;
 using util::ceil_div;
+using util::checked_mul;
 using util::idx;
 using util::thread_id;
 
 std::atomic<int> g_num_threads{0};
-
-// a * b * c, or std::length_error (ValueError in Python) when it does not fit in size_t.
-inline size_t checked_mul(size_t a, size_t b, size_t c = 1) {
-  const size_t mx = std::numeric_limits<size_t>::max();
-  if (a != 0 && b > mx / a) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
-  const size_t ab = a * b;
-  if (ab != 0 && c > mx / ab) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
-  return ab * c;
-}
-
-template <class T>
-inline void add_into(T* PYRGD_RESTRICT dst, const T* PYRGD_RESTRICT src, size_t n) {
-  for (size_t e = 0; e < n; ++e) dst[e] += src[e];
-}
 
 template <class T>
 inline void zero(T* p, size_t n) {
@@ -151,7 +137,7 @@ void forward_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* 
           ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, nullptr);
           ops.gemm_nn(rows, n2, nb, Z, kBlock, W2 + t0 * n2, n2, Hg, n2, true);  // Hg += S W2[T, :]
         }
-        add_into(Ht, static_cast<const T*>(Hg), rows * n2);
+        ops.add_into(rows * n2, Ht, Hg);
       }
     }
   }
