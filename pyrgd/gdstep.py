@@ -91,6 +91,12 @@ def rows_fit(N, d, n1, n2, dtype, cache_bytes=None) -> bool:
     return working <= (cache_bytes or last_level_cache_bytes()) // 2
 
 
+def auto_method(backend, N, d, n1, n2, dtype) -> str:
+    """The method ``GDStep(method="auto")`` takes: 'rows' on the cpu backend where :func:`rows_fit`, else
+    'neurons'."""
+    return "rows" if backend == "cpu" and rows_fit(N, d, n1, n2, dtype) else "neurons"
+
+
 class GDStep:
     """Full-batch gradient descent on the weights ``W`` (a list, updated in place) of one network.
 
@@ -128,8 +134,7 @@ class GDStep:
         self.mult = [check_scalar(f"mult[{j}]", a) for j, a in enumerate(mult)]
         self.X, self.W, self.act, self.backend = X, W, act, backend
         if method == "auto":
-            fit = backend == "cpu" and rows_fit(N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype)
-            method = "rows" if fit else "neurons"
+            method = auto_method(backend, N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype)
         if method == "rows" and backend != "cpu":
             raise PyrgdError(f"method: 'rows' needs the cpu backend, got backend {backend!r}")
         self.method = method
@@ -170,8 +175,3 @@ class GDStep:
         self._spare, self._H = self._H, H_next
         self._G = self._tail_grads = None
         return sq
-
-    def invalidate(self) -> None:
-        """Forget what was carried between steps (call it after changing the weights from outside)."""
-        self._H = self._spare = self._G = self._tail_grads = None
-        self._evaluated = False

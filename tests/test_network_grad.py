@@ -118,7 +118,7 @@ def test_panel_rows_rule():
     assert narrow % 16 == 0 and 64 < narrow <= 256
     assert _cpu.grad_panel_rows(4096, 64, 8, 4) == 256
     assert _cpu.grad_panel_rows(20, 4096, 64, 4) == 20
-    assert _cpu.grad_panel_rows(4096, 16384, 64, 4) == 48  # 64 rows would pass the 8 MiB budget
+    assert _cpu.grad_panel_rows(4096, 16384, 64, 4) == 48  # 64 rows would exceed the 8 MiB budget
     wide = _cpu.grad_panel_rows(4096, 1 << 16, 64, 8)
     assert 1 <= wide < 16
     assert _cpu.grad_panel_rows(4096, 1 << 24, 1, 8) == 1

@@ -76,11 +76,6 @@ def useful_flops(N: int, d: int, widths) -> int:
     return sum(6 * int(N) * a * b for a, b in zip(dims, dims[1:])) - 2 * int(N) * dims[0] * dims[1]
 
 
-def default_method(backend: str) -> str:
-    """The :class:`pyrgd.gdstep.GDStep` method the fused candidate uses on ``backend`` ('rows' on cpu and auto)."""
-    return "neurons" if backend in ("cuda", "reference") else "rows"
-
-
 def fused_flops(N: int, d: int, widths, method: str = "rows") -> int:
     """Flops the fused step executes (:mod:`pyrgd.gdstep`). ``rows`` (the cpu backend's one pass over panels of
     rows): the useful flops, each product once. ``neurons`` (streamed over the wide layer's neurons): the useful

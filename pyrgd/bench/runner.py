@@ -31,7 +31,7 @@ import numpy as np
 from .candidates import DESCRIPTIONS, extra_bytes, make_candidate, torch_available
 from .memory import GpuMemory, available_bytes, measure_cpu_peaks, release_gpu_memory
 from .._threads import thread_limits  # noqa: F401  (re-exported: the harness and the suites use it from here)
-from .problems import Problem, data_bytes, default_method, fused_flops, make_data, useful_flops
+from .problems import Problem, data_bytes, fused_flops, make_data, useful_flops
 
 SCHEMA = "pyrgd-bench-1"
 #: a candidate whose update differs from the fused one's by more than this (relative) is flagged as a mismatch
@@ -246,7 +246,7 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
     peak = (fma_peak or {}).get(str(problem.threads) if problem.threads else "default")
     res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops": flops,
            "peak_gflops": peak["gflops"] if peak else None,
-           "fused_flops": fused_flops(problem.N, problem.d, problem.widths, default_method(opts.backend)),
+           "fused_flops": None, "fused_method": None,  # from the fused candidate's method, once it is built
            "data_bytes": dbytes["total"], "data_bytes_parts": dbytes, "repeats": repeats, "warmup": opts.warmup,
            "sgemm_gflops": rate["gflops"] if rate else None, "candidates": {}}
     data = make_data(problem, dtype, opts.seed)
