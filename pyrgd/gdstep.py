@@ -7,8 +7,10 @@ Two methods:
 
 - ``"rows"`` (cpu backend, the default there): one C++ pass over panels of rows
   (:func:`pyrgd.backends.cpu.network_grad`) gives the loss and every gradient; each product of the wide layer is done
-  once per step and sigma, sigma' are evaluated once. It holds the gradients (the size of the weights), W_2^T and a
-  panel of a few MiB; nothing of N rows.
+  once per step and sigma, sigma' are evaluated once. It holds the gradients (the size of the weights), W_2^T, W_1
+  and its gradient in blocks, and a panel of a few MiB. Where W_1, W_2 and their gradients outgrow the last-level
+  cache it keeps only :func:`rows_kept` neurons in its panels and recomputes the others (X W_1 twice for them, as
+  the neurons method does for all; two N x n_2 arrays besides).
 - ``"neurons"`` (every backend; the only one on cuda and reference): H = Z_2 is carried from step to step;
   :func:`loss_and_gradient` runs the tail from H and :func:`apply_step` the wide layer's fused step, streamed over
   its neurons, which computes the next H in the same call (on the cpu backend written over G: two N x n_2 arrays in
@@ -73,28 +75,59 @@ def last_level_cache_bytes() -> int:
     return DEFAULT_LLC_BYTES
 
 
-def rows_fit(N, d, n1, n2, dtype, cache_bytes=None) -> bool:
-    """Whether 'auto' takes the rows method on the cpu backend for these shapes.
+#: kept neurons come in multiples of this (16 lanes of one 64-neuron block: network_grad's lanes then split evenly
+#: over 1, 2, 4, 8 or 16 threads; measured on B4, an uneven split costs more than the extra neurons gain)
+KEPT_QUANTUM = 1024
 
-    The rows method runs every block of W_1, W_2, their gradients and W_2^T through the cache once per panel of
-    rows, next to the panel itself: it wins where all that fits in half the last-level cache (``cache_bytes``,
-    default :func:`last_level_cache_bytes`), and where the panel keeps at least min(N, 16) rows. Otherwise the
-    neurons method, which keeps one block of weights in the cache while it streams over the samples, is faster
-    (measured on the benchmark's B4 and B3: bench/README.md)."""
+
+def _rows_working_bytes(N, d, n1, n2, kept, item):
+    """What one panel of the rows method runs through the cache with ``kept`` of the n1 neurons kept: the blocks of
+    W_1, W_2, their gradients and W_2^T of the kept neurons, their panel (S and sigma'), and the panel's rows of X,
+    Z_2 and G; None where the panel would have fewer than min(N, 16) rows."""
     from .backends import cpu
 
-    item = np.dtype(dtype).itemsize
-    R = cpu.grad_panel_rows(N, n1, n2, item)
+    R = cpu.grad_panel_rows(N, max(kept, 1), n2, item)
     if R < min(N, 16):
-        return False
-    working = (2 * (d * n1 + n1 * n2) + n1 * n2 + 2 * R * n1) * item
-    return working <= (cache_bytes or last_level_cache_bytes()) // 2
+        return None
+    return ((2 * d + 3 * n2) * kept + 2 * R * kept + R * (d + 2 * n2)) * item
 
 
-def auto_method(backend, N, d, n1, n2, dtype) -> str:
-    """The method ``GDStep(method="auto")`` takes: 'rows' on the cpu backend where :func:`rows_fit`, else
-    'neurons'."""
-    return "rows" if backend == "cpu" and rows_fit(N, d, n1, n2, dtype) else "neurons"
+def rows_kept(N, d, n1, n2, dtype, cache_bytes=None) -> int:
+    """The neurons whose sigma, sigma' the rows method keeps in its panels (:func:`pyrgd.backends.cpu.network_grad`'s
+    ``kept_neurons``): all n1 where one panel's working set fits in half the last-level cache (``cache_bytes``,
+    default :func:`last_level_cache_bytes`), else the most multiples of :data:`KEPT_QUANTUM` neurons that fit
+    (possibly 0); the others are recomputed as in the neurons method. Past the cache a panel's weights come from
+    memory and the step slows by a fifth to a third (measured on the benchmark's B4: bench/README.md); the kept part
+    runs at the in-cache rate, the recomputed one at the neurons method's."""
+    item = np.dtype(dtype).itemsize
+    budget = (cache_bytes or last_level_cache_bytes()) // 2
+    w = _rows_working_bytes(N, d, n1, n2, n1, item)
+    if w is not None and w <= budget:
+        return int(n1)
+    lo, hi = 0, (n1 - 1) // KEPT_QUANTUM  # the largest j with j quanta fitting: the working set grows with kept
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        w = _rows_working_bytes(N, d, n1, n2, KEPT_QUANTUM * mid, item)
+        if w is not None and w <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return KEPT_QUANTUM * lo
+
+
+def rows_fit(N, d, n1, n2, dtype, cache_bytes=None) -> bool:
+    """Whether the rows method keeps every neuron (:func:`rows_kept` is n1)."""
+    return rows_kept(N, d, n1, n2, dtype, cache_bytes) == n1
+
+
+def auto_method(backend, N, d, n1, n2, dtype, cache_bytes=None) -> str:
+    """The method ``GDStep(method="auto")`` takes: 'rows' on the cpu backend where it keeps at least half the neurons
+    (:func:`rows_kept`), else 'neurons'. With fewer kept, the recomputed majority runs at the neurons method's rate
+    and the rows method's extra memory (the gradients, G and W_1, W_2^T in blocks) buys little; B3 (the memory
+    target) is such a case."""
+    if backend != "cpu":
+        return "neurons"
+    return "rows" if 2 * rows_kept(N, d, n1, n2, dtype, cache_bytes) >= n1 else "neurons"
 
 
 class GDStep:
@@ -102,9 +135,8 @@ class GDStep:
 
     X (N, d), Y (N, n_L), W = [W_1, ..., W_L] (L >= 2; C-contiguous, writeable, of X's dtype and device), ``act`` a
     parsed activation (:func:`pyrgd.activations.parse_activation`), ``mult`` = [a_1, ..., a_{L-1}], ``backend`` a
-    concrete backend name (:func:`pyrgd.ops.resolve_backend`), ``method`` 'auto' (rows on cpu where
-    :func:`rows_fit`, else neurons),
-    'rows' (cpu only) or 'neurons' (see the module docstring).
+    concrete backend name (:func:`pyrgd.ops.resolve_backend`), ``method`` 'auto' (:func:`auto_method`), 'rows' (cpu
+    only; ``kept`` = :func:`rows_kept` neurons kept in its panels) or 'neurons' (see the module docstring).
 
     >>> import numpy as np
     >>> from pyrgd.activations import parse_activation
@@ -138,6 +170,8 @@ class GDStep:
         if method == "rows" and backend != "cpu":
             raise PyrgdError(f"method: 'rows' needs the cpu backend, got backend {backend!r}")
         self.method = method
+        self.kept = (rows_kept(N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype) if method == "rows"
+                     else None)
         self._grads = None  # rows: the gradients of the last evaluate()
         self._H = self._spare = self._G = self._tail_grads = None  # neurons
         self._evaluated = False
@@ -148,7 +182,7 @@ class GDStep:
             from .backends import cpu
 
             loss, self._grads, self._sq = cpu.network_grad(self.X, self.Y, self.W, self.act, self.mult,
-                                                           grads=self._grads)
+                                                           grads=self._grads, kept_neurons=self.kept)
         else:
             if self._H is None:
                 self._H = ops.wide_forward(self.X, self.W[0], self.W[1], activation=self.act, a1=self.mult[0],

@@ -83,6 +83,8 @@ def test_problem_specs():
     assert (full["B3"].N, full["B3"].d, full["B3"].widths) == (32768, 32, (32768, 32, 16, 1))
     assert sorted(p.n1 for p in full.values() if p.group == "B4") == [1024, 2048, 4096, 8192, 16384]
     assert [full["T1"].threads, full["T2"].threads] == [1, 2]
+    # the memory problem runs the method that holds no gradient of the wide layer; the others pyrgd's default
+    assert full["B3"].method == "neurons" and all(p.method == "auto" for n, p in full.items() if n != "B3")
     gpu = {p.name: p for p in all_problems("cuda")}
     assert (gpu["G1"].N, gpu["G1"].d, gpu["G1"].widths) == (65536, 256, (65536, 128, 64, 10))
     assert (gpu["G2"].N, gpu["G2"].d, gpu["G2"].widths) == (131072, 256, (131072, 64, 32, 1))
@@ -98,6 +100,22 @@ def test_select_problems():
         select_problems("G1", "cpu")
     with pytest.raises(PyrgdError, match="unknown problem 'B9'"):
         select_problems("B9", "cpu")
+
+
+def test_fused_candidate_runs_the_problems_method():
+    """The fused candidate builds its GDStep with the problem's method (B3: neurons, the memory-lean one), and the
+    two methods compute the same step."""
+    pytest.importorskip("pyrgd._cpu", reason="the C++ extension is not built")
+    base = dict(N=64, d=3, widths=(128, 4, 1))
+    outs = {}
+    for method in ("auto", "neurons"):
+        data = make_data(Problem("M", **base, method=method), "float64", seed=2)
+        cand = C.make_candidate("fused", data, backend="cpu")
+        assert cand.method == ("rows" if method == "auto" else "neurons")
+        assert cand.kept == (128 if method == "auto" else None)
+        outs[method] = (cand.step(), cand.weights())
+    assert abs(outs["auto"][0] - outs["neurons"][0]) <= 1e-12 * outs["auto"][0]
+    assert all(np.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(outs["auto"][1], outs["neurons"][1]))
 
 
 def test_make_data_is_reproducible_and_in_dtype():
@@ -382,8 +400,12 @@ def test_speedup_targets_state_the_roofline_bound():
     shape = (4096, 64, (4096, 64, 32, 10))
     assert fused_flops(*shape, "neurons") == useful_flops(*shape) + 2 * 4096 * 64 * 4096
     assert fused_flops(*shape, "rows") == useful_flops(*shape)
+    assert fused_flops(*shape, "rows", 4096) == useful_flops(*shape)
+    assert fused_flops(*shape, "rows", 1024) == useful_flops(*shape) + 2 * 4096 * 64 * 3072  # 3072 recomputed
     with pytest.raises(ValueError, match="method"):
         fused_flops(*shape, "columns")
+    with pytest.raises(ValueError, match="kept"):
+        fused_flops(*shape, "rows", 5000)
     r = _synthetic()
     r["problems"][0]["fused_flops"] = 400e9  # 2 s at the peak of 200 GFLOP/s
     r["problems"][0]["peak_gflops"] = 200.0
@@ -502,8 +524,9 @@ def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
         assert b1["peak_gflops"] == res["fma_peak"]["default"]["gflops"]
         # the cpu backend's one pass executes the useful flops; the neuron-streamed method computes X W_1 twice
         assert b1["fused_method"] == b1["candidates"]["fused"]["method"]
-        extra = 0 if b1["fused_method"] == "rows" else 2 * b1["N"] * b1["d"] * b1["widths"][0]
-        assert b1["fused_flops"] == b1["useful_flops"] + extra
+        n1 = b1["widths"][0]
+        recomputed = n1 - b1["fused_kept"] if b1["fused_method"] == "rows" else n1
+        assert b1["fused_flops"] == b1["useful_flops"] + 2 * b1["N"] * b1["d"] * recomputed
 
 
 def test_text_report(capsys):

@@ -679,6 +679,9 @@ def test_no_n_by_n1_allocation():
         # the one-pass gradient: a panel of 1 row here (n1 is so wide), W2^T and the gradients (given up front)
         loss, g, sq = c.network_grad(X, G, [W1, W2], 0, 0.0, [1.0], grads)
         assert np.isfinite(loss) and sq[0] > 0 and g[0] is grads[0]
+        # every neuron recomputed: Z_2 and G of all N rows besides (N x n2 each)
+        loss0, g, sq0 = c.network_grad(X, G, [W1, W2], 0, 0.0, [1.0], grads, 0, 0)
+        assert abs(loss0 - loss) <= 1e-9 * loss and abs(sq0[0] - sq[0]) <= 1e-9 * sq[0]
         print('OK')
         """
     )
@@ -872,12 +875,12 @@ def test_random_bad_input_never_crashes_the_extension():
                 W = [W1, W2, rng.standard_normal((n2, 2)).astype(t)]
                 grads = [np.zeros_like(w) for w in W] if rng.random() < 0.5 else None
                 return [X, rng.standard_normal((N, 2)).astype(t), W, act, 0.1, [1.0, 0.5], grads,
-                        int(rng.integers(0, 5))]
+                        int(rng.integers(0, 5)), int(rng.integers(-1, n1 + 1))]
             if name == "sgd_update":
                 return [[W1, W2], [np.ones_like(W1), np.ones_like(W2)], 1e-3]
             return [X, act, 0.1, True, bool(rng.integers(2))]
         fns = [(c.forward, 4, 7), (c.step, 6, 10), (c.gram, 2, 7), (c.tail, 4, 7), (c.activation, 2, 5),
-               (c.network_grad, 4, 8), (c.sgd_update, 3, 3)]
+               (c.network_grad, 4, 9), (c.sgd_update, 3, 3)]
         names = ["forward", "step", "gram", "tail", "activation", "network_grad", "sgd_update"]
         ok = bad = 0
         for i in range(4000):

@@ -128,23 +128,84 @@ def test_panel_rows_rule():
         _cpu.grad_panel_rows(0, 10, 10, 4)
 
 
-def test_auto_method_rule():
-    """'auto' takes the rows method where W_1, W_2, their gradients, W_2^T and one panel fit in half the last-level
-    cache, the neurons method beyond (and on every other backend)."""
-    from pyrgd.gdstep import last_level_cache_bytes, rows_fit
+def test_kept_neurons_rule():
+    """rows_kept: every neuron where one panel's working set (the kept neurons' blocks of W_1, W_2, their gradients and
+    W_2^T, their panel, and the panel's rows of X, Z_2, G) fits in half the last-level cache, else the largest
+    multiple of 1024 that fits; 'auto' takes the rows method where at least half the neurons are kept."""
+    from pyrgd.gdstep import KEPT_QUANTUM, _rows_working_bytes, auto_method, last_level_cache_bytes, rows_kept
 
     llc = 32 << 20
-    assert rows_fit(4096, 64, 4096, 64, np.float32, llc)          # B1: 5 MiB of weights and 2 MiB of panel
-    assert rows_fit(4096, 64, 8192, 64, np.float32, llc)
-    assert not rows_fit(4096, 64, 16384, 64, np.float32, llc)     # 20 MiB of weights and 6 MiB of panel
-    assert not rows_fit(32768, 32, 32768, 32, np.float32, llc)    # B3
-    assert not rows_fit(4096, 64, 4096, 64, np.float32, 8 << 20)  # a small cache
-    assert not rows_fit(64, 1, 1 << 22, 1, np.float64, 1 << 40)   # panels of fewer than 16 rows
+    for n1 in (1024, 2048, 4096, 8192):  # B1 and B4 up to 8192: 14 MiB at most
+        assert rows_kept(4096, 64, n1, 64, np.float32, llc) == n1
+        assert auto_method("cpu", 4096, 64, n1, 64, np.float32, llc) == "rows"
+    k = rows_kept(4096, 64, 16384, 64, np.float32, llc)  # 20 MiB of weights alone: some neurons recomputed
+    assert k % KEPT_QUANTUM == 0 and 16384 // 2 <= k < 16384
+    assert _rows_working_bytes(4096, 64, 16384, 64, k, 4) <= llc // 2
+    assert _rows_working_bytes(4096, 64, 16384, 64, k + KEPT_QUANTUM, 4) > llc // 2
+    assert auto_method("cpu", 4096, 64, 16384, 64, np.float32, llc) == "rows"
+    assert auto_method("cpu", 4096, 64, 65536, 64, np.float32, llc) == "neurons"  # under half kept
+    assert auto_method("reference", 4096, 64, 1024, 64, np.float32, llc) == "neurons"
+    small = rows_kept(4096, 64, 4096, 64, np.float32, 1 << 20)
+    assert small == 0 and auto_method("cpu", 4096, 64, 4096, 64, np.float32, 1 << 20) == "neurons"
+    k = rows_kept(4096, 64, 4096, 64, np.float32, 8 << 20)  # a smaller cache keeps fewer
+    assert 0 < k < 4096 and _rows_working_bytes(4096, 64, 4096, 64, k, 4) <= 4 << 20
+    assert _rows_working_bytes(4096, 64, 4096, 64, k + KEPT_QUANTUM, 4) > 4 << 20
+    # panels of fewer than 16 rows never run: the kept part shrinks until its panel has 16 rows
+    k = rows_kept(64, 1, 1 << 22, 1, np.float64, 1 << 40)
+    assert 0 < k < 1 << 22 and _cpu.grad_panel_rows(64, k, 1, 8) >= 16
     assert last_level_cache_bytes() > 0
     act = parse_activation("tanh")
     X, Y, W = make(64, [2, 1 << 15, 2], np.float64, act)
     gd = GDStep(X, Y, W, act, [1.0], "cpu")
-    assert gd.method == ("rows" if rows_fit(64, 2, 1 << 15, 2, np.float64) else "neurons")
+    assert gd.method == auto_method("cpu", 64, 2, 1 << 15, 2, np.float64)
+    assert gd.kept == (rows_kept(64, 2, 1 << 15, 2, np.float64) if gd.method == "rows" else None)
+
+
+KEPT = [0, 1, 64, 100, 1024, 2047, 2100]  # none, a block, a block and a half, a lane split, all but one, all
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("spec", ["relu", "smooth_leaky_relu(0.3)", "tanh"])
+def test_recomputed_neurons_match_oracle(spec, dtype):
+    """kept_neurons: the panels hold the first ones (rounded up to a block), the others are recomputed; every split
+    gives the oracle's loss, gradients and norms within the tolerance, and writes nothing into the inputs."""
+    N, dims, mult = CASES[3]  # n1 = 2100: 33 blocks, the last one partial; N = 150 rows: several panels
+    act = parse_activation(spec)
+    X, Y, W = make(N, dims, dtype, act, seed=4)
+    Wc = [w.copy() for w in W]
+    loss_ref, g_ref = oracle(X, Y, W, act, mult)
+    for kept in KEPT:
+        for rows in (0, 16):
+            loss, grads, sq = cpu.network_grad(X, Y, W, act, mult, panel_rows=rows, kept_neurons=kept)
+            assert abs(loss - loss_ref) <= TOL[dtype] * loss_ref, (kept, rows)
+            for g, gr, s in zip(grads, g_ref, sq):
+                assert rel_err(g, gr) <= TOL[dtype], (kept, rows)
+                assert abs(s - float((gr * gr).sum())) <= 4 * TOL[dtype] * float((gr * gr).sum()), (kept, rows)
+    assert all(np.array_equal(a, b) for a, b in zip(W, Wc))
+
+
+def test_recomputed_neurons_on_every_isa(isa):
+    N, dims, mult = CASES[3]
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    X, Y, W = make(N, dims, np.float32, act, seed=6)
+    loss_ref, g_ref = oracle(X, Y, W, act, mult)
+    for kept in (0, 1000):
+        loss, grads, _ = cpu.network_grad(X, Y, W, act, mult, kept_neurons=kept)
+        assert abs(loss - loss_ref) <= TOL[np.float32] * loss_ref
+        assert all(rel_err(g, gr) <= TOL[np.float32] for g, gr in zip(grads, g_ref))
+
+
+def test_recomputed_neurons_same_bits_for_any_thread_count(restore_threads):
+    act = parse_activation("softplus")
+    X, Y, W = make(300, [6, 2200, 12, 3], np.float64, act, seed=5)
+    for kept in (0, 1100):
+        outs = []
+        for n in (1, 2, 3):
+            cpu.set_num_threads(n)
+            outs.append(cpu.network_grad(X, Y, W, act, [0.3, 1.2], kept_neurons=kept))
+        for loss, grads, sq in outs[1:]:
+            assert loss == outs[0][0] and sq == outs[0][2]
+            assert all(np.array_equal(a, b) for a, b in zip(grads, outs[0][1]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
@@ -198,14 +259,16 @@ def test_network_grad_rejects_bad_input():
         (dict(G="G"), TypeError, "grads: expected None or a list"),
         (dict(act_code=42), ValueError, "act_code"),
         (dict(rows=-1), ValueError, "panel_rows"),
+        (dict(kept=-2), ValueError, "kept_neurons: expected -1 \\(all\\) or 0..n1 = 70, got -2"),
+        (dict(kept=71), ValueError, "kept_neurons: expected -1 \\(all\\) or 0..n1 = 70, got 71"),
     ]
     for over, exc, text in bad:
-        args = dict(X=X, Y=Y, W=W, m=m, G=G, act_code=act.code, rows=0)
+        args = dict(X=X, Y=Y, W=W, m=m, G=G, act_code=act.code, rows=0, kept=-1)
         args.update(over)
         before = [g.copy() for g in G]
         with pytest.raises(exc, match=text):
             _cpu.network_grad(args["X"], args["Y"], args["W"], args["act_code"], 0.0, args["m"], args["G"],
-                              args["rows"])
+                              args["rows"], args["kept"])
         assert all(np.array_equal(a, b) for a, b in zip(G, before)), text
     with pytest.raises(PyrgdError, match="Y: expected shape"):  # the wrapper turns them into PyrgdError
         cpu.network_grad(X, Y[:3], W, act, m)
@@ -259,6 +322,25 @@ def test_gdstep_methods_agree(dims):
         assert np.allclose(a[1], b[1], rtol=1e-10, atol=0)
         for wa, wb in zip(a[2], b[2]):
             assert np.allclose(wa, wb, rtol=1e-10, atol=1e-13)
+
+
+def test_gdstep_rows_with_recomputed_neurons_agrees(monkeypatch):
+    """With a last-level cache too small for every neuron, the rows method keeps 1024 of 2100 in its panels and
+    recomputes the rest; 20 steps agree with the reference to 1e-10 (losses, gradient norms, weights)."""
+    import pyrgd.gdstep as gdstep
+
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    X, Y, W = make(40, [5, 2100, 9, 2], np.float64, act)
+    monkeypatch.setattr(gdstep, "last_level_cache_bytes", lambda: 2 << 20)
+    gd = GDStep(X, Y, [w.copy() for w in W], act, [0.9, 1.2], "cpu", method="rows")
+    assert gd.kept == 1024
+    assert GDStep(X, Y, W, act, [0.9, 1.2], "cpu").method == "neurons"  # auto: under half kept
+    a = _train("auto", "reference", X, Y, W, act, [0.9, 1.2], 2e-4, 20)
+    b = _train("rows", "cpu", X, Y, W, act, [0.9, 1.2], 2e-4, 20)
+    assert a[0][-1] < a[0][0]
+    assert np.allclose(a[0], b[0], rtol=1e-10, atol=0) and np.allclose(a[1], b[1], rtol=1e-10, atol=0)
+    for wa, wb in zip(a[2], b[2]):
+        assert np.allclose(wa, wb, rtol=1e-10, atol=1e-13)
 
 
 def test_gdstep_checks_its_arguments():

@@ -7,17 +7,31 @@
 // D = a1 sigma'(Z_1) (kept for the panel: R x n1 values each, never N x n1) and Z_2 = S W_2; (T) the tail on those
 // rows, which gives the panel's G; (B) P = G W_2^T, D = P (.) D, and dW_2 += S^T G, dW_1 += X^T D. Each product is
 // done once: 2 N n1 (d + n2) multiply-adds per step instead of 3, and sigma, sigma' are evaluated once.
-// The price is the gradients of W_1 and W_2 held until the last panel (the caller's arrays) and W_2^T.
+// The price is the gradients of W_1 and W_2 held until the last panel (the caller's arrays), W_2^T, and W_1 and its
+// gradient in contiguous blocks of kBlock neurons (copied in and out once per call).
 // ReLU keeps S alone: (B) reads relu'(z) off S = a1 relu(z) (nonzero exactly where z > 0, unless a1 z underflows),
 // with the bits of the general path.
 //
+// Kept and recomputed neurons: every panel runs the blocks of W_1, W_2, their gradients and W_2^T through the cache.
+// Past the last-level cache that traffic comes from memory on every panel and the step slows by a fifth to a third
+// (bench/README.md, B4). So only the first `kept` neurons (whole blocks) go through the panels; the others are
+// recomputed as in `step`: before the panels, a pass over tiles of kRecRows rows gives their part of Z_2 (HR, all N
+// rows); after them, a pass over their blocks (each by one thread, over tiles of rows) computes Z_1 again with the
+// G of all rows (kept from the panels) and accumulates their gradients. kept = n1 is the plain pass above.
+//
+// Prefetch: the products that write a panel block or accumulate into a gradient block ask for those rows one row
+// tile ahead (tile_ops.h, kPrefetchC / kPrefetchM): once the working set leaves the cache they come from memory,
+// and without it each row tile would stall on them at its end.
+//
 // Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons, each thread the same contiguous range
 // of lanes in both (its part of the panel stays in its cache; (B) runs them backwards, the freshest first); the
-// tail over sub-chunks of kTailRows rows.
-// Determinism: Z_2 of a panel is the sum over lanes, in lane order, of each lane's sum over its blocks in order (one
-// FMA chain per block); the lanes and the panel rows are fixed by the shapes alone; each gradient element is a sum
-// over panels, in order, of one FMA chain over the panel's rows, written by one thread; the tail's gradients and the
-// loss are added in double, panel by panel in order. So every output is bit-identical for any number of threads.
+// tail over sub-chunks of kTailRows rows; the recomputed neurons' passes over tiles of rows, then over blocks.
+// Determinism: Z_2 of a panel is the recomputed neurons' part (per row tile, sums over groups of kSuperBlocks blocks
+// added in order), then the sum over lanes, in lane order, of each lane's sum over its blocks in order (one FMA chain
+// per block); the lanes and the panel rows are fixed by the shapes and `kept` alone; each gradient element is a sum
+// over panels (or row tiles), in order, of one FMA chain over their rows, written by one thread; the tail's gradients
+// and the loss are added in double, panel by panel in order. So every output is bit-identical for any number of
+// threads.
 #include "kernel_util.h"
 #include "tail_plan.h"
 #include "tile_ops.h"
@@ -45,9 +59,12 @@ namespace {
 
 constexpr size_t kGradLanes = 16;  // at most this many lanes of blocks (the second-level sums of Z_2)
 constexpr size_t kTailRows = 16;   // rows of a sub-chunk of the tail (the tasks of its parallel loop)
+constexpr size_t kRecRows = 128;   // rows of a tile of the recomputed neurons' passes
 
 // Lanes of consecutive blocks: at most kGradLanes, fixed by n1 alone (the order of the sums over lanes).
-inline size_t grad_lanes(size_t nblocks) { return ceil_div(nblocks, ceil_div(nblocks, kGradLanes)); }
+inline size_t grad_lanes(size_t nblocks) {
+  return nblocks ? ceil_div(nblocks, ceil_div(nblocks, kGradLanes)) : 0;
+}
 
 }  // namespace
 
@@ -66,31 +83,40 @@ size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize) {
 template <class T>
 double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T* X, const T* Y, const T* W1,
                     const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2, T* const* gWt,
-                    double* grad_sq, size_t panel_rows) {
+                    double* grad_sq, size_t panel_rows, size_t kept) {
   if (!is_activation_code(act)) throw std::invalid_argument("act_code: unknown activation code " + std::to_string(act));
   const TileOps<T>& ops = active_tile_ops<T>();
   const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
   const size_t nblocks = ceil_div(n1, kBlock);
-  const size_t bpl = ceil_div(nblocks, kGradLanes), nlanes = grad_lanes(nblocks);  // nlanes = ceil(nblocks / bpl)
-  const size_t R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, n1, n2, sizeof(T));
+  // blocks [0, nbK) are kept (the panels hold their S, D); blocks [nbK, nblocks) are recomputed
+  const size_t nbK = std::min(nblocks, ceil_div(std::min(kept, n1), kBlock)), nbR = nblocks - nbK;
+  const size_t nK = std::min(n1, nbK * kBlock);
+  const size_t bpl = nbK ? ceil_div(nbK, kGradLanes) : 1, nlanes = grad_lanes(nbK);  // nlanes = ceil(nbK / bpl)
+  const size_t R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, nK, n2, sizeof(T));
   const T a1 = mult[0];
   const size_t nsub = ceil_div(R, kTailRows);  // the tail runs on sub-chunks of kTailRows rows of a panel
   const TailPlan<T> plan(nt, tdims, Wt, mult + 1, std::min(R, kTailRows));
   const size_t gsz = plan.grad_size(), nL = tdims[nt];
-  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nlanes)));
+  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nbR ? nblocks : nlanes)));
 
   // All allocated here, outside the parallel region. The large buffers are not cleared (every value read is
   // written first; the columns past n1 of the last block, which the products never read but the activation
   // epilogues pass over, are zeroed so that they hold finite values).
-  const size_t szPanel = checked_mul(nblocks, R, kBlock);
+  const size_t szPanel = checked_mul(nbK, R, kBlock);
   std::unique_ptr<T[]> W2T(new T[checked_mul(nblocks, n2, kBlock)]);  // W2[T, :]^T block by block
+  std::unique_ptr<T[]> W1B(new T[checked_mul(nblocks, d, kBlock)]);   // W1[:, T] block by block (contiguous)
+  std::unique_ptr<T[]> G1B(new T[checked_mul(nblocks, d, kBlock)]);   // dW1[:, T] block by block
   // ReLU: D is read off S in (B) (relu'(z) = [a1 relu(z) != 0]), so the panel holds S alone
   const bool relu = act == pyrgd::act::Relu::code;
   std::unique_ptr<T[]> Sp(new T[szPanel]), Dp(relu ? nullptr : new T[szPanel]);  // S, D of the panel, by blocks
   std::vector<T> Hl(checked_mul(nlanes, R, n2));  // each lane's part of Z_2
-  std::vector<T> F2(R * n2), Gb(R * n2);     // Z_2 and G of the panel
-  std::vector<T> Pb(checked_mul(size_t(P), R * kBlock));
-  if (n1 % kBlock) {
+  // Z_2 of the panel; G of the panel, or of all rows where some neurons are recomputed (their pass needs it)
+  std::vector<T> F2(R * n2), Gb(checked_mul(nbR ? N : R, n2));
+  // the recomputed neurons' part of Z_2, all rows
+  std::vector<T> HRv(nbR ? checked_mul(N, n2) : 0), Hgv(nbR ? checked_mul(size_t(P), kRecRows, n2) : 0);
+  const size_t pbw = std::max(R, nbR ? kRecRows : 0) * kBlock;  // per thread: P (and S, D of the recomputed)
+  std::vector<T> Pb(checked_mul(size_t(P), pbw * (nbR ? 3 : 1)));  // zero-filled: finite past column nb
+  if (nbK == nblocks && n1 % kBlock) {
     std::fill(Sp.get() + (nblocks - 1) * R * kBlock, Sp.get() + szPanel, T(0));
     if (!relu) std::fill(Dp.get() + (nblocks - 1) * R * kBlock, Dp.get() + szPanel, T(0));
   }
@@ -99,11 +125,14 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   std::vector<double> tacc(gsz, 0.0), lsubv(nsub), q1(nblocks), q2(nblocks);
   double loss = 0.0;
   T* const W2Tp = W2T.get();
+  T* const W1Bp = W1B.get();
+  T* const G1Bp = G1B.get();
   T* const SP = Sp.get();
   T* const DP = Dp.get();
   T* const HL = Hl.data();
   T* const F2p = F2.data();
-  T* const Gp = Gb.data();
+  T* const Gall = Gb.data();
+  T* const HR = HRv.data();
   T* const PB = Pb.data();
   T* const gcs = gsub.data();
   double* const lsub = lsubv.data();
@@ -113,7 +142,9 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
 
 #pragma omp parallel num_threads(P)
   {
-    T* const Pt = PB + size_t(thread_id()) * R * kBlock;
+    T* const Pt = PB + size_t(thread_id()) * pbw * (nbR ? 3 : 1);
+    T* const St = Pt + pbw;      // S, D of a tile of the recomputed neurons (nbR > 0)
+    T* const Dt = St + pbw;
     T* const tb = tbuf.data() + size_t(thread_id()) * plan.thread_buffer_size();
     // this thread's lanes in (A) and (B): the same contiguous range in both
     const size_t nth = size_t(util::team_size()), me = size_t(thread_id());
@@ -124,23 +155,49 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
       T* const wt = W2Tp + size_t(bi) * n2 * kBlock;
       for (size_t t = t0; t < t1; ++t)
         for (size_t c = 0; c < n2; ++c) wt[c * kBlock + (t - t0)] = W2[t * n2 + c];
+      T* const wb = W1Bp + size_t(bi) * d * kBlock;
+      for (size_t k = 0; k < d; ++k)
+        for (size_t t = t0; t < t1; ++t) wb[k * kBlock + (t - t0)] = W1[k * n1 + t];
+    }  // implicit barrier
+    // the recomputed neurons' part of Z_2, HR = sum over their blocks of S W2[T, :], per tile of rows: the blocks
+    // of each group of kSuperBlocks summed, then the groups in order
+    if (nbR) {
+#pragma omp for schedule(static)
+      for (idx ti = 0; ti < idx(ceil_div(N, kRecRows)); ++ti) {
+        const size_t c0 = size_t(ti) * kRecRows, rows = std::min(kRecRows, N - c0);
+        T* const H = HR + c0 * n2;
+        T* const Hg = Hgv.data() + size_t(thread_id()) * kRecRows * n2;  // a group's sum
+        for (size_t g0 = nbK; g0 < nblocks; g0 += kSuperBlocks) {
+          const size_t g1 = std::min(nblocks, g0 + kSuperBlocks);
+          for (size_t blk = g0; blk < g1; ++blk) {
+            const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
+            ops.gemm_nn_act(rows, nb, d, X + c0 * d, d, W1Bp + blk * d * kBlock, kBlock, St, kBlock, act, gamma, a1,
+                            nullptr, 0);
+            ops.gemm_nn(rows, n2, nb, St, kBlock, W2 + t0 * n2, n2, g0 == nbK ? H : Hg, n2, blk > g0);
+          }
+          if (g0 > nbK) ops.add_into(rows * n2, H, Hg);
+        }
+      }  // implicit barrier
     }
     for (size_t r0 = 0; r0 < N; r0 += R) {
       const size_t rows = std::min(R, N - r0);
       const bool acc = r0 > 0;
       const T* const Xr = X + r0 * d;
+      T* const Gp = nbR ? Gall + r0 * n2 : Gall;
       // (A) per block: Z = X W1[:, T], S = a1 sigma(Z), D = a1 sigma'(Z); the lane's Z_2 += S W2[T, :]
       for (size_t li = lane0; li < lane1; ++li) {
-        const size_t b0 = li * bpl, b1 = std::min(nblocks, b0 + bpl);
+        const size_t b0 = li * bpl, b1 = std::min(nbK, b0 + bpl);
         T* const H = HL + li * R * n2;
         for (size_t blk = b0; blk < b1; ++blk) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
           T* const S = SP + blk * R * kBlock;
           T* const D = relu ? nullptr : DP + blk * R * kBlock;
           if (relu)
-            ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, S, kBlock, act, gamma, a1, nullptr);
+            ops.gemm_nn_act(rows, nb, d, Xr, d, W1Bp + blk * d * kBlock, kBlock, S, kBlock, act, gamma, a1, nullptr,
+                            kPrefetchC);
           else
-            ops.gemm_nn_act_both(rows, nb, d, Xr, d, W1 + t0, n1, S, kBlock, act, gamma, a1, D);
+            ops.gemm_nn_act_both(rows, nb, d, Xr, d, W1Bp + blk * d * kBlock, kBlock, S, kBlock, act, gamma, a1, D,
+                                 kPrefetchC | kPrefetchM);
           ops.gemm_nn(rows, n2, nb, S, kBlock, W2 + t0 * n2, n2, H, n2, blk > b0);
         }
       }
@@ -152,8 +209,10 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
         if (rs >= rows) continue;
         const size_t rr = std::min(kTailRows, rows - rs), cnt = rr * n2;
         T* const f2 = F2p + rs * n2;
-        std::copy(HL + rs * n2, HL + rs * n2 + cnt, f2);
-        for (size_t l = 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * R * n2 + rs * n2);
+        // the recomputed neurons' part first (where there are some), then the lanes in order
+        const T* const first = nbR ? HR + (r0 + rs) * n2 : HL + rs * n2;
+        std::copy(first, first + cnt, f2);
+        for (size_t l = nbR ? 0 : 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * R * n2 + rs * n2);
         lsub[si] = plan.run(ops, act, gamma, rr, f2, Y + (r0 + rs) * nL, Gp + rs * n2, gcs + size_t(si) * gsz, tb);
       }  // implicit barrier: G of the panel is complete
 #pragma omp single nowait
@@ -169,31 +228,57 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
       // dW1[:, T] (+)= X^T D. No barrier after it: the next panel's (A) touches only this thread's blocks and
       // lanes, and G is rewritten only after (A).
       for (size_t li = lane1; li-- > lane0;) {
-        const size_t b0 = li * bpl, b1 = std::min(nblocks, b0 + bpl);
+        const size_t b0 = li * bpl, b1 = std::min(nbK, b0 + bpl);
         for (size_t blk = b1; blk-- > b0;) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
           const T* const S = SP + blk * R * kBlock;
           if (relu) {
-            ops.gemm_nn_mul_relu(rows, nb, n2, Gp, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, S, a1);
+            ops.gemm_nn_mul_relu(rows, nb, n2, Gp, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, S, a1, kPrefetchM);
           } else {
             const T* const D = DP + blk * R * kBlock;
-            ops.gemm_nn_mul(rows, nb, n2, Gp, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, D);
+            ops.gemm_nn_mul(rows, nb, n2, Gp, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, D, kPrefetchM);
           }
-          ops.gemm_tn(nb, n2, rows, S, kBlock, Gp, n2, gW2 + t0 * n2, n2, acc);
-          ops.gemm_tn(d, nb, rows, Xr, d, Pt, kBlock, gW1 + t0, n1, acc);
+          const int gf = (acc ? kAccumulate : 0) | kPrefetchC;  // the gradient blocks: from memory past the cache
+          ops.gemm_tn(nb, n2, rows, S, kBlock, Gp, n2, gW2 + t0 * n2, n2, gf);
+          ops.gemm_tn(d, nb, rows, Xr, d, Pt, kBlock, G1Bp + blk * d * kBlock, kBlock, gf);
         }
       }
     }
 #pragma omp barrier
+    // the recomputed neurons' gradients, per block (one thread each) and tile of rows: Z = X W1[:, T] again,
+    // S = a1 sigma(Z), D = a1 sigma'(Z), P = G W2[T, :]^T (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T P
+    if (nbR) {
+#pragma omp for schedule(static)
+      for (idx bi = idx(nbK); bi < idx(nblocks); ++bi) {
+        const size_t blk = size_t(bi), t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
+        for (size_t c0 = 0; c0 < N; c0 += kRecRows) {
+          const size_t rows = std::min(kRecRows, N - c0);
+          const T* const Xc = X + c0 * d;
+          const T* const Gc = Gall + c0 * n2;
+          const T* const W1b = W1Bp + blk * d * kBlock;
+          if (relu) {
+            ops.gemm_nn_act(rows, nb, d, Xc, d, W1b, kBlock, St, kBlock, act, gamma, a1, nullptr, 0);
+            ops.gemm_nn_mul_relu(rows, nb, n2, Gc, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, St, a1, 0);
+          } else {
+            ops.gemm_nn_act_both(rows, nb, d, Xc, d, W1b, kBlock, St, kBlock, act, gamma, a1, Dt, 0);
+            ops.gemm_nn_mul(rows, nb, n2, Gc, n2, W2Tp + blk * n2 * kBlock, kBlock, Pt, kBlock, Dt, 0);
+          }
+          ops.gemm_tn(nb, n2, rows, St, kBlock, Gc, n2, gW2 + t0 * n2, n2, c0 > 0);
+          ops.gemm_tn(d, nb, rows, Xc, d, Pt, kBlock, G1Bp + blk * d * kBlock, kBlock, c0 > 0);
+        }
+      }  // implicit barrier
+    }
     // squared norms of the wide layer's gradients, per block in double
 #pragma omp for schedule(static)
     for (idx bi = 0; bi < idx(nblocks); ++bi) {
       const size_t t0 = size_t(bi) * kBlock, nb = std::min(kBlock, n1 - t0);
       double a = 0.0, c = 0.0;
+      const T* const gb = G1Bp + size_t(bi) * d * kBlock;
       for (size_t k = 0; k < d; ++k)
         for (size_t b = 0; b < nb; ++b) {
-          const double g = double(gW1[k * n1 + t0 + b]);
-          a += g * g;
+          const T g = gb[k * kBlock + b];
+          gW1[k * n1 + t0 + b] = g;
+          a += double(g) * double(g);
         }
       for (size_t e = t0 * n2; e < (t0 + nb) * n2; ++e) {
         const double g = double(gW2[e]);
@@ -239,10 +324,10 @@ template void sgd_update<double>(size_t, double*, const double*, double);
 
 template double network_grad<float>(const WideShape&, size_t, const size_t*, const float*, const float*, const float*,
                                     const float*, const float* const*, const float*, int, float, float*, float*,
-                                    float* const*, double*, size_t);
+                                    float* const*, double*, size_t, size_t);
 template double network_grad<double>(const WideShape&, size_t, const size_t*, const double*, const double*,
                                      const double*, const double*, const double* const*, const double*, int, double,
-                                     double*, double*, double* const*, double*, size_t);
+                                     double*, double*, double* const*, double*, size_t, size_t);
 
 }  // namespace cpu
 }  // namespace pyrgd

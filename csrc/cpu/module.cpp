@@ -372,7 +372,7 @@ py::tuple tail(const py::object& Hobj, const py::object& Yobj, const py::object&
 template <class T>
 py::tuple network_grad_t(const Wide& w, const py::array& Y, const std::vector<py::array>& Ws,
                          const std::vector<double>& mult, int act, double gamma, std::vector<py::array>& G,
-                         const std::vector<std::size_t>& tdims, std::size_t panel_rows) {
+                         const std::vector<std::size_t>& tdims, std::size_t panel_rows, std::size_t kept) {
   const std::size_t L = Ws.size(), nt = L - 2;
   std::vector<const T*> wt(nt);
   std::vector<T*> gt(nt);
@@ -392,7 +392,7 @@ py::tuple network_grad_t(const Wide& w, const py::array& Y, const std::vector<py
   {
     py::gil_scoped_release nogil;
     loss = pyrgd::cpu::network_grad<T>(w.s, nt, tdims.data(), X, y, W1, W2, wt.data(), mt.data(), act, T(gamma), g1,
-                                       g2, gt.data(), sq.data(), panel_rows);
+                                       g2, gt.data(), sq.data(), panel_rows, kept);
   }
   py::list grads, sql;
   for (std::size_t l = 0; l < L; ++l) {
@@ -405,7 +405,8 @@ py::tuple network_grad_t(const Wide& w, const py::array& Y, const std::vector<py
 // The loss and every gradient of the network in one pass over panels of rows: (loss, [dPhi/dW_1, ...,
 // dPhi/dW_L], [||dPhi/dW_l||^2]); see wide_kernels.h (network_grad).
 py::tuple network_grad(const py::object& X, const py::object& Y, const py::object& Wobj, int act_code, double gamma,
-                       const py::object& mobj, const py::object& gobj, py::ssize_t panel_rows) {
+                       const py::object& mobj, const py::object& gobj, py::ssize_t panel_rows,
+                       py::ssize_t kept_neurons) {
   if (!py::isinstance<py::sequence>(Wobj) || py::isinstance<py::str>(Wobj))
     throw py::type_error("weights: expected a list of the weights [W_1, ..., W_L], got " + type_name(Wobj));
   if (!py::isinstance<py::sequence>(mobj) || py::isinstance<py::str>(mobj))
@@ -438,6 +439,10 @@ py::tuple network_grad(const py::object& X, const py::object& Y, const py::objec
   check_finite(gamma, "gamma");
   if (panel_rows < 0 || panel_rows > (py::ssize_t(1) << 20))
     throw py::value_error("panel_rows: expected 0 (automatic) or 1..2^20 rows, got " + std::to_string(panel_rows));
+  if (kept_neurons < -1 || kept_neurons > py::ssize_t(w.s.n1))
+    throw py::value_error("kept_neurons: expected -1 (all) or 0..n1 = " + std::to_string(w.s.n1) + ", got " +
+                          std::to_string(kept_neurons));
+  const std::size_t kept = kept_neurons < 0 ? w.s.n1 : std::size_t(kept_neurons);
   std::vector<py::array> G;
   if (gobj.is_none()) {
     for (const auto& a : Ws)
@@ -470,8 +475,8 @@ py::tuple network_grad(const py::object& X, const py::object& Y, const py::objec
     }
   }
   const std::size_t pr = std::size_t(panel_rows);
-  return w.t == DType::f32 ? network_grad_t<float>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr)
-                           : network_grad_t<double>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr);
+  return w.t == DType::f32 ? network_grad_t<float>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr, kept)
+                           : network_grad_t<double>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr, kept);
 }
 
 // W_l -= lr G_l for every pair, in one call without the GIL (so that a KeyboardInterrupt cannot land between two
@@ -648,13 +653,15 @@ PYBIND11_MODULE(_cpu, m) {
         "Bit-identical for any number of threads.");
   m.def("network_grad", &network_grad, py::arg("X"), py::arg("Y"), py::arg("weights"), py::arg("act_code"),
         py::arg("gamma") = 0.0, py::arg("multipliers") = py::list(), py::arg("grads") = py::none(),
-        py::arg("panel_rows") = 0,
+        py::arg("panel_rows") = 0, py::arg("kept_neurons") = -1,
         "The loss and every gradient of the whole network at the current weights in one pass over panels of rows: "
         "returns (loss, grads, grad_sq) with loss = 1/2 ||F_L - Y||^2, grads = [dPhi/dW_1, ..., dPhi/dW_L] (written "
         "into `grads` when given: L writeable arrays shaped like the weights that share no memory with the inputs "
         "or each other) and grad_sq = [||dPhi/dW_l||_F^2]. weights: [W_1, ..., W_L] (L >= 2); multipliers: "
         "[a_1, ..., a_{L-1}]; Y (N, n_L). Nothing N x n1 is allocated (a panel of R x n1 values of sigma and "
-        "sigma'; R = panel_rows, or 0: chosen from the shapes). Bit-identical for any number of threads.");
+        "sigma'; R = panel_rows, or 0: chosen from the shapes). kept_neurons: the first neurons (rounded up to a block of 64) "
+        "whose sigma, sigma' the panels hold (-1: all); the others are recomputed, in a pass over the rows before "
+        "the panels and one over their blocks after. Bit-identical for any number of threads.");
   m.def(
       "grad_panel_rows",
       [](std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize) {

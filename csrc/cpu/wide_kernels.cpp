@@ -134,7 +134,7 @@ void forward_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* 
         for (size_t blk = sb; blk < se; ++blk) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
           // Z = X W1[:, T], then S = a1 sigma(Z) row block by row block
-          ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, nullptr);
+          ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, nullptr, 0);
           ops.gemm_nn(rows, n2, nb, Z, kBlock, W2 + t0 * n2, n2, Hg, n2, true);  // Hg += S W2[T, :]
         }
         ops.add_into(rows * n2, Ht, Hg);
@@ -187,7 +187,7 @@ void step_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, 
         const T* Gr = G + r0 * n2;
         ops.gemm_nn(rows, nb, n2, Gr, n2, W2T, kBlock, PD, kBlock, false);  // P = G W2[T, :]^T
         // Z = X W1[:, T], then S = a1 sigma(Z), D = (a1 P) sigma'(Z) row block by row block
-        ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, ZS, kBlock, act, gamma, a1, PD);
+        ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, ZS, kBlock, act, gamma, a1, PD, 0);
         ops.gemm_tn(n2, nb, rows, Gr, n2, ZS, kBlock, gW2T, kBlock, true);  // dW2[T, :]^T += G^T S
         ops.gemm_tn(d, nb, rows, Xr, d, PD, kBlock, gW1, kBlock, true);     // dW1[:, T] += X^T D
       }
@@ -291,13 +291,13 @@ void gram_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, 
           const size_t t0 = p0 + off, nb = std::min(kBlock, pn - off);
           const T* F = Z;
           if (!backward) {  // Z = X W1[:, T], then F = a1 sigma(Z) row block by row block
-            ops.gemm_nn_act(rows, nb, d, X + r0 * d, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, nullptr);
+            ops.gemm_nn_act(rows, nb, d, X + r0 * d, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, nullptr, 0);
           } else {
             for (size_t b = 0; b < nb; ++b)
               for (size_t c = 0; c < n2; ++c) W2T[c * kBlock + b] = W2[(t0 + b) * n2 + c];
             ops.gemm_nn(rows, nb, n2, B2 + r0 * n2, n2, W2T, kBlock, PD, kBlock, false);  // P = B2 W2[T, :]^T
             // Z = X W1[:, T], then F = (a1 P) sigma'(Z) row block by row block
-            ops.gemm_nn_act(rows, nb, d, X + r0 * d, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, PD);
+            ops.gemm_nn_act(rows, nb, d, X + r0 * d, d, W1 + t0, n1, Z, kBlock, act, gamma, a1, PD, 0);
             F = PD;
           }
           for (size_t b = 0; b < nb; ++b)

@@ -121,8 +121,12 @@ double tail(std::size_t N, std::size_t nt, const std::size_t* dims, const T* H, 
 //   Y (N, n_L). gW1 (d, n1), gW2 (n1, n2), gWt[j] (tdims[j], tdims[j+1]) receive dPhi/dW_l (their previous content
 //   is ignored; they must not overlap the inputs or each other). grad_sq (L values) receives ||dPhi/dW_l||_F^2
 //   (in double). Returns Phi = 1/2 ||F_L - Y||_F^2 (accumulated in double).
-//   panel_rows: R, or 0 for grad_panel_rows(N, n1, n2, sizeof(T)).
-// Bit-identical for any number of threads (the panels and lanes are fixed by the shapes; see grad_kernels.cpp).
+//   panel_rows: R, or 0 for grad_panel_rows(N, kept, n2, sizeof(T)).
+//   kept: the panels hold S and sigma' of the first min(kept, n1) neurons, rounded up to whole blocks of kBlock;
+//   the others are recomputed (X W_1 twice for them, as in step; G and their part of Z_2 for all N rows, two N x n2
+//   arrays). kept >= n1: every neuron kept.
+// Bit-identical for any number of threads (the panels and lanes are fixed by the shapes and kept; see
+// grad_kernels.cpp).
 constexpr std::size_t kGradPanelBytes = std::size_t(8) << 20;   // S, D and the lanes' Z_2 of one panel, at most
 constexpr std::size_t kGradPanelTarget = std::size_t(2) << 20;  // the panel size aimed at (the cores' L2 caches)
 constexpr std::size_t kGradPanelRowsMin = 64, kGradPanelRowsMax = 256;
@@ -136,16 +140,16 @@ std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::
 template <class T>
 double network_grad(const WideShape& s, std::size_t nt, const std::size_t* tdims, const T* X, const T* Y,
                     const T* W1, const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2,
-                    T* const* gWt, double* grad_sq, std::size_t panel_rows);
+                    T* const* gWt, double* grad_sq, std::size_t panel_rows, std::size_t kept);
 
 extern template double network_grad<float>(const WideShape&, std::size_t, const std::size_t*, const float*,
                                             const float*, const float*, const float*, const float* const*,
                                             const float*, int, float, float*, float*, float* const*, double*,
-                                            std::size_t);
+                                            std::size_t, std::size_t);
 extern template double network_grad<double>(const WideShape&, std::size_t, const std::size_t*, const double*,
                                              const double*, const double*, const double*, const double* const*,
                                              const double*, int, double, double*, double*, double* const*, double*,
-                                             std::size_t);
+                                             std::size_t, std::size_t);
 
 // W[e] -= lr G[e] for e < count (the product rounded, then the difference: the bits of NumPy's W -= lr * G), in
 // parallel over chunks. W and G must not overlap.

@@ -114,7 +114,7 @@ def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
     return float(loss), G, list(grads)
 
 
-def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0):
+def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept_neurons=None):
     """The loss and every gradient of the whole network at the current weights, in one C++ pass over panels of rows.
 
     Returns (loss, grads, grad_sq): loss = 1/2 ||F_L - Y||_F^2 (a float), grads = [dPhi/dW_1, ..., dPhi/dW_L]
@@ -126,12 +126,18 @@ def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0):
     R x n1 values each, never N x n1), Z_2, the tail on those rows, and the panel's share of every gradient, so each
     product of the wide layer is done once per step (the neuron-streamed ``step`` computes X W_1 twice). Besides
     the gradients it allocates W_2^T and the panel (at most 8 MiB or one row; R = ``panel_rows``, or 0:
-    :func:`grad_panel_rows`). The
-    same bits for any number of threads.
+    :func:`grad_panel_rows`), and W_1 in contiguous blocks of 64 neurons.
+
+    ``kept_neurons`` (None: all n1): the panels hold sigma, sigma' of the first ``kept_neurons`` neurons only (rounded
+    up to a block of 64); the others are recomputed, X W_1 twice for them as in ``step``: a pass over tiles of rows
+    gives their part of Z_2 before the panels, and a pass over their blocks their gradients after (with G of all N
+    rows, an N x n_2 array). It bounds the weights and panel that go through the cache per panel where n1 is large
+    (:func:`pyrgd.gdstep.rows_kept`). The same bits for any number of threads.
     """
     m = _module()
     loss, g, sq = _call(m.network_grad, X, Y, list(weights), act.code, float(act.gamma),
-                        [float(a) for a in multipliers], None if grads is None else list(grads), int(panel_rows))
+                        [float(a) for a in multipliers], None if grads is None else list(grads), int(panel_rows),
+                        -1 if kept_neurons is None else int(kept_neurons))
     return float(loss), list(g), [float(v) for v in sq]
 
 

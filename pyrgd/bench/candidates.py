@@ -92,8 +92,12 @@ class FusedStep(Candidate):
 
         self.backend = ops.resolve_backend(backend, xp)
         self.mult = [1.0] * (len(self.W) - 1)
-        self.gd = GDStep(self.X, self.Y, self.W, self.act, self.mult, self.backend)
+        method = getattr(data.problem, "method", "auto")
+        if self.backend != "cpu" and method == "rows":
+            method = "auto"
+        self.gd = GDStep(self.X, self.Y, self.W, self.act, self.mult, self.backend, method=method)
         self.method = self.gd.method
+        self.kept = self.gd.kept
 
     def step(self) -> float:
         loss = self.gd.evaluate()

@@ -33,6 +33,8 @@ class Problem:
     candidates: which candidates run on it (fused is always first: the others are compared with it).
     threads: run with this many threads (pyrgd's kernels and the BLAS); None: the machine's default.
     max_repeats: at most this many timed steps (B3, the memory problem, is one large step).
+    method: the fused candidate's :class:`pyrgd.gdstep.GDStep` method ('auto', or 'neurons' for the memory
+    problem: the method that holds no gradient of the wide layer).
     """
 
     name: str
@@ -46,6 +48,7 @@ class Problem:
     max_repeats: int | None = None
     device: str = "cpu"
     note: str = ""
+    method: str = "auto"
 
     @property
     def dims(self) -> list[int]:
@@ -76,15 +79,20 @@ def useful_flops(N: int, d: int, widths) -> int:
     return sum(6 * int(N) * a * b for a, b in zip(dims, dims[1:])) - 2 * int(N) * dims[0] * dims[1]
 
 
-def fused_flops(N: int, d: int, widths, method: str = "rows") -> int:
+def fused_flops(N: int, d: int, widths, method: str = "rows", kept: int | None = None) -> int:
     """Flops the fused step executes (:mod:`pyrgd.gdstep`). ``rows`` (the cpu backend's one pass over panels of
-    rows): the useful flops, each product once. ``neurons`` (streamed over the wide layer's neurons): the useful
-    flops plus 2 N d n1, since it computes Z_1 = X W_1 twice, once for the gradient and once, with the updated
-    weights, for the next step's H (THEORY.md section 2: 6 N d n1 + 6 N n1 n2 for the wide layer). Divided by the
-    FMA peak it is the least time the fused step can take (the roofline bound of the speed-up targets)."""
+    rows) with ``kept`` neurons kept in its panels (None: all n1): the useful flops, each product once, plus
+    2 N d (n1 - kept) for the recomputed neurons' second X W_1. ``neurons`` (streamed over the wide layer's neurons):
+    the useful flops plus 2 N d n1, since it computes Z_1 = X W_1 twice, once for the gradient and once, with the
+    updated weights, for the next step's H (THEORY.md section 2: 6 N d n1 + 6 N n1 n2 for the wide layer). Divided
+    by the FMA peak it is the least time the fused step can take (the roofline bound of the speed-up targets)."""
     if method not in ("rows", "neurons"):
         raise ValueError(f"method: expected 'rows' or 'neurons', got {method!r}")
-    extra = 2 * int(N) * int(d) * int(widths[0]) if method == "neurons" else 0
+    n1 = int(widths[0])
+    if kept is not None and not 0 <= kept <= n1:
+        raise ValueError(f"kept: expected 0..n1 = {n1} neurons, got {kept!r}")
+    recomputed = n1 if method == "neurons" else n1 - (n1 if kept is None else int(kept))
+    extra = 2 * int(N) * int(d) * recomputed
     return useful_flops(N, d, widths) + extra
 
 
@@ -120,7 +128,8 @@ def _cpu_problems(tiny: bool) -> list[Problem]:
     out = [
         Problem("B1", **b1, group="B1"),
         Problem("B2", **b1, activation="relu", group="B2"),
-        Problem("B3", **b3, group="B3", max_repeats=1, note="one large step: peak memory"),
+        Problem("B3", **b3, group="B3", max_repeats=1, method="neurons",
+                note="one large step: peak memory of the memory-lean method"),
     ]
     for n1 in sweep:
         out.append(Problem(f"B4_{n1}", b1["N"], b1["d"], (n1,) + b1["widths"][1:], group="B4",

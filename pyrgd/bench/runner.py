@@ -246,7 +246,8 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
     peak = (fma_peak or {}).get(str(problem.threads) if problem.threads else "default")
     res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops": flops,
            "peak_gflops": peak["gflops"] if peak else None,
-           "fused_flops": None, "fused_method": None,  # from the fused candidate's method, once it is built
+           # from the fused candidate's method (and the neurons its rows method keeps), once it is built
+           "fused_flops": None, "fused_method": None, "fused_kept": None,
            "data_bytes": dbytes["total"], "data_bytes_parts": dbytes, "repeats": repeats, "warmup": opts.warmup,
            "sgemm_gflops": rate["gflops"] if rate else None, "candidates": {}}
     data = make_data(problem, dtype, opts.seed)
@@ -285,7 +286,8 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
                     row["backend"] = cand.backend
                     row["method"] = cand.method
                     res["fused_method"] = cand.method
-                    res["fused_flops"] = fused_flops(problem.N, problem.d, problem.widths, cand.method)
+                    res["fused_kept"] = cand.kept
+                    res["fused_flops"] = fused_flops(problem.N, problem.d, problem.widths, cand.method, cand.kept)
                 if name == "chunked":
                     row["block"] = cand.block
                 t0 = time.perf_counter()
