@@ -34,6 +34,7 @@ _FLAG_KEYS = (
     ("--track-every", "track_every", ("train.track_every",), "steps between certificate evaluations"),
     ("--time-budget", "time_budget", ("train.time_budget",), "most seconds of training (0: none)"),
     ("--backend", "backend", ("train.backend",), "auto, cpu, reference or cuda"),
+    ("--method", "method", ("train.method",), "GD step method: auto, rows (cpu) or neurons (memory-lean)"),
     ("--threads", "threads", ("train.threads",), "CPU threads of the kernels and the BLAS (0: default)"),
     ("--dtype", "dtype", ("model.dtype",), "float32 or float64"),
     ("--seed", "seed", ("data.seed", "model.seed"), "seed of the data and of the initial weights"),

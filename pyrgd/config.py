@@ -6,7 +6,7 @@ A config is a dict of three tables, the same as the TOML file::
              teacher_activation, path, y_path, x_key, y_key
     [model]  widths, activation, init, init_std, beta, zero_layer, seed, dtype, multipliers, allow_non_pyramidal
     [train]  lr ("auto" or a float), steps, tol, rel_tol, track_every, time_budget, divergence_factor, backend,
-             threads
+             method, threads
 
 Every key always has a value (TOML has no null): ``time_budget = 0`` means no budget, ``path = ""`` / ``y_path = ""``
 no file, ``zero_layer = 0`` the last layer, ``multipliers = []`` all ones. :data:`SCHEMA` lists every key with its
@@ -98,6 +98,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "divergence_factor": Key("float", 1e6, "stop as diverged when loss > factor * initial loss", lo=1.0,
                                  lo_open=True),
         "backend": Key("str", "auto", "wide-layer backend", choices=BACKEND_NAMES),
+        "method": Key("str", "auto", "GD step method: auto (the faster for the shapes), rows (cpu only) or neurons "
+                      "(memory-lean: no gradient arrays of the wide layer)", choices=("auto", "rows", "neurons")),
         "threads": Key("int", 0, "CPU threads of the C++ kernels and the BLAS (0: the machine's default)", lo=0),
     },
 }
@@ -379,6 +381,7 @@ def train_kwargs(cfg: dict) -> dict:
         "lr": t["lr"], "steps": t["steps"], "tol": t["tol"], "rel_tol": t["rel_tol"],
         "track_every": t["track_every"], "time_budget": t["time_budget"] or None,
         "divergence_factor": t["divergence_factor"], "backend": t["backend"], "threads": t["threads"] or None,
+        "method": t["method"],
     }
 
 

@@ -154,7 +154,7 @@ def _versions(backend):
 
 def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.0, rel_tol=0.0, track_every=100,
           time_budget=None, divergence_factor=1e6, progress=True, out=None, config=None,
-          threads=None) -> TrainResult:
+          threads=None, method="auto") -> TrainResult:
     """Train ``net`` in place by full-batch gradient descent on Phi = 1/2 ||F_L(X) - Y||_F^2 with a constant step.
 
     Parameters
@@ -174,6 +174,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     config : the resolved configuration to store in the run folder.
     threads : CPU threads of the C++ kernels and of the BLAS for this run (None or 0: as they are); both are
         restored when it returns. The cpu backend's results are the same bits for any number of threads.
+    method : "auto" | "rows" | "neurons", the GD step of :class:`pyrgd.gdstep.GDStep`: "auto" the faster one for the
+        shapes (rows on the cpu backend where it keeps at least half the neurons in its panels), "rows" (cpu only),
+        "neurons" the memory-lean one (no gradient arrays of the wide layer). Every method computes the same step.
     """
     if not isinstance(net, PyramidalNet):
         raise PyrgdError(f"net: expected a pyrgd.PyramidalNet, got {type(net).__name__}")
@@ -182,6 +185,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     tol = check_scalar("tol", tol, nonnegative=True)
     rel_tol = check_scalar("rel_tol", rel_tol, nonnegative=True)
     divergence_factor = check_scalar("divergence_factor", divergence_factor, positive=True)
+    from .gdstep import METHODS
+
+    if method not in METHODS:
+        raise PyrgdError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     if time_budget is not None:
         time_budget = check_scalar("time_budget", time_budget, nonnegative=True) or None
     if threads is not None:
@@ -189,7 +196,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         with thread_limits(threads):
             return train(net, X, Y, lr=lr, steps=steps, backend=backend, tol=tol, rel_tol=rel_tol,
                          track_every=track_every, time_budget=time_budget, divergence_factor=divergence_factor,
-                         progress=progress, out=out, config=config)
+                         progress=progress, out=out, config=config, method=method)
     if not (isinstance(lr, str) and lr == "auto"):
         if isinstance(lr, str):
             raise PyrgdError(f"lr: expected a positive number or 'auto', got {lr!r}")
@@ -242,6 +249,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         bar = tqdm(total=steps, file=sys.stderr, desc="GD", unit="step", dynamic_ncols=True, mininterval=0.25,
                    leave=True)
     last_post = 0.0
+    gd_method, gd_kept = method, None  # what GDStep resolves them to, once it is built
 
     def record_cert(k):
         nonlocal track_time, certified
@@ -257,7 +265,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
 
     try:
         with _StopFlag() as stop, warnings.catch_warnings():
-            gd = GDStep(Xd, Yd, W, act, mult, backend)
+            gd = GDStep(Xd, Yd, W, act, mult, backend, method=method)
+            gd_method, gd_kept = gd.method, gd.kept
             k = 0
             while True:
                 t0 = time.perf_counter()
@@ -346,6 +355,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         "tracking_time_s": track_time,
         "lr_time_s": t_lr,
         "backend": backend,
+        "method": gd_method,
+        "kept_neurons": gd_kept,
         "dtype": net.dtype.name,
         "lr": lr,
         "lr_rule": lr_rule,

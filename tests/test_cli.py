@@ -55,6 +55,7 @@ def assert_one_line_error(err: str, *fragments):
     (["train", "--activation", "swish"], ["model.activation", "swish"]),
     (["train", "--dtype", "float16"], ["model.dtype"]),
     (["train", "--backend", "gpu"], ["train.backend"]),
+    (["train", "--method", "columns"], ["train.method", "neurons"]),
     (["train", "--preset", "nope"], ["preset", "quickstart"]),
     (["train", "--set", "train.nope=1"], ["train.nope", "unknown key"]),
     (["train", "--set", "steps"], ["--set", "table.key=value"]),
@@ -231,6 +232,12 @@ def test_warnings_are_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert err == "pyrgd: warning: n_1 = 64 < N = 80: the theory needs a wide layer\n"
+
+
+def test_method_flag_reaches_the_run(tmp_path, capsys):
+    """--method neurons (train.method) runs the memory-lean GD step: the summary records it."""
+    assert cli.main(["train", *TINY, "--method", "neurons", "--out", str(tmp_path / "r"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "neurons"
 
 
 def test_threads_flag_reaches_the_run(tmp_path, capsys):

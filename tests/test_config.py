@@ -253,12 +253,13 @@ def test_parse_assignment():
 def test_build_takes_d_from_the_data_and_maps_train_kwargs():
     cfg = C.resolve_config(overrides={
         "data": {"N": 10, "d": 5, "n_out": 2}, "model": {"widths": [32, 4, 2], "seed": 3, "dtype": "float32"},
-        "train": {"lr": 0.1, "steps": 9, "time_budget": 4.0, "backend": "reference", "threads": 3}})
+        "train": {"lr": 0.1, "steps": 9, "time_budget": 4.0, "backend": "reference", "threads": 3,
+                  "method": "neurons"}})
     net, X, Y, kw = C.build(cfg)
     assert net.d == 5 and net.widths == [32, 4, 2] and net.dtype == np.float32 and net.seed == 3
     assert X.shape == (10, 5) and X.dtype == np.float32 and Y.shape == (10, 2)
     assert kw == {"lr": 0.1, "steps": 9, "tol": 0.0, "rel_tol": 0.0, "track_every": 100, "time_budget": 4.0,
-                  "divergence_factor": 1e6, "backend": "reference", "threads": 3}
+                  "divergence_factor": 1e6, "backend": "reference", "threads": 3, "method": "neurons"}
     assert C.build({"data": {"N": 4, "d": 2}, "model": {"widths": [8, 1]}})[3]["threads"] is None  # 0: as it is
     np.testing.assert_array_equal(net.weights[0], PyramidalNet(5, [32, 4, 2], activation=net.activation, seed=3,
                                                                dtype="float32").weights[0])

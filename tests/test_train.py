@@ -236,3 +236,21 @@ def test_threads_option_sets_and_restores_the_thread_counts():
     for bad in (-1, 1.5, "2"):
         with pytest.raises(PyrgdError, match="threads"):
             pyrgd.train(net.copy(), X, Y, lr=0.01, steps=1, backend="cpu", progress=False, threads=bad)
+
+
+def test_method_option_chooses_the_gd_step():
+    """train(method=...) runs that GDStep method (the summary says which, and how many neurons the rows method
+    keeps); rows and neurons give the same trajectory; a bad method, or rows off the cpu backend, is refused."""
+    net, X, Y = problem(N=16, widths=(200, 6, 1))
+    runs = {m: pyrgd.train(net.copy(), X, Y, lr=0.01, steps=30, backend="cpu", track_every=0, progress=False,
+                           method=m) for m in ("auto", "rows", "neurons")}
+    assert [runs[m].summary["method"] for m in ("auto", "rows", "neurons")] == ["rows", "rows", "neurons"]
+    assert runs["rows"].summary["kept_neurons"] == 200 and runs["neurons"].summary["kept_neurons"] is None
+    assert runs["auto"].history["loss"] == runs["rows"].history["loss"]
+    assert np.allclose(runs["rows"].history["loss"], runs["neurons"].history["loss"], rtol=1e-10, atol=0)
+    for wa, wb in zip(runs["rows"].net.weights, runs["neurons"].net.weights):
+        assert np.allclose(wa, wb, rtol=1e-10, atol=1e-13)
+    with pytest.raises(PyrgdError, match="method: expected one of auto, rows, neurons, got 'columns'"):
+        pyrgd.train(net.copy(), X, Y, lr=0.01, steps=1, backend="cpu", progress=False, method="columns")
+    with pytest.raises(PyrgdError, match="method: 'rows' needs the cpu backend"):
+        pyrgd.train(net.copy(), X, Y, lr=0.01, steps=1, backend="reference", progress=False, method="rows")
