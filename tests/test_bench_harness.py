@@ -391,6 +391,21 @@ def test_targets_on_synthetic_numbers():
         assert line.startswith(x["status"]) and x["text"] in line
 
 
+def test_b4_target_uses_the_interleaved_timing_where_the_run_has_it():
+    """The interleaved medians (every size timed in the same stretch of the machine) decide the B4 target; the spread
+    of the sizes timed one after the other is stated beside it; an interleaved timing that lacks a size is ignored."""
+    r = _synthetic()
+    r["problems"][5]["candidates"]["fused"]["seconds"] = 5.0  # one after the other: spread 1.25, a FAIL
+    r["interleaved"] = {"B4": {"rounds": 21, "schedule": "rounds", "iqr": {},
+                               "seconds": {"1024": 1.0, "2048": 2.0, "4096": 4.2}}}
+    t = {x["id"]: x for x in evaluate_targets(r)}["B4_per_neuron"]
+    assert t["status"] == "PASS" and t["measured"] == pytest.approx(4.2 / 4096 / (2.0 / 2048))
+    assert "interleaved, 21 rounds; 1.25x timed one size after the other" in t["detail"]
+    del r["interleaved"]["B4"]["seconds"]["4096"]
+    t = {x["id"]: x for x in evaluate_targets(r)}["B4_per_neuron"]
+    assert t["status"] == "FAIL" and t["measured"] == pytest.approx(1.25) and "one size after the other" in t["detail"]
+
+
 def test_speedup_targets_state_the_roofline_bound():
     """With the fused flop count and the FMA peak, a speed-up target says the largest ratio any implementation of the
     fused algorithm could show: baseline s / (fused flops / peak rate)."""
@@ -429,6 +444,10 @@ def test_plot_of_a_result(tmp_path):
     out = tmp_path / "b.png"
     assert plot_result(r, str(out)) == ["B1", "B2", "B4"]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # with the interleaved B4 timing the panel draws both timings: another figure
+    r2 = dict(r, interleaved={"B4": {"rounds": 9, "seconds": {"1024": 1.0, "2048": 2.0, "4096": 4.1}}})
+    assert plot_result(r2, str(tmp_path / "i.png")) == ["B1", "B2", "B4"]
+    assert (tmp_path / "i.png").read_bytes() != out.read_bytes()
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_result({"device": "cpu", "problems": []}, str(tmp_path / "none.png"))
     js = tmp_path / "r.json"
@@ -517,6 +536,12 @@ def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
     assert {t["id"] for t in res["targets"]} == {t["id"] for t in TARGETS if t["device"] == "cpu"}
     assert all(t["status"] in ("PASS", "FAIL", "SKIP") for t in res["targets"])
     assert set(res["sgemm"]) == {"default", "1", "2"}
+    # every B4 size timed again in interleaved rounds, 3 per repeat, each a list of real step times
+    b4 = {str(p["widths"][0]) for p in res["problems"] if p["group"] == "B4"}
+    it = res["interleaved"]["B4"]
+    assert set(it["seconds"]) == set(it["times"]) == b4 and it["rounds"] == 3 * res["repeats"]
+    assert all(len(ts) == it["rounds"] and min(ts) > 0 and it["seconds"][n] == float(np.median(ts))
+               for n, ts in it["times"].items())
     from pyrgd.backends import cpu
 
     if cpu.available()[0]:  # the FMA roof at each thread count, and the bound it gives
@@ -535,6 +560,7 @@ def test_text_report(capsys):
     assert rc == 0
     assert "SGEMM" in out and "B2       fused" in out and "B4_512" in out
     assert "B4 fused time per neuron within 15% across n1" in out
+    assert "B4 interleaved (" in out and "rounds; " in out  # the interleaved timing decides the target
     assert "B3 fused peak memory" in out and "not run" in out  # SKIP line of a problem left out
     if not TORCH:
         assert any(ln.split()[:3] == ["B2", "torch", "skipped:"] and "PyTorch is not importable" in ln

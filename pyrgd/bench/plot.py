@@ -3,8 +3,8 @@
 One panel per problem with a speed-up target (B1, B2; G1 on the GPU): seconds per step of every candidate (bars),
 the fused time each speed-up target asks for (baseline s / threshold, dotted) and the roofline floor, the fused
 step's flops at the FMA peak measured in the same run (dashed: no implementation of the fused algorithm can be
-faster here). One panel for the width sweep B4 (fused seconds per neuron against n1, with the +-15% band around
-the smallest) when it ran.
+faster here). One panel for the width sweep B4 (fused seconds per neuron against n1, timed one size after the other and
+interleaved, with the +-15% band around the smallest of the timing the target uses) when it ran.
 
     python -m pyrgd.bench.plot RESULT.json OUT.png     # a committed result, drawn again
     pyrgd bench --plot OUT.png                         # drawn at the end of a run
@@ -67,9 +67,16 @@ def plot_result(result: dict, path: str) -> list[str]:
         ax = axes[0][-1]
         n1 = [p["widths"][0] for p in sweep]
         per = [p["candidates"]["fused"]["seconds"] / p["widths"][0] * 1e6 for p in sweep]
-        lo = min(per)
+        inter = (result.get("interleaved") or {}).get("B4")
+        iper = ([inter["seconds"][str(n)] / n * 1e6 for n in n1]
+                if inter and all(str(n) in inter["seconds"] for n in n1) else None)
+        lo = min(iper or per)  # the band around the timing the target uses
         ax.fill_between([min(n1), max(n1)], lo, 1.15 * lo, color="C2", alpha=0.15, label="within 15% of the least")
-        ax.plot(n1, per, "o-", color="C0", label="fused")
+        ax.plot(n1, per, "o-" if iper is None else "o:", color="C0",
+                label="fused" if iper is None else "fused, one size after the other")
+        if iper is not None:
+            ax.plot(n1, iper, "s-", color="C1", label=f"fused, interleaved ({inter['rounds']} rounds; the target)")
+            per = per + iper
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.4 * max(per))
         ax.set_xlabel("n1")

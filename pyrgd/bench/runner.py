@@ -14,6 +14,11 @@ For each problem:
    allocator over steps 2-3 (data upload included).
 The SGEMM rate (a large float32 matrix product, same process, same thread count) is measured at the start and
 again just before each problem; a problem's %SGEMM uses the latter (``sgemm`` in the problem's result).
+
+5. a group of sizes of one candidate (B4: the fused step at every n1) is timed again interleaved
+   (:func:`interleave_group`): all its candidates built at once, then rounds of one step of each size, every other
+   round in reverse order. Its target compares the sizes with one another, and on a shared machine whose speed
+   drifts by 5 to 15% over minutes, problems run one after the other would compare the drift instead.
 """
 from __future__ import annotations
 
@@ -107,6 +112,50 @@ def time_one(cand) -> float:
     cand.step()
     cand.sync()
     return time.perf_counter() - t0
+
+
+#: interleaved rounds per repeat of a problem (so 21 timed steps of each size by default)
+INTERLEAVE_ROUNDS_PER_REPEAT = 3
+
+
+def interleave_group(problems, opts, bar=None) -> dict:
+    """The fused step of every problem of a group (one candidate, several sizes: B4) timed in interleaved rounds.
+
+    Every candidate is built, checked (one step) and warmed up first; then each of INTERLEAVE_ROUNDS_PER_REPEAT x
+    repeats rounds times one step of every size, every other round in reverse order, so that the sizes share the
+    machine's slow and fast stretches. All candidates are pyrgd's own (no other library's idle threads spin between
+    them). Returns {"rounds", "schedule", "seconds": {n1: median}, "iqr": {n1: ...}, "times": {n1: [...]}}.
+    """
+    dtype = np.dtype(opts.dtype)
+    cands = {}
+    for p in problems:
+        with thread_limits(p.threads):
+            c = make_candidate("fused", make_data(p, dtype, opts.seed), device=opts.device, backend=opts.backend)
+            c.step()
+            warm_up(c, opts.warmup, opts.warmup_s)
+        cands[p.n1] = (p, c)
+    rounds = max(2, INTERLEAVE_ROUNDS_PER_REPEAT * opts.n_repeats)
+    times = {n: [] for n in cands}
+    order = list(cands)
+    for r in range(rounds):
+        for n in (order if r % 2 == 0 else order[::-1]):
+            p, c = cands[n]
+            with thread_limits(p.threads):
+                times[n].append(time_one(c))
+        if bar is not None:
+            bar.set_description(f"{problems[0].group} interleaved {r + 1}/{rounds}")
+    out = {"rounds": rounds, "schedule": "rounds of one step of each size, every other round in reverse order",
+           "seconds": {}, "iqr": {}, "times": {}}
+    for n, ts in times.items():
+        q1, q3 = np.percentile(ts, [25, 75])
+        out["seconds"][str(n)] = float(np.median(ts))
+        out["iqr"][str(n)] = float(q3 - q1)
+        out["times"][str(n)] = [float(t) for t in ts]
+    return out
+
+
+#: groups whose target compares sizes of one candidate, timed again interleaved (interleave_group)
+INTERLEAVED_GROUPS = ("B4",)
 
 
 def sgemm_cpu(n: int, repeats: int = 5, threads: int | None = None) -> dict:
@@ -571,6 +620,11 @@ def run(problems, opts: Options, on_problem=None) -> dict:
             result["problems"].append(r)
             if on_problem is not None:
                 on_problem({**result, "targets": evaluate_targets(result), "complete": False})
+        for g in INTERLEAVED_GROUPS:
+            ps = [p for p, r in zip(problems, result["problems"])
+                  if p.group == g and r["candidates"].get("fused", {}).get("status") == "ok"]
+            if opts.device == "cpu" and len(ps) >= 2:
+                result.setdefault("interleaved", {})[g] = interleave_group(ps, opts, bar)
     finally:
         bar.close()
     result["load_average_end"] = _loadavg()
