@@ -172,7 +172,7 @@ class GDStep:
         self.method = method
         self.kept = (rows_kept(N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype) if method == "rows"
                      else None)
-        self._grads = None  # rows: the gradients of the last evaluate()
+        self._grads = self._work = None  # rows: the gradients of the last evaluate(), network_grad's workspace
         self._H = self._spare = self._G = self._tail_grads = None  # neurons
         self._evaluated = False
 
@@ -181,8 +181,14 @@ class GDStep:
         if self.method == "rows":
             from .backends import cpu
 
+            if self._work is None:  # the kernel's work arrays, kept from step to step
+                n = cpu.grad_workspace_size(self.X.shape[0], self.X.shape[1], self.W[0].shape[1],
+                                            self.W[1].shape[1], self.act, self.X.dtype.itemsize,
+                                            kept_neurons=self.kept)
+                self._work = np.empty(max(n, 1), dtype=self.X.dtype)
             loss, self._grads, self._sq = cpu.network_grad(self.X, self.Y, self.W, self.act, self.mult,
-                                                           grads=self._grads, kept_neurons=self.kept)
+                                                           grads=self._grads, kept_neurons=self.kept,
+                                                           workspace=self._work)
         else:
             if self._H is None:
                 self._H = ops.wide_forward(self.X, self.W[0], self.W[1], activation=self.act, a1=self.mult[0],

@@ -228,6 +228,60 @@ def test_same_bits_for_any_thread_count(dtype, restore_threads):
     assert loss == outs[0][0] and all(np.array_equal(a, b) for a, b in zip(bufs, outs[0][1]))
 
 
+@pytest.mark.parametrize("spec", ["relu", "smooth_leaky_relu(0.3)"])
+def test_workspace_gives_the_same_bits(spec):
+    """A caller's workspace (kept from call to call, any alignment: NumPy's large arrays start 16 bytes past a cache
+    line) gives exactly the bits of the kernel's own allocation, for every kept split; grad_workspace_size is the
+    least size accepted."""
+    act = parse_activation(spec)
+    X, Y, W = make(150, [4, 2100, 6, 5, 2], np.float32, act, seed=9)
+    mult = [0.05, 1.1, 0.9]
+    for kept in (None, 0, 1000):
+        want = cpu.network_grad(X, Y, W, act, mult, kept_neurons=kept)
+        n = cpu.grad_workspace_size(150, 4, 2100, 6, act, 4, kept_neurons=kept)
+        big = np.full(n + 7, np.nan, np.float32)
+        for ws in (big[:n], big[1:n + 1], big[3:]):  # reused, and at three alignments
+            got = cpu.network_grad(X, Y, W, act, mult, kept_neurons=kept, workspace=ws)
+            assert got[0] == want[0] and got[2] == want[2]
+            assert all(np.array_equal(a, b) for a, b in zip(got[1], want[1]))
+        with pytest.raises(PyrgdError, match=f"workspace: expected at least {n} elements"):
+            cpu.network_grad(X, Y, W, act, mult, kept_neurons=kept, workspace=big[:n - 1])
+
+
+def test_workspace_is_checked():
+    act = parse_activation("tanh")
+    X, Y, W = make(20, [3, 70, 4, 2], np.float64, act)
+    n = cpu.grad_workspace_size(20, 3, 70, 4, act, 8)
+    G = [np.zeros_like(w) for w in W]
+    ro = np.zeros(n)
+    ro.setflags(write=False)
+    shared = np.zeros(n + 400)
+    Wsh = [shared[:W[0].size].reshape(W[0].shape), W[1], W[2]]
+    Wsh[0][...] = W[0]
+    bad = [
+        (np.zeros(n, np.float32), "workspace: expected dtype float64 like X"),
+        (np.zeros((n, 1)), "workspace: expected a 1-D array"),
+        (np.zeros(2 * n)[::2], "workspace: expected a C-contiguous"),
+        (ro, "workspace: is written but is read-only"),
+        ([0.0] * n, "workspace: expected a numpy.ndarray"),
+    ]
+    for ws, text in bad:
+        with pytest.raises(PyrgdError, match=text):
+            cpu.network_grad(X, Y, W, act, [1.0, 1.0], grads=G, workspace=ws)
+    with pytest.raises(PyrgdError, match="workspace, weights\\[0\\]: must not share memory"):
+        cpu.network_grad(X, Y, Wsh, act, [1.0, 1.0], workspace=shared)
+    with pytest.raises(PyrgdError, match="workspace, grads\\[1\\]: must not share memory"):
+        cpu.network_grad(X, Y, W, act, [1.0, 1.0], grads=[G[0], shared[:280].reshape(70, 4), G[2]],
+                         workspace=shared[279:])
+    with pytest.raises(PyrgdError, match="kept_neurons: expected -1"):
+        cpu.grad_workspace_size(20, 3, 70, 4, act, 8, kept_neurons=71)
+    with pytest.raises(PyrgdError, match="grad_workspace_size: expected N, d, n1, n2 >= 1"):
+        cpu.grad_workspace_size(20, 3, 70, 4, act, 2)
+    # more rows per panel, more neurons kept: a larger workspace
+    assert cpu.grad_workspace_size(20, 3, 70, 4, act, 8, panel_rows=20) > cpu.grad_workspace_size(
+        20, 3, 70, 4, act, 8, panel_rows=5)
+
+
 def test_network_grad_rejects_bad_input():
     """Every argument of the raw kernel is checked and named; a failed call writes nothing into `grads`."""
     act = parse_activation("tanh")
@@ -386,6 +440,7 @@ def test_rows_step_reuses_its_buffers():
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert gd.method == "rows"
+    assert gd._work.size == cpu.grad_workspace_size(N, dims[0], dims[1], dims[2], act, 8, kept_neurons=gd.kept)
     assert max(peaks[1:]) < 0.1 * N * dims[2] * 8, peaks
     assert peaks[0] >= sum(w.nbytes for w in W)  # the first step allocates the gradients: the measurement sees them
 

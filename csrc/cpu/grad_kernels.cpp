@@ -45,6 +45,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -110,60 +111,118 @@ size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize) {
   return std::max<size_t>(1, std::min(R, N));
 }
 
+namespace {
+
+// The large work arrays of network_grad, in elements of T, laid out one after the other in one workspace (each
+// start rounded up to 64 bytes); what the shapes, the activation, panel_rows and kept decide, nothing else.
+struct GradLayout {
+  size_t nblocks, nbK, nbR, nK, bpl, nlanes, R;
+  size_t w2t, w1b, g1b, sp, dp, hl, f2, gb, hr, total;  // offsets; total: the elements needed
+};
+
+GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept) {
+  GradLayout L{};
+  const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
+  L.nblocks = ceil_div(n1, kBlock);
+  // blocks [0, nbK) are kept (the panels hold their S, D); blocks [nbK, nblocks) are recomputed
+  L.nbK = std::min(L.nblocks, ceil_div(std::min(kept, n1), kBlock));
+  L.nbR = L.nblocks - L.nbK;
+  L.nK = std::min(n1, L.nbK * kBlock);
+  L.bpl = L.nbK ? ceil_div(L.nbK, kGradLanes) : 1;
+  L.nlanes = grad_lanes(L.nbK);  // ceil(nbK / bpl)
+  L.R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, L.nK, n2, itemsize);
+  const size_t align = std::max<size_t>(1, 64 / itemsize);  // each array starts on a cache line
+  size_t at = 0;
+  const auto take = [&](size_t count) {
+    const size_t o = at;
+    if (count > SIZE_MAX - o - align) throw std::length_error("network_grad: the work arrays exceed the address space");
+    at = ceil_div(o + count, align) * align;
+    return o;
+  };
+  const size_t szPanel = checked_mul(L.nbK, L.R, kBlock);
+  L.w2t = take(checked_mul(L.nblocks, n2, kBlock));  // W2[T, :]^T block by block
+  L.w1b = take(checked_mul(L.nblocks, d, kBlock));   // W1[:, T] block by block (contiguous)
+  L.g1b = take(checked_mul(L.nblocks, d, kBlock));   // dW1[:, T] block by block
+  L.sp = take(szPanel);                              // S of the panel, by blocks
+  // ReLU: D is read off S in (B) (relu'(z) = [a1 relu(z) != 0]), so the panel holds S alone
+  L.dp = take(act == pyrgd::act::Relu::code ? 0 : szPanel);
+  L.hl = take(checked_mul(L.nlanes, L.R, n2));  // each lane's part of Z_2
+  L.f2 = take(checked_mul(L.R, n2));            // Z_2 of the panel
+  // G of the panel, or of all rows where some neurons are recomputed (their pass needs it)
+  L.gb = take(checked_mul(L.nbR ? N : L.R, n2));
+  L.hr = take(L.nbR ? checked_mul(N, n2) : 0);  // the recomputed neurons' part of Z_2, all rows
+  L.total = at;
+  return L;
+}
+
+}  // namespace
+
+// Elements of slack so that the layout can start at the first 64-byte boundary of any workspace of T (NumPy's large
+// arrays start 16 bytes past one: vectors that straddle cache lines cost several percent).
+inline size_t align_slack(size_t itemsize) { return 64 / itemsize - 1; }
+
+template <class T>
+T* align64(T* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  return reinterpret_cast<T*>((a + 63) / 64 * 64);
+}
+
+size_t grad_workspace_elems(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept) {
+  return grad_layout(s, act, itemsize, panel_rows, kept).total + align_slack(itemsize);
+}
+
 template <class T>
 double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T* X, const T* Y, const T* W1,
                     const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2, T* const* gWt,
-                    double* grad_sq, size_t panel_rows, size_t kept) {
+                    double* grad_sq, size_t panel_rows, size_t kept, T* work, size_t work_elems) {
   if (!is_activation_code(act)) throw std::invalid_argument("act_code: unknown activation code " + std::to_string(act));
   const TileOps<T>& ops = active_tile_ops<T>();
   const size_t tr = size_t(ops.tile_rows);  // rows of a register tile: the products are split at multiples of it
   const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
-  const size_t nblocks = ceil_div(n1, kBlock);
-  // blocks [0, nbK) are kept (the panels hold their S, D); blocks [nbK, nblocks) are recomputed
-  const size_t nbK = std::min(nblocks, ceil_div(std::min(kept, n1), kBlock)), nbR = nblocks - nbK;
-  const size_t nK = std::min(n1, nbK * kBlock);
-  const size_t bpl = nbK ? ceil_div(nbK, kGradLanes) : 1, nlanes = grad_lanes(nbK);  // nlanes = ceil(nbK / bpl)
-  const size_t R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, nK, n2, sizeof(T));
+  const GradLayout L = grad_layout(s, act, sizeof(T), panel_rows, kept);
+  const size_t nblocks = L.nblocks, nbK = L.nbK, nbR = L.nbR, bpl = L.bpl, nlanes = L.nlanes, R = L.R;
   const T a1 = mult[0];
   const size_t nsub = ceil_div(R, kTailRows);  // the tail runs on sub-chunks of kTailRows rows of a panel
   const TailPlan<T> plan(nt, tdims, Wt, mult + 1, std::min(R, kTailRows));
   const size_t gsz = plan.grad_size(), nL = tdims[nt];
   const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nbR ? nblocks : nlanes)));
 
-  // All allocated here, outside the parallel region. The large buffers are not cleared (every value read is
-  // written first; the columns past n1 of the last block, which the products never read but the activation
-  // epilogues pass over, are zeroed so that they hold finite values).
-  const size_t szPanel = checked_mul(nbK, R, kBlock);
-  std::unique_ptr<T[]> W2T(new T[checked_mul(nblocks, n2, kBlock)]);  // W2[T, :]^T block by block
-  std::unique_ptr<T[]> W1B(new T[checked_mul(nblocks, d, kBlock)]);   // W1[:, T] block by block (contiguous)
-  std::unique_ptr<T[]> G1B(new T[checked_mul(nblocks, d, kBlock)]);   // dW1[:, T] block by block
-  // ReLU: D is read off S in (B) (relu'(z) = [a1 relu(z) != 0]), so the panel holds S alone
-  const bool relu = act == pyrgd::act::Relu::code;
-  std::unique_ptr<T[]> Sp(new T[szPanel]), Dp(relu ? nullptr : new T[szPanel]);  // S, D of the panel, by blocks
-  std::vector<T> Hl(checked_mul(nlanes, R, n2));  // each lane's part of Z_2
-  // Z_2 of the panel; G of the panel, or of all rows where some neurons are recomputed (their pass needs it)
-  std::vector<T> F2(R * n2), Gb(checked_mul(nbR ? N : R, n2));
-  // the recomputed neurons' part of Z_2, all rows
-  std::vector<T> HRv(nbR ? checked_mul(N, n2) : 0), Hgv(nbR ? checked_mul(size_t(P), kRecRows, n2) : 0);
-  const size_t pbw = std::max(R, nbR ? kRecRows : 0) * kBlock;  // per thread: P (and S, D of the recomputed)
-  std::vector<T> Pb(checked_mul(size_t(P), pbw * (nbR ? 3 : 1)));  // zero-filled: finite past column nb
-  if (nbK == nblocks && n1 % kBlock) {
-    std::fill(Sp.get() + (nblocks - 1) * R * kBlock, Sp.get() + szPanel, T(0));
-    if (!relu) std::fill(Dp.get() + (nblocks - 1) * R * kBlock, Dp.get() + szPanel, T(0));
+  // The large arrays live in the caller's workspace (`work`, kept from call to call: no page faults and no
+  // clearing per step), or in one allocated here; the small ones here. All outside the parallel region. The large
+  // ones are not cleared (every value read is written first; the columns past n1 of the last block, which the
+  // products never read but the activation epilogues pass over, are zeroed so that they hold finite values).
+  const size_t need = L.total + align_slack(sizeof(T));
+  std::unique_ptr<util::AlignedBuffer<T>> own;
+  if (!work) {
+    own.reset(new util::AlignedBuffer<T>(need, false));
+    work = own->data();
+  } else if (work_elems < need) {
+    throw std::invalid_argument("workspace: expected at least " + std::to_string(need) + " elements, got " +
+                                std::to_string(work_elems));
   }
-  std::vector<T> tbuf(checked_mul(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
-  std::vector<T> gsub(checked_mul(nsub, gsz));  // each sub-chunk's tail gradients
+  work = align64(work);  // every array of the layout starts on a cache line
+  const bool relu = act == pyrgd::act::Relu::code;
+  const size_t szPanel = checked_mul(nbK, R, kBlock);
+  T* const W2Tp = work + L.w2t;
+  T* const W1Bp = work + L.w1b;
+  T* const G1Bp = work + L.g1b;
+  T* const SP = work + L.sp;
+  T* const DP = relu ? nullptr : work + L.dp;
+  T* const HL = work + L.hl;
+  T* const F2p = work + L.f2;
+  T* const Gall = work + L.gb;
+  T* const HR = work + L.hr;
+  util::AlignedBuffer<T> Hgv(nbR ? checked_mul(size_t(P), kRecRows, n2) : 0);
+  const size_t pbw = std::max(R, nbR ? kRecRows : 0) * kBlock;  // per thread: P (and S, D of the recomputed)
+  util::AlignedBuffer<T> Pb(checked_mul(size_t(P), pbw * (nbR ? 3 : 1)));  // zero-filled: finite past column nb
+  if (nbK == nblocks && n1 % kBlock) {
+    std::fill(SP + (nblocks - 1) * R * kBlock, SP + szPanel, T(0));
+    if (!relu) std::fill(DP + (nblocks - 1) * R * kBlock, DP + szPanel, T(0));
+  }
+  util::AlignedBuffer<T> tbuf(checked_mul(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
+  util::AlignedBuffer<T> gsub(checked_mul(nsub, gsz));  // each sub-chunk's tail gradients
   std::vector<double> tacc(gsz, 0.0), lsubv(nsub), q1(nblocks), q2(nblocks);
   double loss = 0.0;
-  T* const W2Tp = W2T.get();
-  T* const W1Bp = W1B.get();
-  T* const G1Bp = G1B.get();
-  T* const SP = Sp.get();
-  T* const DP = Dp.get();
-  T* const HL = Hl.data();
-  T* const F2p = F2.data();
-  T* const Gall = Gb.data();
-  T* const HR = HRv.data();
   T* const PB = Pb.data();
   T* const gcs = gsub.data();
   double* const lsub = lsubv.data();
@@ -380,10 +439,10 @@ template void sgd_update<double>(size_t, double*, const double*, double);
 
 template double network_grad<float>(const WideShape&, size_t, const size_t*, const float*, const float*, const float*,
                                     const float*, const float* const*, const float*, int, float, float*, float*,
-                                    float* const*, double*, size_t, size_t);
+                                    float* const*, double*, size_t, size_t, float*, size_t);
 template double network_grad<double>(const WideShape&, size_t, const size_t*, const double*, const double*,
                                      const double*, const double*, const double* const*, const double*, int, double,
-                                     double*, double*, double* const*, double*, size_t, size_t);
+                                     double*, double*, double* const*, double*, size_t, size_t, double*, size_t);
 
 }  // namespace cpu
 }  // namespace pyrgd

@@ -3,8 +3,11 @@
 #ifndef PYRGD_CPU_KERNEL_UTIL_H
 #define PYRGD_CPU_KERNEL_UTIL_H
 
+#include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <limits>
+#include <new>
 #include <stdexcept>
 
 #ifdef _OPENMP
@@ -44,6 +47,31 @@ inline std::size_t checked_mul(std::size_t a, std::size_t b, std::size_t c = 1) 
 }
 
 inline std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
+
+// n elements of a trivial type T starting on a cache line (64 bytes), zero-filled unless `zero` is false: the
+// kernels' work buffers. (std::vector and new[] give 16-byte alignment; vectors of a tile that straddle cache lines
+// cost several percent.)
+template <class T>
+class AlignedBuffer {
+ public:
+  static constexpr std::size_t kAlign = 64;
+  explicit AlignedBuffer(std::size_t n, bool zero = true)
+      : n_(n),
+        p_(static_cast<T*>(::operator new[](checked_mul(std::max<std::size_t>(n, 1), sizeof(T)),
+                                            std::align_val_t(kAlign)))) {
+    if (zero && n) std::memset(static_cast<void*>(p_), 0, n * sizeof(T));
+  }
+  ~AlignedBuffer() { ::operator delete[](p_, std::align_val_t(kAlign)); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  std::size_t size() const { return n_; }
+
+ private:
+  std::size_t n_;
+  T* p_;
+};
 
 }  // namespace util
 }  // namespace cpu

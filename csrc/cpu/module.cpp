@@ -372,7 +372,8 @@ py::tuple tail(const py::object& Hobj, const py::object& Yobj, const py::object&
 template <class T>
 py::tuple network_grad_t(const Wide& w, const py::array& Y, const std::vector<py::array>& Ws,
                          const std::vector<double>& mult, int act, double gamma, std::vector<py::array>& G,
-                         const std::vector<std::size_t>& tdims, std::size_t panel_rows, std::size_t kept) {
+                         const std::vector<std::size_t>& tdims, std::size_t panel_rows, std::size_t kept,
+                         const py::array* work) {
   const std::size_t L = Ws.size(), nt = L - 2;
   std::vector<const T*> wt(nt);
   std::vector<T*> gt(nt);
@@ -388,11 +389,13 @@ py::tuple network_grad_t(const Wide& w, const py::array& Y, const std::vector<py
   const T* W2 = static_cast<const T*>(w.W2.data());
   T* g1 = static_cast<T*>(G[0].mutable_data());
   T* g2 = static_cast<T*>(G[1].mutable_data());
+  T* wk = work ? static_cast<T*>(const_cast<py::array*>(work)->mutable_data()) : nullptr;
+  const std::size_t wn = work ? std::size_t(work->size()) : 0;
   double loss;
   {
     py::gil_scoped_release nogil;
     loss = pyrgd::cpu::network_grad<T>(w.s, nt, tdims.data(), X, y, W1, W2, wt.data(), mt.data(), act, T(gamma), g1,
-                                       g2, gt.data(), sq.data(), panel_rows, kept);
+                                       g2, gt.data(), sq.data(), panel_rows, kept, wk, wn);
   }
   py::list grads, sql;
   for (std::size_t l = 0; l < L; ++l) {
@@ -406,7 +409,7 @@ py::tuple network_grad_t(const Wide& w, const py::array& Y, const std::vector<py
 // dPhi/dW_L], [||dPhi/dW_l||^2]); see wide_kernels.h (network_grad).
 py::tuple network_grad(const py::object& X, const py::object& Y, const py::object& Wobj, int act_code, double gamma,
                        const py::object& mobj, const py::object& gobj, py::ssize_t panel_rows,
-                       py::ssize_t kept_neurons) {
+                       py::ssize_t kept_neurons, const py::object& wobj) {
   if (!py::isinstance<py::sequence>(Wobj) || py::isinstance<py::str>(Wobj))
     throw py::type_error("weights: expected a list of the weights [W_1, ..., W_L], got " + type_name(Wobj));
   if (!py::isinstance<py::sequence>(mobj) || py::isinstance<py::str>(mobj))
@@ -475,8 +478,36 @@ py::tuple network_grad(const py::object& X, const py::object& Y, const py::objec
     }
   }
   const std::size_t pr = std::size_t(panel_rows);
-  return w.t == DType::f32 ? network_grad_t<float>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr, kept)
-                           : network_grad_t<double>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr, kept);
+  // the workspace: a 1-D writeable C-contiguous array of the call's dtype, large enough, sharing no memory with
+  // any input or output
+  py::array work;
+  if (!wobj.is_none()) {
+    work = as_array(wobj, "workspace");
+    if (work.ndim() != 1)
+      throw py::value_error("workspace: expected a 1-D array, got " + std::to_string(work.ndim()) + " dimensions");
+    const DType t = dtype_of(work, "workspace");
+    if (t != w.t)
+      throw py::type_error(std::string("workspace: expected dtype ") + dtype_name(w.t) + " like X, got " +
+                           dtype_name(t));
+    if (!(work.flags() & py::array::c_style) || !(work.flags() & kAlignedFlag))
+      throw py::value_error("workspace: expected a C-contiguous aligned array");
+    if (!work.writeable()) throw py::value_error("workspace: is written but is read-only");
+    const std::size_t need = pyrgd::cpu::grad_workspace_elems(w.s, act_code, w.t == DType::f32 ? 4 : 8, pr, kept);
+    if (std::size_t(work.size()) < need)
+      throw py::value_error("workspace: expected at least " + std::to_string(need) +
+                            " elements (grad_workspace_size), got " + std::to_string(work.size()));
+    if (overlap(work, w.X)) throw py::value_error("workspace, X: must not share memory");
+    if (overlap(work, Ya)) throw py::value_error("workspace, Y: must not share memory");
+    for (std::size_t l = 0; l < L; ++l) {
+      if (overlap(work, Ws[l]))
+        throw py::value_error("workspace, weights[" + std::to_string(l) + "]: must not share memory");
+      if (overlap(work, G[l]))
+        throw py::value_error("workspace, grads[" + std::to_string(l) + "]: must not share memory");
+    }
+  }
+  const py::array* wp = wobj.is_none() ? nullptr : &work;
+  return w.t == DType::f32 ? network_grad_t<float>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr, kept, wp)
+                           : network_grad_t<double>(w, Ya, Ws, mult, act_code, gamma, G, tdims, pr, kept, wp);
 }
 
 // W_l -= lr G_l for every pair, in one call without the GIL (so that a KeyboardInterrupt cannot land between two
@@ -653,7 +684,7 @@ PYBIND11_MODULE(_cpu, m) {
         "Bit-identical for any number of threads.");
   m.def("network_grad", &network_grad, py::arg("X"), py::arg("Y"), py::arg("weights"), py::arg("act_code"),
         py::arg("gamma") = 0.0, py::arg("multipliers") = py::list(), py::arg("grads") = py::none(),
-        py::arg("panel_rows") = 0, py::arg("kept_neurons") = -1,
+        py::arg("panel_rows") = 0, py::arg("kept_neurons") = -1, py::arg("workspace") = py::none(),
         "The loss and every gradient of the whole network at the current weights in one pass over panels of rows: "
         "returns (loss, grads, grad_sq) with loss = 1/2 ||F_L - Y||^2, grads = [dPhi/dW_1, ..., dPhi/dW_L] (written "
         "into `grads` when given: L writeable arrays shaped like the weights that share no memory with the inputs "
@@ -661,7 +692,26 @@ PYBIND11_MODULE(_cpu, m) {
         "[a_1, ..., a_{L-1}]; Y (N, n_L). Nothing N x n1 is allocated (a panel of R x n1 values of sigma and "
         "sigma'; R = panel_rows, or 0: chosen from the shapes). kept_neurons: the first neurons (rounded up to a block of 64) "
         "whose sigma, sigma' the panels hold (-1: all); the others are recomputed, in a pass over the rows before "
-        "the panels and one over their blocks after. Bit-identical for any number of threads.");
+        "the panels and one over their blocks after. workspace: None, or a 1-D array of the dtype with at least "
+        "grad_workspace_size(...) elements, kept from call to call (the large work arrays live there instead of "
+        "being allocated per call). Bit-identical for any number of threads.");
+  m.def(
+      "grad_workspace_size",
+      [](std::size_t N, std::size_t d, std::size_t n1, std::size_t n2, int act_code, std::size_t itemsize,
+         std::size_t panel_rows, py::ssize_t kept_neurons) {
+        if (N < 1 || d < 1 || n1 < 1 || n2 < 1 || (itemsize != 4 && itemsize != 8))
+          throw py::value_error("grad_workspace_size: expected N, d, n1, n2 >= 1 and itemsize 4 or 8");
+        check_act(act_code);
+        if (kept_neurons < -1 || kept_neurons > py::ssize_t(n1))
+          throw py::value_error("kept_neurons: expected -1 (all) or 0..n1 = " + std::to_string(n1) + ", got " +
+                                std::to_string(kept_neurons));
+        const pyrgd::cpu::WideShape s{N, d, n1, n2};
+        return pyrgd::cpu::grad_workspace_elems(s, act_code, itemsize, panel_rows,
+                                                kept_neurons < 0 ? n1 : std::size_t(kept_neurons));
+      },
+      py::arg("N"), py::arg("d"), py::arg("n1"), py::arg("n2"), py::arg("act_code"), py::arg("itemsize"),
+      py::arg("panel_rows") = 0, py::arg("kept_neurons") = -1,
+      "The elements network_grad's `workspace` must hold for these shapes (of its dtype, itemsize 4 or 8).");
   m.def(
       "grad_panel_rows",
       [](std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize) {

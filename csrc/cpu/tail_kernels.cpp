@@ -102,7 +102,7 @@ double tail(size_t N, size_t nt, const size_t* dims, const T* H, const T* Y, con
   // per-group gradients and losses (double); per thread: the plan's buffers and one chunk's gradients (T)
   std::vector<double> part(ngroups * gsz, 0.0), lossp(ngroups, 0.0);
   const size_t per_thread = plan.thread_buffer_size() + gsz;
-  std::vector<T> buf(size_t(P) * per_thread);
+  util::AlignedBuffer<T> buf(size_t(P) * per_thread);
   T* const base = buf.data();
   double* const partp = part.data();
   double* const lp = lossp.data();

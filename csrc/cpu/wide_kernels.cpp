@@ -115,7 +115,7 @@ void forward_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* 
   const size_t szZ = checked_mul(R, kBlock), szH = checked_mul(R, n2);
   const size_t per_thread = szZ + szH;
   if (per_thread < szZ) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
-  std::vector<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns of Z stay finite
+  util::AlignedBuffer<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns of Z stay finite
   T* const base = buf.data();
 
 #pragma omp parallel num_threads(P)
@@ -159,7 +159,7 @@ void step_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, 
   const size_t szZ = checked_mul(R, kBlock), szW2T = checked_mul(n2, kBlock), szG1 = checked_mul(d, kBlock);
   const size_t per_thread = 2 * szZ + 2 * szW2T + szG1;
   if (per_thread < szZ || per_thread < szG1) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
-  std::vector<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns stay finite
+  util::AlignedBuffer<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns stay finite
   std::vector<double> bsq1(nblocks), bsq2(nblocks);
   T* const base = buf.data();
   double* const q1 = bsq1.data();
@@ -258,9 +258,9 @@ void gram_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, 
 
   const size_t szZ = checked_mul(R, kBlock), szW2T = backward ? checked_mul(n2, kBlock) : 0;
   const size_t per_thread = 2 * szZ + szW2T;
-  std::vector<T> FTbuf(checked_mul(ncb * kGramCols, pw));
-  std::vector<T> Kpbuf(grouped ? checked_mul(N, N) : 0);
-  std::vector<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns stay finite
+  util::AlignedBuffer<T> FTbuf(checked_mul(ncb * kGramCols, pw));
+  util::AlignedBuffer<T> Kpbuf(grouped ? checked_mul(N, N) : 0);
+  util::AlignedBuffer<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns stay finite
   T* const FT = FTbuf.data();  // F^T of the panel by blocks of kGramCols samples (see above)
   T* const Kacc = grouped ? Kpbuf.data() : K;
   T* const base = buf.data();

@@ -140,16 +140,24 @@ std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::
 template <class T>
 double network_grad(const WideShape& s, std::size_t nt, const std::size_t* tdims, const T* X, const T* Y,
                     const T* W1, const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2,
-                    T* const* gWt, double* grad_sq, std::size_t panel_rows, std::size_t kept);
+                    T* const* gWt, double* grad_sq, std::size_t panel_rows, std::size_t kept, T* work,
+                    std::size_t work_elems);
+
+// The elements of T network_grad's `work` must hold for these shapes, activation, panel_rows and kept (work =
+// nullptr: network_grad allocates them itself, once per call). W_2^T, W_1 and its gradient by blocks, the panel,
+// the lanes' Z_2, G and, with recomputed neurons, their Z_2 of all rows: a caller that keeps it from step to step
+// saves their allocation (page faults and the kernel's clearing of fresh pages) on every call.
+std::size_t grad_workspace_elems(const WideShape& s, int act, std::size_t itemsize, std::size_t panel_rows,
+                                 std::size_t kept);
 
 extern template double network_grad<float>(const WideShape&, std::size_t, const std::size_t*, const float*,
                                             const float*, const float*, const float*, const float* const*,
                                             const float*, int, float, float*, float*, float* const*, double*,
-                                            std::size_t, std::size_t);
+                                            std::size_t, std::size_t, float*, std::size_t);
 extern template double network_grad<double>(const WideShape&, std::size_t, const std::size_t*, const double*,
                                              const double*, const double*, const double*, const double* const*,
                                              const double*, int, double, double*, double*, double* const*, double*,
-                                             std::size_t, std::size_t);
+                                             std::size_t, std::size_t, double*, std::size_t);
 
 // W[e] -= lr G[e] for e < count (the product rounded, then the difference: the bits of NumPy's W -= lr * G), in
 // parallel over chunks. W and G must not overlap.

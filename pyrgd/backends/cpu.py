@@ -114,7 +114,7 @@ def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
     return float(loss), G, list(grads)
 
 
-def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept_neurons=None):
+def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept_neurons=None, workspace=None):
     """The loss and every gradient of the whole network at the current weights, in one C++ pass over panels of rows.
 
     Returns (loss, grads, grad_sq): loss = 1/2 ||F_L - Y||_F^2 (a float), grads = [dPhi/dW_1, ..., dPhi/dW_L]
@@ -132,13 +132,22 @@ def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept
     up to a block of 64); the others are recomputed, X W_1 twice for them as in ``step``: a pass over tiles of rows
     gives their part of Z_2 before the panels, and a pass over their blocks their gradients after (with G of all N
     rows, an N x n_2 array). It bounds the weights and panel that go through the cache per panel where n1 is large
-    (:func:`pyrgd.gdstep.rows_kept`). The same bits for any number of threads.
+    (:func:`pyrgd.gdstep.rows_kept`). ``workspace``: None, or a 1-D array of X's dtype with at least
+    :func:`grad_workspace_size` elements, kept from call to call (GDStep does): the large work arrays (W_2^T, the
+    blocks of W_1 and its gradient, the panel, G) live there instead of being allocated, page-faulted and cleared by
+    the kernel on every call. The same bits for any number of threads, with or without it.
     """
     m = _module()
     loss, g, sq = _call(m.network_grad, X, Y, list(weights), act.code, float(act.gamma),
                         [float(a) for a in multipliers], None if grads is None else list(grads), int(panel_rows),
-                        -1 if kept_neurons is None else int(kept_neurons))
+                        -1 if kept_neurons is None else int(kept_neurons), workspace)
     return float(loss), list(g), [float(v) for v in sq]
+
+
+def grad_workspace_size(N, d, n1, n2, act, itemsize, panel_rows=0, kept_neurons=None) -> int:
+    """The elements of the ``workspace`` of :func:`network_grad` for these shapes and activation (parsed)."""
+    return int(_call(_module().grad_workspace_size, int(N), int(d), int(n1), int(n2), act.code, int(itemsize),
+                     int(panel_rows), -1 if kept_neurons is None else int(kept_neurons)))
 
 
 def grad_panel_rows(N, n1, n2, itemsize) -> int:
