@@ -174,7 +174,7 @@ def collect_info() -> dict:
         "cpu": _backend_module_info("cpu", "build_info"),
         "cuda": _backend_module_info("cuda", "device_info"),
     }
-    if backends["cpu"].get("ok"):  # what GDStep's 'auto' rule reads (pyrgd.gdstep.rows_fit)
+    if backends["cpu"].get("ok"):  # what GDStep reads (pyrgd.gdstep.rows_kept)
         from .gdstep import last_level_cache_bytes
 
         llc = last_level_cache_bytes()
@@ -234,8 +234,8 @@ def format_info(d: dict) -> str:
         if extra:
             detail = f"{detail}; {extra}" if detail else extra
         if e.get("last_level_cache_bytes"):
-            detail += (f"; last-level cache {e['last_level_cache_bytes'] / 2**20:.0f} MiB (a GD step runs the rows "
-                       "method where the wide layer's weights fit in half)")
+            detail += (f"; last-level cache {e['last_level_cache_bytes'] / 2**20:.0f} MiB (a GD step's panels keep "
+                       "the neurons whose weights fit in half: pyrgd.gdstep.rows_kept)")
         if not ok and e.get("install"):
             detail = f"{detail}; to install: {e['install']}" if detail else f"to install: {e['install']}"
         lines.append(f"{name:<10} {'ok' if ok else 'missing':<8} {detail}".rstrip())
