@@ -198,7 +198,11 @@ def _human_summary(s: dict, out: str) -> str:
         f"median factor {_fmt(s.get('median_factor'), '.6g')}",
         f"wall time     {_fmt(s.get('wall_time_s'), '.3g')} s "
         f"(GD steps {_fmt(s.get('step_time_s'), '.3g')} s, tracking {_fmt(s.get('tracking_time_s'), '.3g')} s)",
-        f"setup         backend {s.get('backend', '?')}, {s.get('dtype', '?')}, lr {_fmt(s.get('lr'), '.4g')}"
+        f"setup         backend {s.get('backend', '?')}"
+        + (f" (GD step method {s['method']}"
+           + (f", {s['kept_neurons']} of {s['widths'][0]} neurons kept" if s.get("kept_neurons") is not None
+              and s.get("widths") and s["kept_neurons"] < s["widths"][0] else "") + ")" if s.get("method") else "")
+        + f", {s.get('dtype', '?')}, lr {_fmt(s.get('lr'), '.4g')}"
         + (f" ({s['lr_rule']})" if s.get("lr_rule") else ""),
         f"run folder    {out}",
     ]

@@ -238,6 +238,8 @@ def test_method_flag_reaches_the_run(tmp_path, capsys):
     """--method neurons (train.method) runs the memory-lean GD step: the summary records it."""
     assert cli.main(["train", *TINY, "--method", "neurons", "--out", str(tmp_path / "r"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "neurons"
+    assert cli.main(["train", *TINY, "--method", "neurons", "--out", str(tmp_path / "r2")]) == 0
+    assert "GD step method neurons" in capsys.readouterr().out  # the text summary says which
 
 
 def test_threads_flag_reaches_the_run(tmp_path, capsys):
