@@ -3,8 +3,8 @@
 Never allocates anything of size N x n1. ``forward``, ``step`` and ``gram`` stream over blocks of 64 neurons of the
 wide layer (their buffers are a few tiles of 256 samples x 64 neurons per thread, and no d x n1 gradient);
 :func:`network_grad`, what :class:`pyrgd.gdstep.GDStep` runs on this backend, streams over panels of rows with all
-the neurons of a panel (at most 8 MiB, or one row) and returns every gradient of the network, so that each
-product of a GD step is done once. Signatures as in :mod:`pyrgd.backends`; the arrays are expected already
+the (kept) neurons of a panel (at most 8 MiB, or one row) and returns every gradient of the network, so that each
+product of a GD step is done once (twice X W_1 for the neurons it recomputes past the cache). Signatures as in :mod:`pyrgd.backends`; the arrays are expected already
 validated by :mod:`pyrgd.ops` / :class:`~pyrgd.gdstep.GDStep` (the extension checks them again and raises instead
 of crashing).
 
@@ -125,8 +125,8 @@ def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept
     Per panel of R rows it computes Z_1 for all n1 neurons (keeping a1 sigma(Z_1) and a1 sigma'(Z_1) for the panel:
     R x n1 values each, never N x n1), Z_2, the tail on those rows, and the panel's share of every gradient, so each
     product of the wide layer is done once per step (the neuron-streamed ``step`` computes X W_1 twice). Besides
-    the gradients it allocates W_2^T and the panel (at most 8 MiB or one row; R = ``panel_rows``, or 0:
-    :func:`grad_panel_rows`), and W_1 in contiguous blocks of 64 neurons.
+    the gradients it needs W_2^T, W_1 and its gradient in contiguous blocks of 64 neurons, and the panel (at most
+    8 MiB or one row; R = ``panel_rows``, or 0: :func:`grad_panel_rows`).
 
     ``kept_neurons`` (None: all n1): the panels hold sigma, sigma' of the first ``kept_neurons`` neurons only (rounded
     up to a block of 64); the others are recomputed, X W_1 twice for them as in ``step``: a pass over tiles of rows
