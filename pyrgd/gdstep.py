@@ -115,11 +115,6 @@ def rows_kept(N, d, n1, n2, dtype, cache_bytes=None) -> int:
     return KEPT_QUANTUM * lo
 
 
-def rows_fit(N, d, n1, n2, dtype, cache_bytes=None) -> bool:
-    """Whether the rows method keeps every neuron (:func:`rows_kept` is n1)."""
-    return rows_kept(N, d, n1, n2, dtype, cache_bytes) == n1
-
-
 def auto_method(backend, N, d, n1, n2, dtype, cache_bytes=None) -> str:
     """The method ``GDStep(method="auto")`` takes: 'rows' on the cpu backend where it keeps at least half the neurons
     (:func:`rows_kept`), else 'neurons'. With fewer kept, the recomputed majority runs at the neurons method's rate
