@@ -118,8 +118,8 @@ def rows_kept(N, d, n1, n2, dtype, cache_bytes=None) -> int:
 def auto_method(backend, N, d, n1, n2, dtype, cache_bytes=None) -> str:
     """The method ``GDStep(method="auto")`` takes: 'rows' on the cpu backend where it keeps at least half the neurons
     (:func:`rows_kept`), else 'neurons'. With fewer kept, the recomputed majority runs at the neurons method's rate
-    and the rows method's extra memory (the gradients, G and W_1, W_2^T in blocks) buys little; B3 (the memory
-    target) is such a case."""
+    and the rows method's extra memory (the gradients, G and W_1, W_2^T in blocks) buys little. Where memory is
+    what counts (the benchmark's B3), ask for 'neurons', which holds no gradient of the wide layer."""
     if backend != "cpu":
         return "neurons"
     return "rows" if 2 * rows_kept(N, d, n1, n2, dtype, cache_bytes) >= n1 else "neurons"
