@@ -444,6 +444,24 @@ def test_raw_activation_any_shape_and_threads(spec, dtype, restore_threads):
         _cpu.activation(x.T, act.code, act.gamma)
 
 
+@pytest.mark.parametrize("spec", ["smooth_leaky_relu(0.2)", "softplus"])
+def test_activation_bits_do_not_depend_on_position(isa, spec):
+    """float32 softplus / smooth leaky ReLU run kActVecs vectors side by side (tile_impl.inc, vec_act_loop) and the
+    last count % (kActVecs x width) elements through the plain loop: every element must get the same bits wherever
+    it falls (start and length of the array swept over both parts), value, derivative and both together."""
+    act = parse_activation(spec)
+    x = (np.random.default_rng(11).standard_normal(700) * 6).astype(np.float32)
+    x[::37] = 0.0
+    S, D = _cpu.activation(x, act.code, act.gamma)
+    for start in (0, 1, 5, 16, 63):
+        for length in (1, 7, 15, 16, 17, 31, 63, 64, 65, 127, 130, 257):
+            sl = slice(start, start + length)
+            s, d = _cpu.activation(np.ascontiguousarray(x[sl]), act.code, act.gamma)
+            assert s.tobytes() == S[sl].tobytes() and d.tobytes() == D[sl].tobytes(), (start, length)
+            v, _ = _cpu.activation(np.ascontiguousarray(x[sl]), act.code, act.gamma, True, False)
+            assert v.tobytes() == S[sl].tobytes(), (start, length)
+
+
 def test_isa_selection(isa):
     assert _cpu.get_isa() == isa and cpu.build_info()["isa"] == isa
     assert ISAS[0] == "generic" and isa in ISAS

@@ -3,7 +3,9 @@
 // tile_impl.inc.
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include <pyrgd/activations.h>
 

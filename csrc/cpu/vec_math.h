@@ -65,21 +65,30 @@ struct VecMath {
   // range come out correctly rounded from p. x is clamped below (e^x rounds to 0 there anyway). NaN in, NaN out
   // (through r and p).
   static inline float exp_(float x) {
-    x = x < -104.0f ? -104.0f : x;  // e^-104 < the smallest denormal / 2
-    const float magic = 12582912.0f;  // 1.5 * 2^23
-    const float t = fma_(x, 1.44269504088896341f, magic);
+    x = x < kExpMin ? kExpMin : x;  // e^-104 < the smallest denormal / 2
+    const float magic = kExpMagic;  // 1.5 * 2^23
+    const float t = fma_(x, kLog2e, magic);
     const float n = t - magic;
-    float r = fma_(n, -0.693145751953125f, x);  // ln 2 = 0.693145751953125 + 1.428606765330187e-06
-    r = fma_(n, -1.428606765330187e-06f, r);
+    float r = fma_(n, -kLn2Hi, x);  // ln 2 = 0.693145751953125 + 1.428606765330187e-06
+    r = fma_(n, -kLn2Lo, r);
     // e^r = 1 + r (1 + r q(r)), q fitted for the smallest relative error on [-ln2/2, ln2/2] (3.7e-9)
-    float q = fma_(0.0013751407386735082f, r, 0.008368915878236294f);
-    q = fma_(q, r, 0.04166953265666962f);
-    q = fma_(q, r, 0.166665181517601f);
-    q = fma_(q, r, 0.49999988079071045f);
+    float q = fma_(kExpQ[0], r, kExpQ[1]);
+    q = fma_(q, r, kExpQ[2]);
+    q = fma_(q, r, kExpQ[3]);
+    q = fma_(q, r, kExpQ[4]);
     const float p = fma_(r, fma_(r, q, 1.0f), 1.0f);
     const std::int32_t k = bits(t) - bits(magic);  // n as an integer, in [-151, 0] for x in [-104, 0]
-    return p * pow2f(k + 64) * 5.42101086242752217e-20f;  // 2^-64
+    return p * pow2f(k + 64) * kTwoM64;  // 2^-64
   }
+  // The constants of the float exp_ and log1p_ (also used by the interleaved vector loops of tile_impl.inc, which
+  // apply the same operations in the same order): q of exp_ (highest degree first) and r of log1p_.
+  static constexpr float kExpMin = -104.0f, kExpMagic = 12582912.0f, kLog2e = 1.44269504088896341f,
+                         kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f, kTwoM64 = 5.42101086242752217e-20f;
+  static constexpr float kExpQ[5] = {0.0013751407386735082f, 0.008368915878236294f, 0.04166953265666962f,
+                                     0.166665181517601f, 0.49999988079071045f};
+  static constexpr float kLog1pR[9] = {-0.003318607807159424f, 0.020202966406941414f, -0.05765631049871445f,
+                                       0.10679091513156891f,   -0.15354052186012268f, 0.19694717228412628f,
+                                       -0.24958397448062897f,  0.33330485224723816f,  -0.4999993145465851f};
   static inline double exp_(double x) {
     x = x < -746.0 ? -746.0 : x;
     const double magic = 6755399441055744.0;  // 1.5 * 2^52
@@ -115,14 +124,8 @@ struct VecMath {
     // float: log(1 + y) = y + y^2 r(y), r a polynomial of degree 8 fitted on [0, 1] (the polynomial's relative error
     // is 5.3e-9, 0.09 ulp), evaluated by Horner's rule: no division and no range reduction (the float version of
     // the reduction below cost a division and five more operations per value).
-    float r = fma_(-0.003318607807159424f, y, 0.020202966406941414f);
-    r = fma_(r, y, -0.05765631049871445f);
-    r = fma_(r, y, 0.10679091513156891f);
-    r = fma_(r, y, -0.15354052186012268f);
-    r = fma_(r, y, 0.19694717228412628f);
-    r = fma_(r, y, -0.24958397448062897f);
-    r = fma_(r, y, 0.33330485224723816f);
-    r = fma_(r, y, -0.4999993145465851f);
+    float r = fma_(kLog1pR[0], y, kLog1pR[1]);
+    for (int j = 2; j < 9; ++j) r = fma_(r, y, kLog1pR[j]);
     return fma_(y * r, y, y);
   }
   static inline double log1p_(double y) {
