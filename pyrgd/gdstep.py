@@ -8,9 +8,9 @@ Two methods:
 - ``"rows"`` (cpu backend, the default there): one C++ pass over panels of rows
   (:func:`pyrgd.backends.cpu.network_grad`) gives the loss and every gradient; each product of the wide layer is done
   once per step and sigma, sigma' are evaluated once. It holds the gradients (the size of the weights), W_2^T, W_1
-  and its gradient in blocks, and a panel of a few MiB. Where W_1, W_2 and their gradients outgrow the last-level
-  cache it keeps only :func:`rows_kept` neurons in its panels and recomputes the others (X W_1 twice for them, as
-  the neurons method does for all; two N x n_2 arrays besides).
+  and its gradient in blocks, and a panel of at most 16 MiB. Where n1 is too wide for a panel of 96 rows of all
+  neurons in that budget it keeps only :func:`rows_kept` neurons in its panels and recomputes the others (X W_1
+  twice for them, as the neurons method does for all; two N x n_2 arrays besides).
 - ``"neurons"`` (every backend; the only one on cuda and reference): H = Z_2 is carried from step to step;
   :func:`loss_and_gradient` runs the tail from H and :func:`apply_step` the wide layer's fused step, streamed over
   its neurons, which computes the next H in the same call (on the cpu backend written over G: two N x n_2 arrays in
@@ -57,72 +57,50 @@ def apply_step(X, W, G, tail_grads, lr, act, mult, backend):
     return res.H_next, sq
 
 
-#: the last-level cache assumed where the OS does not say (bytes)
-DEFAULT_LLC_BYTES = 32 << 20
-
-
-def last_level_cache_bytes() -> int:
-    """Size of the CPU's last-level cache in bytes (os.sysconf: L3, else L2), or DEFAULT_LLC_BYTES where unknown."""
-    import os
-
-    for key in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
-        try:
-            v = os.sysconf(key)
-        except (ValueError, OSError, AttributeError):
-            continue
-        if v and v > 0:
-            return int(v)
-    return DEFAULT_LLC_BYTES
-
-
 #: kept neurons come in multiples of this (16 lanes of one 64-neuron block: network_grad's lanes then split evenly
 #: over 1, 2, 4, 8 or 16 threads; measured on B4, an uneven split costs more than the extra neurons gain)
 KEPT_QUANTUM = 1024
 
 
-def _rows_working_bytes(N, d, n1, n2, kept, item):
-    """What one panel of the rows method runs through the cache with ``kept`` of the n1 neurons kept: the blocks of
-    W_1, W_2, their gradients and W_2^T of the kept neurons, their panel (S and sigma'), and the panel's rows of X,
-    Z_2 and G; None where the panel would have fewer than min(N, 16) rows."""
+def _panel_fits(N, n2, kept, item) -> bool:
+    """Whether network_grad's panel of ``kept`` neurons gets its full minimum of rows (min(N, 96)) within its byte
+    budget (:data:`pyrgd._cpu.GRAD_PANEL_BYTES`, 16 MiB)."""
     from .backends import cpu
 
-    R = cpu.grad_panel_rows(N, max(kept, 1), n2, item)
-    if R < min(N, 16):
-        return None
-    return ((2 * d + 3 * n2) * kept + 2 * R * kept + R * (d + 2 * n2)) * item
+    m = cpu._module()
+    return cpu.grad_panel_rows(N, max(kept, 1), n2, item) >= min(N, int(m.GRAD_PANEL_ROWS_MIN))
 
 
-def rows_kept(N, d, n1, n2, dtype, cache_bytes=None) -> int:
+def rows_kept(N, d, n1, n2, dtype) -> int:
     """The neurons whose sigma, sigma' the rows method keeps in its panels (:func:`pyrgd.backends.cpu.network_grad`'s
-    ``kept_neurons``): all n1 where one panel's working set fits in half the last-level cache (``cache_bytes``,
-    default :func:`last_level_cache_bytes`), else the most multiples of :data:`KEPT_QUANTUM` neurons that fit
-    (possibly 0); the others are recomputed as in the neurons method. Past the cache a panel's weights come from
-    memory and the step slows by a fifth to a third (measured on the benchmark's B4: bench/README.md); the kept part
-    runs at the in-cache rate, the recomputed one at the neurons method's."""
+    ``kept_neurons``): all n1 where a panel of 96 rows of all of them (S and sigma', 8 bytes per neuron and row in
+    float32) fits in the panel budget of 16 MiB (:data:`pyrgd._cpu.GRAD_PANEL_BYTES`): up to about 21000 neurons in
+    float32. Else the most multiples of :data:`KEPT_QUANTUM` neurons that fit (possibly 0); the others are recomputed
+    as in the neurons method (X W_1 twice for them). The kept neurons' weights need not fit in the cache: the
+    panels' products prefetch the next product's operands (measured on the benchmark's B4 at n1 = 16384, where they
+    are 20 MiB: every neuron kept was 3 to 5% faster than 9216 kept and the rest recomputed; bench/README.md).
+    ``d`` does not enter the rule (it is an argument for the callers' symmetry with the shapes)."""
     item = np.dtype(dtype).itemsize
-    budget = (cache_bytes or last_level_cache_bytes()) // 2
-    w = _rows_working_bytes(N, d, n1, n2, n1, item)
-    if w is not None and w <= budget:
+    if _panel_fits(N, n2, n1, item):
         return int(n1)
-    lo, hi = 0, (n1 - 1) // KEPT_QUANTUM  # the largest j with j quanta fitting: the working set grows with kept
+    lo, hi = 0, (n1 - 1) // KEPT_QUANTUM  # the largest j with j quanta fitting: the panel grows with kept
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        w = _rows_working_bytes(N, d, n1, n2, KEPT_QUANTUM * mid, item)
-        if w is not None and w <= budget:
+        if _panel_fits(N, n2, KEPT_QUANTUM * mid, item):
             lo = mid
         else:
             hi = mid - 1
     return KEPT_QUANTUM * lo
 
 
-def auto_method(backend, N, d, n1, n2, dtype, cache_bytes=None) -> str:
+def auto_method(backend, N, d, n1, n2, dtype) -> str:
     """The method ``GDStep(method="auto")`` takes: 'rows' on the cpu backend where it keeps at least half the neurons
     (:func:`rows_kept`), else 'neurons'. With fewer kept, the recomputed majority runs at the neurons method's rate
     and the rows method's extra memory (the gradients, G and W_1, W_2^T in blocks) buys little. Where memory is
     what counts (the benchmark's B3), ask for 'neurons', which holds no gradient of the wide layer."""
     if backend != "cpu":
         return "neurons"
-    return "rows" if 2 * rows_kept(N, d, n1, n2, dtype, cache_bytes) >= n1 else "neurons"
+    return "rows" if 2 * rows_kept(N, d, n1, n2, dtype) >= n1 else "neurons"
 
 
 class GDStep:

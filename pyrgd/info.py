@@ -145,7 +145,7 @@ def collect_info() -> dict:
 
     Keys: ``versions`` {package: version or None}, ``platform`` {system, machine, cpu_count, python},
     ``backends`` {reference, cpu, cuda: {ok, detail, install (when missing), build_info / device_info}; cpu also
-    last_level_cache_bytes},
+    grad_panel_bytes and grad_panel_rows_min, the panel budget of the GD step's rows method},
     ``blas`` {ok, name, version, threads, threadpools}.
     """
     import numpy as np
@@ -175,10 +175,11 @@ def collect_info() -> dict:
         "cuda": _backend_module_info("cuda", "device_info"),
     }
     if backends["cpu"].get("ok"):  # what GDStep reads (pyrgd.gdstep.rows_kept)
-        from .gdstep import last_level_cache_bytes
+        from .backends import cpu
 
-        llc = last_level_cache_bytes()
-        backends["cpu"]["last_level_cache_bytes"] = llc
+        m = cpu._module()
+        backends["cpu"]["grad_panel_bytes"] = int(m.GRAD_PANEL_BYTES)
+        backends["cpu"]["grad_panel_rows_min"] = int(m.GRAD_PANEL_ROWS_MIN)
     if backends["cuda"]["ok"] is False and cupy_v is None and "cannot be imported" not in backends["cuda"]["detail"]:
         backends["cuda"]["detail"] = backends["cuda"]["detail"] or "CuPy is not installed"
     return {
@@ -233,9 +234,9 @@ def format_info(d: dict) -> str:
         extra = _extra_text(name, e) if (name == "cuda" or not detail) else ""
         if extra:
             detail = f"{detail}; {extra}" if detail else extra
-        if e.get("last_level_cache_bytes"):
-            detail += (f"; last-level cache {e['last_level_cache_bytes'] / 2**20:.0f} MiB (a GD step's panels keep "
-                       "the neurons whose weights fit in half: pyrgd.gdstep.rows_kept)")
+        if e.get("grad_panel_bytes"):
+            detail += (f"; GD step panels of at most {e['grad_panel_bytes'] / 2**20:.0f} MiB, at least "
+                       f"{e['grad_panel_rows_min']} rows (wider layers recompute some neurons: pyrgd.gdstep.rows_kept)")
         if not ok and e.get("install"):
             detail = f"{detail}; to install: {e['install']}" if detail else f"to install: {e['install']}"
         lines.append(f"{name:<10} {'ok' if ok else 'missing':<8} {detail}".rstrip())

@@ -95,14 +95,14 @@ def test_info_bad_flags(capsys, bad):
     assert capsys.readouterr().err.startswith("pyrgd: error: ")
 
 
-def test_cpu_backend_reports_the_cache_the_auto_method_reads():
+def test_cpu_backend_reports_the_panel_budget_the_auto_method_reads():
     from pyrgd.backends import cpu
-    from pyrgd.gdstep import last_level_cache_bytes
 
     d = info.collect_info()
     if not cpu.available()[0]:
-        assert "last_level_cache_bytes" not in d["backends"]["cpu"]
+        assert "grad_panel_bytes" not in d["backends"]["cpu"]
         return
-    llc = d["backends"]["cpu"]["last_level_cache_bytes"]
-    assert llc == last_level_cache_bytes() > 0
-    assert f"last-level cache {llc / 2**20:.0f} MiB" in info.format_info(d)
+    e = d["backends"]["cpu"]
+    assert e["grad_panel_bytes"] == cpu._module().GRAD_PANEL_BYTES > 0
+    assert e["grad_panel_rows_min"] == cpu._module().GRAD_PANEL_ROWS_MIN > 0
+    assert f"panels of at most {e['grad_panel_bytes'] / 2**20:.0f} MiB" in info.format_info(d)

@@ -110,50 +110,61 @@ def test_every_isa_and_panel_size_matches_oracle(isa, dtype):
         assert all(rel_err(g, gr) <= TOL[dtype] for g, gr in zip(grads, g_ref)), rows
 
 
+def _panel_bytes(n1, n2, itemsize, rows):
+    """The bytes of network_grad's panel (S and D of every block of 64 neurons, and the lanes' Z_2) for ``rows`` rows,
+    as csrc/cpu/grad_kernels.cpp's grad_panel_rows counts them."""
+    nblocks = -(-n1 // 64)
+    lanes = -(-nblocks // -(-nblocks // 16))
+    return (2 * nblocks * 64 + lanes * n2) * itemsize * rows
+
+
 def test_panel_rows_rule():
-    """R: a panel of about 2 MiB in multiples of 16 rows, clamped to [64, 256] (more rows for a narrow layer), cut to
-    the 8 MiB budget; fewer than 16 rows (at least 1) only when 16 do not fit; never more than N."""
-    assert _cpu.grad_panel_rows(4096, 4096, 64, 4) == 64
-    narrow = _cpu.grad_panel_rows(4096, 1024, 64, 4)
-    assert narrow % 16 == 0 and 64 < narrow <= 256
-    assert _cpu.grad_panel_rows(4096, 64, 8, 4) == 256
+    """R: a panel of about 4 MiB in multiples of 48 rows, clamped to [96, 240] (more rows for a narrow layer), cut to
+    the 16 MiB budget (multiples of 48, or of 16 below 48); fewer than 16 rows (at least 1) only when 16 do not fit;
+    never more than N."""
+    budget = _cpu.GRAD_PANEL_BYTES
+    assert budget == 16 << 20 and _cpu.GRAD_PANEL_ROWS_MIN == 96
+    assert _cpu.grad_panel_rows(4096, 4096, 64, 4) == 96  # B1: 3.4 MiB
+    assert _cpu.grad_panel_rows(4096, 16384, 64, 4) == 96  # 12.4 MiB: still within the budget
+    assert _cpu.grad_panel_rows(4096, 1024, 64, 4) == 240  # narrow: the clamp, not the 4 MiB target
+    assert _cpu.grad_panel_rows(4096, 2048, 64, 4) == 192  # 4 MiB / 20 KiB per row = 204 rows, down to 48s
+    assert _cpu.grad_panel_rows(4096, 64, 8, 4) == 240
     assert _cpu.grad_panel_rows(20, 4096, 64, 4) == 20
-    assert _cpu.grad_panel_rows(4096, 16384, 64, 4) == 48  # 64 rows would exceed the 8 MiB budget
+    cut = _cpu.grad_panel_rows(4096, 32768, 64, 4)  # 96 rows would exceed the budget: the most 48s that fit
+    assert cut == 48 and _panel_bytes(32768, 64, 4, cut) <= budget < _panel_bytes(32768, 64, 4, 96)
+    for n1, n2, item in ((1024, 64, 4), (4096, 64, 8), (16384, 64, 4), (5000, 7, 8), (40000, 64, 4)):
+        r = _cpu.grad_panel_rows(4096, n1, n2, item)
+        assert r % 48 == 0 and 48 <= r <= 240 and _panel_bytes(n1, n2, item, r) <= budget, (n1, n2, item)
     wide = _cpu.grad_panel_rows(4096, 1 << 16, 64, 8)
-    assert 1 <= wide < 16
+    assert 1 <= wide < 16 and _panel_bytes(1 << 16, 64, 8, wide) <= budget < _panel_bytes(1 << 16, 64, 8, 16)
     assert _cpu.grad_panel_rows(4096, 1 << 24, 1, 8) == 1
     r = _cpu.grad_panel_rows(32768, 32768, 32, 4)
-    assert r % 16 == 0 and 16 <= r < 64
+    assert r % 16 == 0 and 16 <= r < 96
     with pytest.raises(ValueError, match="grad_panel_rows"):
         _cpu.grad_panel_rows(0, 10, 10, 4)
 
 
 def test_kept_neurons_rule():
-    """rows_kept: every neuron where one panel's working set (the kept neurons' blocks of W_1, W_2, their gradients and
-    W_2^T, their panel, and the panel's rows of X, Z_2, G) fits in half the last-level cache, else the largest
-    multiple of 1024 that fits; 'auto' takes the rows method where at least half the neurons are kept."""
-    from pyrgd.gdstep import KEPT_QUANTUM, _rows_working_bytes, auto_method, last_level_cache_bytes, rows_kept
+    """rows_kept: every neuron where a panel of min(N, 96) rows of all of them fits in the 16 MiB budget, else the
+    largest multiple of 1024 that does; 'auto' takes the rows method where at least half the neurons are kept."""
+    from pyrgd.gdstep import KEPT_QUANTUM, auto_method, rows_kept
 
-    llc = 32 << 20
-    for n1 in (1024, 2048, 4096, 8192):  # B1 and B4 up to 8192: 14 MiB at most
-        assert rows_kept(4096, 64, n1, 64, np.float32, llc) == n1
-        assert auto_method("cpu", 4096, 64, n1, 64, np.float32, llc) == "rows"
-    k = rows_kept(4096, 64, 16384, 64, np.float32, llc)  # 20 MiB of weights alone: some neurons recomputed
-    assert k % KEPT_QUANTUM == 0 and 16384 // 2 <= k < 16384
-    assert _rows_working_bytes(4096, 64, 16384, 64, k, 4) <= llc // 2
-    assert _rows_working_bytes(4096, 64, 16384, 64, k + KEPT_QUANTUM, 4) > llc // 2
-    assert auto_method("cpu", 4096, 64, 16384, 64, np.float32, llc) == "rows"
-    assert auto_method("cpu", 4096, 64, 65536, 64, np.float32, llc) == "neurons"  # under half kept
-    assert auto_method("reference", 4096, 64, 1024, 64, np.float32, llc) == "neurons"
-    small = rows_kept(4096, 64, 4096, 64, np.float32, 1 << 20)
-    assert small == 0 and auto_method("cpu", 4096, 64, 4096, 64, np.float32, 1 << 20) == "neurons"
-    k = rows_kept(4096, 64, 4096, 64, np.float32, 8 << 20)  # a smaller cache keeps fewer
-    assert 0 < k < 4096 and _rows_working_bytes(4096, 64, 4096, 64, k, 4) <= 4 << 20
-    assert _rows_working_bytes(4096, 64, 4096, 64, k + KEPT_QUANTUM, 4) > 4 << 20
-    # panels of fewer than 16 rows never run: the kept part shrinks until its panel has 16 rows
-    k = rows_kept(64, 1, 1 << 22, 1, np.float64, 1 << 40)
-    assert 0 < k < 1 << 22 and _cpu.grad_panel_rows(64, k, 1, 8) >= 16
-    assert last_level_cache_bytes() > 0
+    for n1 in (1024, 2048, 4096, 8192, 16384):  # B1 and all of B4
+        assert rows_kept(4096, 64, n1, 64, np.float32) == n1
+        assert auto_method("cpu", 4096, 64, n1, 64, np.float32) == "rows"
+    k = rows_kept(4096, 64, 32768, 64, np.float32)  # 96 rows of 32768 neurons: 25 MiB
+    assert k == 20480 and k % KEPT_QUANTUM == 0
+    assert _cpu.grad_panel_rows(4096, k, 64, 4) >= 96 > _cpu.grad_panel_rows(4096, k + KEPT_QUANTUM, 64, 4)
+    assert auto_method("cpu", 4096, 64, 32768, 64, np.float32) == "rows"
+    assert rows_kept(4096, 64, 32768, 64, np.float64) == 10240  # twice the bytes: half the neurons
+    assert auto_method("cpu", 4096, 64, 65536, 64, np.float32) == "neurons"  # under half kept
+    assert auto_method("reference", 4096, 64, 1024, 64, np.float32) == "neurons"
+    # fewer rows than 96 where N is smaller: the panel's minimum is min(N, 96)
+    assert rows_kept(40, 3, 20_000, 2, np.float64) == 20_000  # 40 rows: 12 MiB
+    assert rows_kept(4096, 3, 20_000, 2, np.float64) == 10240  # 96 rows would be 29 MiB
+    # panels of fewer rows than their minimum never run: the kept part shrinks until its panel has them
+    k = rows_kept(64, 1, 1 << 22, 1, np.float64)
+    assert 0 < k < 1 << 22 and _cpu.grad_panel_rows(64, k, 1, 8) >= 64
     act = parse_activation("tanh")
     X, Y, W = make(64, [2, 1 << 15, 2], np.float64, act)
     gd = GDStep(X, Y, W, act, [1.0], "cpu")
@@ -379,13 +390,13 @@ def test_gdstep_methods_agree(dims):
 
 
 def test_gdstep_rows_with_recomputed_neurons_agrees(monkeypatch):
-    """With a last-level cache too small for every neuron, the rows method keeps 1024 of 2100 in its panels and
-    recomputes the rest; 20 steps agree with the reference to 1e-10 (losses, gradient norms, weights)."""
+    """Where rows_kept keeps 1024 of 2100 neurons in the panels (as it would for a layer too wide for them), the rows
+    method recomputes the rest; 20 steps agree with the reference to 1e-10 (losses, gradient norms, weights)."""
     import pyrgd.gdstep as gdstep
 
     act = parse_activation("smooth_leaky_relu(0.2)")
     X, Y, W = make(40, [5, 2100, 9, 2], np.float64, act)
-    monkeypatch.setattr(gdstep, "last_level_cache_bytes", lambda: 2 << 20)
+    monkeypatch.setattr(gdstep, "rows_kept", lambda N, d, n1, n2, dtype: min(n1, 1024))
     gd = GDStep(X, Y, [w.copy() for w in W], act, [0.9, 1.2], "cpu", method="rows")
     assert gd.kept == 1024
     assert GDStep(X, Y, W, act, [0.9, 1.2], "cpu").method == "neurons"  # auto: under half kept

@@ -12,10 +12,9 @@
 // ReLU keeps S alone: (B) reads relu'(z) off S = a1 relu(z) (nonzero exactly where z > 0, unless a1 z underflows),
 // with the bits of the general path.
 //
-// Kept and recomputed neurons: every panel runs the blocks of W_1, W_2, their gradients and W_2^T through the cache.
-// Past the last-level cache that traffic comes from memory on every panel and the step slows by a fifth to a third
-// (bench/README.md, B4). So only the first `kept` neurons (whole blocks) go through the panels; the others are
-// recomputed as in `step`: before the panels, a pass over tiles of kRecRows rows gives their part of Z_2 (HR, all N
+// Kept and recomputed neurons: a panel holds S and D of R rows of the kept neurons, at most kGradPanelBytes; where a
+// panel of kGradPanelRowsMin rows of all n1 would not fit (pyrgd.gdstep.rows_kept), only the first `kept` neurons
+// (whole blocks) go through the panels; the others are recomputed as in `step`: before the panels, a pass over tiles of kRecRows rows gives their part of Z_2 (HR, all N
 // rows); after them, a pass over their blocks (each by one thread, over tiles of rows) computes Z_1 again with the
 // G of all rows (kept from the panels) and accumulates their gradients. kept = n1 is the plain pass above.
 //
@@ -105,9 +104,10 @@ size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize) {
   const size_t per_row = (2 * nblocks * kBlock + nlanes * n2) * itemsize;
   const size_t cap = kGradPanelBytes / std::max<size_t>(per_row, 1);  // rows within the hard budget
   if (cap < 16) return std::max<size_t>(1, std::min(cap, N));
-  size_t R = kGradPanelTarget / std::max<size_t>(per_row, 1) / 16 * 16;  // rows of a panel of the target size
+  constexpr size_t q = kGradPanelRowsStep;
+  size_t R = kGradPanelTarget / std::max<size_t>(per_row, 1) / q * q;  // rows of a panel of the target size
   R = std::max(kGradPanelRowsMin, std::min(kGradPanelRowsMax, R));
-  R = std::min(R, cap / 16 * 16);
+  R = std::min(R, cap >= q ? cap / q * q : cap / 16 * 16);
   return std::max<size_t>(1, std::min(R, N));
 }
 

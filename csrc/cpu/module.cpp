@@ -738,4 +738,6 @@ PYBIND11_MODULE(_cpu, m) {
       "instruction set, on the kernels' threads at once, over about `seconds` (no memory traffic).");
   m.def("build_info", &build_info, "How this module was built: compiler, OpenMP, block size, ISA flags.");
   m.attr("BLOCK_SIZE") = int(pyrgd::cpu::kBlock);
+  m.attr("GRAD_PANEL_BYTES") = std::size_t(pyrgd::cpu::kGradPanelBytes);
+  m.attr("GRAD_PANEL_ROWS_MIN") = std::size_t(pyrgd::cpu::kGradPanelRowsMin);
 }

@@ -3,8 +3,8 @@
 Never allocates anything of size N x n1. ``forward``, ``step`` and ``gram`` stream over blocks of 64 neurons of the
 wide layer (their buffers are a few tiles of 256 samples x 64 neurons per thread, and no d x n1 gradient);
 :func:`network_grad`, what :class:`pyrgd.gdstep.GDStep` runs on this backend, streams over panels of rows with all
-the (kept) neurons of a panel (at most 8 MiB, or one row) and returns every gradient of the network, so that each
-product of a GD step is done once (twice X W_1 for the neurons it recomputes past the cache). Signatures as in :mod:`pyrgd.backends`; the arrays are expected already
+the (kept) neurons of a panel (at most 16 MiB, or one row) and returns every gradient of the network, so that each
+product of a GD step is done once (twice X W_1 for the neurons it recomputes where n1 is too wide for the panels). Signatures as in :mod:`pyrgd.backends`; the arrays are expected already
 validated by :mod:`pyrgd.ops` / :class:`~pyrgd.gdstep.GDStep` (the extension checks them again and raises instead
 of crashing).
 
@@ -126,13 +126,12 @@ def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept
     R x n1 values each, never N x n1), Z_2, the tail on those rows, and the panel's share of every gradient, so each
     product of the wide layer is done once per step (the neuron-streamed ``step`` computes X W_1 twice). Besides
     the gradients it needs W_2^T, W_1 and its gradient in contiguous blocks of 64 neurons, and the panel (at most
-    8 MiB or one row; R = ``panel_rows``, or 0: :func:`grad_panel_rows`).
+    16 MiB or one row; R = ``panel_rows``, or 0: :func:`grad_panel_rows`).
 
     ``kept_neurons`` (None: all n1): the panels hold sigma, sigma' of the first ``kept_neurons`` neurons only (rounded
     up to a block of 64); the others are recomputed, X W_1 twice for them as in ``step``: a pass over tiles of rows
     gives their part of Z_2 before the panels, and a pass over their blocks their gradients after (with G of all N
-    rows, an N x n_2 array). It bounds the weights and panel that go through the cache per panel where n1 is large
-    (:func:`pyrgd.gdstep.rows_kept`). ``workspace``: None, or a 1-D array of X's dtype with at least
+    rows, an N x n_2 array). It bounds the panel where n1 is large (:func:`pyrgd.gdstep.rows_kept`). ``workspace``: None, or a 1-D array of X's dtype with at least
     :func:`grad_workspace_size` elements, kept from call to call (GDStep does): the large work arrays (W_2^T, the
     blocks of W_1 and its gradient, the panel, G) live there instead of being allocated, page-faulted and cleared by
     the kernel on every call. The same bits for any number of threads, with or without it.
