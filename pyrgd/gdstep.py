@@ -62,45 +62,46 @@ def apply_step(X, W, G, tail_grads, lr, act, mult, backend):
 KEPT_QUANTUM = 1024
 
 
-def _panel_fits(N, n2, kept, item) -> bool:
+def _panel_fits(N, n2, kept, item, act) -> bool:
     """Whether network_grad's panel of ``kept`` neurons gets its full minimum of rows (min(N, 96)) within its byte
     budget (:data:`pyrgd._cpu.GRAD_PANEL_BYTES`, 16 MiB)."""
     from .backends import cpu
 
     m = cpu._module()
-    return cpu.grad_panel_rows(N, max(kept, 1), n2, item) >= min(N, int(m.GRAD_PANEL_ROWS_MIN))
+    return cpu.grad_panel_rows(N, max(kept, 1), n2, item, act) >= min(N, int(m.GRAD_PANEL_ROWS_MIN))
 
 
-def rows_kept(N, d, n1, n2, dtype) -> int:
+def rows_kept(N, d, n1, n2, dtype, act=None) -> int:
     """The neurons whose sigma, sigma' the rows method keeps in its panels (:func:`pyrgd.backends.cpu.network_grad`'s
     ``kept_neurons``): all n1 where a panel of 96 rows of all of them (S and sigma', 8 bytes per neuron and row in
-    float32) fits in the panel budget of 16 MiB (:data:`pyrgd._cpu.GRAD_PANEL_BYTES`): up to about 21000 neurons in
-    float32. Else the most multiples of :data:`KEPT_QUANTUM` neurons that fit (possibly 0); the others are recomputed
-    as in the neurons method (X W_1 twice for them). The kept neurons' weights need not fit in the cache: the
-    panels' products prefetch the next product's operands (measured on the benchmark's B4 at n1 = 16384, where they
-    are 20 MiB: every neuron kept was 3 to 5% faster than 9216 kept and the rest recomputed; bench/README.md).
-    ``d`` does not enter the rule (it is an argument for the callers' symmetry with the shapes)."""
+    float32; S alone for ReLU, ``act`` the parsed activation, None: not ReLU) fits in the panel budget of 16 MiB
+    (:data:`pyrgd._cpu.GRAD_PANEL_BYTES`): up to about 21000 neurons in float32 (43000 with ReLU). Else the most
+    multiples of :data:`KEPT_QUANTUM` neurons that fit (possibly 0); the others are recomputed as in the neurons
+    method (X W_1 twice for them). The kept neurons' weights need not fit in the cache: the panels' products
+    prefetch the next product's operands (measured on the benchmark's B4 at n1 = 16384, where they are 20 MiB: every
+    neuron kept was 3 to 5% faster than 9216 kept and the rest recomputed; bench/README.md). ``d`` does not enter
+    the rule (it is an argument for the callers' symmetry with the shapes)."""
     item = np.dtype(dtype).itemsize
-    if _panel_fits(N, n2, n1, item):
+    if _panel_fits(N, n2, n1, item, act):
         return int(n1)
     lo, hi = 0, (n1 - 1) // KEPT_QUANTUM  # the largest j with j quanta fitting: the panel grows with kept
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _panel_fits(N, n2, KEPT_QUANTUM * mid, item):
+        if _panel_fits(N, n2, KEPT_QUANTUM * mid, item, act):
             lo = mid
         else:
             hi = mid - 1
     return KEPT_QUANTUM * lo
 
 
-def auto_method(backend, N, d, n1, n2, dtype) -> str:
+def auto_method(backend, N, d, n1, n2, dtype, act=None) -> str:
     """The method ``GDStep(method="auto")`` takes: 'rows' on the cpu backend where it keeps at least half the neurons
     (:func:`rows_kept`), else 'neurons'. With fewer kept, the recomputed majority runs at the neurons method's rate
     and the rows method's extra memory (the gradients, G and W_1, W_2^T in blocks) buys little. Where memory is
     what counts (the benchmark's B3), ask for 'neurons', which holds no gradient of the wide layer."""
     if backend != "cpu":
         return "neurons"
-    return "rows" if 2 * rows_kept(N, d, n1, n2, dtype) >= n1 else "neurons"
+    return "rows" if 2 * rows_kept(N, d, n1, n2, dtype, act) >= n1 else "neurons"
 
 
 class GDStep:
@@ -139,11 +140,11 @@ class GDStep:
         self.mult = [check_scalar(f"mult[{j}]", a) for j, a in enumerate(mult)]
         self.X, self.W, self.act, self.backend = X, W, act, backend
         if method == "auto":
-            method = auto_method(backend, N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype)
+            method = auto_method(backend, N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype, act)
         if method == "rows" and backend != "cpu":
             raise PyrgdError(f"method: 'rows' needs the cpu backend, got backend {backend!r}")
         self.method = method
-        self.kept = (rows_kept(N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype) if method == "rows"
+        self.kept = (rows_kept(N, X.shape[1], W[0].shape[1], W[1].shape[1], X.dtype, act) if method == "rows"
                      else None)
         self._grads = self._work = None  # rows: the gradients of the last evaluate(), network_grad's workspace
         self._H = self._spare = self._G = self._tail_grads = None  # neurons

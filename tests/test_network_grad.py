@@ -110,12 +110,12 @@ def test_every_isa_and_panel_size_matches_oracle(isa, dtype):
         assert all(rel_err(g, gr) <= TOL[dtype] for g, gr in zip(grads, g_ref)), rows
 
 
-def _panel_bytes(n1, n2, itemsize, rows):
-    """The bytes of network_grad's panel (S and D of every block of 64 neurons, and the lanes' Z_2) for ``rows`` rows,
-    as csrc/cpu/grad_kernels.cpp's grad_panel_rows counts them."""
+def _panel_bytes(n1, n2, itemsize, rows, arrays=2):
+    """The bytes of network_grad's panel (S and D of every block of 64 neurons, or S alone: arrays=1, and the lanes'
+    Z_2) for ``rows`` rows, as csrc/cpu/grad_kernels.cpp's grad_panel_rows counts them."""
     nblocks = -(-n1 // 64)
     lanes = -(-nblocks // -(-nblocks // 16))
-    return (2 * nblocks * 64 + lanes * n2) * itemsize * rows
+    return (arrays * nblocks * 64 + lanes * n2) * itemsize * rows
 
 
 def test_panel_rows_rule():
@@ -140,8 +140,16 @@ def test_panel_rows_rule():
     assert _cpu.grad_panel_rows(4096, 1 << 24, 1, 8) == 1
     r = _cpu.grad_panel_rows(32768, 32768, 32, 4)
     assert r % 16 == 0 and 16 <= r < 96
+    # ReLU's panel holds S alone: half the bytes per row, so more rows for the same target (B2: 192, not 96)
+    relu, smooth = parse_activation("relu"), parse_activation("smooth_leaky_relu(0.2)")
+    assert cpu.grad_panel_rows(4096, 4096, 64, 4, relu) == 192
+    assert cpu.grad_panel_rows(4096, 4096, 64, 4, smooth) == cpu.grad_panel_rows(4096, 4096, 64, 4) == 96
+    r = _cpu.grad_panel_rows(4096, 40000, 64, 4, relu.code)
+    assert r == 96 and _panel_bytes(40000, 64, 4, r, arrays=1) <= budget < _panel_bytes(40000, 64, 4, r)
     with pytest.raises(ValueError, match="grad_panel_rows"):
         _cpu.grad_panel_rows(0, 10, 10, 4)
+    with pytest.raises(ValueError, match="act_code"):
+        _cpu.grad_panel_rows(10, 10, 10, 4, 99)
 
 
 def test_kept_neurons_rule():
@@ -157,6 +165,10 @@ def test_kept_neurons_rule():
     assert _cpu.grad_panel_rows(4096, k, 64, 4) >= 96 > _cpu.grad_panel_rows(4096, k + KEPT_QUANTUM, 64, 4)
     assert auto_method("cpu", 4096, 64, 32768, 64, np.float32) == "rows"
     assert rows_kept(4096, 64, 32768, 64, np.float64) == 10240  # twice the bytes: half the neurons
+    relu = parse_activation("relu")  # S alone: twice the neurons per panel
+    assert rows_kept(4096, 64, 32768, 64, np.float32, relu) == 32768
+    assert rows_kept(4096, 64, 65536, 64, np.float32, relu) == 41984
+    assert auto_method("cpu", 4096, 64, 65536, 64, np.float32, relu) == "rows"
     assert auto_method("cpu", 4096, 64, 65536, 64, np.float32) == "neurons"  # under half kept
     assert auto_method("reference", 4096, 64, 1024, 64, np.float32) == "neurons"
     # fewer rows than 96 where N is smaller: the panel's minimum is min(N, 96)
@@ -396,7 +408,7 @@ def test_gdstep_rows_with_recomputed_neurons_agrees(monkeypatch):
 
     act = parse_activation("smooth_leaky_relu(0.2)")
     X, Y, W = make(40, [5, 2100, 9, 2], np.float64, act)
-    monkeypatch.setattr(gdstep, "rows_kept", lambda N, d, n1, n2, dtype: min(n1, 1024))
+    monkeypatch.setattr(gdstep, "rows_kept", lambda N, d, n1, n2, dtype, act=None: min(n1, 1024))
     gd = GDStep(X, Y, [w.copy() for w in W], act, [0.9, 1.2], "cpu", method="rows")
     assert gd.kept == 1024
     assert GDStep(X, Y, W, act, [0.9, 1.2], "cpu").method == "neurons"  # auto: under half kept
@@ -464,8 +476,10 @@ def test_relu_reads_its_derivative_off_sigma(dtype):
     act_relu = parse_activation("relu")
     leaky = parse_activation("leaky_relu(0.1)").code  # with slope 0 (the raw module takes it; pyrgd's API not)
     X, Y, W = make(300, [6, 2200, 12, 3], dtype, act_relu, seed=8)
+    R = cpu.grad_panel_rows(300, 2200, 12, np.dtype(dtype).itemsize, act_relu)  # more rows than the general path's
+    assert R > cpu.grad_panel_rows(300, 2200, 12, np.dtype(dtype).itemsize)
     for a1 in (0.7, -1.3):
         r = cpu.network_grad(X, Y, W, act_relu, [a1, 1.0])
-        g = _cpu.network_grad(X, Y, W, leaky, 0.0, [a1, 1.0])
+        g = _cpu.network_grad(X, Y, W, leaky, 0.0, [a1, 1.0], panel_rows=R)
         assert r[0] == g[0] and r[2] == g[2]
         assert all(np.array_equal(a, b) for a, b in zip(r[1], g[1]))

@@ -98,10 +98,11 @@ inline size_t grad_lanes(size_t nblocks) {
 
 }  // namespace
 
-size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize) {
+size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize, int act) {
   const size_t nblocks = ceil_div(n1, kBlock);
   const size_t nlanes = grad_lanes(nblocks);
-  const size_t per_row = (2 * nblocks * kBlock + nlanes * n2) * itemsize;
+  const size_t arrays = act == pyrgd::act::Relu::code ? 1 : 2;  // S and D, or S alone (ReLU)
+  const size_t per_row = (arrays * nblocks * kBlock + nlanes * n2) * itemsize;
   const size_t cap = kGradPanelBytes / std::max<size_t>(per_row, 1);  // rows within the hard budget
   if (cap < 16) return std::max<size_t>(1, std::min(cap, N));
   constexpr size_t q = kGradPanelRowsStep;
@@ -130,7 +131,7 @@ GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t pane
   L.nK = std::min(n1, L.nbK * kBlock);
   L.bpl = L.nbK ? ceil_div(L.nbK, kGradLanes) : 1;
   L.nlanes = grad_lanes(L.nbK);  // ceil(nbK / bpl)
-  L.R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, L.nK, n2, itemsize);
+  L.R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, L.nK, n2, itemsize, act);
   const size_t align = std::max<size_t>(1, 64 / itemsize);  // each array starts on a cache line
   size_t at = 0;
   const auto take = [&](size_t count) {

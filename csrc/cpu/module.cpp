@@ -714,13 +714,17 @@ PYBIND11_MODULE(_cpu, m) {
       "The elements network_grad's `workspace` must hold for these shapes (of its dtype, itemsize 4 or 8).");
   m.def(
       "grad_panel_rows",
-      [](std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize) {
+      [](std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize, int act_code) {
         if (N == 0 || n1 == 0 || n2 == 0 || (itemsize != 4 && itemsize != 8))
           throw py::value_error("grad_panel_rows: expected N, n1, n2 >= 1 and itemsize 4 or 8");
-        return pyrgd::cpu::grad_panel_rows(N, n1, n2, itemsize);
+        if (act_code != -1 && !pyrgd::cpu::is_activation_code(act_code))
+          throw py::value_error("act_code: expected -1 (not ReLU) or an activation code, got " +
+                                std::to_string(act_code));
+        return pyrgd::cpu::grad_panel_rows(N, n1, n2, itemsize, act_code);
       },
-      py::arg("N"), py::arg("n1"), py::arg("n2"), py::arg("itemsize"),
-      "The rows R of one panel of network_grad for these shapes (panel_rows=0).");
+      py::arg("N"), py::arg("n1"), py::arg("n2"), py::arg("itemsize"), py::arg("act_code") = -1,
+      "The rows R of one panel of network_grad for these shapes and activation (panel_rows=0; the ReLU panel holds "
+      "S alone, the others S and D; -1: any activation but ReLU).");
   m.def("sgd_update", &sgd_update, py::arg("weights"), py::arg("grads"), py::arg("lr"),
         "W -= lr * G for every pair of the two lists (in place; the bits of NumPy's W -= lr * G), in one call.");
   m.def(

@@ -131,7 +131,8 @@ constexpr std::size_t kGradPanelBytes = std::size_t(16) << 20;  // S, D and the 
 constexpr std::size_t kGradPanelTarget = std::size_t(4) << 20;  // the panel size aimed at
 constexpr std::size_t kGradPanelRowsMin = 96, kGradPanelRowsMax = 240;
 constexpr std::size_t kGradPanelRowsStep = 48;  // whole 6-row register tiles and 16-row tail sub-chunks
-// R of network_grad: the largest multiple of 48 rows whose panel fits in kGradPanelTarget, clamped to
+// R of network_grad: the largest multiple of 48 rows whose panel (S and D, or S alone for ReLU, `act` an
+// activations.h code, and the lanes' Z_2) fits in kGradPanelTarget, clamped to
 // [kGradPanelRowsMin, kGradPanelRowsMax] (every panel runs the kept neurons' blocks of W_1, W_2, W_2^T and both
 // gradients through the cache once: more rows amortize that traffic, the tail and two barriers, and fewer than 96
 // make the products' inner dimension short; measured on the benchmark's B4, 96 rows instead of 64 took 3 to 5% off
@@ -139,7 +140,7 @@ constexpr std::size_t kGradPanelRowsStep = 48;  // whole 6-row register tiles an
 // 16 rows fit there (a very wide layer), as many rows as fit, at least 1; at most N. The panel is thus at most
 // max(kGradPanelBytes, one row), never N x n1 unless N is that small. pyrgd.gdstep.rows_kept keeps fewer neurons
 // in the panels where a panel of kGradPanelRowsMin rows of all of them would not fit.
-std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize);
+std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize, int act);
 
 template <class T>
 double network_grad(const WideShape& s, std::size_t nt, const std::size_t* tdims, const T* X, const T* Y,

@@ -149,9 +149,11 @@ def grad_workspace_size(N, d, n1, n2, act, itemsize, panel_rows=0, kept_neurons=
                      int(panel_rows), -1 if kept_neurons is None else int(kept_neurons)))
 
 
-def grad_panel_rows(N, n1, n2, itemsize) -> int:
-    """The rows R of one panel of :func:`network_grad` (panel_rows=0) for these shapes."""
-    return int(_call(_module().grad_panel_rows, int(N), int(n1), int(n2), int(itemsize)))
+def grad_panel_rows(N, n1, n2, itemsize, act=None) -> int:
+    """The rows R of one panel of :func:`network_grad` (panel_rows=0) for these shapes and activation (parsed; the
+    ReLU panel holds sigma alone, so it gets more rows; None: any other activation)."""
+    code = -1 if act is None else int(act.code)
+    return int(_call(_module().grad_panel_rows, int(N), int(n1), int(n2), int(itemsize), code))
 
 
 def sgd_update(weights, grads, lr) -> None:
