@@ -14,9 +14,10 @@
 //
 // Kept and recomputed neurons: a panel holds S and D of R rows of the kept neurons, at most kGradPanelBytes; where a
 // panel of kGradPanelRowsMin rows of all n1 would not fit (pyrgd.gdstep.rows_kept), only the first `kept` neurons
-// (whole blocks) go through the panels; the others are recomputed as in `step`: before the panels, a pass over tiles of kRecRows rows gives their part of Z_2 (HR, all N
-// rows); after them, a pass over their blocks (each by one thread, over tiles of rows) computes Z_1 again with the
-// G of all rows (kept from the panels) and accumulates their gradients. kept = n1 is the plain pass above.
+// (whole blocks) go through the panels; the others are recomputed as in `step`: before the panels, a pass over
+// tiles of kRecRows rows gives their part of Z_2 (HR, all N rows); after them, a pass over their blocks (each by one
+// thread, over tiles of rows) computes Z_1 again with the G of all rows (kept from the panels) and accumulates their
+// gradients. kept = n1 is the plain pass above.
 //
 // Prefetch (what keeps the panels at the in-cache rate once the working set leaves the cache): the products that
 // write a panel block or accumulate into a gradient block ask for those rows one register tile ahead (tile_ops.h,

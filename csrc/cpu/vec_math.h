@@ -82,8 +82,9 @@ struct VecMath {
   }
   // The constants of the float exp_ and log1p_ (also used by the interleaved vector loops of tile_impl.inc, which
   // apply the same operations in the same order): q of exp_ (highest degree first) and r of log1p_.
-  static constexpr float kExpMin = -104.0f, kExpMagic = 12582912.0f, kLog2e = 1.44269504088896341f,
-                         kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f, kTwoM64 = 5.42101086242752217e-20f;
+  static constexpr float kExpMin = -104.0f, kExpMagic = 12582912.0f, kLog2e = 1.44269504088896341f;
+  static constexpr float kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f;
+  static constexpr float kTwoM64 = 5.42101086242752217e-20f;
   static constexpr float kExpQ[5] = {0.0013751407386735082f, 0.008368915878236294f, 0.04166953265666962f,
                                      0.166665181517601f, 0.49999988079071045f};
   static constexpr float kLog1pR[9] = {-0.003318607807159424f, 0.020202966406941414f, -0.05765631049871445f,

@@ -4,9 +4,9 @@ Never allocates anything of size N x n1. ``forward``, ``step`` and ``gram`` stre
 wide layer (their buffers are a few tiles of 256 samples x 64 neurons per thread, and no d x n1 gradient);
 :func:`network_grad`, what :class:`pyrgd.gdstep.GDStep` runs on this backend, streams over panels of rows with all
 the (kept) neurons of a panel (at most 16 MiB, or one row) and returns every gradient of the network, so that each
-product of a GD step is done once (twice X W_1 for the neurons it recomputes where n1 is too wide for the panels). Signatures as in :mod:`pyrgd.backends`; the arrays are expected already
-validated by :mod:`pyrgd.ops` / :class:`~pyrgd.gdstep.GDStep` (the extension checks them again and raises instead
-of crashing).
+product of a GD step is done once (twice X W_1 for the neurons it recomputes where n1 is too wide for the panels).
+Signatures as in :mod:`pyrgd.backends`; the arrays are expected already validated by :mod:`pyrgd.ops` /
+:class:`~pyrgd.gdstep.GDStep` (the extension checks them again and raises instead of crashing).
 
 Speed: register-tiled products with the activation fused between them on tiles that stay in the L2 cache,
 compiled for AVX-512, AVX2+FMA and the platform's baseline and chosen at run time (:func:`get_isa`,
