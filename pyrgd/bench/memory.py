@@ -73,9 +73,9 @@ def _child(spec: dict) -> dict:
     """Runs in the fresh process: the measurement described in the module docstring."""
     import numpy as np
 
+    from .._threads import thread_limits
     from .candidates import make_candidate
     from .problems import Problem, make_data
-    from .runner import thread_limits
 
     p = spec["problem"]
     problem = Problem(**{**p, "widths": tuple(p["widths"]), "candidates": tuple(p["candidates"])})
