@@ -15,15 +15,9 @@ import numpy as np
 from ._validate import check_nonnegative_int, check_positive_int
 from .activations import parse_activation
 from .errors import BackendUnavailable, PyrgdError
+from .schema import INPUT_KINDS, SOURCES, TARGET_KINDS, resolve_config  # noqa: F401  (SOURCES: re-exported)
 
 __all__ = ["synthetic", "digits", "load_arrays", "make_dataset", "INPUT_KINDS", "TARGET_KINDS", "SOURCES"]
-
-#: input distributions of :func:`synthetic`
-INPUT_KINDS = ("sphere", "gaussian")
-#: target kinds of :func:`synthetic`
-TARGET_KINDS = ("gaussian", "teacher")
-#: the ``source`` values of a config's [data] table
-SOURCES = ("synthetic", "digits", "file")
 
 _DIGITS_N = 1797  # rows of sklearn.datasets.load_digits
 
@@ -239,15 +233,13 @@ def load_arrays(path, y_path=None, x_key="X", y_key="Y", dtype="float64"):
 
 
 def make_dataset(data_cfg: dict, dtype="float64"):
-    """(X, Y) from a config's [data] table (see :mod:`pyrgd.config`; missing keys take their defaults).
+    """(X, Y) from a config's [data] table (see :mod:`pyrgd.schema`; missing keys take their defaults).
 
     source = 'synthetic': :func:`synthetic` with N, d, n_out, inputs, targets, seed, teacher_width,
     teacher_activation.  source = 'digits': :func:`digits` with n_samples = N, n_out, seed (d is 64).
     source = 'file': :func:`load_arrays` with path, y_path ('' for none), x_key, y_key (N, d, n_out come from the
     file).
     """
-    from .config import resolve_config
-
     if not isinstance(data_cfg, dict):
         raise PyrgdError(f"data: expected a dict (the [data] table of a config), got {type(data_cfg).__name__}")
     c = resolve_config(overrides={"data": data_cfg})["data"]

@@ -304,3 +304,39 @@ def test_build_model_options_reach_the_net():
 def test_build_bad_multipliers_name_the_model_key():
     with pytest.raises(PyrgdError, match=r"^model\.multipliers: expected 2 values"):
         C.build({"data": {"N": 4, "d": 2}, "model": {"widths": [16, 4, 1], "multipliers": [1.0]}})
+
+
+# --------------------------------------------------------------------------------------------- pyrgd.schema
+def test_config_and_data_share_the_schema_objects():
+    """pyrgd.config re-exports pyrgd.schema (the same objects: a preset added to one is seen by the other), and the
+    [data] vocabularies that pyrgd.data checks its arguments against are the schema's choices."""
+    from pyrgd import data, schema
+
+    for name in ("SCHEMA", "PRESETS", "TABLES", "BACKEND_NAMES", "Key", "defaults", "resolve_config"):
+        assert getattr(C, name) is getattr(schema, name), name
+    for name in ("INPUT_KINDS", "TARGET_KINDS", "SOURCES"):
+        assert getattr(data, name) is getattr(schema, name), name
+    assert C.SCHEMA["data"]["inputs"].choices == data.INPUT_KINDS == ("sphere", "gaussian")
+    assert C.SCHEMA["data"]["targets"].choices == data.TARGET_KINDS == ("gaussian", "teacher")
+    assert C.SCHEMA["data"]["source"].choices == data.SOURCES == ("synthetic", "digits", "file")
+    for inputs in data.INPUT_KINDS:  # every value the schema accepts, the data module makes
+        for targets in data.TARGET_KINDS:
+            X, Y = data.make_dataset({"N": 3, "d": 2, "inputs": inputs, "targets": targets})
+            assert X.shape == (3, 2) and Y.shape == (3, 1)
+
+
+def test_schema_resolves_without_config_or_data(tmp_path):
+    """pyrgd.schema stands alone: importing it loads neither pyrgd.config nor pyrgd.data, and it resolves and
+    checks a config by itself."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pyrgd import schema\n"
+            "cfg = schema.resolve_config(preset='quickstart', overrides={'train.steps': 2e3})\n"
+            "assert cfg['train']['steps'] == 2000 and cfg['data']['N'] == 128, cfg\n"
+            "try:\n    schema.resolve_config(overrides={'data': {'inputs': 'cube'}})\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n"
+            "print(sorted(m for m in sys.modules if m in ('pyrgd.config', 'pyrgd.data')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(tmp_path)).stdout.splitlines()
+    assert out == ["PyrgdError data.inputs: expected one of sphere, gaussian, got 'cube'", "[]"]
