@@ -89,6 +89,57 @@ def test_cells_are_the_product_of_the_lists():
     assert sorted({c[2]["model"]["widths"][1:] == [1] for c in depth.cells}) == [False, True]
 
 
+def test_cell_id_keys_a_cell_by_its_parameters():
+    g = sweep.parse_grid(tiny_grid(N=[6], n1_over_N=[0.5], **{"model.beta": [2.0]}, seed=[3]))
+    (cid, params, _cfg), = g.cells
+    assert cid == sweep.cell_id(params) == "N=6|n1=3|tail=[1]|activation=relu|init=lecun|model.beta=2.0|seed=3"
+    assert sweep.cell_id({**params, "n1_over_N": 9.0, "L": 7}) == cid  # the derived parameters are not keys
+
+
+# --------------------------------------------------------------------------------------------- the package
+def test_the_package_reexports_its_modules_names():
+    """pyrgd.sweep is grid + runner + report: every public name (and _write_rows, used by pyrgd.experiments) is
+    the object of the module that defines it, so patching that module's name reaches every caller."""
+    from pyrgd.sweep import grid, report, runner
+
+    home = {"GRID_KEYS": grid, "Grid": grid, "load_grid": grid, "parse_grid": grid, "cell_config": grid,
+            "cell_id": grid, "run_cell": runner, "run_sweep": runner, "RESULT_COLUMNS": runner,
+            "summarize": report, "format_summary": report, "read_results": report, "certified_outline": report,
+            "plot_heatmap": report, "plot_final_loss": report, "_write_rows": report}
+    assert set(sweep.__all__) <= set(home)
+    for name, mod in home.items():
+        assert getattr(sweep, name) is getattr(mod, name), name
+        assert getattr(sweep, name) is not None
+
+
+def test_results_csv_round_trip_keeps_types_order_and_text_columns(tmp_path):
+    """report._write_rows / read_results: the header is every key in first-seen order; None is an empty field and
+    comes back None; bools (numpy's too) come back bools, integers ints, floats exactly (repr); the cell and tail
+    columns stay text even where they look like numbers."""
+    import numpy as np
+
+    rows = [{"cell": "N=6|seed=0", "N": 6, "tail": "[1]", "lr": 0.1 + 0.2, "converged": np.bool_(True),
+             "steps": np.int64(60), "steps_to_tol": None},
+            {"cell": "7", "N": 10, "tail": "12", "lr": 1e-300, "converged": False, "steps": 3, "steps_to_tol": 3,
+             "status": "max_steps", "model.beta": np.float32(0.5)}]
+    path = tmp_path / "results.csv"
+    sweep._write_rows(str(path), rows)
+    text = path.read_text(encoding="utf-8").splitlines()
+    assert text[0] == "cell,N,tail,lr,converged,steps,steps_to_tol,status,model.beta"
+    assert text[1] == "N=6|seed=0,6,[1],0.30000000000000004,True,60,,,"
+    back = sweep.read_results(path)
+    assert back[0] == {"cell": "N=6|seed=0", "N": 6, "tail": "[1]", "lr": 0.1 + 0.2, "converged": True,
+                       "steps": 60, "steps_to_tol": None, "status": None, "model.beta": None}
+    assert back[1] == {"cell": "7", "N": 10, "tail": "12", "lr": 1e-300, "converged": False, "steps": 3,
+                       "steps_to_tol": 3, "status": "max_steps", "model.beta": 0.5}
+    assert type(back[0]["converged"]) is bool and type(back[0]["steps"]) is int and type(back[1]["cell"]) is str
+    (tmp_path / "bad.csv").write_text("a,b\n1\n", encoding="utf-8")
+    with pytest.raises(PyrgdError, match=r"line 2 has 1 fields, the header has 2"):
+        sweep.read_results(tmp_path / "bad.csv")
+    with pytest.raises(PyrgdError, match=r"out: no results.csv in"):
+        sweep.read_results(tmp_path / "none" / "results.csv")
+
+
 # --------------------------------------------------------------------------------------------- running
 def test_rows_summary_and_files(tmp_path):
     out = tmp_path / "sw"
@@ -156,7 +207,7 @@ def test_heatmap_outlines_the_cells_certified_for_every_seed(tmp_path, monkeypat
          "train": {"steps": 5, "track_every": 1000}}
     masks = []
     real = sweep.certified_outline
-    monkeypatch.setattr(sweep, "certified_outline", lambda cert: (masks.append(cert.copy()), real(cert))[1])
+    monkeypatch.setattr(sweep.report, "certified_outline", lambda cert: (masks.append(cert.copy()), real(cert))[1])
     rows = sweep.run_sweep(g, tmp_path / "h")
     assert (tmp_path / "h" / "heatmap.png").stat().st_size > 0
     panels = [(beta, lr) for beta in (1.0, 3e4) for lr in (1e-12, 1e-30)]
@@ -185,7 +236,7 @@ def test_interrupted_sweep_resumes_only_missing_cells(tmp_path, monkeypatch):
         calls.append((cfg["data"]["N"], cfg["model"]["widths"][0], cfg["model"]["seed"]))
         return real(cfg, **kw)
 
-    monkeypatch.setattr(sweep, "run_cell", failing)
+    monkeypatch.setattr(sweep.runner, "run_cell", failing)
     with pytest.raises(RuntimeError, match="killed"):
         sweep.run_sweep(tiny_grid(), out)
     first = sweep.read_results(out / "results.csv")
@@ -193,7 +244,7 @@ def test_interrupted_sweep_resumes_only_missing_cells(tmp_path, monkeypatch):
     done = set(calls)
 
     calls.clear()
-    monkeypatch.setattr(sweep, "run_cell", lambda cfg, **kw: (calls.append(
+    monkeypatch.setattr(sweep.runner, "run_cell", lambda cfg, **kw: (calls.append(
         (cfg["data"]["N"], cfg["model"]["widths"][0], cfg["model"]["seed"])), real(cfg, **kw))[1])
     rows = sweep.run_sweep(tiny_grid(), out, resume=True)
     assert len(calls) == 5 and not (set(calls) & done)

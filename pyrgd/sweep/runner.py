@@ -1,0 +1,169 @@
+"""Running a sweep: one cell (certificates at initialization, then GD), and the grid's cells into an output folder
+with resume (the cells already in results.csv are skipped; a changed base config is refused) and a progress bar."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+from ..errors import PyrgdError
+from .grid import parse_grid
+from .report import _write_rows, plot_final_loss, plot_heatmap, read_results, summarize
+
+#: the columns of results.csv after the cell's parameters
+RESULT_COLUMNS = ("lr", "lr_rule", "status", "converged", "steps", "steps_to_tol", "initial_loss", "final_loss",
+                  "relative_loss", "median_factor", "wall_time_s", "sigma_min_F1", "mu_0", "certified_factor_0",
+                  "nguyen_applies", "nguyen_conditions_hold", "nguyen_holds", "nguyen_margin_initW",
+                  "nguyen_margin_initF", "nguyen_margin_initS", "nguyen_eta_max", "nguyen_eta_ok",
+                  "nguyen_rate_factor")
+
+_RESULTS, _SUMMARY, _META, _GRID_FILE = "results.csv", "summary.csv", "sweep.json", "grid.toml"
+
+
+# --------------------------------------------------------------------------------------------- one cell
+def run_cell(cfg: dict, *, C=1.0) -> dict:
+    """Build, certify at initialization and train one config; returns the result columns (:data:`RESULT_COLUMNS`).
+
+    The step size: a number from the config, or "auto" resolved once here (train's rule) and passed to train.
+    """
+    from ..certify import _resolve_lr
+    from ..config import build
+    from ..theory import nguyen2021_certificate, nm2020_quantities
+    from ..train import train
+
+    net, X, Y, kw = build(cfg)
+    backend = kw.get("backend", "auto")
+    cert_backend = backend if backend in ("cpu", "reference") else "auto"
+    lr, rule = _resolve_lr(net, X, kw.pop("lr"), cert_backend)
+    q = nm2020_quantities(net, X, backend=cert_backend)
+    ng = nguyen2021_certificate(net, X, Y, C=C, eta=lr, backend=cert_backend)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"n_1 = \d+ < N = \d+")  # cells below N are the point
+        res = train(net, X, Y, lr=lr, progress=False, **kw)
+    s = res.summary
+    conv = res.status == "converged"
+    mu = q.mu if math.isfinite(q.mu) else None
+    return {
+        "lr": lr, "lr_rule": "auto" if rule and rule.startswith("auto") else "given",
+        "status": res.status, "converged": conv, "steps": s["steps"], "steps_to_tol": s["steps"] if conv else None,
+        "initial_loss": s["initial_loss"], "final_loss": s["final_loss"], "relative_loss": s["relative_loss"],
+        "median_factor": s["median_factor"], "wall_time_s": s["wall_time_s"],
+        "sigma_min_F1": q.lambda_F, "mu_0": mu, "certified_factor_0": (1.0 - lr * mu) if mu is not None else None,
+        "nguyen_applies": ng.applies,
+        "nguyen_conditions_hold": ng.applies and all(c.holds for c in ng.conditions.values()),
+        "nguyen_holds": ng.holds,
+        "nguyen_margin_initW": ng.conditions["initW"].margin, "nguyen_margin_initF": ng.conditions["initF"].margin,
+        "nguyen_margin_initS": ng.conditions["initS"].margin, "nguyen_eta_max": ng.eta_max,
+        "nguyen_eta_ok": ng.eta_ok, "nguyen_rate_factor": ng.rate_factor,
+        "_interrupted": res.status == "interrupted",
+    }
+
+
+# --------------------------------------------------------------------------------------------- the sweep
+def _base_fingerprint(base: dict) -> str:
+    return json.dumps(base, sort_keys=True)
+
+
+def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) -> list:
+    """Run every cell of a grid (a dict or a TOML path) into the folder ``out``; returns the rows of all the grid's
+    cells (those run now and those found finished), in grid order.
+
+    resume: skip the cells already in ``out/results.csv`` (their base config must be the same); False starts over
+    (an existing results.csv is replaced). progress: a tqdm bar over the cells (stderr) with the time left.
+    C: Nguyen 2021's constants. plots: draw heatmap.png and final_loss.png.
+    If a cell is interrupted (Ctrl-C), the finished cells stay on disk and KeyboardInterrupt is raised.
+    """
+    from ..runio import atomic_write, json_safe
+
+    grid = parse_grid(grid_cfg)
+    if not isinstance(out, (str, os.PathLike)):
+        raise PyrgdError(f"out: expected a folder path, got {out!r}")
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PyrgdError(f"out: {out} exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise PyrgdError(f"out: cannot create {out}: {e.strerror or e}") from None
+    res_path, meta_path = os.path.join(out, _RESULTS), os.path.join(out, _META)
+    fp = _base_fingerprint(grid.base)
+    done_rows: list = []
+    if resume and os.path.exists(res_path):
+        if os.path.exists(meta_path):
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    old = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise PyrgdError(f"out: cannot read {meta_path}: {e}") from None
+            if old.get("base_fingerprint") != fp:
+                diff = _first_difference(json.loads(old.get("base_fingerprint", "{}")), grid.base)
+                raise PyrgdError(f"out: the sweep in {out} was run with another base config ({diff}); choose "
+                                 "another folder, or start over without resume")
+        done_rows = read_results(res_path)
+    elif not resume and os.path.exists(res_path):
+        os.unlink(res_path)
+    meta = {"base_fingerprint": fp, "base": grid.base, "axes": grid.axes, "cells": len(grid), "C": C}
+    atomic_write(meta_path, lambda f: f.write(json.dumps(json_safe(meta), indent=2) + "\n"))
+    _write_grid_file(os.path.join(out, _GRID_FILE), grid.source)
+
+    by_id = {r["cell"]: r for r in done_rows}
+    todo = [c for c in grid.cells if c[0] not in by_id]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(grid), initial=len(grid) - len(todo), unit="cell", desc="sweep", file=sys.stderr,
+                   dynamic_ncols=True, leave=True)
+    interrupted = False
+    try:
+        for cid, params, cfg in todo:
+            if bar is not None:
+                bar.set_postfix_str(f"N={params['N']} n1={params['n1']} seed={params['seed']}", refresh=True)
+            t0 = time.perf_counter()
+            result = run_cell(cfg, C=C)
+            if result.pop("_interrupted"):
+                interrupted = True
+                break
+            row = {"cell": cid, **params, **result, "cell_time_s": time.perf_counter() - t0}
+            done_rows.append(row)
+            by_id[cid] = row
+            _write_rows(res_path, done_rows)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = [by_id[c[0]] for c in grid.cells if c[0] in by_id]
+    summary = summarize(rows)
+    _write_rows(os.path.join(out, _SUMMARY), summary)
+    if plots and rows:
+        try:
+            plot_heatmap(os.path.join(out, "heatmap.png"), summary, rel_tol=grid.base["train"]["rel_tol"])
+            plot_final_loss(os.path.join(out, "final_loss.png"), summary, rel_tol=grid.base["train"]["rel_tol"])
+        except Exception as e:  # the numbers matter more than the pictures
+            warnings.warn(f"pyrgd sweep: could not draw the plots in {out}: {type(e).__name__}: {e}", RuntimeWarning,
+                          stacklevel=2)
+    if interrupted:
+        raise KeyboardInterrupt
+    return rows
+
+
+def _first_difference(a: dict, b: dict) -> str:
+    for t in sorted(set(a) | set(b)):
+        ta, tb = a.get(t, {}), b.get(t, {})
+        for k in sorted(set(ta) | set(tb)):
+            if ta.get(k) != tb.get(k):
+                return f"{t}.{k}: {ta.get(k)!r} then, {tb.get(k)!r} now"
+    return "unknown difference"
+
+
+def _write_grid_file(path, source):
+    from ..config import _toml_text
+    from ..runio import atomic_write
+
+    text = "# the grid of this sweep (pyrgd sweep --grid grid.toml --out <this folder> --resume)\n" + \
+        _toml_text(source)
+    atomic_write(path, lambda f: f.write(text))
