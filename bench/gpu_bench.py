@@ -8,7 +8,7 @@ network (wide layer + pyramidal tail, with the next step's forward pass so that 
   chunked  a CuPy loop over blocks of neurons with cuBLAS per block (O(N x block) memory), elementwise by CuPy;
   torch    an unfused PyTorch autograd step (materializes N x n1; skipped when it does not fit);
 and the cuBLAS SGEMM rate (an 8192^3 float32 CuPy matmul, TF32 off) as the roofline reference.
-Reported per candidate: median seconds per step, useful GFLOP/s (THEORY.md section 2: sum_l 6 N n_{l-1} n_l minus
+Reported per candidate: median seconds per step, useful GFLOP/s (docs/theory.md section 2: sum_l 6 N n_{l-1} n_l minus
 2 N d n1), % of the SGEMM rate, peak device memory against the bytes of X, Y, the weights and two N x n2 buffers,
 and the relative difference of its updated W1 and W2 from pyrgd's after one step from the same weights.
 """

@@ -9,7 +9,7 @@ Steps, each with its own time limit, logs under --out (default $OUT when set, el
   4. compute-sanitizer memcheck, racecheck and synccheck on bench/gpu_sanitize_case.py, and initcheck on it with
      the backend's NaN poisoning off (so that a read of memory no one wrote is reported);
   5. with --timing only: median times (CUDA events) of forward, step and gram at a few sizes, with GFLOP/s by
-     THEORY.md's useful-flop count (informational; no pass/fail).
+     the useful-flop count of docs/theory.md section 2 (informational; no pass/fail).
 Prints a short summary table last; exit status 0 only when every step passed. At most 8 log files are written
 (the device tool brings back 8).
 """
@@ -53,7 +53,7 @@ def run(name, cmd, out_dir, timeout, env=None):
 
 
 def timing() -> int:
-    """Median time of each operation over a few sizes; GFLOP/s by THEORY.md's useful-flop count."""
+    """Median time of each operation over a few sizes; GFLOP/s by the useful-flop count of docs/theory.md section 2."""
     import cupy as cp
     import numpy as np
 

@@ -1,21 +1,25 @@
 """Convergence certificates at initialization, gathered in one report (``pyrgd certify``).
 
 :func:`certify` evaluates, at a network's current weights taken as the initialization W^0, every quantity of
-THEORY.md sections 4 and 5 that pyrgd can compute, and :func:`format_certificate` prints them as a table:
+docs/theory.md sections 4 and 5 that pyrgd can compute, and :func:`format_certificate` prints them as a table:
 
 - the wide layer: sigma_min(F_1) (from the streamed Gram F_1 F_1^T), ||W_1||_2, ||W_2||_2; the tail:
   sigma_min(W_l) and ||W_l||_2 for l = 3..L  [via :func:`pyrgd.theory.nm2020_quantities`, which uses the tracker's
   :func:`pyrgd.tracking.certificate`];
-- the PL constant mu_0 of THEORY 4.1 and, for a step size lr, the certified factor 1 - lr mu_0 [derived];
+- the PL constant mu_0 and, for a step size lr, the certified factor 1 - lr mu_0 [derived; docs/theory.md
+  section 4.1];
 - Nguyen 2021, Theorem 2.2: whether it applies, its three conditions with lhs, rhs, margin lhs/rhs and whether
-  each holds, the step-size bound eta_max and the guaranteed factor 1 - eta alpha_0^2/8 [paper; THEORY 4.2];
+  each holds, the step-size bound eta_max and the guaranteed factor 1 - eta alpha_0^2/8 [paper; docs/theory.md
+  section 4.2];
 - Nguyen & Mondelli 2020, Theorem 3.2: its quantities only, with NO verdict (its constants are unavailable,
-  THEORY 4.3);
-- the empirical NTK's lambda_min and lambda_max when n_L = 1 [derived; THEORY 5];
+  docs/theory.md section 4.3);
+- the empirical NTK's lambda_min and lambda_max when n_L = 1 [derived; docs/theory.md section 5];
 - Du et al. 2019's lambda_0 = lambda_min(K^(H)) for the data, with H = L - 1 hidden layers and the net's
   activation, when the inputs have unit norm (their setting); otherwise the report says why it is left out
-  [paper; THEORY 4.4]. It describes the data, depth and activation in Du et al.'s parameterization (every hidden
-  layer of width m, multipliers sqrt(c_sigma/m), N(0, 1) weights), not this net's initialization.
+  [paper; docs/theory.md section 4.4]. It describes the data, depth and activation in Du et al.'s parameterization
+  (every hidden layer of width m, multipliers sqrt(c_sigma/m), N(0, 1) weights), not this net's initialization.
+
+Each heading of the printed table names the section of docs/theory.md that states its formulas.
 
 Everything is computed in float64 whatever the net's dtype. Nothing is certified about training that goes beyond
 what each theorem states: the PL factor holds while lr is below 1/(local smoothness); Theorem 2.2's factor holds
@@ -37,14 +41,15 @@ UNIT_NORM_RTOL = 1e-6
 
 
 def _resolve_lr(net, X, lr, backend):
-    """(lr as a float or None, how it was chosen)."""
+    """(lr as a float or None, how it was chosen). "auto" is the rule of docs/theory.md section 5
+    (:mod:`pyrgd.lr_rule`)."""
     if lr is None:
         return None, None
     if isinstance(lr, str):
         if lr.strip().lower() != "auto":
             raise PyrgdError(f"lr: expected a positive number, 'auto' or None, got {lr!r}")
         from . import ops
-        from .train import AUTO_LR_FRACTION, AUTO_LR_RULE, estimate_lambda_max
+        from .lr_rule import AUTO_LR_FRACTION, AUTO_LR_RULE, estimate_lambda_max
 
         X64 = np.ascontiguousarray(X, dtype=np.float64)
         W = [np.ascontiguousarray(w, dtype=np.float64) for w in net.weights]
@@ -219,7 +224,7 @@ def format_certificate(d: dict) -> str:
     out.append(_row("initial loss Phi_0", _f(d.get("loss_0"), ".6g")))
 
     w = d["wide_layer"]
-    out += ["", "Wide layer and tail (THEORY 4.1, 4.3)",
+    out += ["", "Wide layer and tail (docs/theory.md 4.1, 4.3)",
             _row("sigma_min(F_1)", _f(w["sigma_min_F1"], ".6g")
                  + ("" if w.get("n1_at_least_N", True) else "   (n_1 < N: F_1 cannot have full row rank)")),
             _row("||W_1||_2, ||W_2||_2", f"{_f(w['norm_W1'])}, {_f(w['norm_W2'])}")]
@@ -227,7 +232,7 @@ def format_certificate(d: dict) -> str:
         out.append(_row(f"W_{t['layer']}: sigma_min, ||.||_2", f"{_f(t['sigma_min'])}, {_f(t['norm'])}"))
 
     pl = d["pl"]
-    out += ["", "PL certificate (THEORY 4.1, derived)"]
+    out += ["", "PL certificate (docs/theory.md 4.1, derived)"]
     if pl["available"]:
         out.append(_row("mu_0", _f(pl["mu_0"], ".6g")))
         if pl.get("gamma") is not None:
@@ -237,7 +242,7 @@ def format_certificate(d: dict) -> str:
     out.append(_row("note", pl["note"]))
 
     ng = d["nguyen2021"]
-    out += ["", "Nguyen 2021, Theorem 2.2 (relu, n_{L-1} >= N; THEORY 4.2, paper)",
+    out += ["", "Nguyen 2021, Theorem 2.2 (relu, n_{L-1} >= N; docs/theory.md 4.2, paper)",
             _row("applies", _f(ng["applies"]) + ("" if ng["applies"] else ": " + "; ".join(ng["reasons"]))),
             _row("alpha_0 = sigma_min(F_{L-1})", _f(ng["alpha_0"], ".6g")),
             _row("lbar_l = ||W_l||_2 + C_l", ", ".join(_f(v) for v in ng["lbar"]) + f"  (C = {list(ng['C'])})"),
@@ -253,7 +258,7 @@ def format_certificate(d: dict) -> str:
     out.append(_row("verdict", ng["verdict"]))
 
     nm = d["nm2020"]
-    out += ["", "Nguyen & Mondelli 2020, Theorem 3.2: quantities only (THEORY 4.3)",
+    out += ["", "Nguyen & Mondelli 2020, Theorem 3.2: quantities only (docs/theory.md 4.3, unavailable)",
             _row("lambda_F = sigma_min(F_1^0)", _f(nm["lambda_F"], ".6g"))]
     for l, v in nm["lambda_l"].items():
         out.append(_row(f"lambda_{l} = sigma_min(W_{l}^0)", _f(v)))
@@ -262,7 +267,7 @@ def format_certificate(d: dict) -> str:
     out.append(_row("verdict", "none: the theorem's constants are unavailable"))
 
     k = d["ntk"]
-    out += ["", "Empirical NTK J J^T (THEORY 5, derived)"]
+    out += ["", "Empirical NTK J J^T (docs/theory.md 5, derived)"]
     if k["available"]:
         out.append(_row("lambda_min, lambda_max", f"{_f(k['lambda_min'], '.6g')}, {_f(k['lambda_max'], '.6g')}"))
         if k.get("lr_times_lambda_max") is not None:
@@ -271,7 +276,7 @@ def format_certificate(d: dict) -> str:
         out.append(_row("n/a", k["reason"]))
 
     du = d["du2019"]
-    out += ["", f"Du et al. 2019, lambda_0 = lambda_min(K^(H)), H = {du['H']} (THEORY 4.4, paper)"]
+    out += ["", f"Du et al. 2019, lambda_0 = lambda_min(K^(H)), H = {du['H']} (docs/theory.md 4.4, paper)"]
     if du["available"]:
         out.append(_row("lambda_0", _f(du["lambda_0"], ".6g") + f"  (c_sigma = {_f(du['c_sigma'], '.6g')}, "
                                                                f"{du['method']})"))

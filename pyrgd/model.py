@@ -1,4 +1,4 @@
-"""The network: one wide first layer followed by a pyramidal tail (THEORY.md section 1).
+"""The network: one wide first layer followed by a pyramidal tail (docs/theory.md section 1).
 
 F_0 = X;  Z_l = F_{l-1} W_l;  F_l = a_l sigma(Z_l) for l = 1..L-1;  F_L = F_{L-1} W_L (linear output).
 W_l has shape (n_{l-1}, n_l) with n_0 = d. No biases.
@@ -45,7 +45,7 @@ class PyramidalNet:
         [n_1, ..., n_L]; n_L is the output dimension. L >= 2 (the wide layer and at least the output layer).
     activation : str or Activation
         sigma of every hidden layer: relu, leaky_relu(gamma), smooth_leaky_relu(gamma), softplus, tanh, erf,
-        identity (THEORY section 3).
+        identity (docs/theory.md section 3).
     init : str
         ``lecun``: N(0, 1/n_{l-1});  ``he``: N(0, 2/n_{l-1});  ``xavier``: N(0, 2/(n_{l-1}+n_l));
         ``normal``: N(0, init_std^2), ``init_std`` a float or one float per layer;

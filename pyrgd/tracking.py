@@ -1,4 +1,4 @@
-"""Convergence tracking: the quantities of THEORY.md section 4.1, measured along a GD trajectory.
+"""Convergence tracking: the quantities of docs/theory.md section 4.1, measured along a GD trajectory.
 
 Every step the trainer records the loss, the observed contraction factor Phi_{k+1}/Phi_k and the gradient norms.
 Every ``track_every`` steps :func:`certificate` computes from the current weights:
@@ -35,7 +35,8 @@ def tail_singular_values(W) -> tuple[float, float]:
 
 
 def pl_constant(sigma_min_F1: float, tail_sigma_min: list[float], act, multipliers) -> float:
-    """mu of THEORY 4.1; nan when the tail needs a positive lower bound gamma of sigma' and the activation has none."""
+    """mu of docs/theory.md section 4.1, a Python float; nan when the tail needs a positive lower bound gamma of sigma'
+    and the activation has none."""
     if not tail_sigma_min:
         return sigma_min_F1 ** 2
     gamma = act.derivative_lower_bound
@@ -48,7 +49,13 @@ def pl_constant(sigma_min_F1: float, tail_sigma_min: list[float], act, multiplie
 
 
 def certificate(X, weights, initial_weights, act, multipliers, lr, backend) -> dict:
-    """The tracked quantities at the current weights (see the module docstring). Scalars only, as Python floats."""
+    """The tracked quantities at the current weights (see the module docstring).
+
+    X (N, d) and the lists weights, initial_weights = [W_1, ..., W_L] (W_l (n_{l-1}, n_l)): arrays of one module,
+    NumPy or CuPy; act: an :class:`pyrgd.activations.Activation`; multipliers: [a_1, ..., a_{L-1}]; lr: the step
+    size (a float); backend: the wide layer's backend. Returns a dict of Python floats: sigma_min_F1,
+    sigma_min_W{l} and norm_W{l} for l = 3..L, mu, certified_factor (nan when mu is), dist_W{l} for l = 1..L.
+    """
     K = ops.wide_gram(X, weights[0], activation=act, a1=multipliers[0], backend=backend)
     s_f1 = smallest_singular_value_from_gram(K)
     del K

@@ -97,6 +97,10 @@ def test_table_and_json_round_trip():
     for frag in ("sigma_min(F_1)", "initW", "initF", "initS", "eta_max", "Nguyen & Mondelli 2020",
                  "none: the theorem's constants are unavailable", "lambda_0", f"{d['wide_layer']['sigma_min_F1']:.6g}"):
         assert frag in text, frag
+    # every heading names its section of docs/theory.md
+    for frag in ("(docs/theory.md 4.1, derived)", "docs/theory.md 4.2, paper", "(docs/theory.md 4.3, unavailable)",
+                 "(docs/theory.md 4.4, paper)", "(docs/theory.md 5, derived)"):
+        assert frag in text, frag
     back = json.loads(json.dumps(json_safe(d), allow_nan=False))
     assert format_certificate(back) == text
 

@@ -1,6 +1,8 @@
 """Tests of pyrgd.theory against independent computations: scipy quadrature, Monte Carlo, closed forms written out
 here, finite-width Grams, explicit Jacobians, and the certificate formulas recomputed by hand."""
 import math
+import pathlib
+import re
 import warnings
 
 import numpy as np
@@ -29,7 +31,7 @@ def unit_rows(rng, N, d):
 
 
 def arccos_kernels(K):
-    """Independent arc-cosine formulas (THEORY 4.4), written out pair by pair."""
+    """Independent arc-cosine formulas (docs/theory.md section 4.4), written out pair by pair."""
     N = K.shape[0]
     E, D = np.zeros((N, N)), np.zeros((N, N))
     for i in range(N):
@@ -205,7 +207,7 @@ def test_series_warns_where_it_cannot_converge(rng):
 
 # ------------------------------------------------------------------------------------------------ Du et al. 2019
 def du_relu_by_hand(X, H, last):
-    """The recursion of THEORY 4.4 for relu, written out with the arc-cosine formulas (c_sigma = 2)."""
+    """The recursion of docs/theory.md section 4.4 for relu, written out with the arc-cosine formulas (c_sigma = 2)."""
     Ks = [X @ X.T]
     for _ in range(1, H):
         Ks.append(2 * arccos_kernels(Ks[-1])[0])
@@ -343,7 +345,7 @@ def test_lambda_star_mc_is_independent_of_the_chunk_size(rng):
 
 # ------------------------------------------------------------------------------------------------ Nguyen 2021
 def nguyen_by_hand(X, W, Y, C, eta):
-    """THEORY 4.2 written out for L = 2, relu, from the explicit F_1."""
+    """docs/theory.md section 4.2 written out for L = 2, relu, from the explicit F_1."""
     F1 = np.maximum(X @ W[0], 0)
     alpha = np.linalg.svd(F1, compute_uv=False)[-1]
     lb = [np.linalg.norm(W[0], 2) + C[0], np.linalg.norm(W[1], 2) + C[1]]
@@ -463,7 +465,8 @@ def test_pl_certificate_is_tight_for_two_layers_when_the_residual_is_the_smalles
 def test_pl_certificate_is_tight_through_an_identity_tail(rng):
     """L = 3, identity (gamma = 1, sigma' = 1), n_L = 1: D_2 = a_2 D_3 W_3^T, so ||grad_{W_2} Phi|| =
     a_2 ||F_1^T D_3|| ||W_3|| = sigma_min(F_1) a_2 sigma_min(W_3) ||D_3|| when D_3 is F_1's left singular vector of
-    sigma_min: the bound of THEORY 4.1 is an equality, which checks the tail factor gamma a_{l-1} sigma_min(W_l)."""
+    sigma_min: the bound of docs/theory.md section 4.1 is an equality, which checks the tail factor
+    gamma a_{l-1} sigma_min(W_l)."""
     N, d = 6, 8  # d >= N so that the linear F_1 = a_1 X W_1 has full row rank
     X = rng.standard_normal((N, d))
     net = PyramidalNet(d, [40, 5, 1], activation="identity", multipliers=[0.7, 1.3], seed=5)
@@ -610,6 +613,39 @@ def test_bad_inputs_raise_pyrgd_error_naming_the_argument(rng):
     for call, name in cases:
         with pytest.raises(PyrgdError, match=rf"^{name}\b"):
             call()
+
+
+# ------------------------------------------------------------------------------------------------ docs/theory.md
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+#: the numbered sections of docs/theory.md; code and docs cite them by number ("docs/theory.md section 4.1")
+DOC_SECTIONS = ["1", "2", "3", "4", "4.1", "4.2", "4.3", "4.4", "4.5", "5"]
+_CITATION = re.compile(r"docs/theory\.md\s+(?:sections?\s+)?(\d+(?:\.\d+)?)((?:\s*(?:,|and)\s*\d+(?:\.\d+)?)*)")
+
+
+def test_theory_doc_keeps_its_section_numbers():
+    """docs/theory.md has exactly the numbered sections that the citations rely on, in order, and its sources."""
+    text = (ROOT / "docs" / "theory.md").read_text()
+    assert re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", text, re.M) == DOC_SECTIONS
+    assert "\n## Sources\n" in text
+    for arxiv in ("2002.07867", "2101.09612", "1811.03804", "2012.11654"):
+        assert arxiv in text, arxiv
+
+
+def test_every_citation_of_the_theory_doc_names_one_of_its_sections():
+    """Each "docs/theory.md section X" (or "docs/theory.md X, ...", "sections X and Y") in the repository's code and
+    docs names a section that exists."""
+    files = [ROOT / "README.md"] + [f for folder in ("pyrgd", "tests", "bench", "csrc", "experiments", "docs")
+                                    for ext in ("py", "md", "toml", "h", "cu", "cpp")
+                                    for f in (ROOT / folder).rglob(f"*.{ext}")]
+    cited = 0
+    for f in files:
+        if not f.is_file():
+            continue
+        for m in _CITATION.finditer(f.read_text(errors="replace")):
+            for sec in [m.group(1)] + re.findall(r"\d+(?:\.\d+)?", m.group(2)):
+                assert sec in DOC_SECTIONS, f"{f.relative_to(ROOT)}: docs/theory.md section {sec} does not exist"
+                cited += 1
+    assert cited >= 20  # pyrgd.theory, pyrgd.certify, the experiments and the tests cite it
 
 
 # ------------------------------------------------------------------------------------------------ CuPy inputs

@@ -8,9 +8,10 @@ For every N the data (X, Y) are fixed (``data_seed``) and the network is F_2 = r
   width GD is run from every seed in ``seeds`` (:func:`pyrgd.sweep.run_cell`: step size ``lr``, at most ``steps``
   steps, converged when the loss falls to ``rel_tol`` of its start); a width stops at its first seed that does not
   converge. The threshold is the smallest width where every seed converged.
-- **Certified threshold**: the smallest n_1 at which the three initial conditions of Theorem 2.2 (THEORY 4.2,
-  C_l = C) hold. The conditions need widths (1e8 and more) far beyond what can be built here, so the threshold is
-  computed from the large-width values of the quantities the conditions use [derived]:
+- **Certified threshold**: the smallest n_1 at which the three initial conditions of Theorem 2.2 (docs/theory.md
+  section 4.2, C_l = C) hold. The conditions need widths (1e8 and more) far beyond what can be built here, so the
+  threshold is computed from the large-width values of the quantities the conditions use [derived: docs/theory.md
+  section 4.2, "Large-width values"]:
   alpha_0^2 = lambda_min(F_1 F_1^T) -> n_1 lambda_*, lambda_* = lambda_min(E_w[relu(Xw) relu(Xw)^T]), w ~ N(0, I/d)
   (the law of large numbers over the n_1 neurons; lambda_* exactly, by the arc-cosine closed form);
   ||W_1||_2 -> sqrt(n_1/d) + 1 and ||W_2||_2 -> 1 + sqrt(n_2/n_1) (the edges of the spectra of Gaussian matrices);
@@ -94,10 +95,10 @@ def gd_config(p, N, n1, seed) -> dict:
 # --------------------------------------------------------------------------------------------- Theorem 2.2
 def theorem22_conditions(alpha, norms, C, norm_X, loss_0) -> dict:
     """{name: (lhs, rhs, margin)} of Theorem 2.2's three initial conditions for given quantities
-    [paper: Nguyen 2021, Thm 2.2; THEORY 4.2]: alpha = alpha_0, norms = (||W_1||_2, ..., ||W_L||_2), C = C_l
-    (a float), norm_X = ||X||_F, loss_0 = Phi_0. The same formulas as :func:`pyrgd.theory.nguyen2021_certificate`
-    (a test checks that they agree), here as a function of the quantities so that they can be evaluated at their
-    predicted large-width values."""
+    [paper: Nguyen 2021, Thm 2.2; docs/theory.md section 4.2]: alpha = alpha_0, norms = (||W_1||_2, ..., ||W_L||_2),
+    C = C_l (a float), norm_X = ||X||_F, loss_0 = Phi_0, all Python floats. The same formulas as
+    :func:`pyrgd.theory.nguyen2021_certificate` (a test checks that they agree), here as a function of the quantities
+    so that they can be evaluated at their predicted large-width values."""
     lbar = [n + C for n in norms]
     p_all = math.prod(lbar)
     p_hid = math.prod(lbar[:-1])

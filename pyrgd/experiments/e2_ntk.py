@@ -3,12 +3,13 @@
 For each N and trial t: data X (N, d) drawn with seed t (``inputs``: i.i.d. N(0, 1) entries, so ||x_i||^2 ~ d),
 a net of widths [width_factor * N, n2, 1] with ``activation`` and ``init`` (the paper: ReLU, He init
 (W_l)_ij ~ N(0, 2/n_{l-1})) drawn with seed seed_offset + t, and lambda_min(J J^T) of its empirical NTK at
-initialization, from the streamed Gram blocks (:func:`pyrgd.theory.ntk_lambda_min`, THEORY 5). The paper proves
-lambda_min grows linearly in N when one layer is Omega~(N) wide (THEORY 4.5); the figure shows mean +- 1 std over
-the trials and the slope of a least-squares line through the means on log-log axes. For reference it also shows
-n_1 lambda_*(N) [derived], the population scale of lambda_min(F_1 F_1^T) (lambda_* = lambda_min(E_w[sigma(Xw)
-sigma(Xw)^T]) for the first layer's init variance, :func:`pyrgd.theory.lambda_star`, on the data of trial 0): at a
-fixed d, lambda_* itself falls as N grows, which bends the curve below linear.
+initialization, from the streamed Gram blocks (:func:`pyrgd.theory.ntk_lambda_min`, docs/theory.md section 5). The
+paper proves lambda_min grows linearly in N when one layer is Omega~(N) wide (docs/theory.md section 4.5); the figure
+shows mean +- 1 std over the trials and the slope of a least-squares line through the means on log-log axes. For
+reference it also shows n_1 lambda_*(N) [derived: docs/theory.md section 4.5], the population scale of
+lambda_min(F_1 F_1^T) (lambda_* = lambda_min(E_w[sigma(Xw) sigma(Xw)^T]) for the first layer's init variance,
+:func:`pyrgd.theory.lambda_star`, on the data of trial 0): at a fixed d, lambda_* itself falls as N grows, which bends
+the curve below linear.
 
 Outputs: E2.csv (per N: mean, std, min, max), E2_trials.csv (every trial), E2.png.
 """

@@ -3,15 +3,15 @@
 Data: N points drawn uniformly on the unit sphere S^{d-1} (seed ``data_seed``), as Du et al. assume.
 
 - **lambda_0 against depth**: lambda_0 = lambda_min(K^(H)) of the recursion of Definition 5.1
-  (:func:`pyrgd.theory.du_gram`, THEORY 4.4) for H = each of ``depths``, under both readings of the covariance in
-  its last line: ``paper`` (A^(H-1) as printed, built from K^(H-2)) and ``natural`` (A^(H), built from K^(H-1), the
-  covariance of the last hidden layer's pre-activations).
+  (:func:`pyrgd.theory.du_gram`, docs/theory.md section 4.4) for H = each of ``depths``, under both readings of the
+  covariance in its last line: ``paper`` (A^(H-1) as printed, built from K^(H-2)) and ``natural`` (A^(H), built from
+  K^(H-1), the covariance of the last hidden layer's pre-activations).
 - **Finite width**: Du et al.'s network at width m is pyrgd's PyramidalNet with widths [m] * H + [1], N(0, 1)
-  weights (init = "normal", init_std = 1) and multipliers a_l = sqrt(c_sigma/m) (THEORY 1); its Gram of the last
-  hidden layer, G^(H)_ij = <dF/dW_H (x_i), dF/dW_H (x_j)> = (F_{H-1} F_{H-1}^T) (.) (B_H B_H^T) (THEORY 5), should
-  approach K^(H) as m grows, with fluctuations of order m^{-1/2}. The figure shows the relative error
-  ||G^(H) - K^(H)||_F / ||K^(H)||_F against m for each H in ``gram_depths`` (mean and standard error over ``seeds``
-  nets) and both readings of K^(H).
+  weights (init = "normal", init_std = 1) and multipliers a_l = sqrt(c_sigma/m) (docs/theory.md sections 1 and 4.4);
+  its Gram of the last hidden layer, G^(H)_ij = <dF/dW_H (x_i), dF/dW_H (x_j)> = (F_{H-1} F_{H-1}^T) (.) (B_H B_H^T)
+  (docs/theory.md section 5), should approach K^(H) as m grows, with fluctuations of order m^{-1/2}. The figure shows
+  the relative error ||G^(H) - K^(H)||_F / ||K^(H)||_F against m for each H in ``gram_depths`` (mean and standard
+  error over ``seeds`` nets) and both readings of K^(H).
 
 Outputs: E3.csv (lambda_0 per depth), E3_width.csv (every error), E3.png.
 """
@@ -66,8 +66,9 @@ def du_net(d, m, H, act, seed):
 
 
 def ntk_block(net, X, l, backend="auto"):
-    """The layer-l block (F_{l-1} F_{l-1}^T) (.) (B_l B_l^T) of the empirical NTK of a single-output net (N, N),
-    l = 1..L [derived: THEORY 5]; the blocks sum to :func:`pyrgd.theory.empirical_ntk`."""
+    """The layer-l block (F_{l-1} F_{l-1}^T) (.) (B_l B_l^T) of the empirical NTK of a single-output net, an (N, N)
+    float64 NumPy array, l = 1..L [derived: docs/theory.md section 5]; the blocks sum to
+    :func:`pyrgd.theory.empirical_ntk`. X: (N, d) NumPy float array."""
     from .. import ops
     from ..activations import sigma_and_derivative
     from ..tail import tail_forward

@@ -2,12 +2,12 @@
 
 Each entry of ``runs`` is a run config (an optional ``preset`` and partial [data], [model], [train] tables, see
 :mod:`pyrgd.config`) with a ``label``; every run is trained by :func:`pyrgd.train` with the certificates computed
-every ``track_every`` steps. At a tracked step k the PL certificate of THEORY 4.1 guarantees a per-step decrease
-of at least eta mu_k (Phi_{k+1} <= (1 - eta mu_k) Phi_k, while eta is below 1/(local smoothness)); the run's own
-per-step decrease over the window [k, k + track_every) is 1 - (Phi_{k+T}/Phi_k)^(1/T). The figure shows, per run,
-the loss with the certified envelope prod (1 - eta mu_k), and both decreases; the findings give the median of their
-ratio (how many times faster GD contracts than certified) and the number of windows where the loss rose (there the
-certificate's step-size condition cannot have held).
+every ``track_every`` steps. At a tracked step k the PL certificate of docs/theory.md section 4.1 guarantees a
+per-step decrease of at least eta mu_k (Phi_{k+1} <= (1 - eta mu_k) Phi_k, while eta is below 1/(local smoothness));
+the run's own per-step decrease over the window [k, k + track_every) is 1 - (Phi_{k+T}/Phi_k)^(1/T). The figure
+shows, per run, the loss with the certified envelope prod (1 - eta mu_k), and both decreases; the findings give the
+median of their ratio (how many times faster GD contracts than certified) and the number of windows where the loss
+rose (there the certificate's step-size condition cannot have held).
 
 Outputs: E4.csv (per tracked step of every run: loss, mu, certified and observed decrease), E4_history.csv (every
 step: loss, factor, envelope), E4.png.

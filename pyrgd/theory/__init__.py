@@ -1,15 +1,18 @@
-"""Theory certificates and infinite-width kernels (THEORY.md sections 4 and 5).
+"""Theory certificates and infinite-width kernels (docs/theory.md sections 4 and 5).
 
 - :mod:`.gaussian`: Gaussian expectations E[f(u) f(v)] of the activations (Gauss-Hermite quadrature, Mehler's
-  series, closed forms), in numba and parallel over the pairs.
-- :mod:`.du2019`: c_sigma, the Gram recursion K^(0..H) and lambda_0 of Du et al. 2019 (THEORY 4.4).
-- :mod:`.nguyen2021`: Nguyen 2021, Theorem 2.2, the certificate at initialization (THEORY 4.2).
-- :mod:`.nm2020`: the quantities of Nguyen & Mondelli 2020, Theorem 3.2, without a verdict (THEORY 4.3).
-- :mod:`.pl`: the PL certificate of THEORY 4.1 at the current weights and along a training run (the tracker's own
-  computation, :func:`pyrgd.tracking.certificate`).
-- :mod:`.ntk`: the empirical NTK from streamed Gram blocks (THEORY 5) and lambda_* of the wide layer.
+  series, closed forms), in numba and parallel over the pairs (docs/theory.md section 4.4).
+- :mod:`.du2019`: c_sigma, the Gram recursion K^(0..H) and lambda_0 of Du et al. 2019 (docs/theory.md section 4.4).
+- :mod:`.nguyen2021`: Nguyen 2021, Theorem 2.2, the certificate at initialization (docs/theory.md section 4.2).
+- :mod:`.nm2020`: the quantities of Nguyen & Mondelli 2020, Theorem 3.2, without a verdict (docs/theory.md
+  section 4.3).
+- :mod:`.pl`: the PL certificate of docs/theory.md section 4.1 at the current weights and along a training run (the
+  tracker's own computation, :func:`pyrgd.tracking.certificate`).
+- :mod:`.ntk`: the empirical NTK from streamed Gram blocks (docs/theory.md section 5) and lambda_* of the wide layer
+  (docs/theory.md section 4.5).
 
-Each function's docstring marks its formula [paper: ...], [derived] or [unavailable], as THEORY.md does.
+Each function's docstring marks its formula [paper: ...], [derived] (derived in docs/theory.md) or [unavailable],
+with the section of docs/theory.md that states it. Every quantity is computed in float64.
 """
 from .du2019 import DuGram, c_sigma, du_gram, du_lambda0
 from .gaussian import (gauss_hermite, gaussian_expectation_1d, gaussian_gram, gaussian_pair_expectation,

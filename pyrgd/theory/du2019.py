@@ -1,7 +1,8 @@
 """Du, Lee, Li, Wang, Zhai 2019 (ICML; arXiv 1811.03804v4): c_sigma, the Gram recursion of Definition 5.1, lambda_0.
 
-THEORY.md section 4.4 [paper]. Setting: every hidden layer has width m, x^(h) = sqrt(c_sigma/m) sigma(W^(h) x^(h-1)),
-f = a^T x^(H), weights N(0, 1), ||x_i|| = 1, c_sigma = 1 / E_{z~N(0,1)}[sigma(z)^2];
+docs/theory.md section 4.4 [paper]. Setting: every hidden layer has width m,
+x^(h) = sqrt(c_sigma/m) sigma(W^(h) x^(h-1)), f = a^T x^(H), weights N(0, 1), ||x_i|| = 1,
+c_sigma = 1 / E_{z~N(0,1)}[sigma(z)^2];
   K^(0)_ij = <x_i, x_j>,
   A^(h)_ij = [[K^(h-1)_ii, K^(h-1)_ij], [K^(h-1)_ji, K^(h-1)_jj]],
   K^(h)_ij = c_sigma E_{(u,v) ~ N(0, A^(h)_ij)}[sigma(u) sigma(v)]                      for h = 1..H-1,
@@ -32,7 +33,7 @@ LAST_LAYER_COV = ("paper", "natural")
 
 
 def c_sigma(act, *, order: int = 256) -> float:
-    """c_sigma = 1 / E_{z~N(0,1)}[sigma(z)^2]  [paper: Du et al. 2019, Sec. 3; THEORY 4.4].
+    """c_sigma = 1 / E_{z~N(0,1)}[sigma(z)^2]  [paper: Du et al. 2019, Sec. 3; docs/theory.md section 4.4].
 
     E by the 1-D Gauss-Hermite rule of ``order`` nodes: exact for relu (2), leaky_relu (2 / (1 + gamma^2)) and
     identity (1); spectrally accurate for the smooth activations.
@@ -69,11 +70,12 @@ def du_gram(X, H: int, act, *, method: str = "auto", order: int | None = None, l
             keep_all: bool = True) -> DuGram:
     """The Gram recursion K^(0..H) of Du et al. 2019, Definition 5.1, and lambda_0 = lambda_min(K^(H)).
 
-    [paper: Du et al. 2019 (arXiv 1811.03804v4) Def. 5.1; THEORY 4.4] -- see the module docstring, including the note
-    on A^(H-1). X: (N, d) float array (the paper assumes ||x_i|| = 1; other norms are accepted and give the
-    recursion's value). H >= 1: the number of hidden layers. act: any pyrgd activation. method, order: how the
-    Gaussian expectations are computed (:func:`pyrgd.theory.gaussian.gaussian_gram`; ``auto`` is exact for relu,
-    leaky_relu, identity and the Hermite series otherwise). Returns a :class:`DuGram`.
+    [paper: Du et al. 2019 (arXiv 1811.03804v4) Def. 5.1; docs/theory.md section 4.4] -- see the module docstring,
+    including the note on A^(H-1). X: (N, d) NumPy float array, used in float64 (the paper assumes ||x_i|| = 1; other
+    norms are accepted and give the recursion's value). H >= 1: the number of hidden layers. act: any pyrgd
+    activation. method, order: how the Gaussian expectations are computed
+    (:func:`pyrgd.theory.gaussian.gaussian_gram`; ``auto`` is exact for relu, leaky_relu, identity and the Hermite
+    series otherwise). Returns a :class:`DuGram` (each K^(h) (N, N) float64).
     Cost: H Gaussian Grams of N^2/2 pairs plus one N x N eigenvalue problem.
     """
     X = check_float_array("X", X, 2)

@@ -1,6 +1,6 @@
 """Nguyen 2021 (arXiv 2101.09612v3), Theorem 2.2: the convergence certificate at initialization.
 
-THEORY.md section 4.2 [paper]. ReLU network with a wide LAST hidden layer (n_{L-1} >= N), multipliers a_l = 1.
+docs/theory.md section 4.2 [paper]. ReLU network with a wide LAST hidden layer (n_{L-1} >= N), multipliers a_l = 1.
 Pick C_l > 0 (the paper's applications use C_l = 1) and write
   alpha_0 = sigma_min(F_{L-1}^0),  lbar_l = ||W_l^0||_2 + C_l,  lbar_{i->j} = prod_{l=i}^{j} lbar_l,
   Phi_0 = 1/2 ||F_L^0 - Y||_F^2.
@@ -96,7 +96,7 @@ def nguyen2021_certificate(net, X, Y, C=1.0, eta=None, *, backend="auto") -> Ngu
     """The three initial conditions, the step-size bound and the rate of Nguyen 2021, Theorem 2.2, at the net's
     current weights (taken as the initialization W^0).
 
-    [paper: Nguyen 2021, arXiv 2101.09612v3, Thm. 2.2; THEORY 4.2] -- formulas in the module docstring.
+    [paper: Nguyen 2021, arXiv 2101.09612v3, Thm. 2.2; docs/theory.md section 4.2] -- formulas in the module docstring.
     net: a :class:`pyrgd.PyramidalNet`; X (N, d); Y (N, n_L); C: C_l > 0, one float or one per layer (L values);
     eta: a step size to certify (optional). alpha_0 comes from the streamed Gram F_1 F_1^T (pyrgd.ops.wide_gram) when
     L = 2, from F_{L-1} of the tail otherwise. Everything in float64. The theorem is stated for relu; other

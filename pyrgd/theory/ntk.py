@@ -1,8 +1,9 @@
 """The empirical NTK of a single-output network from streamed Gram blocks, and lambda_* of the wide layer.
 
-Empirical NTK [derived: THEORY 1 and 5]. Single output (n_L = 1); B_l := dF_L/dZ_l (N, n_l), row i holding the
-derivative of sample i's output with respect to its own pre-activations Z_l[i, :]. Since F_L = F_{L-1} W_L is linear,
-B_L = 1 (N, 1); for the hidden layers l = L-1..1, F_l = a_l sigma(Z_l) and Z_{l+1} = F_l W_{l+1} give
+Empirical NTK [derived: docs/theory.md section 5, notation of section 1]. Single output (n_L = 1); B_l := dF_L/dZ_l
+(N, n_l), row i holding the derivative of sample i's output with respect to its own pre-activations Z_l[i, :]. Since
+F_L = F_{L-1} W_L is linear, B_L = 1 (N, 1); for the hidden layers l = L-1..1, F_l = a_l sigma(Z_l) and
+Z_{l+1} = F_l W_{l+1} give
     B_l = a_l (B_{l+1} W_{l+1}^T) (.) sigma'(Z_l).
 dF_L[i]/dW_l = F_{l-1}[i, :]^T B_l[i, :] (an outer product), so
     K = J J^T = sum_{l=1}^{L} (F_{l-1} F_{l-1}^T) (.) (B_l B_l^T)        (N, N).
@@ -10,11 +11,11 @@ Layer 1: (X X^T) (.) B_1 B_1^T, with B_1 B_1^T = ops.wide_gram(X, W_1, W2=W_2, B
 layer 2: ops.wide_gram(X, W_1) (= F_1 F_1^T) (.) (B_2 B_2^T); layers >= 3 from the small tail matrices. Nothing
 N x n_1 is stored (with the cpu/cuda backends).
 
-lambda_* [derived]: lambda_min of G = E_w[sigma(X w) sigma(X w)^T] with w ~ N(0, w_var I_d), w_var = 1/d by default
-(the LeCun scaling of the wide layer's columns). G_ij = E_{(u,v) ~ N(0, w_var [[x_i.x_i, x_i.x_j], [., x_j.x_j]])}
-[sigma(u) sigma(v)]: :func:`lambda_star` evaluates it by the Gaussian quadratures of :mod:`pyrgd.theory.gaussian`,
-:func:`lambda_star_mc` by Monte Carlo over m columns w, streamed in chunks through ops.wide_gram and divided by m
-(error O(m^{-1/2})).
+lambda_* [derived: docs/theory.md section 4.5]: lambda_min of G = E_w[sigma(X w) sigma(X w)^T] with
+w ~ N(0, w_var I_d), w_var = 1/d by default (the LeCun scaling of the wide layer's columns).
+G_ij = E_{(u,v) ~ N(0, w_var [[x_i.x_i, x_i.x_j], [., x_j.x_j]])}[sigma(u) sigma(v)]: :func:`lambda_star` evaluates
+it by the Gaussian quadratures of :mod:`pyrgd.theory.gaussian`, :func:`lambda_star_mc` by Monte Carlo over m columns
+w, streamed in chunks through ops.wide_gram and divided by m (error O(m^{-1/2})).
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ __all__ = ["empirical_ntk", "ntk_lambda_min", "LambdaStar", "lambda_star", "lamb
 def empirical_ntk(net, X, *, backend="auto"):
     """K = J J^T (N, N), the empirical NTK of a single-output net at its current weights, from streamed blocks.
 
-    [derived: THEORY 5; formulas in the module docstring]. net: a :class:`pyrgd.PyramidalNet` with n_L = 1;
-    X (N, d), NumPy or CuPy (the result lives on the same device). Computed in float64.
+    [derived: docs/theory.md section 5; formulas in the module docstring]. net: a :class:`pyrgd.PyramidalNet` with
+    n_L = 1; X (N, d), NumPy or CuPy. Returns an (N, N) float64 array on X's device.
     """
     net = check_net(net)
     if net.widths[-1] != 1:
@@ -63,7 +64,8 @@ def empirical_ntk(net, X, *, backend="auto"):
 
 
 def ntk_lambda_min(net, X, *, backend="auto") -> float:
-    """lambda_min(J J^T) of :func:`empirical_ntk` [derived: THEORY 5; the quantity of THEORY 4.5]."""
+    """lambda_min(J J^T) of :func:`empirical_ntk`, a Python float [derived: docs/theory.md section 5; the quantity
+    of section 4.5]."""
     K = to_host(empirical_ntk(net, X, backend=backend))
     return float(np.linalg.eigvalsh(np.asarray(K))[0])
 
@@ -83,9 +85,10 @@ def _w_var(w_var, d):
 
 def lambda_star(X, act, *, w_var=None, method="auto", order=None) -> LambdaStar:
     """lambda_* = lambda_min(E_w[sigma(X w) sigma(X w)^T]), w ~ N(0, w_var I_d) (w_var = 1/d by default), by the
-    Gaussian quadratures of :func:`pyrgd.theory.gaussian.gaussian_gram` applied to w_var X X^T. [derived]
+    Gaussian quadratures of :func:`pyrgd.theory.gaussian.gaussian_gram` applied to w_var X X^T.
+    [derived: docs/theory.md section 4.5]
 
-    X: (N, d) NumPy float array. Returns :class:`LambdaStar` (n_samples = 0).
+    X: (N, d) NumPy float array (used in float64). Returns :class:`LambdaStar` (n_samples = 0).
     """
     X = check_float_array("X", X, 2)
     if not isinstance(X, np.ndarray):
@@ -100,7 +103,8 @@ def lambda_star(X, act, *, w_var=None, method="auto", order=None) -> LambdaStar:
 def lambda_star_mc(X, act, *, n_samples: int = 100_000, seed=0, chunk: int = 4096, w_var=None,
                    backend="auto") -> LambdaStar:
     """Monte Carlo lambda_*: G_m = (1/m) sum_{k<m} sigma(X w_k) sigma(X w_k)^T, w_k iid N(0, w_var I_d), streamed in
-    chunks of ``chunk`` columns through ops.wide_gram (nothing N x m is stored). [derived]
+    chunks of ``chunk`` columns through ops.wide_gram (nothing N x m is stored).
+    [derived: docs/theory.md section 4.5]
 
     X: (N, d) NumPy or CuPy float array (computed in float64; the random columns are drawn on the host by
     numpy.random.default_rng(seed), one sample after the other, so a seed gives the same estimate for every chunk size

@@ -1,6 +1,6 @@
-"""The PL certificate of THEORY 4.1, at a network's current weights and along a training trajectory.
+"""The PL certificate of docs/theory.md section 4.1, at a network's current weights and along a training trajectory.
 
-THEORY.md section 4.1 [derived]. For a pyramidal net (n_1 >= N, n_2 >= ... >= n_L) whose activation has
+docs/theory.md section 4.1 [derived]. For a pyramidal net (n_1 >= N, n_2 >= ... >= n_L) whose activation has
 sigma' >= gamma > 0 (any activation when L = 2):
   ||grad_{W_2} Phi||_F >= sigma_min(F_1) prod_{l=3}^{L} (gamma a_{l-1} sigma_min(W_l)) ||F_L - Y||_F,
 so ||grad Phi||^2 >= 2 mu_k Phi(theta_k) with the PL constant
@@ -54,7 +54,7 @@ class PLCertificate:
 
 
 def pl_certificate(net, X, lr=None, *, backend="auto") -> PLCertificate:
-    """mu_k and the certified factor 1 - lr mu_k of THEORY 4.1 at the net's current weights [derived: THEORY 4.1].
+    """mu_k and the certified factor 1 - lr mu_k at the net's current weights [derived: docs/theory.md section 4.1].
 
     net: a :class:`pyrgd.PyramidalNet`; X (N, d), NumPy or CuPy; lr: a positive step size (optional).
     Computed in float64 by :func:`pyrgd.tracking.certificate`, the tracker's function. The factor is a guarantee
@@ -78,7 +78,8 @@ def pl_certificate(net, X, lr=None, *, backend="auto") -> PLCertificate:
 
 
 def pl_trajectory(result) -> list:
-    """The PL certificates recorded along a training run, each beside the step it bounds [derived: THEORY 4.1].
+    """The PL certificates recorded along a training run, each beside the step it bounds
+    [derived: docs/theory.md section 4.1].
 
     result: the :class:`pyrgd.train.TrainResult` of a run with ``track_every > 0``. One dict per tracked step k
     that was followed by a step: step k, loss Phi_k, mu (mu_k), certified_factor (1 - lr mu_k), observed_factor
