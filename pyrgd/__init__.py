@@ -2,7 +2,7 @@
 
 Main entry points: :class:`PyramidalNet`, :func:`train`, the functional kernels in :mod:`pyrgd.ops`.
 """
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .activations import Activation, parse_activation  # noqa: E402
 from .errors import BackendUnavailable, PyrgdError  # noqa: E402

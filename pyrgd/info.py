@@ -174,12 +174,12 @@ def collect_info() -> dict:
         "cpu": _backend_module_info("cpu", "build_info"),
         "cuda": _backend_module_info("cuda", "device_info"),
     }
-    if backends["cpu"].get("ok"):  # what GDStep reads (pyrgd.gdstep.rows_kept)
+    if backends["cpu"].get("ok"):  # what the rows method's choice reads (pyrgd.backends.cpu.rows_kept)
         from .backends import cpu
 
-        m = cpu._module()
-        backends["cpu"]["grad_panel_bytes"] = int(m.GRAD_PANEL_BYTES)
-        backends["cpu"]["grad_panel_rows_min"] = int(m.GRAD_PANEL_ROWS_MIN)
+        budget = cpu.panel_budget()
+        backends["cpu"]["grad_panel_bytes"] = budget["bytes"]
+        backends["cpu"]["grad_panel_rows_min"] = budget["rows_min"]
     if backends["cuda"]["ok"] is False and cupy_v is None and "cannot be imported" not in backends["cuda"]["detail"]:
         backends["cuda"]["detail"] = backends["cuda"]["detail"] or "CuPy is not installed"
     return {
@@ -236,7 +236,7 @@ def format_info(d: dict) -> str:
             detail = f"{detail}; {extra}" if detail else extra
         if e.get("grad_panel_bytes"):
             detail += (f"; GD step panels of at most {e['grad_panel_bytes'] / 2**20:.0f} MiB, at least "
-                       f"{e['grad_panel_rows_min']} rows (wider layers recompute some neurons: pyrgd.gdstep.rows_kept)")
+                       f"{e['grad_panel_rows_min']} rows (wider layers recompute some neurons: pyrgd.backends.cpu.rows_kept)")
         if not ok and e.get("install"):
             detail = f"{detail}; to install: {e['install']}" if detail else f"to install: {e['install']}"
         lines.append(f"{name:<10} {'ok' if ok else 'missing':<8} {detail}".rstrip())

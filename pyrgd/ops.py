@@ -1,6 +1,6 @@
 """Stable functional API of the wide first layer, for embedding pyrgd as a backend.
 
-Shapes (THEORY.md sections 1-2): X (N, d), W1 (d, n1), W2 (n1, n2), G and H (N, n2). All arrays of one call share
+Shapes (docs/theory.md sections 1-2): X (N, d), W1 (d, n1), W2 (n1, n2), G and H (N, n2). All arrays of one call share
 one dtype (float32 or float64) and one device: NumPy arrays run on the C++ backend (``cpu``) or the NumPy oracle
 (``reference``), CuPy arrays on the CUDA backend (``cuda``). ``backend="auto"`` follows the array type.
 
@@ -27,7 +27,7 @@ from .activations import parse_activation
 from .backends import BACKENDS, StepResult
 from .errors import BackendUnavailable, PyrgdError
 
-__all__ = ["wide_forward", "wide_step", "wide_gram", "get_backend", "resolve_backend", "StepResult"]
+__all__ = ["wide_forward", "wide_step", "wide_gram", "step_engine", "get_backend", "resolve_backend", "StepResult"]
 
 _INSTALL_HINT = {
     "cpu": "reinstall pyrgd from source so that its C++ extension pyrgd._cpu is built (pip install .; needs a C++ "
@@ -67,11 +67,34 @@ def resolve_backend(backend: str, xp) -> str:
             return "reference"
     if backend not in BACKENDS:
         raise PyrgdError(f"backend: expected one of auto, {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "cuda" and not on_gpu:
-        raise PyrgdError("backend: 'cuda' needs CuPy arrays (cupy.asarray(...)); got NumPy arrays")
-    if backend == "cpu" and on_gpu:
-        raise PyrgdError("backend: 'cpu' needs NumPy arrays; got CuPy arrays (use backend='cuda' or 'auto')")
+    where = _ARRAYS_OF[backend]
+    if where == "gpu" and not on_gpu:
+        raise PyrgdError(f"backend: {backend!r} needs CuPy arrays (cupy.asarray(...)); got NumPy arrays")
+    if where == "host" and on_gpu:
+        raise PyrgdError(f"backend: {backend!r} needs NumPy arrays; got CuPy arrays (use backend='cuda' or 'auto')")
     return backend
+
+
+#: where each backend's arrays live: 'host' (NumPy), 'gpu' (CuPy) or 'any' (the reference takes either)
+_ARRAYS_OF = {"reference": "any", "cpu": "host", "cuda": "gpu"}
+
+
+def backend_for_arrays(backend: str, xp):
+    """(name, array module) of the backend a run takes for ``backend`` ('auto' allowed) and input arrays of module
+    ``xp``: 'auto' follows the arrays; a named backend takes them to its device (the caller moves them)."""
+    if backend == "auto":
+        name = resolve_backend("auto", xp)
+    elif isinstance(backend, str) and backend in BACKENDS:
+        name = backend
+    else:
+        raise PyrgdError(f"backend: expected one of auto, {', '.join(BACKENDS)}, got {backend!r}")
+    return name, get_backend(name).array_namespace()
+
+
+def backend_threads(name: str):
+    """The CPU threads backend ``name`` computes with, or None where it has no such setting."""
+    get = getattr(get_backend(name), "get_num_threads", None)
+    return None if get is None else int(get())
 
 
 def _check_wide(X, W1, W2, *, inplace=False):
@@ -99,12 +122,11 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
     """One gradient-descent step of the wide layer, W1 and W2 updated in place.
 
     G = dPhi/dZ_2 (N, n2) is the gradient of the loss with respect to the wide layer's output H, as the tail
-    produces it. The gradients are those of THEORY section 2 at the weights before the update; the update is
+    produces it. The gradients are those of docs/theory.md section 2 at the weights before the update; the update is
     W <- W - lr * dPhi/dW. With ``next_forward=True`` the forward pass of the updated weights is accumulated in
     the same sweep over the neurons and returned as ``StepResult.H_next``; ``out`` (with next_forward only): an
     (N, n2) C-contiguous writeable array of X's dtype and device that receives H_next. It may be G itself (H_next
-    is written after the last read of G) but no part of X, W1, W2. The cpu backend writes into it directly, which
-    saves one N x n2 buffer per step; the others compute H_next and copy it there.
+    is written after the last read of G) but no part of X, W1, W2.
     Returns StepResult(H_next or None, ||dPhi/dW1||_F^2, ||dPhi/dW2||_F^2).
     """
     xp, X, W1, W2 = _check_wide(X, W1, W2, inplace=True)
@@ -126,21 +148,14 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
         for name, a in (("X", X), ("W1", W1), ("W2", W2)):
             if _shares_memory(xp, out, a):
                 raise PyrgdError(f"out, {name}: must not share memory ({name} is read while out is written)")
-    be = resolve_backend(backend, xp)
-    if be == "cpu":
-        return get_backend(be).step(X, W1, W2, G, lr, act, a1, bool(next_forward), out=out)
-    res = get_backend(be).step(X, W1, W2, G, lr, act, a1, bool(next_forward))
-    if out is None:
-        return res
-    out[...] = res.H_next
-    return res._replace(H_next=out)
+    return get_backend(resolve_backend(backend, xp)).step(X, W1, W2, G, lr, act, a1, bool(next_forward), out=out)
 
 
 def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="auto"):
     """Gram matrix (N, N) of the wide layer, streamed over its neurons.
 
     Without B2: F1 F1^T with F1 = a1 sigma(X W1). With B2 (N, n2) and W2: B1 B1^T with
-    B1 = a1 (B2 W2^T) (.) sigma'(X W1), the layer-1 factor of the empirical NTK (THEORY section 5).
+    B1 = a1 (B2 W2^T) (.) sigma'(X W1), the layer-1 factor of the empirical NTK (docs/theory.md section 5).
     """
     if (W2 is None) != (B2 is None):
         raise PyrgdError("W2, B2: give both (for the backward Gram B1 B1^T) or neither (for F1 F1^T)")
@@ -150,6 +165,60 @@ def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="au
     act = parse_activation(activation)
     a1 = check_scalar("a1", a1)
     return get_backend(resolve_backend(backend, xp)).gram(X, W1, act, a1, W2=W2, B2=B2)
+
+
+def step_engine(X, Y, W, *, activation="relu", multipliers=None, backend="auto", method="auto", allreduce=None):
+    """The step engine of the whole network (:class:`pyrgd.backends.engine.StepEngine`): full-batch GD on ``W``.
+
+    X (N, d), Y (N, n_L); W = [W_1, ..., W_L] (L >= 2), C-contiguous writeable arrays of X's dtype (float32 or
+    float64) and device, shapes (d, n_1), (n_1, n_2), ..., updated in place by ``engine.update(lr)``; they must not
+    share memory with each other, X or Y. ``activation``: a name or :class:`pyrgd.Activation`; ``multipliers``:
+    [a_1, ..., a_{L-1}] (None: all 1). ``method``: 'auto' (the backend's choice for the shapes), 'rows' (cpu only:
+    one pass over panels of rows) or 'neurons' (streamed over the wide layer's neurons, every backend).
+    ``allreduce``: for a distributed engine, see :class:`pyrgd.backends.engine.NeuronsEngine`.
+
+    >>> import numpy as np, pyrgd.ops as ops
+    >>> rng = np.random.default_rng(0)
+    >>> X, Y = rng.standard_normal((64, 3)), rng.standard_normal((64, 1))
+    >>> W = [rng.standard_normal((3, 128)) / 3 ** 0.5, rng.standard_normal((128, 1)) / 128 ** 0.5]
+    >>> eng = ops.step_engine(X, Y, W, activation="tanh", backend="reference")
+    >>> first = eng.evaluate(); _ = eng.update(0.01); eng.evaluate() < first
+    True
+    """
+    if not isinstance(W, (list, tuple)) or len(W) < 2:
+        raise PyrgdError("W: expected a list of at least two weight arrays [W_1, W_2, ...]")
+    if not isinstance(W, list):
+        raise PyrgdError("W: expected a list (the engine updates its arrays in place), got a tuple")
+    X = check_float_array("X", X, 2)
+    xp = array_module(X)
+    N, rows = X.shape
+    for l, w in enumerate(W, start=1):
+        check_float_array(f"W[{l - 1}]", w, 2, dtype=X.dtype, xp=xp, shape=(rows, None), inplace=True)
+        rows = w.shape[1]
+    Y = check_float_array("Y", Y, 2, dtype=X.dtype, xp=xp, shape=(N, rows))
+    for i, a in enumerate(W):
+        for j, b in enumerate(W[:i]):
+            if _shares_memory(xp, a, b):
+                raise PyrgdError(f"W[{j}], W[{i}]: must not share memory (both are updated in place)")
+        for name, other in (("X", X), ("Y", Y)):
+            if _shares_memory(xp, a, other):
+                raise PyrgdError(f"W[{i}], {name}: must not share memory (W[{i}] is updated in place)")
+    act = parse_activation(activation)
+    if multipliers is None:
+        multipliers = [1.0] * (len(W) - 1)
+    if not isinstance(multipliers, (list, tuple)) or len(multipliers) != len(W) - 1:
+        raise PyrgdError(f"multipliers: expected L - 1 = {len(W) - 1} numbers [a_1, ..., a_(L-1)], "
+                         f"got {multipliers!r}")
+    mult = [check_scalar(f"multipliers[{j}]", a) for j, a in enumerate(multipliers)]
+    if allreduce is not None and not callable(allreduce):
+        raise PyrgdError(f"allreduce: expected None or a function summing an array in place, got {allreduce!r}")
+    be = get_backend(resolve_backend(backend, xp))
+    methods = ("auto",) + tuple(be.METHODS)
+    if method == "rows" and "rows" not in methods:
+        raise PyrgdError(f"method: 'rows' needs the cpu backend, got backend {be.name!r}")
+    if method not in methods:
+        raise PyrgdError(f"method: expected one of {', '.join(methods)} on backend {be.name!r}, got {method!r}")
+    return be.engine(X, Y, W, act, mult, method=method, allreduce=allreduce)
 
 
 def _shares_memory(xp, a, b) -> bool:

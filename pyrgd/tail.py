@@ -1,6 +1,6 @@
 """The pyramidal tail (layers 2..L) on NumPy or CuPy arrays: small dense products, run by the array library's BLAS.
 
-Notation of THEORY.md section 1. The wide layer's output H = Z_2 (N, n_2) comes from a kernel; the tail computes
+Notation of docs/theory.md section 1. The wide layer's output H = Z_2 (N, n_2) comes from a kernel; the tail computes
 F_2 = a_2 sigma(Z_2), Z_3 = F_2 W_3, ..., F_L = F_{L-1} W_L, the loss Phi = 1/2 ||F_L - Y||_F^2, and backwards
 D_L = F_L - Y, dPhi/dW_l = F_{l-1}^T D_l (l >= 3), D_l = a_l (D_{l+1} W_{l+1}^T) (.) sigma'(Z_l) down to D_2,
 which is the G = dPhi/dZ_2 that the wide layer's step consumes. With L = 2 the tail is empty: F_L = H, G = H - Y.
@@ -46,16 +46,12 @@ def tail_backward(cache, Y, weights, act, multipliers):
     return loss, D, grads
 
 
-def tail_step(H, Y, weights, act, multipliers, backend="reference", out=None):
-    """Loss and gradients of the tail from H = Z_2: (loss, G, grads) as :func:`tail_backward` returns them.
-
-    backend 'cpu' (NumPy arrays): one streamed C++ pass (:func:`pyrgd.backends.cpu.tail`), which keeps nothing of N
-    rows but G, written into ``out`` when given (an (N, n_2) array sharing no memory with H, Y or the weights), and
-    returns the loss as a float. Any other backend: :func:`tail_forward` then :func:`tail_backward` with the array
-    library (``out`` unused), the loss a 0-d array.
+def tail_step(H, Y, tail_weights, act, tail_multipliers, out=None):
+    """Loss and gradients of the tail from H = Z_2 with the array library: (loss, G, grads) as :func:`tail_backward`
+    returns them, the loss as a float. tail_weights: [W_3, ..., W_L]; tail_multipliers: [a_2, ..., a_{L-1}];
+    ``out`` is unused (the signature of every backend's ``tail``: the cpu backend writes G into it).
     """
-    if backend == "cpu":
-        from .backends import cpu
-
-        return cpu.tail(H, Y, weights[2:], act, multipliers[1:], out=out)
-    return tail_backward(tail_forward(H, weights, act, multipliers), Y, weights, act, multipliers)
+    weights = [None, None] + list(tail_weights)
+    mult = [None] + list(tail_multipliers)
+    loss, G, grads = tail_backward(tail_forward(H, weights, act, mult), Y, weights, act, mult)
+    return float(loss), G, grads

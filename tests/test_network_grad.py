@@ -1,5 +1,6 @@
 """The one-pass gradient of the whole network on the CPU (pyrgd._cpu.network_grad, pyrgd.backends.cpu.network_grad),
-the in-place update (sgd_update) and pyrgd.gdstep.GDStep, which pyrgd.train and the benchmark run.
+the in-place update (sgd_update) and the cpu backend's step engines (rows and neurons), which pyrgd.train and the
+benchmark run.
 
 Agreement with an independent float64 NumPy oracle (the textbook forward and backward with the whole N x n1
 matrices): relative Frobenius error <= 1e-12 (float64) and <= 1e-5 (float32) for the loss, every gradient and the
@@ -18,7 +19,7 @@ from pyrgd.errors import PyrgdError
 
 _cpu = pytest.importorskip("pyrgd._cpu", reason="the C++ extension pyrgd._cpu is not built")
 from pyrgd.backends import cpu  # noqa: E402  (after the skip: needs the extension)
-from pyrgd.gdstep import GDStep  # noqa: E402
+from pyrgd import ops  # noqa: E402
 
 ACTIVATIONS = ["relu", "leaky_relu(0.1)", "smooth_leaky_relu(0.3)", "softplus", "tanh", "erf", "identity"]
 DTYPES = [np.float64, np.float32]
@@ -155,22 +156,23 @@ def test_panel_rows_rule():
 def test_kept_neurons_rule():
     """rows_kept: every neuron where a panel of min(N, 96) rows of all of them fits in the 16 MiB budget, else the
     largest multiple of 1024 that does; 'auto' takes the rows method where at least half the neurons are kept."""
-    from pyrgd.gdstep import KEPT_QUANTUM, auto_method, rows_kept
+    from pyrgd.backends.cpu import KEPT_QUANTUM, auto_method, rows_kept
 
     for n1 in (1024, 2048, 4096, 8192, 16384):  # B1 and all of B4
         assert rows_kept(4096, 64, n1, 64, np.float32) == n1
-        assert auto_method("cpu", 4096, 64, n1, 64, np.float32) == "rows"
+        assert auto_method(4096, 64, n1, 64, np.float32) == "rows"
     k = rows_kept(4096, 64, 32768, 64, np.float32)  # 96 rows of 32768 neurons: 25 MiB
     assert k == 20480 and k % KEPT_QUANTUM == 0
     assert _cpu.grad_panel_rows(4096, k, 64, 4) >= 96 > _cpu.grad_panel_rows(4096, k + KEPT_QUANTUM, 64, 4)
-    assert auto_method("cpu", 4096, 64, 32768, 64, np.float32) == "rows"
+    assert auto_method(4096, 64, 32768, 64, np.float32) == "rows"
     assert rows_kept(4096, 64, 32768, 64, np.float64) == 10240  # twice the bytes: half the neurons
     relu = parse_activation("relu")  # S alone: twice the neurons per panel
     assert rows_kept(4096, 64, 32768, 64, np.float32, relu) == 32768
     assert rows_kept(4096, 64, 65536, 64, np.float32, relu) == 41984
-    assert auto_method("cpu", 4096, 64, 65536, 64, np.float32, relu) == "rows"
-    assert auto_method("cpu", 4096, 64, 65536, 64, np.float32) == "neurons"  # under half kept
-    assert auto_method("reference", 4096, 64, 1024, 64, np.float32) == "neurons"
+    assert auto_method(4096, 64, 65536, 64, np.float32, relu) == "rows"
+    assert auto_method(4096, 64, 65536, 64, np.float32) == "neurons"  # under half kept
+    X, Y, W = make(8, [3, 16, 2], np.float32, parse_activation("relu"))
+    assert ops.step_engine(X, Y, W, backend="reference").method == "neurons"  # the reference has no other
     # fewer rows than 96 where N is smaller: the panel's minimum is min(N, 96)
     assert rows_kept(40, 3, 20_000, 2, np.float64) == 20_000  # 40 rows: 12 MiB
     assert rows_kept(4096, 3, 20_000, 2, np.float64) == 10240  # 96 rows would be 29 MiB
@@ -180,7 +182,7 @@ def test_kept_neurons_rule():
     act = parse_activation("tanh")
     X, Y, W = make(64, [2, 1 << 15, 2], np.float64, act)
     gd = GDStep(X, Y, W, act, [1.0], "cpu")
-    assert gd.method == auto_method("cpu", 64, 2, 1 << 15, 2, np.float64)
+    assert gd.method == auto_method(64, 2, 1 << 15, 2, np.float64)
     assert gd.kept == (rows_kept(64, 2, 1 << 15, 2, np.float64) if gd.method == "rows" else None)
 
 
@@ -371,7 +373,11 @@ def test_sgd_update_has_numpy_bits(dtype):
         assert all(np.array_equal(a, b) for a, b in zip(W, before))
 
 
-# ---------------------------------------------------------------------------------------------------- GDStep
+# ---------------------------------------------------------------------------------------------- step engines
+def GDStep(X, Y, W, act, mult, backend, method="auto"):
+    return ops.step_engine(X, Y, W, activation=act, multipliers=mult, backend=backend, method=method)
+
+
 def _train(method, backend, X, Y, W, act, mult, lr, steps):
     W = [w.copy() for w in W]
     gd = GDStep(X, Y, W, act, mult, backend, method=method)
@@ -383,7 +389,7 @@ def _train(method, backend, X, Y, W, act, mult, lr, steps):
 
 
 @pytest.mark.parametrize("dims", [[5, 90, 3], [5, 150, 9, 5, 2]], ids=["L2", "L4"])
-def test_gdstep_methods_agree(dims):
+def test_engine_methods_agree(dims):
     """20 steps of the rows method (cpu), the neurons method (cpu) and the reference agree to 1e-10: losses,
     gradient norms, weights; 'auto' is rows on the cpu backend and neurons on the reference."""
     act = parse_activation("smooth_leaky_relu(0.2)")
@@ -401,14 +407,14 @@ def test_gdstep_methods_agree(dims):
             assert np.allclose(wa, wb, rtol=1e-10, atol=1e-13)
 
 
-def test_gdstep_rows_with_recomputed_neurons_agrees(monkeypatch):
+def test_rows_engine_with_recomputed_neurons_agrees(monkeypatch):
     """Where rows_kept keeps 1024 of 2100 neurons in the panels (as it would for a layer too wide for them), the rows
     method recomputes the rest; 20 steps agree with the reference to 1e-10 (losses, gradient norms, weights)."""
-    import pyrgd.gdstep as gdstep
+    import pyrgd.backends.cpu as cpu_backend
 
     act = parse_activation("smooth_leaky_relu(0.2)")
     X, Y, W = make(40, [5, 2100, 9, 2], np.float64, act)
-    monkeypatch.setattr(gdstep, "rows_kept", lambda N, d, n1, n2, dtype, act=None: min(n1, 1024))
+    monkeypatch.setattr(cpu_backend, "rows_kept", lambda N, d, n1, n2, dtype, act=None: min(n1, 1024))
     gd = GDStep(X, Y, [w.copy() for w in W], act, [0.9, 1.2], "cpu", method="rows")
     assert gd.kept == 1024
     assert GDStep(X, Y, W, act, [0.9, 1.2], "cpu").method == "neurons"  # auto: under half kept
@@ -420,18 +426,18 @@ def test_gdstep_rows_with_recomputed_neurons_agrees(monkeypatch):
         assert np.allclose(wa, wb, rtol=1e-10, atol=1e-13)
 
 
-def test_gdstep_checks_its_arguments():
+def test_step_engine_checks_its_arguments():
     act = parse_activation("relu")
     X, Y, W = make(10, [3, 20, 2], np.float64, act)
     with pytest.raises(PyrgdError, match="method: expected one of"):
         GDStep(X, Y, W, act, [1.0], "cpu", method="columns")
-    with pytest.raises(PyrgdError, match="method: 'rows' needs the cpu backend"):
+    with pytest.raises(PyrgdError, match="method: 'rows' needs the cpu backend, got backend 'reference'"):
         GDStep(X, Y, W, act, [1.0], "reference", method="rows")
     with pytest.raises(PyrgdError, match="Y: expected shape"):
         GDStep(X, Y[:, :1], W, act, [1.0], "cpu")
     with pytest.raises(PyrgdError, match="W\\[1\\]: expected shape"):
         GDStep(X, Y, [W[0], W[1][:5]], act, [1.0], "cpu")
-    with pytest.raises(PyrgdError, match="mult: expected L - 1 = 1"):
+    with pytest.raises(PyrgdError, match="multipliers: expected L - 1 = 1"):
         GDStep(X, Y, W, act, [1.0, 1.0], "cpu")
     bad = [w.copy() for w in W]
     bad[0][0, 0] = np.nan

@@ -9,7 +9,8 @@ import pyrgd
 from pyrgd import PyramidalNet, PyrgdError
 from pyrgd.backends import reference as R
 from pyrgd.tail import tail_backward
-from pyrgd.train import _full_forward, estimate_lambda_max
+from pyrgd.lr_rule import estimate_lambda_max
+from pyrgd.lr_rule import full_forward as _full_forward
 
 BACKENDS = ["reference", "cpu"]
 
@@ -92,10 +93,10 @@ def test_stop_rules():
 
 
 def test_ctrl_c_stops_at_a_step_boundary_and_writes_the_run(tmp_path, monkeypatch):
-    import pyrgd.ops as ops
+    import pyrgd.backends.reference as reference
 
     net, X, Y = problem(N=8, widths=(64, 4, 1))
-    real_step, calls = ops.wide_step, []
+    real_step, calls = reference.step, []
 
     def step_then_interrupt(*a, **k):
         calls.append(1)
@@ -103,7 +104,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_writes_the_run(tmp_path, monkeypatc
             signal.raise_signal(signal.SIGINT)
         return real_step(*a, **k)
 
-    monkeypatch.setattr(ops, "wide_step", step_then_interrupt)
+    monkeypatch.setattr(reference, "step", step_then_interrupt)
     r = pyrgd.train(net, X, Y, lr=0.01, steps=1000, backend="reference", track_every=0, progress=False,
                     out=tmp_path / "run")
     assert r.status == "interrupted" and r.summary["steps"] == 5

@@ -1,16 +1,26 @@
-"""Backends of the wide-layer operations: ``reference`` (NumPy, the oracle), ``cpu`` (C++), ``cuda`` (CuPy).
+"""Backends of pyrgd: ``reference`` (NumPy, the oracle), ``cpu`` (C++), ``cuda`` (CuPy). One door per concern:
+:mod:`pyrgd.ops` validates the arguments and picks the backend; every backend module offers the same functions on
+already validated arrays (C-contiguous, native byte order, one floating dtype, finite):
 
-Each backend module offers the same three functions on already validated arrays (C-contiguous, native byte order,
-one floating dtype, finite; see :mod:`pyrgd.ops` for the checks and the public signatures):
-
+``available() -> (ok, why)``
+    whether the backend can run here, and a one-line description or the reason it cannot.
+``array_namespace() -> module``
+    the array library of the backend's arrays (NumPy or CuPy).
 ``forward(X, W1, W2, act, a1) -> H``
     H = a1 sigma(X W1) W2, shape (N, n2).
-``step(X, W1, W2, G, lr, act, a1, next_forward) -> StepResult``
+``step(X, W1, W2, G, lr, act, a1, next_forward, out=None) -> StepResult``
     one GD step of the wide layer given G = dPhi/dZ_2, W1 and W2 updated in place; with next_forward the
-    forward pass of the updated weights is accumulated in the same sweep and returned as ``H_next``.
+    forward pass of the updated weights is returned as ``H_next`` (written into ``out`` when given; it may be G).
 ``gram(X, W1, act, a1, W2=None, B2=None) -> K``
     K = F1 F1^T with F1 = a1 sigma(X W1) when B2 is None; else K = B1 B1^T with
-    B1 = a1 (B2 W2^T) (.) sigma'(X W1) (the layer-1 factor of the empirical NTK, THEORY section 5). Shape (N, N).
+    B1 = a1 (B2 W2^T) (.) sigma'(X W1) (the layer-1 factor of the empirical NTK, docs/theory.md section 5).
+``tail(H, Y, tail_weights, act, tail_multipliers, out=None) -> (loss, G, grads)``
+    the pyramidal tail (layers 2..L) from H = Z_2: the loss as a float, G = dPhi/dZ_2 and [dPhi/dW_3, ...].
+``network_gradients(X, Y, W, act, mult) -> [dPhi/dW_1, ..., dPhi/dW_L]``
+    every gradient at the current weights, nothing updated.
+``METHODS``, ``engine(X, Y, W, act, mult, method="auto", allreduce=None) -> StepEngine``
+    the GD step methods of the backend and its step engine (:mod:`pyrgd.backends.engine`), what
+    :func:`pyrgd.train` runs.
 """
 from typing import NamedTuple
 
@@ -28,3 +38,7 @@ class StepResult(NamedTuple):
 
 
 BACKENDS = ("reference", "cpu", "cuda")
+
+#: the names every backend module defines (tests/test_backend_contract.py checks them)
+CONTRACT = ("name", "available", "array_namespace", "forward", "step", "gram", "tail", "network_gradients", "METHODS",
+            "engine")

@@ -1,32 +1,41 @@
 """C++ CPU backend: the fused, OpenMP-parallel kernels of the extension module ``pyrgd._cpu``.
 
-Never allocates anything of size N x n1. ``forward``, ``step`` and ``gram`` stream over blocks of 64 neurons of the
-wide layer (their buffers are a few tiles of 256 samples x 64 neurons per thread, and no d x n1 gradient);
-:func:`network_grad`, what :class:`pyrgd.gdstep.GDStep` runs on this backend, streams over panels of rows with all
-the (kept) neurons of a panel (at most 16 MiB, or one row) and returns every gradient of the network, so that each
-product of a GD step is done once (twice X W_1 for the neurons it recomputes where n1 is too wide for the panels).
-Signatures as in :mod:`pyrgd.backends`; the arrays are expected already validated by :mod:`pyrgd.ops` /
-:class:`~pyrgd.gdstep.GDStep` (the extension checks them again and raises instead of crashing).
+Never allocates anything of size N x n1. Two GD step methods (:func:`engine`; docs/performance.md describes both):
+
+- ``rows`` (:class:`RowsEngine`, :func:`network_grad`): one pass over panels of rows with all the (kept) neurons of
+  a panel (at most :data:`pyrgd._cpu.GRAD_PANEL_BYTES`, or one row) returns the loss and every gradient of the
+  network, so that each product of a GD step is done once (X W_1 twice for the neurons it recomputes where n1 is
+  too wide for the panels: :func:`rows_kept`);
+- ``neurons`` (:class:`pyrgd.backends.engine.NeuronsEngine` over :func:`forward`, :func:`step` and :func:`tail`):
+  ``forward``, ``step`` and ``gram`` stream over blocks of 64 neurons of the wide layer (a few tiles of 256
+  samples x 64 neurons per thread, no d x n1 gradient).
+
+Signatures as in :mod:`pyrgd.backends`; the arrays are expected already validated by :mod:`pyrgd.ops` (the
+extension checks them again and raises instead of crashing).
 
 Speed: register-tiled products with the activation fused between them on tiles that stay in the L2 cache,
 compiled for AVX-512, AVX2+FMA and the platform's baseline and chosen at run time (:func:`get_isa`,
 :func:`set_isa`, the environment variable ``PYRGD_CPU_ISA``); the smooth activations use a vectorized exp/log1p
-(accuracy within a few ulp, tested). See csrc/cpu/wide_kernels.h and csrc/cpu/tile_ops.h.
+(accuracy within a few ulp, tested). The C++ API is declared in csrc/include/pyrgd/.
 
 Determinism: the same inputs give the same bits run after run, and for ANY number of threads: ``forward``,
-``gram``, all of ``step``'s outputs (W1, W2, the gradient norms and ``H_next``), ``tail`` and ``network_grad``. The AVX2 and AVX-512 kernels
-give the same bits too; the baseline kernels may differ from them in the last bits on an x86-64 CPU without FMA.
+``gram``, all of ``step``'s outputs (W1, W2, the gradient norms and ``H_next``), ``tail`` and ``network_grad``. The
+AVX2 and AVX-512 kernels give the same bits too; the baseline kernels may differ from them in the last bits on an
+x86-64 CPU without FMA.
 
 Threads: :func:`set_num_threads` (OpenMP). NumPy's own BLAS keeps idle worker threads spinning for a while after a
-multithreaded call (OpenBLAS: up to ~0.1 s), which takes cores from these kernels when the two alternate, as in
-training (the tail's small products, then a wide-layer step): wrap such a loop in :func:`blas_single_thread`.
+multithreaded call, which takes cores from these kernels when the two alternate, as in training (the tail's small
+products, then a wide-layer step): wrap such a loop in :func:`blas_single_thread`.
 """
 from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from ..errors import BackendUnavailable, PyrgdError
 from . import StepResult
+from .engine import NeuronsEngine, StepEngine
 
 name = "cpu"
 
@@ -37,6 +46,11 @@ except ImportError as exc:  # not built, or built for another interpreter
     _IMPORT_ERROR = f"cannot import pyrgd._cpu: {exc}"
 else:
     _IMPORT_ERROR = None
+
+
+def array_namespace():
+    """The array library of this backend's arrays: NumPy."""
+    return np
 
 
 def available() -> tuple[bool, str]:
@@ -131,8 +145,9 @@ def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept
     ``kept_neurons`` (None: all n1): the panels hold sigma, sigma' of the first ``kept_neurons`` neurons only (rounded
     up to a block of 64); the others are recomputed, X W_1 twice for them as in ``step``: a pass over tiles of rows
     gives their part of Z_2 before the panels, and a pass over their blocks their gradients after (with G of all N
-    rows, an N x n_2 array). It bounds the panel where n1 is large (:func:`pyrgd.gdstep.rows_kept`). ``workspace``: None, or a 1-D array of X's dtype with at least
-    :func:`grad_workspace_size` elements, kept from call to call (GDStep does): the large work arrays (W_2^T, the
+    rows, an N x n_2 array). It bounds the panel where n1 is large (:func:`rows_kept`). ``workspace``: None, or a 1-D
+    array of X's dtype with at least :func:`grad_workspace_size` elements, kept from call to call (:class:`RowsEngine`
+    does): the large work arrays (W_2^T, the
     blocks of W_1 and its gradient, the panel, G) live there instead of being allocated, page-faulted and cleared by
     the kernel on every call. The same bits for any number of threads, with or without it.
     """
@@ -198,10 +213,8 @@ def blas_single_thread():
     """While inside, NumPy's BLAS (OpenBLAS, MKL, BLIS, ...) runs on one thread.
 
     For loops that alternate small NumPy products with these kernels (a training step: the tail, then the wide
-    layer): a multithreaded BLAS call leaves worker threads spinning for up to ~0.1 s (OpenBLAS), on the cores the
-    OpenMP kernels then need. Measured on 2 cores: a 62 ms wide-layer step took 90 ms right after one
-    multithreaded 4096 x 64 x 64 NumPy product, and 62 ms after the same product on one thread. Needs the
-    threadpoolctl package; without it this does nothing. Costs about 20 microseconds to enter and leave.
+    layer): a multithreaded BLAS call leaves worker threads spinning for a while (OpenBLAS), on the cores the
+    OpenMP kernels then need (docs/performance.md). Needs the threadpoolctl package; without it this does nothing.
     """
     global _blas_controller
     try:
@@ -215,3 +228,112 @@ def blas_single_thread():
         return
     with limiter:
         yield
+
+
+# --------------------------------------------------------------------------------------------- the step engine
+#: the GD step methods of :func:`engine` ('auto' chooses between them: :func:`auto_method`)
+METHODS = ("rows", "neurons")
+
+#: kept neurons come in multiples of this (16 lanes of one 64-neuron block: network_grad's lanes then split evenly
+#: over 1, 2, 4, 8 or 16 threads; an uneven split costs more than the extra neurons gain, docs/performance.md)
+KEPT_QUANTUM = 1024
+
+
+def _panel_fits(N, n2, kept, item, act) -> bool:
+    """Whether network_grad's panel of ``kept`` neurons gets its full minimum of rows (min(N, GRAD_PANEL_ROWS_MIN))
+    within its byte budget (:data:`pyrgd._cpu.GRAD_PANEL_BYTES`)."""
+    m = _module()
+    return grad_panel_rows(N, max(kept, 1), n2, item, act) >= min(N, int(m.GRAD_PANEL_ROWS_MIN))
+
+
+def panel_budget() -> dict:
+    """The rows method's panel budget: {'bytes': GRAD_PANEL_BYTES, 'rows_min': GRAD_PANEL_ROWS_MIN}."""
+    m = _module()
+    return {"bytes": int(m.GRAD_PANEL_BYTES), "rows_min": int(m.GRAD_PANEL_ROWS_MIN)}
+
+
+def rows_kept(N, d, n1, n2, dtype, act=None) -> int:
+    """The neurons whose sigma, sigma' the rows method keeps in its panels (:func:`network_grad`'s ``kept_neurons``).
+
+    All n1 where a panel of GRAD_PANEL_ROWS_MIN rows of all of them (S and sigma', 2 values per neuron and row; S
+    alone for ReLU, ``act`` the parsed activation, None: not ReLU) fits in the panel budget
+    (:data:`pyrgd._cpu.GRAD_PANEL_BYTES`); else the most multiples of :data:`KEPT_QUANTUM` neurons that fit
+    (possibly 0). The others are recomputed as in the neurons method (X W_1 twice for them). The kept neurons'
+    weights need not fit in the cache: the panels' products prefetch the next product's operands. ``d`` does not
+    enter the rule (an argument for the callers' symmetry with the shapes)."""
+    item = np.dtype(dtype).itemsize
+    if _panel_fits(N, n2, n1, item, act):
+        return int(n1)
+    lo, hi = 0, (n1 - 1) // KEPT_QUANTUM  # the largest j with j quanta fitting: the panel grows with kept
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _panel_fits(N, n2, KEPT_QUANTUM * mid, item, act):
+            lo = mid
+        else:
+            hi = mid - 1
+    return KEPT_QUANTUM * lo
+
+
+def auto_method(N, d, n1, n2, dtype, act=None) -> str:
+    """The method ``engine(method="auto")`` takes: 'rows' where it keeps at least half the neurons (:func:`rows_kept`),
+    else 'neurons'. With fewer kept, the recomputed majority runs at the neurons method's rate and the rows method's
+    extra memory (the gradients, G and W_1, W_2^T in blocks) buys little. Where memory is what counts, ask for
+    'neurons', which holds no gradient of the wide layer."""
+    return "rows" if 2 * rows_kept(N, d, n1, n2, dtype, act) >= n1 else "neurons"
+
+
+class RowsEngine(StepEngine):
+    """The "rows" method: :meth:`evaluate` is one :func:`network_grad` pass (the loss and every gradient, into
+    buffers and a workspace kept from step to step); :meth:`update` is :func:`sgd_update` of those gradients.
+    ``kept``: the neurons kept in the panels (:func:`rows_kept` by default)."""
+
+    backend = "cpu"
+    method = "rows"
+
+    def __init__(self, X, Y, W, act, mult, kept=None):
+        super().__init__(X, Y, W, act, mult)
+        N, d = X.shape
+        n1, n2 = W[0].shape[1], W[1].shape[1]
+        self.kept = rows_kept(N, d, n1, n2, X.dtype, act) if kept is None else int(kept)
+        self._grads = self._sq = None
+        n = grad_workspace_size(N, d, n1, n2, act, X.dtype.itemsize, kept_neurons=self.kept)
+        self._work = np.empty(max(n, 1), dtype=X.dtype)
+
+    def _evaluate(self) -> float:
+        loss, self._grads, self._sq = network_grad(self.X, self.Y, self.W, self.act, self.mult, grads=self._grads,
+                                                   kept_neurons=self.kept, workspace=self._work)
+        return loss
+
+    def _update(self, lr: float) -> list[float]:
+        sgd_update(self.W, self._grads, lr)
+        return list(self._sq)
+
+    def gradients(self) -> list:
+        if not self._evaluated:
+            self.evaluate()
+        return self._grads
+
+
+def network_gradients(X, Y, W, act, mult) -> list:
+    """[dPhi/dW_1, ..., dPhi/dW_L] at the current weights, from one :func:`network_grad` pass."""
+    return network_grad(X, Y, W, act, mult)[1]
+
+
+def engine(X, Y, W, act, mult, method="auto", allreduce=None):
+    """The step engine of this backend: :class:`RowsEngine` ('rows'), :class:`NeuronsEngine` over this module's
+    kernels ('neurons'), or the one :func:`auto_method` picks ('auto'). ``allreduce``: neurons method only (see
+    :class:`~pyrgd.backends.engine.NeuronsEngine`)."""
+    import sys
+
+    _module()
+    if method == "auto":
+        if allreduce is not None:
+            method = "neurons"
+        else:
+            N, d = X.shape
+            method = auto_method(N, d, W[0].shape[1], W[1].shape[1], X.dtype, act)
+    if method == "rows":
+        if allreduce is not None:
+            raise PyrgdError("method: 'rows' cannot run sharded (allreduce); use 'neurons'")
+        return RowsEngine(X, Y, W, act, mult)
+    return NeuronsEngine(sys.modules[__name__], X, Y, W, act, mult, allreduce=allreduce)

@@ -36,16 +36,9 @@ from . import StepResult
 
 name = "cuda"
 
-#: activation name (pyrgd.activations) -> struct of csrc/include/pyrgd/activations.h
-ACTIVATION_STRUCTS = {
-    "relu": "Relu",
-    "leaky_relu": "LeakyRelu",
-    "smooth_leaky_relu": "SmoothLeakyRelu",
-    "softplus": "Softplus",
-    "tanh": "Tanh",
-    "erf": "Erf",
-    "identity": "Identity",
-}
+#: activation name -> struct of csrc/include/pyrgd/activations.h, from the one Python table of the activations
+#: (pyrgd.activations.ACTIVATION_TABLE)
+from ..activations import ACTIVATION_STRUCTS  # noqa: E402
 #: numpy dtype name -> C++ scalar type
 SCALAR_TYPES = {"float32": "float", "float64": "double"}
 #: the .cu files of csrc/cuda that hold the kernels (the NVRTC check compiles every .cu found there)
@@ -157,6 +150,11 @@ def _cupy():
     import cupy
 
     return cupy
+
+
+def array_namespace():
+    """The array library of this backend's arrays: CuPy (BackendUnavailable without it)."""
+    return _cupy()
 
 
 def available() -> tuple[bool, str]:
@@ -357,19 +355,24 @@ def _launch_forward(cp, mod, tiles, X, W1, W2, act, a1):
     return H
 
 
-def forward(X, W1, W2, act, a1):
-    """H = a1 sigma(X W1) W2 (N, n2), a new CuPy array on the arrays' device."""
+def forward(X, W1, W2, act, a1, out=None):
+    """H = a1 sigma(X W1) W2 (N, n2), a new CuPy array on the arrays' device (copied into ``out`` when given)."""
     cp = _cupy()
     dev = _check_cuda_args(X=X, W1=W1, W2=W2)
     with cp.cuda.Device(dev):
         mod, tiles = _module(X.dtype, act.name)
-        return _launch_forward(cp, mod, tiles, X, W1, W2, act, a1)
+        H = _launch_forward(cp, mod, tiles, X, W1, W2, act, a1)
+        if out is None:
+            return H
+        out[...] = H
+        return out
 
 
-def step(X, W1, W2, G, lr, act, a1, next_forward):
+def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
     """One GD step of the wide layer; W1 and W2 are updated in place. See :mod:`pyrgd.backends`.
 
-    ``next_forward=True`` runs a forward launch on the updated weights after the step kernel.
+    ``next_forward=True`` runs a forward launch on the updated weights after the step kernel; H_next is copied into
+    ``out`` when given (it may be G: written after the step kernel read it).
     """
     cp = _cupy()
     dev = _check_cuda_args(X=X, W1=W1, W2=W2, G=G)
@@ -406,6 +409,9 @@ def step(X, W1, W2, G, lr, act, a1, next_forward):
         )
         mod.get_function(_SUM_PAIRS)((1, 1, 1), (THREADS, 1, 1), (sq, np.int32(num_tiles), total))
         H_next = _launch_forward(cp, mod, tiles, X, W1, W2, act, a1) if next_forward else None
+        if out is not None and H_next is not None:
+            out[...] = H_next
+            H_next = out
         g1, g2 = total.get()  # the step's one device-to-host transfer (synchronizes)
     return StepResult(H_next, float(g1), float(g2))
 
@@ -473,3 +479,37 @@ def _add_outer(cp, F, K, beta):
         cp.matmul(F, F.T, out=K)
     else:  # pragma: no cover
         K += F @ F.T
+
+
+# --------------------------------------------------------------------------------------------- the step engine
+#: the GD step methods of :func:`engine`
+METHODS = ("neurons",)
+
+
+def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
+    """The pyramidal tail from H = Z_2 with CuPy's products: (loss as a float, G, grads); see
+    :func:`pyrgd.tail.tail_step` (``out`` unused)."""
+    from ..tail import tail_step
+
+    return tail_step(H, Y, tail_weights, act, tail_multipliers)
+
+
+def network_gradients(X, Y, W, act, mult) -> list:
+    """[dPhi/dW_1, ..., dPhi/dW_L] at the current weights: H from :func:`forward`, the wide layer's gradients from
+    CuPy products over blocks of neurons (:func:`pyrgd.backends.engine.blocked_network_gradients`)."""
+    import sys
+
+    from .engine import blocked_network_gradients
+
+    return blocked_network_gradients(sys.modules[__name__], X, Y, W, act, mult)
+
+
+def engine(X, Y, W, act, mult, method="auto", allreduce=None):
+    """The step engine of this backend: the neurons method (:class:`pyrgd.backends.engine.NeuronsEngine`) over
+    :func:`forward`, :func:`step` and :func:`tail`."""
+    import sys
+
+    from .engine import NeuronsEngine
+
+    _cupy()
+    return NeuronsEngine(sys.modules[__name__], X, Y, W, act, mult, allreduce=allreduce)

@@ -5,23 +5,39 @@ the GPU tests use as a second oracle. Signatures as in :mod:`pyrgd.backends`.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..activations import sigma_and_derivative
+from ..tail import tail_step as tail  # noqa: F401  (the tail of this backend: the array library's products)
 from . import StepResult
+from .engine import NeuronsEngine, blocked_network_gradients
+
+#: the GD step methods of :func:`engine`
+METHODS = ("neurons",)
 
 name = "reference"
+
+
+def array_namespace():
+    """The array library of this backend's arrays: NumPy."""
+    return np
 
 
 def available() -> tuple[bool, str]:
     return True, "NumPy"
 
 
-def forward(X, W1, W2, act, a1):
+def forward(X, W1, W2, act, a1, out=None):
     S, _ = sigma_and_derivative(act, X @ W1, derivative=False)
-    return (a1 * S) @ W2
+    H = (a1 * S) @ W2
+    if out is None:
+        return H
+    out[...] = H
+    return out
 
 
 def gradients(X, W1, W2, G, act, a1):
-    """(dPhi/dW1, dPhi/dW2) given G = dPhi/dZ_2, at the current weights (THEORY section 2)."""
+    """(dPhi/dW1, dPhi/dW2) given G = dPhi/dZ_2, at the current weights (docs/theory.md section 2)."""
     S, dS = sigma_and_derivative(act, X @ W1)
     gW2 = (a1 * S).T @ G
     D = a1 * (G @ W2.T) * dS
@@ -29,11 +45,14 @@ def gradients(X, W1, W2, G, act, a1):
     return gW1, gW2
 
 
-def step(X, W1, W2, G, lr, act, a1, next_forward):
+def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
     gW1, gW2 = gradients(X, W1, W2, G, act, a1)
     W1 -= lr * gW1
     W2 -= lr * gW2
     H_next = forward(X, W1, W2, act, a1) if next_forward else None
+    if out is not None and H_next is not None:
+        out[...] = H_next
+        H_next = out
     return StepResult(H_next, float((gW1 * gW1).sum()), float((gW2 * gW2).sum()))
 
 
@@ -46,3 +65,17 @@ def gram(X, W1, act, a1, W2=None, B2=None):
         _, dS = sigma_and_derivative(act, Z, value=False)
         F = a1 * (B2 @ W2.T) * dS
     return F @ F.T
+
+
+def network_gradients(X, Y, W, act, mult):
+    """[dPhi/dW_1, ..., dPhi/dW_L] at the current weights (mult: [a_1, ..., a_{L-1}])."""
+    import sys
+
+    return blocked_network_gradients(sys.modules[__name__], X, Y, W, act, mult)
+
+
+def engine(X, Y, W, act, mult, method="auto", allreduce=None):
+    """The step engine of this backend (:class:`pyrgd.backends.engine.NeuronsEngine`); method 'auto' or 'neurons'."""
+    import sys
+
+    return NeuronsEngine(sys.modules[__name__], X, Y, W, act, mult, allreduce=allreduce)

@@ -5,7 +5,7 @@ and moves them to its device), and then ``step()`` runs one GD step of the whole
 ``problem.lr`` and returns the loss Phi = 1/2 ||F_L - Y||^2 at the weights before the step. ``weights()`` gives
 host copies of the current weights, so that the harness can check that every candidate computes the same step.
 
-fused    what :func:`pyrgd.train` runs per step (:class:`pyrgd.gdstep.GDStep`): on the cpu backend one C++ pass
+fused    what :func:`pyrgd.train` runs per step (the backend's step engine, :func:`pyrgd.ops.step_engine`): on the cpu backend one C++ pass
          over panels of rows for the loss and every gradient, then the update; on cuda the tail from H and the
          wide layer's fused ``ops.wide_step(next_forward=True)``. Never N x n1.
 unfused  the textbook step on an array library: Z1 = X W1, F1 = sigma(Z1) and the backward with full N x n1
@@ -88,14 +88,13 @@ class FusedStep(Candidate):
         super().__init__(data, xp, copy)
         from .. import ops
 
-        from ..gdstep import GDStep
-
         self.backend = ops.resolve_backend(backend, xp)
         self.mult = [1.0] * (len(self.W) - 1)
         method = getattr(data.problem, "method", "auto")
-        if self.backend != "cpu" and method == "rows":
+        if method not in ("auto",) + tuple(ops.get_backend(self.backend).METHODS):
             method = "auto"
-        self.gd = GDStep(self.X, self.Y, self.W, self.act, self.mult, self.backend, method=method)
+        self.gd = ops.step_engine(self.X, self.Y, self.W, activation=self.act, multipliers=self.mult,
+                                  backend=self.backend, method=method)
         self.method = self.gd.method
         self.kept = self.gd.kept
 

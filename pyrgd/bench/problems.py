@@ -33,7 +33,7 @@ class Problem:
     candidates: which candidates run on it (fused is always first: the others are compared with it).
     threads: run with this many threads (pyrgd's kernels and the BLAS); None: the machine's default.
     max_repeats: at most this many timed steps (B3, the memory problem, is one large step).
-    method: the fused candidate's :class:`pyrgd.gdstep.GDStep` method ('auto', or 'neurons' for the memory
+    method: the fused candidate's :func:`pyrgd.ops.step_engine` method ('auto', or 'neurons' for the memory
     problem: the method that holds no gradient of the wide layer).
     """
 
@@ -80,7 +80,7 @@ def useful_flops(N: int, d: int, widths) -> int:
 
 
 def fused_flops(N: int, d: int, widths, method: str = "rows", kept: int | None = None) -> int:
-    """Flops the fused step executes (:mod:`pyrgd.gdstep`). ``rows`` (the cpu backend's one pass over panels of
+    """Flops the fused step executes (:func:`pyrgd.ops.step_engine`). ``rows`` (the cpu backend's one pass over panels of
     rows) with ``kept`` neurons kept in its panels (None: all n1): the useful flops, each product once, plus
     2 N d (n1 - kept) for the recomputed neurons' second X W_1. ``neurons`` (streamed over the wide layer's neurons):
     the useful flops plus 2 N d n1, since it computes Z_1 = X W_1 twice, once for the gradient and once, with the

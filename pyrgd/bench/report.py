@@ -10,7 +10,7 @@ The result (``pyrgd.bench.runner.run``, schema ``pyrgd-bench-1``) is a dict:
 - ``fma_peak`` (CPU): {"default": {gflops, threads, isa, dtype}, "1": ...}: the FMA roof (independent FMA chains on
   registers, pyrgd.backends.cpu.fma_peak_gflops), the denominator of %peak and of the roofline bounds;
 - ``problems``: one dict per problem: name, group, N, d, widths, activation, threads, lr, useful_flops, data_bytes
-  (and data_bytes_parts), fused_flops (what the fused algorithm executes), fused_method (pyrgd.gdstep: rows or neurons), fused_kept (the neurons the rows method keeps in its panels, None for neurons), peak_gflops, repeats, schedule, fused_backend, seconds_per_neuron, sgemm (the SGEMM rate measured just
+  (and data_bytes_parts), fused_flops (what the fused algorithm executes), fused_method (the step engine's: rows or neurons), fused_kept (the neurons the rows method keeps in its panels, None for neurons), peak_gflops, repeats, schedule, fused_backend, seconds_per_neuron, sgemm (the SGEMM rate measured just
   before the problem, at its thread count) and sgemm_gflops (the rate %SGEMM divides by), and ``candidates``:
   {name: row}. A row has ``status`` (ok | mismatch | skipped | failed), ``note`` when not ok, and when it ran:
   seconds (median), iqr, min, max, times, gflops, pct_sgemm, peak_bytes, peak_method, peak_over_data,
