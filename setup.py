@@ -1,7 +1,10 @@
 """Build of pyrgd's C++ extension ``pyrgd._cpu`` (pybind11, -O3, OpenMP) and of the CUDA sources' package data.
 
-The CUDA kernels are not compiled here (no nvcc at install time): csrc/cuda/*.cu and the shared headers of
-csrc/include/pyrgd are copied into the package as ``pyrgd/_csrc/...`` for CuPy to compile at run time through NVRTC.
+The C++ sources: csrc/cpu/*.cpp (the kernels and the pybind11 binding module.cpp) with their private headers
+(csrc/cpu/*.h, *.inc) and the public headers of pyrgd's C++ API, csrc/include/pyrgd/*.h (pyrgd.h includes them all).
+The CUDA kernels are not compiled here (no nvcc at install time): csrc/cuda/*.cu, *.cuh and the one public header they
+include, pyrgd/activations.h, are copied into the package as ``pyrgd/_csrc/...`` for CuPy to compile at run time
+through NVRTC.
 """
 import glob
 import os
@@ -24,12 +27,12 @@ def openmp_flags():
 
 
 class build_py_with_csrc(build_py):
-    """Copy the CUDA sources and the shared headers into the package (pyrgd/_csrc)."""
+    """Copy the CUDA sources and the header they share with the C++ kernels into the package (pyrgd/_csrc)."""
 
     def run(self):
         super().run()
         dest = os.path.join(self.build_lib, "pyrgd", "_csrc")
-        for pattern in ("csrc/cuda/*.cu", "csrc/cuda/*.cuh", "csrc/include/pyrgd/*.h"):
+        for pattern in ("csrc/cuda/*.cu", "csrc/cuda/*.cuh", "csrc/include/pyrgd/activations.h"):
             for src in glob.glob(os.path.join(HERE, pattern)):
                 rel = os.path.relpath(src, os.path.join(HERE, "csrc"))
                 os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
@@ -51,9 +54,9 @@ opt = ["/O2"] if sys.platform == "win32" else ["-O3", "-ffp-contract=off", "-fno
 ext = Pybind11Extension(
     "pyrgd._cpu",
     sorted(glob.glob("csrc/cpu/*.cpp")),
-    include_dirs=["csrc/include"],
-    # headers and included sources: a change to any of them rebuilds the module
-    depends=sorted(glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.inc") + glob.glob("csrc/include/pyrgd/*.h")),
+    include_dirs=["csrc/include"],  # the public headers, included as <pyrgd/...>; csrc/cpu's own by their file's folder
+    # the public and private headers and the included sources: a change to any of them rebuilds the module
+    depends=sorted(glob.glob("csrc/include/pyrgd/*.h") + glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.inc")),
     extra_compile_args=opt + cflags,
     extra_link_args=lflags,
     cxx_std=17,

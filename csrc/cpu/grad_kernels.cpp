@@ -1,5 +1,5 @@
 // pyrgd CPU backend: the loss and every gradient of the whole network in one pass over panels of rows (declared in
-// wide_kernels.h as network_grad).
+// pyrgd/grad.h with network_grad's workspace size, grad_panel_rows and sgd_update).
 //
 // The wide layer's step of wide_kernels.cpp streams over blocks of neurons: it needs G = dPhi/dZ_2 of every row
 // before it starts, so Z_1 = X W_1 is computed twice per GD step (once for H = Z_2, once for the gradient). Here the
@@ -24,8 +24,9 @@
 // kPrefetchC / kPrefetchM), and each product of a panel is run in kStages parts of whole register tiles with a slice
 // of the NEXT product's operands prefetched before each part (`staged`): W2[T, :] while Z is computed, the next
 // block's W_1 while Z_2 is, S and dW2[T, :] while P is, dW1[:, T] while dW2 is, the next block's W_2^T and D while
-// dW1 is. Measured on B4 (n1 = 16384, every neuron kept): 1.2x to 1.3x the in-cache time per neuron without, 1.05x to
-// 1.1x with (bench/README.md). Splitting a product by its rows changes no bit.
+// dW1 is. Without it, a panel whose blocks come from memory waits on each block's first misses; with it, those
+// misses overlap the previous product (the measured effect is in the benchmark docs, bench/README.md). Splitting a
+// product by its rows changes no bit.
 //
 // Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons, each thread the same contiguous range
 // of lanes in both (its part of the panel stays in its cache; (B) runs them backwards, the freshest first); the
@@ -36,12 +37,13 @@
 // over panels (or row tiles), in order, of one FMA chain over their rows, written by one thread; the tail's gradients
 // and the loss are added in double, panel by panel in order. So every output is bit-identical for any number of
 // threads.
+#include <pyrgd/activations.h>
+#include <pyrgd/grad.h>
+#include <pyrgd/runtime.h>
+
 #include "kernel_util.h"
 #include "tail_plan.h"
 #include "tile_ops.h"
-#include "wide_kernels.h"
-
-#include <pyrgd/activations.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -160,7 +162,7 @@ GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t pane
 }  // namespace
 
 // Elements of slack so that the layout can start at the first 64-byte boundary of any workspace of T (NumPy's large
-// arrays start 16 bytes past one: vectors that straddle cache lines cost several percent).
+// arrays start 16 bytes past one, and a vector that straddles two cache lines costs two accesses).
 inline size_t align_slack(size_t itemsize) { return 64 / itemsize - 1; }
 
 template <class T>

@@ -49,8 +49,8 @@ inline std::size_t checked_mul(std::size_t a, std::size_t b, std::size_t c = 1) 
 inline std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 // n elements of a trivial type T starting on a cache line (64 bytes), zero-filled unless `zero` is false: the
-// kernels' work buffers. (std::vector and new[] give 16-byte alignment; vectors of a tile that straddle cache lines
-// cost several percent.)
+// kernels' work buffers. (std::vector and new[] give 16-byte alignment, and a vector of a tile that straddles two
+// cache lines costs two accesses.)
 template <class T>
 class AlignedBuffer {
  public:

@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "wide_kernels.h"
+#include <pyrgd/pyrgd.h>
+
+#include "fma_probe.h"
 
 namespace py = pybind11;
 using pyrgd::cpu::WideShape;
@@ -319,7 +321,7 @@ py::tuple tail_t(const py::array& H, const py::array& Y, const std::vector<py::a
   return py::make_tuple(loss, G, grads);
 }
 
-// The tail (layers 2..L) from H: (loss, G = dPhi/dZ_2, [dPhi/dW_3, ..., dPhi/dW_L]); see wide_kernels.h.
+// The tail (layers 2..L) from H: (loss, G = dPhi/dZ_2, [dPhi/dW_3, ..., dPhi/dW_L]); see pyrgd/tail.h.
 py::tuple tail(const py::object& Hobj, const py::object& Yobj, const py::object& Wobj, int act_code, double gamma,
                const py::object& mobj, const py::object& out) {
   py::array h = as_array(Hobj, "H");
@@ -406,7 +408,7 @@ py::tuple network_grad_t(const Wide& w, const py::array& Y, const std::vector<py
 }
 
 // The loss and every gradient of the network in one pass over panels of rows: (loss, [dPhi/dW_1, ...,
-// dPhi/dW_L], [||dPhi/dW_l||^2]); see wide_kernels.h (network_grad).
+// dPhi/dW_L], [||dPhi/dW_l||^2]); see pyrgd/grad.h (network_grad).
 py::tuple network_grad(const py::object& X, const py::object& Y, const py::object& Wobj, int act_code, double gamma,
                        const py::object& mobj, const py::object& gobj, py::ssize_t panel_rows,
                        py::ssize_t kept_neurons, const py::object& wobj) {

@@ -1,13 +1,15 @@
-// pyrgd CPU backend: the pyramidal tail (layers 2..L) streamed over chunks of rows; declared in wide_kernels.h.
+// pyrgd CPU backend: the pyramidal tail (layers 2..L) streamed over chunks of rows; declared in pyrgd/tail.h.
 //
 // The tail is small next to the wide layer (its products have n_2 x n_3 inner sizes), but done with NumPy it keeps
 // several N x n_l temporaries and calls a multithreaded BLAS whose spinning worker threads compete with the
 // kernels' OpenMP threads for the cores. Here one pass over chunks of rows does the forward, the loss and the
 // backward of a chunk while its activations stay in the cache, with the same tile operations as the wide layer.
+#include <pyrgd/runtime.h>
+#include <pyrgd/tail.h>
+
 #include "kernel_util.h"
 #include "tail_plan.h"
 #include "tile_ops.h"
-#include "wide_kernels.h"
 
 #include <algorithm>
 #include <cstddef>

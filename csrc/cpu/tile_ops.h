@@ -77,7 +77,7 @@ const TileOps<double>* tile_ops_avx2_f64();
 const TileOps<float>* tile_ops_avx512_f32();
 const TileOps<double>* tile_ops_avx512_f64();
 
-// The operations of the instruction set in use (get_isa() of wide_kernels.h); defined in wide_kernels.cpp.
+// The operations of the instruction set in use (get_isa() of pyrgd/runtime.h); defined in wide_kernels.cpp.
 template <class T>
 const TileOps<T>& active_tile_ops();
 

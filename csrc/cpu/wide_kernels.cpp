@@ -1,4 +1,5 @@
-// pyrgd CPU backend: implementation of the fused wide-layer kernels declared in wide_kernels.h.
+// pyrgd CPU backend: the fused wide-layer kernels declared in pyrgd/wide.h, the run-time settings of pyrgd/runtime.h
+// (threads, instruction set, the activation codes) and the FMA probe of fma_probe.h.
 //
 // forward, step and gram are written in terms of the tile operations of tile_ops.h (register-tiled products and
 // vectorized activation loops), for the instruction set chosen at run time.
@@ -7,12 +8,13 @@
 // grow with n1: forward: kForwardRows x (kBlock + n2); step: 2 kRowChunk x kBlock + (d + 2 n2) x kBlock; gram: one
 // panel of F^T (at most max(kGramPanelElems, N x kBlock) elements), 2 kForwardRows x kBlock + n2 x kBlock per thread,
 // and N x N (the second level of the sums over neurons) when n1 > 1024.
-#include "wide_kernels.h"
+#include <pyrgd/activations.h>
+#include <pyrgd/runtime.h>
+#include <pyrgd/wide.h>
 
+#include "fma_probe.h"
 #include "kernel_util.h"
 #include "tile_ops.h"
-
-#include <pyrgd/activations.h>
 
 #include <algorithm>
 #include <atomic>

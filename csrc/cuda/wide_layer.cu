@@ -1,4 +1,4 @@
-// wide_layer.cu -- CUDA kernels of pyrgd's wide first layer (THEORY.md section 2), for float and double.
+// wide_layer.cu -- CUDA kernels of pyrgd's wide first layer (docs/theory.md section 2), for float and double.
 //
 // Compiled at run time by CuPy (RawModule through NVRTC) with csrc/include and csrc/cuda on the include path; the
 // kernels are templates on the scalar type T and the activation struct of pyrgd/activations.h, instantiated

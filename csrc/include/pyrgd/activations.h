@@ -19,7 +19,7 @@
 //     M::abs_, M::tanh_, M::erf_
 // The formulas below are the one definition of every activation whatever the policy.
 //
-// Numerically safe forms (THEORY.md section 3): softplus(x) = max(x, 0) + log1p(exp(-|x|)) and
+// Numerically safe forms (docs/theory.md section 3): softplus(x) = max(x, 0) + log1p(exp(-|x|)) and
 // logistic(x) = 1 / (1 + exp(-x)) or exp(x) / (1 + exp(x)) by the sign of x never overflow, in float32 included.
 // ReLU uses sigma'(0) = 0 (the convention of Nguyen, Mondelli, Montufar 2021).
 #ifndef PYRGD_ACTIVATIONS_H
