@@ -1,8 +1,11 @@
 """Activations: names, parameters, and the array-level sigma and sigma' used by the reference backend and the tail.
 
-The compiled backends evaluate the same functions from ``csrc/include/pyrgd/activations.h``; ``ACTIVATION_CODES``
-here must match the ``code`` members there. Every function works on NumPy and CuPy arrays alike (the array module
-is taken from the input), with the numerically safe forms of THEORY.md section 3.
+The compiled backends evaluate the same functions from ``csrc/include/pyrgd/activations.h``. :data:`ACTIVATION_TABLE`
+is the Python copy of that header's table (its list PYRGD_FOR_EACH_ACTIVATION and each struct's ``name``), kept here
+so that the package imports without the extension; every other Python table of the activations derives from it, and
+tests/test_activation_table.py checks it against the header and the extension's ``pyrgd._cpu.ACTIVATIONS``. Every
+function works on NumPy and CuPy arrays alike (the array module is taken from the input), with the numerically safe
+forms of docs/theory.md section 3.
 """
 from __future__ import annotations
 
@@ -14,16 +17,21 @@ import numpy as np
 
 from .errors import PyrgdError
 
-#: integer code of every activation, as in csrc/include/pyrgd/activations.h
-ACTIVATION_CODES = {
-    "relu": 0,
-    "leaky_relu": 1,
-    "smooth_leaky_relu": 2,
-    "softplus": 3,
-    "tanh": 4,
-    "erf": 5,
-    "identity": 6,
-}
+#: every activation as (name, integer code, struct of pyrgd::act), in the order and with the codes of
+#: PYRGD_FOR_EACH_ACTIVATION in csrc/include/pyrgd/activations.h (codes 0 .. n - 1)
+ACTIVATION_TABLE = (
+    ("relu", 0, "Relu"),
+    ("leaky_relu", 1, "LeakyRelu"),
+    ("smooth_leaky_relu", 2, "SmoothLeakyRelu"),
+    ("softplus", 3, "Softplus"),
+    ("tanh", 4, "Tanh"),
+    ("erf", 5, "Erf"),
+    ("identity", 6, "Identity"),
+)
+#: name -> integer code (what the kernels take as act_code)
+ACTIVATION_CODES = {name: code for name, code, _ in ACTIVATION_TABLE}
+#: name -> struct of csrc/include/pyrgd/activations.h (the template argument of the CUDA kernels)
+ACTIVATION_STRUCTS = {name: struct for name, _, struct in ACTIVATION_TABLE}
 #: default slope gamma of the activations that take one
 DEFAULT_GAMMA = {"leaky_relu": 0.01, "smooth_leaky_relu": 0.2}
 _LN2 = math.log(2.0)
@@ -42,7 +50,8 @@ class Activation:
 
     @property
     def derivative_lower_bound(self) -> float | None:
-        """gamma with sigma'(x) >= gamma > 0 for every x, or None when no positive bound holds (THEORY 4.1)."""
+        """gamma with sigma'(x) >= gamma > 0 for every x, or None when no positive bound holds (docs/theory.md
+        section 4.1)."""
         if self.name in ("leaky_relu", "smooth_leaky_relu"):
             return self.gamma
         if self.name == "identity":

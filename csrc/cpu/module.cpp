@@ -523,6 +523,15 @@ py::list available_isas() {
   return l;
 }
 
+// {name: code} of every activation, from the table of pyrgd/activations.h.
+py::dict activation_table() {
+  py::dict d;
+#define PYRGD_ACT_ENTRY_(S, c) d[pyrgd::act::S::name] = (c);
+  PYRGD_FOR_EACH_ACTIVATION(PYRGD_ACT_ENTRY_)
+#undef PYRGD_ACT_ENTRY_
+  return d;
+}
+
 py::dict build_info() {
   py::dict info;
 #if defined(__clang__)
@@ -691,6 +700,7 @@ PYBIND11_MODULE(_cpu, m) {
       "The machine's floating-point roof: GFLOP/s of independent FMA chains on registers with the kernels' "
       "instruction set, on the kernels' threads at once, over about `seconds` (no memory traffic).");
   m.def("build_info", &build_info, "How this module was built: compiler, OpenMP, block size, ISA flags.");
+  m.attr("ACTIVATIONS") = activation_table();
   m.attr("BLOCK_SIZE") = int(pyrgd::cpu::kBlock);
   m.attr("GRAD_PANEL_BYTES") = std::size_t(pyrgd::cpu::kGradPanelBytes);
   m.attr("GRAD_PANEL_ROWS_MIN") = std::size_t(pyrgd::cpu::kGradPanelRowsMin);

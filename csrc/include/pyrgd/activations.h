@@ -9,7 +9,15 @@
 //     static T df(T x, T gamma)                      sigma'(x)
 //     static void both(T x, T gamma, T& s, T& ds)    both at once (shares exp() for the smooth ones)
 // gamma is the slope parameter of leaky_relu and smooth_leaky_relu and is ignored by the others.
-// The integer `code` matches pyrgd/activations.py (ACTIVATION_CODES); keep the two in step.
+//
+// The table of the activations is PYRGD_FOR_EACH_ACTIVATION at the end of this file: one line M(Struct, code) per
+// activation, the struct's `code` and `name` (the name pyrgd uses in Python) beside it; every C++ dispatch on the
+// code (csrc/cpu: is_activation_code, the tile operations' switches) and the extension's table pyrgd._cpu.ACTIVATIONS
+// ({name: code}) are generated from it, and the compiler checks that each struct's `code` is its line's and that the
+// codes are 0 .. kCount - 1. The Python table (pyrgd/activations.py, ACTIVATION_TABLE) repeats it, since the package
+// must import without the extension: tests/test_activation_table.py checks that the two agree, name by name and code
+// by code. To add an activation: its struct here, its line in the list, its line in ACTIVATION_TABLE, its NumPy
+// formula in pyrgd/activations.py.
 //
 // The elementary functions come from a math policy M, a second template parameter that defaults to math::Libm (the
 // C math library, on the host and in CUDA device code). A backend may pass its own policy with the same contract,
@@ -66,6 +74,7 @@ namespace act {
 
 struct Relu {
   static constexpr int code = 0;
+  static constexpr const char* name = "relu";
   template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return x > T(0) ? x : T(0); }
   template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) { return x > T(0) ? T(1) : T(0); }
   template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T g, T& s, T& ds) {
@@ -76,6 +85,7 @@ struct Relu {
 
 struct LeakyRelu {
   static constexpr int code = 1;
+  static constexpr const char* name = "leaky_relu";
   template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T g) { return x > T(0) ? x : g * x; }
   template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T g) { return x > T(0) ? T(1) : g; }
   template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T g, T& s, T& ds) {
@@ -87,6 +97,7 @@ struct LeakyRelu {
 // sigma(x) = gamma x + (1 - gamma)(softplus(x) - ln 2);  sigma'(x) = gamma + (1 - gamma) logistic(x).
 struct SmoothLeakyRelu {
   static constexpr int code = 2;
+  static constexpr const char* name = "smooth_leaky_relu";
   template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T g) {
     return g * x + (T(1) - g) * (math::softplus<T, M>(x) - T(0.693147180559945309417232121458176568));
   }
@@ -104,6 +115,7 @@ struct SmoothLeakyRelu {
 
 struct Softplus {
   static constexpr int code = 3;
+  static constexpr const char* name = "softplus";
   template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return math::softplus<T, M>(x); }
   template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) { return math::logistic<T, M>(x); }
   template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T, T& s, T& ds) {
@@ -116,6 +128,7 @@ struct Softplus {
 
 struct Tanh {
   static constexpr int code = 4;
+  static constexpr const char* name = "tanh";
   template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return M::tanh_(x); }
   template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) {
     const T t = M::tanh_(x);
@@ -130,6 +143,7 @@ struct Tanh {
 // sigma'(x) = 2 / sqrt(pi) exp(-x^2)
 struct Erf {
   static constexpr int code = 5;
+  static constexpr const char* name = "erf";
   template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return M::erf_(x); }
   template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) {
     return T(1.12837916709551257389615890312154517) * M::exp_(-x * x);
@@ -142,6 +156,7 @@ struct Erf {
 
 struct Identity {
   static constexpr int code = 6;
+  static constexpr const char* name = "identity";
   template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return x; }
   template <class T, class M = math::Libm> PYRGD_HD static T df(T, T) { return T(1); }
   template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T, T& s, T& ds) {
@@ -153,7 +168,9 @@ struct Identity {
 }  // namespace act
 }  // namespace pyrgd
 
-// PYRGD_FOR_EACH_ACTIVATION(M) expands M(Struct, code) once per activation: for dispatch tables.
+// The table of the activations: PYRGD_FOR_EACH_ACTIVATION(M) expands M(Struct, code) once per activation, Struct
+// the struct of pyrgd::act (its Python name is Struct::name) and code its integer code. The one list every dispatch
+// on the code is generated from.
 #define PYRGD_FOR_EACH_ACTIVATION(M) \
   M(Relu, 0)                         \
   M(LeakyRelu, 1)                    \
@@ -162,5 +179,22 @@ struct Identity {
   M(Tanh, 4)                         \
   M(Erf, 5)                          \
   M(Identity, 6)
+
+namespace pyrgd {
+namespace act {
+#define PYRGD_ACT_COUNT_(S, c) +1
+#define PYRGD_ACT_BIT_(S, c) | (1u << (c))
+#define PYRGD_ACT_CHECK_(S, c) \
+  static_assert(S::code == (c), "pyrgd::act::" #S "::code differs from its line in PYRGD_FOR_EACH_ACTIVATION");
+// The number of activations; their codes are 0 .. kCount - 1, each once.
+constexpr int kCount = 0 PYRGD_FOR_EACH_ACTIVATION(PYRGD_ACT_COUNT_);
+PYRGD_FOR_EACH_ACTIVATION(PYRGD_ACT_CHECK_)
+static_assert(kCount < 32 && (0u PYRGD_FOR_EACH_ACTIVATION(PYRGD_ACT_BIT_)) == (1u << kCount) - 1u,
+              "the codes of PYRGD_FOR_EACH_ACTIVATION must be 0 .. kCount - 1, each once");
+#undef PYRGD_ACT_COUNT_
+#undef PYRGD_ACT_BIT_
+#undef PYRGD_ACT_CHECK_
+}  // namespace act
+}  // namespace pyrgd
 
 #endif  // PYRGD_ACTIVATIONS_H
