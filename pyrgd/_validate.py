@@ -69,9 +69,24 @@ def check_float_array(name, a, ndim, *, dtype=None, xp=None, inplace=False, shap
         a = mod.ascontiguousarray(a, dtype=base)
     if inplace and not getattr(a.flags, "writeable", True):  # CuPy arrays have no such flag
         raise PyrgdError(f"{name}: is updated in place but is read-only")
-    if finite and not bool(mod.isfinite(a).all()):
+    if finite and not all_finite(a):
         raise PyrgdError(f"{name}: contains NaN or infinite values")
     return a
+
+
+#: elements :func:`all_finite` checks at a time (its temporaries: a few arrays of this many elements)
+FINITE_CHUNK = 1 << 16
+
+
+def all_finite(a) -> bool:
+    """Whether a C-contiguous float array holds no NaN or infinity, checked in chunks of FINITE_CHUNK elements, so
+    that the check allocates a few chunks, never an array the size of ``a``."""
+    xp = array_module(a) or np
+    flat = a.reshape(-1)
+    for i in range(0, flat.size, FINITE_CHUNK):
+        if not bool(xp.isfinite(flat[i:i + FINITE_CHUNK]).all()):
+            return False
+    return True
 
 
 def _fmt_shape(shape):

@@ -12,13 +12,14 @@ import os
 import sys
 import warnings
 
-from .errors import BackendUnavailable, PyrgdError
+from .errors import BackendUnavailable, PyrgdError, ResourceError
 
 __all__ = ["main", "build_parser", "EXIT_CODES"]
 
 #: exit code per training status
 EXIT_CODES = {"converged": 0, "max_steps": 0, "time_budget": 0, "diverged": 1, "interrupted": 130}
 EXIT_BAD_INPUT = 2
+EXIT_RESOURCES = 3  # the run would not fit in memory (pyrgd.errors.ResourceError), refused before allocating it
 
 #: convenience flags of ``pyrgd train``: (flag, destination, config keys it sets, help)
 _FLAG_KEYS = (
@@ -61,12 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network and write a run folder",
                        description="Train a network. Config values: defaults < --preset < --config < flags and --set. "
                                    "Exit code 0 converged or stopped at a limit, 1 diverged, 130 interrupted, "
-                                   "2 bad input.")
+                                   "2 bad input, 3 would not fit in memory.")
     _add_config_args(t, PRESETS)
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<UTC time>-<preset or config name>)")
     t.add_argument("--json", action="store_true", help="print only the summary as JSON on stdout")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the plan (memory and time per part) without running; exit 3 if it would not fit")
     _add_flag_shortcuts(t)
 
     i = sub.add_parser("info", help="versions and which backends work on this machine")
@@ -217,6 +220,15 @@ def _cmd_train(args) -> int:
     if args.print_config:
         sys.stdout.write(C.dump_config(cfg))
         return 0
+    if args.dry_run:
+        plan = C.plan(cfg)
+        if args.json:
+            sys.stdout.write(json.dumps(json_safe(plan.as_dict()), indent=2) + "\n")
+        else:
+            print(plan.format())
+        plan.check()
+        return 0
+    C.plan(cfg, timing=False).check()  # refuse a run that would not fit before making its data
     net, X, Y, kwargs = C.build(cfg)
     out = args.out if args.out else _default_out(args)
     created = _make_out(out)
@@ -352,6 +364,9 @@ def _main(argv) -> int:
         return commands[args.command](args)
     except _UsageError as e:
         return _error(str(e))
+    except ResourceError as e:
+        _error(str(e))
+        return EXIT_RESOURCES
     except (PyrgdError, BackendUnavailable) as e:
         return _error(str(e))
     except KeyboardInterrupt:

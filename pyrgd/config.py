@@ -123,6 +123,8 @@ def coerce_value(table: str, key: str, text: str):
         value = num(s, False)
     elif kind == "lr":
         value = "auto" if s.lower() == "auto" else num(s, False)
+    elif kind == "int_or_auto":
+        value = "auto" if s.lower() == "auto" else num(s, True)
     elif kind == "bool":
         if s.lower() in _TRUE:
             value = True
@@ -158,7 +160,7 @@ def train_kwargs(cfg: dict) -> dict:
     t = cfg["train"]
     return {
         "lr": t["lr"], "steps": t["steps"], "tol": t["tol"], "rel_tol": t["rel_tol"],
-        "track_every": t["track_every"], "time_budget": t["time_budget"] or None,
+        "track_every": t["track_every"], "track_route": t["track_route"], "time_budget": t["time_budget"] or None,
         "divergence_factor": t["divergence_factor"], "backend": t["backend"], "threads": t["threads"] or None,
         "method": t["method"],
     }
@@ -192,3 +194,27 @@ def build(cfg: dict):
         head = msg.split(":", 1)[0].split("[", 1)[0]
         raise PyrgdError(f"model.{msg}" if head in SCHEMA["model"] else msg) from None
     return net, X, Y, train_kwargs(cfg)
+
+
+def plan(cfg: dict, timing: bool = True):
+    """The :class:`pyrgd.plan.Plan` of a config's run, without training and, for synthetic data, without making
+    the data (other sources are read to learn their shape). timing: estimate the times too."""
+    from . import ops
+    from .activations import parse_activation
+    from .plan import plan_run
+
+    cfg = resolve_config(file_cfg=cfg)
+    d_cfg, m, t = cfg["data"], cfg["model"], cfg["train"]
+    if d_cfg["source"] == "synthetic":
+        N, d = d_cfg["N"], d_cfg["d"]
+    else:
+        from .data import make_dataset
+
+        X, _ = make_dataset(d_cfg, dtype=m["dtype"])
+        N, d = X.shape
+        del X
+    backend = t["backend"]
+    if backend == "auto":
+        backend = ops.resolve_backend("auto", __import__("numpy"))
+    return plan_run(N, d, m["widths"], m["dtype"], parse_activation(m["activation"]), backend, t["method"], t["lr"],
+                    t["track_every"], t["steps"], t["track_route"], timing=timing)

@@ -10,3 +10,8 @@ class PyrgdError(ValueError):
 
 class BackendUnavailable(RuntimeError):
     """A requested backend cannot run on this machine; the message says what to install."""
+
+
+class ResourceError(PyrgdError):
+    """A run would not fit in the memory available (refused before allocating it): the message names the part,
+    its estimate, the memory available and the setting to change. The command line exits with code 3."""

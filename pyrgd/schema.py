@@ -35,7 +35,7 @@ BACKEND_NAMES = ("auto", "cpu", "reference", "cuda")
 class Key:
     """One config key: its kind, default and constraints.
 
-    kind: 'int', 'float', 'str', 'bool', 'lr' ("auto" or a positive float), 'activation' (a name such as
+    kind: 'int', 'float', 'str', 'bool', 'lr' ("auto" or a positive float), 'int_or_auto' ("auto" or an integer), 'activation' (a name such as
     "smooth_leaky_relu(0.2)", stored normalized), 'int_list', 'float_list', 'float_or_list'.
     lo: smallest allowed value (numbers and list items); lo_open: the bound itself is excluded.
     choices: the allowed strings.
@@ -85,7 +85,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "steps": Key("int", 1000, "most GD steps", lo=1),
         "tol": Key("float", 0.0, "stop when the loss is <= tol", lo=0.0),
         "rel_tol": Key("float", 0.0, "stop when loss / initial loss <= rel_tol", lo=0.0),
-        "track_every": Key("int", 100, "steps between two certificate evaluations", lo=1),
+        "track_every": Key("int_or_auto", "auto", "steps between two certificate evaluations: \"auto\" (as many as "
+                           "fit in 10% of the run's time), a number, or 0 (no tracking)", lo=0),
+        "track_route": Key("str", "auto", "how sigma_min(F_1) is tracked: exact (N x N Gram), certified (a certified "
+                           "lower bound by a Cholesky test), estimate (matrix-free, certifies nothing) or auto (exact "
+                           "where it fits the step's memory, else estimate)",
+                           choices=("auto", "exact", "certified", "estimate")),
         "time_budget": Key("float", 0.0, "most seconds of training (0: no budget)", lo=0.0),
         "divergence_factor": Key("float", 1e6, "stop as diverged when loss > factor * initial loss", lo=1.0,
                                  lo_open=True),
@@ -168,6 +173,12 @@ def _check_value(table: str, key: str, v):
         if spec.choices and v not in spec.choices:
             raise PyrgdError(f"{name}: expected one of {', '.join(spec.choices)}, got {v!r}")
         return v
+    if kind == "int_or_auto":
+        if isinstance(v, str):
+            if v.strip().lower() == "auto":
+                return "auto"
+            raise PyrgdError(f"{name}: expected \"auto\" or an integer >= {spec.lo:g}, got {v!r}")
+        return _number(name, v, spec, True, '"auto" or an integer')
     if kind == "lr":
         if isinstance(v, str):
             if v.strip().lower() == "auto":

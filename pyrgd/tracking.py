@@ -48,17 +48,21 @@ def pl_constant(sigma_min_F1: float, tail_sigma_min: list[float], act, multiplie
     return prod * prod
 
 
-def certificate(X, weights, initial_weights, act, multipliers, lr, backend) -> dict:
+def certificate(X, weights, initial_weights, act, multipliers, lr, backend, lambda_min=None) -> dict:
     """The tracked quantities at the current weights (see the module docstring).
 
     X (N, d) and the lists weights, initial_weights = [W_1, ..., W_L] (W_l (n_{l-1}, n_l)): arrays of one module,
     NumPy or CuPy; act: an :class:`pyrgd.activations.Activation`; multipliers: [a_1, ..., a_{L-1}]; lr: the step
     size (a float); backend: the wide layer's backend. Returns a dict of Python floats: sigma_min_F1,
     sigma_min_W{l} and norm_W{l} for l = 3..L, mu, certified_factor (nan when mu is), dist_W{l} for l = 1..L.
+    lambda_min: lambda_min(F_1 F_1^T) obtained elsewhere (e.g. a matrix-free estimate): no Gram is formed.
     """
-    K = ops.wide_gram(X, weights[0], activation=act, a1=multipliers[0], backend=backend)
-    s_f1 = smallest_singular_value_from_gram(K)
-    del K
+    if lambda_min is None:
+        K = ops.wide_gram(X, weights[0], activation=act, a1=multipliers[0], backend=backend)
+        s_f1 = smallest_singular_value_from_gram(K)
+        del K
+    else:
+        s_f1 = math.sqrt(max(float(lambda_min), 0.0))
     row = {"sigma_min_F1": s_f1}
     smins = []
     for l in range(3, len(weights) + 1):

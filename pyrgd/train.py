@@ -24,6 +24,7 @@ from .history import History
 from .interrupt import StopFlag
 from .lr_rule import AUTO_LR_RULE, auto_lr
 from .model import PyramidalNet
+from .plan import TRACKING_TIME_FRACTION, plan_run, step_flops
 from .stop_rules import STATUSES, StopRules
 from .tracker import Tracker
 
@@ -70,9 +71,9 @@ def _versions(xp):
     return v
 
 
-def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.0, rel_tol=0.0, track_every=100,
+def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.0, rel_tol=0.0, track_every="auto",
           time_budget=None, divergence_factor=1e6, progress=True, out=None, config=None,
-          threads=None, method="auto") -> TrainResult:
+          threads=None, method="auto", track_route="auto") -> TrainResult:
     """Train ``net`` in place by full-batch gradient descent on Phi = 1/2 ||F_L(X) - Y||_F^2 with a constant step.
 
     Parameters
@@ -84,7 +85,12 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     steps : int, the most GD steps.
     backend : "auto" | "cpu" | "reference" | "cuda".
     tol, rel_tol : stop as "converged" when Phi_k <= tol or Phi_k <= rel_tol * Phi_0.
-    track_every : int, compute the certificates every this many steps (0: never).
+    track_every : "auto" (the default: a certificate whenever the time spent on certificates stays within 10% of
+        the steps' time, :class:`pyrgd.tracker.Tracker`), an int (every this many steps, from step 0), or 0 (never).
+    track_route : "auto" | "exact" | "certified" | "estimate", how sigma_min(F_1) is obtained
+        (:mod:`pyrgd.spectrum`): "auto" takes the exact N x N route where it needs no more memory than the step
+        itself (:func:`pyrgd.plan.plan_run`), else the matrix-free estimate, which certifies no factor; "certified"
+        a certified lower bound (Cholesky test, N x N float64).
     time_budget : seconds of wall-clock time (None or 0: no budget); the run stops with status "time_budget".
     divergence_factor : stop as "diverged" when Phi_k > divergence_factor * Phi_0 or Phi_k is not finite.
     progress : show a progress bar (tqdm, on stderr) with the step, the loss and the contraction factor.
@@ -100,7 +106,12 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     if not isinstance(net, PyramidalNet):
         raise PyrgdError(f"net: expected a pyrgd.PyramidalNet, got {type(net).__name__}")
     steps = check_nonnegative_int("steps", steps)
-    track_every = check_nonnegative_int("track_every", track_every)
+    if not (isinstance(track_every, str) and track_every == "auto"):
+        if isinstance(track_every, str):
+            raise PyrgdError(f"track_every: expected 'auto' or a non-negative integer, got {track_every!r}")
+        track_every = check_nonnegative_int("track_every", track_every)
+    if track_route not in ("auto", "exact", "certified", "estimate"):
+        raise PyrgdError(f"track_route: expected one of auto, exact, certified, estimate, got {track_route!r}")
     tol = check_scalar("tol", tol, nonnegative=True)
     rel_tol = check_scalar("rel_tol", rel_tol, nonnegative=True)
     divergence_factor = check_scalar("divergence_factor", divergence_factor, positive=True)
@@ -113,7 +124,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         with thread_limits(threads):
             return train(net, X, Y, lr=lr, steps=steps, backend=backend, tol=tol, rel_tol=rel_tol,
                          track_every=track_every, time_budget=time_budget, divergence_factor=divergence_factor,
-                         progress=progress, out=out, config=config, method=method)
+                         progress=progress, out=out, config=config, method=method, track_route=track_route)
     if not (isinstance(lr, str) and lr == "auto"):
         if isinstance(lr, str):
             raise PyrgdError(f"lr: expected a positive number or 'auto', got {lr!r}")
@@ -125,10 +136,13 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     net.warn_if_narrow(N)
 
     act, mult = net.activation, net.multipliers
+    plan = plan_run(N, net.d, net.widths, net.dtype, act, backend, method, lr, track_every, steps, track_route,
+                    timing=False)
+    plan.check()  # refuse, naming the part, before allocating anything large
     Xd, Yd = xp.asarray(_to_host(X_host) if xp is np else X_host), xp.asarray(_to_host(Y_host) if xp is np
                                                                              else Y_host)
     W = [xp.ascontiguousarray(xp.asarray(w)) for w in net.weights]
-    W0 = [w.copy() for w in W]
+    W0 = [w.copy() for w in W] if plan.tracking_route != "off" else None  # the certificates' distances need them
 
     t_start = time.perf_counter()
     lr_rule = "given"
@@ -139,7 +153,11 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
 
     rules = StopRules(steps, tol, rel_tol, divergence_factor, time_budget)
     hist = History(net.L)
-    tracker = Tracker(Xd, W, W0, act, mult, lr, backend, track_every)
+    tracker = Tracker(Xd, W, W0, act, mult, lr, backend, 0 if plan.tracking_route == "off" else track_every,
+                      route=plan.tracking_route,
+                      step_flops=step_flops(N, net.d, net.widths, plan.method, plan.kept),
+                      fraction=TRACKING_TIME_FRACTION, block=plan.estimate_block,
+                      block_bytes=plan.estimate_block_bytes)
     engine = None
     status, message = "max_steps", f"reached the step budget of {steps} steps"
     timing = {"steps": 0.0}  # seconds in the engine's evaluate and update, kept by _loop
@@ -185,6 +203,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         "init": net.init,
         "seed": net.seed,
         "versions": _versions(xp),
+        "tracking": tracker.describe(),
+        "plan": plan.as_dict(),
     }
     threads_now = ops.backend_threads(backend)
     if threads_now is not None:
@@ -220,8 +240,8 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
         envelope = tracker.advance() if k > 0 else tracker.envelope
         factor = hist.add(k, loss, timing["steps"], envelope)
         tracker.observe(k, factor)
-        if tracker.due(k, loss):
-            tracker.record(k)
+        if tracker.due(k, loss, timing["steps"], k):
+            tracker.record(k, loss)
             if k == 0:
                 hist.set_envelope(tracker.envelope)
         stopped = rules.check(k, loss, phi0, interrupted=stop.set, elapsed=time.perf_counter() - t_start)

@@ -258,8 +258,9 @@ def test_build_takes_d_from_the_data_and_maps_train_kwargs():
     net, X, Y, kw = C.build(cfg)
     assert net.d == 5 and net.widths == [32, 4, 2] and net.dtype == np.float32 and net.seed == 3
     assert X.shape == (10, 5) and X.dtype == np.float32 and Y.shape == (10, 2)
-    assert kw == {"lr": 0.1, "steps": 9, "tol": 0.0, "rel_tol": 0.0, "track_every": 100, "time_budget": 4.0,
-                  "divergence_factor": 1e6, "backend": "reference", "threads": 3, "method": "neurons"}
+    assert kw == {"lr": 0.1, "steps": 9, "tol": 0.0, "rel_tol": 0.0, "track_every": "auto", "track_route": "auto",
+                  "time_budget": 4.0, "divergence_factor": 1e6, "backend": "reference", "threads": 3,
+                  "method": "neurons"}
     assert C.build({"data": {"N": 4, "d": 2}, "model": {"widths": [8, 1]}})[3]["threads"] is None  # 0: as it is
     np.testing.assert_array_equal(net.weights[0], PyramidalNet(5, [32, 4, 2], activation=net.activation, seed=3,
                                                                dtype="float32").weights[0])
@@ -340,3 +341,16 @@ def test_schema_resolves_without_config_or_data(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(tmp_path)).stdout.splitlines()
     assert out == ["PyrgdError data.inputs: expected one of sphere, gaussian, got 'cube'", "[]"]
+
+
+def test_track_every_takes_auto_zero_or_a_count():
+    assert C.resolve_config()["train"]["track_every"] == "auto"
+    assert C.resolve_config(overrides={"train": {"track_every": 0}})["train"]["track_every"] == 0
+    assert C.coerce_value("train", "track_every", "auto") == "auto"
+    assert C.coerce_value("train", "track_every", "25") == 25
+    with pytest.raises(PyrgdError, match="train.track_every: expected \"auto\" or an integer >= 0"):
+        C.resolve_config(overrides={"train": {"track_every": "often"}})
+    with pytest.raises(PyrgdError, match="train.track_every"):
+        C.resolve_config(overrides={"train": {"track_every": -1}})
+    with pytest.raises(PyrgdError, match="train.track_route: expected one of auto, exact, certified, estimate"):
+        C.resolve_config(overrides={"train": {"track_route": "fast"}})

@@ -18,6 +18,8 @@ already validated arrays (C-contiguous, native byte order, one floating dtype, f
     the pyramidal tail (layers 2..L) from H = Z_2: the loss as a float, G = dPhi/dZ_2 and [dPhi/dW_3, ...].
 ``network_gradients(X, Y, W, act, mult) -> [dPhi/dW_1, ..., dPhi/dW_L]``
     every gradient at the current weights, nothing updated.
+``plan_step(N, d, widths, dtype, act, method="auto") -> {"method", "kept", "bytes"}``
+    the method ``engine`` would take and the step's own memory besides X, Y and the weights, before allocating.
 ``METHODS``, ``engine(X, Y, W, act, mult, method="auto", allreduce=None) -> StepEngine``
     the GD step methods of the backend and its step engine (:mod:`pyrgd.backends.engine`), what
     :func:`pyrgd.train` runs.
@@ -41,4 +43,4 @@ BACKENDS = ("reference", "cpu", "cuda")
 
 #: the names every backend module defines (tests/test_backend_contract.py checks them)
 CONTRACT = ("name", "available", "array_namespace", "forward", "step", "gram", "tail", "network_gradients", "METHODS",
-            "engine")
+            "engine", "plan_step")

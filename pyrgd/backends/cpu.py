@@ -314,6 +314,25 @@ class RowsEngine(StepEngine):
         return self._grads
 
 
+def plan_step(N, d, widths, dtype, act, method="auto") -> dict:
+    """What :func:`engine` would take for these shapes, before anything is allocated: {'method', 'kept', 'bytes'}
+    with 'bytes' the step's own memory besides X, Y and the weights (rows: the gradients and network_grad's
+    workspace; neurons: two N x n_2 arrays, the tail computed in one streamed pass)."""
+    N, d, n1, n2 = int(N), int(d), int(widths[0]), int(widths[1])
+    item = np.dtype(dtype).itemsize
+    if method == "auto":
+        method = auto_method(N, d, n1, n2, dtype, act)
+    if method == "rows":
+        kept = rows_kept(N, d, n1, n2, dtype, act)
+        dims = [d] + [int(w) for w in widths]
+        grads = sum(a * b for a, b in zip(dims, dims[1:])) * item
+        work = grad_workspace_size(N, d, n1, n2, act, item, kept_neurons=kept) * item
+        return {"method": "rows", "kept": kept, "bytes": grads + work}
+    from .engine import neurons_step_bytes
+
+    return {"method": "neurons", "kept": None, "bytes": neurons_step_bytes(N, [n1, n2], item)}
+
+
 def network_gradients(X, Y, W, act, mult) -> list:
     """[dPhi/dW_1, ..., dPhi/dW_L] at the current weights, from one :func:`network_grad` pass."""
     return network_grad(X, Y, W, act, mult)[1]

@@ -494,6 +494,17 @@ def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
     return tail_step(H, Y, tail_weights, act, tail_multipliers)
 
 
+def plan_step(N, d, widths, dtype, act, method="auto") -> dict:
+    """{'method': 'neurons', 'kept': None, 'bytes'}: device memory of the step besides X, Y and the weights (the
+    neurons method's N x n_2 buffers, H_next made by a forward launch then copied over G, the tail's CuPy
+    temporaries, and the step kernel's scratch, a few MiB)."""
+    from .engine import neurons_step_bytes
+
+    item = np.dtype(dtype).itemsize
+    return {"method": "neurons", "kept": None,
+            "bytes": neurons_step_bytes(N, widths, item, n2_buffers=4) + (8 << 20)}
+
+
 def network_gradients(X, Y, W, act, mult) -> list:
     """[dPhi/dW_1, ..., dPhi/dW_L] at the current weights: H from :func:`forward`, the wide layer's gradients from
     CuPy products over blocks of neurons (:func:`pyrgd.backends.engine.blocked_network_gradients`)."""

@@ -191,6 +191,14 @@ class NeuronsEngine(StepEngine):
         self._H = xp.ascontiguousarray(xp.asarray(_to_device(H, self.X), dtype=self.X.dtype))
 
 
+def neurons_step_bytes(N: int, widths, itemsize: int, n2_buffers: int = 2) -> int:
+    """Bytes the neurons method holds besides the data and the weights: ``n2_buffers`` N x n_2 arrays (H and G,
+    the next H written over G) and one N x n_l array per hidden tail layer (the tail's forward cache)."""
+    N, widths = int(N), [int(w) for w in widths]
+    tail = sum(N * n for n in widths[2:-1])
+    return (int(n2_buffers) * N * widths[1] + tail) * int(itemsize)
+
+
 #: bytes of the N x block matrices :func:`blocked_network_gradients` materializes at a time
 GRADIENT_BLOCK_BYTES = 64 << 20
 

@@ -67,6 +67,17 @@ def gram(X, W1, act, a1, W2=None, B2=None):
     return F @ F.T
 
 
+def plan_step(N, d, widths, dtype, act, method="auto") -> dict:
+    """{'method': 'neurons', 'kept': None, 'bytes'}: the reference materializes X W_1, sigma, sigma' and their
+    products (about four N x n_1 arrays) besides the neurons method's buffers."""
+    from .engine import neurons_step_bytes
+
+    item = np.dtype(dtype).itemsize
+    N, n1 = int(N), int(widths[0])
+    return {"method": "neurons", "kept": None,
+            "bytes": 4 * N * n1 * item + neurons_step_bytes(N, widths, item, n2_buffers=3)}
+
+
 def network_gradients(X, Y, W, act, mult):
     """[dPhi/dW_1, ..., dPhi/dW_L] at the current weights (mult: [a_1, ..., a_{L-1}])."""
     import sys
