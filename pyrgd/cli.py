@@ -17,7 +17,7 @@ from .errors import BackendUnavailable, PyrgdError, ResourceError
 __all__ = ["main", "build_parser", "EXIT_CODES"]
 
 #: exit code per training status
-EXIT_CODES = {"converged": 0, "max_steps": 0, "time_budget": 0, "diverged": 1, "interrupted": 130}
+EXIT_CODES = {"converged": 0, "max_steps": 0, "time_budget": 0, "diverged": 1, "interrupted": 130, "terminated": 143}
 EXIT_BAD_INPUT = 2
 EXIT_RESOURCES = 3  # the run would not fit in memory (pyrgd.errors.ResourceError), refused before allocating it
 
@@ -32,7 +32,10 @@ _FLAG_KEYS = (
     ("--steps", "steps", ("train.steps",), "most GD steps"),
     ("--rel-tol", "rel_tol", ("train.rel_tol",), "stop when loss/initial loss <= REL_TOL"),
     ("--tol", "tol", ("train.tol",), "stop when loss <= TOL"),
-    ("--track-every", "track_every", ("train.track_every",), "steps between certificate evaluations"),
+    ("--track-every", "track_every", ("train.track_every",),
+     "steps between certificate evaluations: auto (within 10%% of the run's time), a number, or 0 (off)"),
+    ("--checkpoint-every", "checkpoint_every", ("train.checkpoint_every",),
+     "steps between checkpoints in the run folder: auto (every 10 minutes), a number, or 0 (off)"),
     ("--time-budget", "time_budget", ("train.time_budget",), "most seconds of training (0: none)"),
     ("--backend", "backend", ("train.backend",), "auto, cpu, reference or cuda"),
     ("--method", "method", ("train.method",), "GD step method: auto, rows (cpu) or neurons (memory-lean)"),
@@ -62,12 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network and write a run folder",
                        description="Train a network. Config values: defaults < --preset < --config < flags and --set. "
                                    "Exit code 0 converged or stopped at a limit, 1 diverged, 130 interrupted, "
-                                   "2 bad input, 3 would not fit in memory.")
+                                   "143 terminated by SIGTERM (a checkpoint was written: --resume), 2 bad input, "
+                                   "3 would not fit in memory.")
     _add_config_args(t, PRESETS)
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<UTC time>-<preset or config name>)")
     t.add_argument("--json", action="store_true", help="print only the summary as JSON on stdout")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run of RUN_DIR from its checkpoint, bit for bit (its config.toml is the base "
+                        "config; flags may change the stop rules, not the data or the model)")
+    t.add_argument("--force", action="store_true", help="write into a non-empty --out folder (files are replaced)")
     t.add_argument("--dry-run", action="store_true",
                    help="print the plan (memory and time per part) without running; exit 3 if it would not fit")
     _add_flag_shortcuts(t)
@@ -216,6 +224,14 @@ def _cmd_train(args) -> int:
     from . import config as C
     from .runio import json_safe
 
+    if args.resume:
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise PyrgdError("--out: a resumed run continues in its own folder (--resume RUN_DIR); leave --out out")
+        if args.config or args.preset:
+            raise PyrgdError("--resume: the run's own config.toml is the config; leave --config and --preset out")
+        args.config = os.path.join(args.resume, "config.toml")
+        if not os.path.isfile(args.config):
+            raise PyrgdError(f"--resume: {args.resume} has no config.toml (is it a pyrgd run folder?)")
     cfg = _resolved_config(args)
     if args.print_config:
         sys.stdout.write(C.dump_config(cfg))
@@ -230,12 +246,16 @@ def _cmd_train(args) -> int:
         return 0
     C.plan(cfg, timing=False).check()  # refuse a run that would not fit before making its data
     net, X, Y, kwargs = C.build(cfg)
-    out = args.out if args.out else _default_out(args)
+    out = args.resume or (args.out if args.out else _default_out(args))
+    if not args.resume and not args.force and os.path.isdir(out) and os.listdir(out):
+        raise PyrgdError(f"--out: {out} is not empty; choose a new folder, continue its run with --resume {out}, or "
+                         "replace its files with --force")
     created = _make_out(out)
     try:
         from .train import train
 
-        result = train(net, X, Y, progress=not args.no_progress, out=out, config=cfg, **kwargs)
+        result = train(net, X, Y, progress=not args.no_progress, out=out, config=cfg, resume=args.resume,
+                       **kwargs)
     except BaseException:  # nothing was trained (bad backend, ...): leave no empty run folder behind
         if created:
             _remove_if_empty(out)

@@ -160,7 +160,8 @@ def train_kwargs(cfg: dict) -> dict:
     t = cfg["train"]
     return {
         "lr": t["lr"], "steps": t["steps"], "tol": t["tol"], "rel_tol": t["rel_tol"],
-        "track_every": t["track_every"], "track_route": t["track_route"], "time_budget": t["time_budget"] or None,
+        "track_every": t["track_every"], "track_route": t["track_route"],
+        "checkpoint_every": t["checkpoint_every"], "time_budget": t["time_budget"] or None,
         "divergence_factor": t["divergence_factor"], "backend": t["backend"], "threads": t["threads"] or None,
         "method": t["method"],
     }

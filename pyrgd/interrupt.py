@@ -1,30 +1,61 @@
-"""Ctrl-C during a run: a flag checked between GD steps, so that a step is never left half applied."""
+"""Signals during a run: Ctrl-C (SIGINT) and a scheduler's SIGTERM become a flag checked between GD steps, and a
+step is applied whole or not at all whatever arrives when."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
+#: the exit code of a run stopped by SIGTERM (128 + 15, the shell's convention)
+EXIT_TERMINATED = 143
+
 
 class StopFlag:
-    """Within ``with StopFlag() as stop:`` the first SIGINT sets ``stop.set`` (the run stops after the step it is
-    in); a second one raises KeyboardInterrupt at once. Outside the main thread it changes nothing (Python delivers
-    signals to the main thread only). The previous handler is restored on exit."""
+    """Within ``with StopFlag() as stop:`` the first SIGINT or SIGTERM sets ``stop.set`` (and ``stop.signal``: 'SIGINT'
+    or 'SIGTERM'); the run stops after the step it is in. A second one raises KeyboardInterrupt at once, except
+    inside :meth:`critical`, where it is held until the block ends (an update is never left half applied). Outside
+    the main thread it changes nothing (Python delivers signals to the main thread only). The previous handlers are
+    restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.set = False
-        self._old = None
+        self.signal = None
+        self._old = {}
+        self._depth = 0
+        self._pending = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
         return self
 
     def _handler(self, signum, frame):
-        if self.set:  # a second Ctrl-C: stop now
+        if not self.set:  # the first signal: stop after the step in progress
+            self.set, self.signal = True, signal.Signals(signum).name
+        elif self._depth:  # a second one inside a critical block: held until it ends
+            self._pending = True
+        else:  # a second one elsewhere: stop now
             raise KeyboardInterrupt
-        self.set = True
+
+    @contextlib.contextmanager
+    def critical(self, hold=False):
+        """A block no signal interrupts: a second signal arriving inside raises KeyboardInterrupt when it ends, or,
+        with ``hold``, is dropped (the run is already stopping)."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending:
+                self._pending = False
+                if not hold:
+                    raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
         return False

@@ -97,6 +97,13 @@ def backend_threads(name: str):
     return None if get is None else int(get())
 
 
+def backend_isa(name: str):
+    """The instruction set backend ``name``'s kernels use ('avx512', 'avx2', 'generic'), or None where it has none
+    (a resumed run checks it: the kernels of two instruction sets may differ in the last bits)."""
+    get = getattr(get_backend(name), "get_isa", None)
+    return None if get is None else str(get())
+
+
 def _check_wide(X, W1, W2, *, inplace=False):
     xp = array_module(X)
     X = check_float_array("X", X, 2)

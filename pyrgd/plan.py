@@ -20,6 +20,8 @@ from .errors import ResourceError
 
 #: the tracker may take at most this fraction of the run's wall time (:class:`pyrgd.tracker.Tracker`)
 TRACKING_TIME_FRACTION = 0.1
+#: the tracker may use as much memory as the step itself (data, weights, the step's buffers), or this, if more
+TRACKING_MEMORY_FLOOR = 16 << 20
 #: a run is refused where its planned peak exceeds this fraction of the memory available
 MEMORY_FRACTION = 0.9
 #: the fraction of the FMA peak the time estimates assume for the fused kernels
@@ -228,7 +230,7 @@ def plan_run(N, d, widths, dtype, activation, backend="cpu", method="auto", lr="
              f"the {step['method']} method's buffers; at most {int(steps)} steps",
              "train.method = neurons (no gradient arrays)" if step["method"] == "rows" else "model.widths"),
     ]
-    budget = data_bytes + weight_bytes + int(step["bytes"])
+    budget = max(TRACKING_MEMORY_FLOOR, data_bytes + weight_bytes + int(step["bytes"]))
     chosen = tracking_route(N, item, budget, track_every, route)
     if chosen == "exact":
         t_bytes = spectrum.exact_memory_bytes(N, item)

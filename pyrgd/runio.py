@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import PyrgdError
 
-__all__ = ["write_run", "read_history", "read_certificates", "read_summary", "atomic_write", "json_safe",
+__all__ = ["write_run", "write_config", "read_history", "read_certificates", "read_summary", "atomic_write", "json_safe",
            "RUN_FILES"]
 
 #: the files of a complete run folder (certificates.csv and config.toml are optional)
@@ -174,6 +174,18 @@ def read_summary(out) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- the run folder
+def write_config(out, config) -> None:
+    """Write the resolved config as ``out``/config.toml (atomically; the folder is created if needed)."""
+    from .config import dump_config
+
+    try:
+        os.makedirs(os.fspath(out), exist_ok=True)
+    except OSError as e:
+        raise PyrgdError(f"out: cannot create the run folder {out}: {e.strerror or e}") from None
+    text = dump_config(config)
+    atomic_write(os.path.join(os.fspath(out), "config.toml"), lambda f: f.write(text))
+
+
 def write_run(out, result, config=None) -> str:
     """Write the run folder ``out`` for a :class:`pyrgd.train.TrainResult` (see the module docstring).
 
@@ -190,10 +202,7 @@ def write_run(out, result, config=None) -> str:
     except OSError as e:
         raise PyrgdError(f"out: cannot create the run folder {out}: {e.strerror or e}") from None
     if config is not None:
-        from .config import dump_config
-
-        text = dump_config(config)
-        atomic_write(os.path.join(out, "config.toml"), lambda f: f.write(text))
+        write_config(out, config)
     summary_text = json.dumps(json_safe(dict(result.summary)), indent=2, allow_nan=False) + "\n"
     atomic_write(os.path.join(out, "summary.json"), lambda f: f.write(summary_text))
     _write_csv(os.path.join(out, "history.csv"), result.history, "history")

@@ -87,6 +87,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rel_tol": Key("float", 0.0, "stop when loss / initial loss <= rel_tol", lo=0.0),
         "track_every": Key("int_or_auto", "auto", "steps between two certificate evaluations: \"auto\" (as many as "
                            "fit in 10% of the run's time), a number, or 0 (no tracking)", lo=0),
+        "checkpoint_every": Key("int_or_auto", "auto", "steps between checkpoints written to the run folder: "
+                                "\"auto\" (every 10 minutes of wall time), a number, or 0 (none)", lo=0),
         "track_route": Key("str", "auto", "how sigma_min(F_1) is tracked: exact (N x N Gram), certified (a certified "
                            "lower bound by a Cholesky test), estimate (matrix-free, certifies nothing) or auto (exact "
                            "where it fits the step's memory, else estimate)",

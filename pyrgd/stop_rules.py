@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 #: every status a run can end with
-STATUSES = ("converged", "max_steps", "diverged", "time_budget", "interrupted")
+STATUSES = ("converged", "max_steps", "diverged", "time_budget", "interrupted", "terminated")
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,8 @@ class StopRules:
     """The stop rules of :func:`pyrgd.train`, in the order they are checked.
 
     diverged: Phi_k not finite or Phi_k > divergence_factor * Phi_0; converged: Phi_k <= tol or Phi_k <= rel_tol *
-    Phi_0; max_steps: k >= steps; interrupted: a stop was asked for (Ctrl-C); time_budget: more than
+    Phi_0; max_steps: k >= steps; interrupted / terminated: a stop was asked for (Ctrl-C / SIGTERM, the run's
+    checkpoint then lets it resume); time_budget: more than
     ``time_budget`` seconds (None: no budget) have passed since the run started.
     """
 
@@ -23,11 +24,12 @@ class StopRules:
     divergence_factor: float = 1e6
     time_budget: float | None = None
 
-    def check(self, k: int, loss: float, phi0: float, interrupted: bool = False,
+    def check(self, k: int, loss: float, phi0: float, interrupted=False,
               elapsed: float = 0.0) -> tuple[str, str] | None:
         """(status, a one-sentence message) when the run stops at step k with loss Phi_k = ``loss``, else None.
 
-        phi0: the loss at step 0; elapsed: seconds since the run started."""
+        phi0: the loss at step 0; elapsed: seconds since the run started; interrupted: False, True or the signal's
+        name ('SIGINT', 'SIGTERM')."""
         if not math.isfinite(loss) or loss > self.divergence_factor * phi0:
             return "diverged", (f"the loss became {loss:.3e} at step {k} (start {phi0:.3e}); try a smaller lr"
                                 if math.isfinite(loss) else f"the loss became {loss} at step {k}; try a smaller lr")
@@ -36,6 +38,8 @@ class StopRules:
                                  f"{loss / phi0 if phi0 > 0 else 0.0:.2e} of its start")
         if k >= self.steps:
             return "max_steps", f"reached the step budget of {self.steps} steps"
+        if interrupted == "SIGTERM":
+            return "terminated", f"terminated (SIGTERM) after {k} steps"
         if interrupted:
             return "interrupted", f"interrupted (Ctrl-C) after {k} steps"
         if self.time_budget is not None and elapsed > self.time_budget:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from . import spectrum
 from .tracking import certificate
 
@@ -154,6 +156,32 @@ class Tracker:
             t *= 0.5
         return certificate(self.X, self.W, self.W0, self.act, self.mult, self.lr, self.backend,
                            lambda_min=bound if bound is not None else 0.0)
+
+    def snapshot(self) -> dict:
+        """The running values a checkpoint keeps (JSON-friendly)."""
+        return {"certified": self.certified, "envelope": self.envelope, "seconds": self.seconds,
+                "last_cost": self._last_cost}
+
+    def estimator_block(self):
+        """The matrix-free estimate's current block of vectors (N x k float64), or None: a resumed run warm-starts
+        from it, as the uninterrupted run would."""
+        return None if self._estimator is None else self._estimator._V
+
+    def restore(self, snap: dict, columns: dict, block=None) -> None:
+        """Put back a :meth:`snapshot`, the certificate columns of a checkpoint (JSON nulls read as nan) and the
+        estimate's block of vectors (:meth:`estimator_block`)."""
+        if block is not None:
+            self._estimator = spectrum.LambdaMinEstimator(self.X.shape[0], k=block.shape[1],
+                                                          block_bytes=self.block_bytes)
+            self._estimator._V = np.array(block, dtype=np.float64)
+        nan = float("nan")
+        self.certified = nan if snap.get("certified") is None else float(snap["certified"])
+        self.envelope = nan if snap.get("envelope") is None else float(snap["envelope"])
+        self.seconds = float(snap.get("seconds") or 0.0)
+        self._last_cost = snap.get("last_cost")
+        self.columns = {k: [nan if v is None else v for v in col] for k, col in columns.items()}
+        if "step" in self.columns:
+            self.columns["step"] = [int(v) for v in self.columns["step"]]
 
     def describe(self) -> dict:
         """How the tracked quantities were obtained (for the run's summary)."""

@@ -73,7 +73,7 @@ def _versions(xp):
 
 def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.0, rel_tol=0.0, track_every="auto",
           time_budget=None, divergence_factor=1e6, progress=True, out=None, config=None,
-          threads=None, method="auto", track_route="auto") -> TrainResult:
+          threads=None, method="auto", track_route="auto", checkpoint_every="auto", resume=None) -> TrainResult:
     """Train ``net`` in place by full-batch gradient descent on Phi = 1/2 ||F_L(X) - Y||_F^2 with a constant step.
 
     Parameters
@@ -95,6 +95,11 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     divergence_factor : stop as "diverged" when Phi_k > divergence_factor * Phi_0 or Phi_k is not finite.
     progress : show a progress bar (tqdm, on stderr) with the step, the loss and the contraction factor.
     out : run folder to write (history, certificates, summary, weights, plot) when the run ends, however it ends.
+    checkpoint_every : steps between checkpoints written to ``out``/checkpoint.npz (:mod:`pyrgd.checkpoint`), 0 for
+        none, or "auto" (the default): one every CHECKPOINT_SECONDS of wall time when ``out`` is given. A run stopped
+        by Ctrl-C or SIGTERM writes one too (where checkpoints are on).
+    resume : a checkpoint file or a run folder holding one: continue that run, bit for bit as if it had not stopped
+        (same data, config, backend and instruction set; any thread count); PyrgdError when they differ.
     config : the resolved configuration to store in the run folder.
     threads : CPU threads of the C++ kernels and of the BLAS for this run (None or 0: as they are); both are
         restored when it returns. The cpu backend's results are the same bits for any number of threads.
@@ -124,11 +129,18 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         with thread_limits(threads):
             return train(net, X, Y, lr=lr, steps=steps, backend=backend, tol=tol, rel_tol=rel_tol,
                          track_every=track_every, time_budget=time_budget, divergence_factor=divergence_factor,
-                         progress=progress, out=out, config=config, method=method, track_route=track_route)
+                         progress=progress, out=out, config=config, method=method, track_route=track_route,
+                         checkpoint_every=checkpoint_every, resume=resume)
     if not (isinstance(lr, str) and lr == "auto"):
         if isinstance(lr, str):
             raise PyrgdError(f"lr: expected a positive number or 'auto', got {lr!r}")
         lr = check_scalar("lr", lr, positive=True)
+    if not (isinstance(checkpoint_every, str) and checkpoint_every == "auto"):
+        if isinstance(checkpoint_every, str):
+            raise PyrgdError(f"checkpoint_every: expected 'auto' or a non-negative integer, got {checkpoint_every!r}")
+        checkpoint_every = check_nonnegative_int("checkpoint_every", checkpoint_every)
+        if checkpoint_every and out is None:
+            raise PyrgdError("checkpoint_every: checkpoints are written to the run folder; give out as well")
     X_host = check_float_array("X", X, 2, dtype=net.dtype, shape=(None, net.d))
     N = X_host.shape[0]
     Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
@@ -142,10 +154,21 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     Xd, Yd = xp.asarray(_to_host(X_host) if xp is np else X_host), xp.asarray(_to_host(Y_host) if xp is np
                                                                              else Y_host)
     W = [xp.ascontiguousarray(xp.asarray(w)) for w in net.weights]
-    W0 = [w.copy() for w in W] if plan.tracking_route != "off" else None  # the certificates' distances need them
+    identity = {"N": N, "d": net.d, "widths": list(net.widths), "dtype": net.dtype.name,
+                "activation": str(act), "multipliers": [float(a) for a in mult], "backend": backend,
+                "method": plan.method, "isa": ops.backend_isa(backend)}
+    saved = None
+    if resume is not None:
+        saved = _load_resume(resume, identity, X_host, Y_host, lr)
+        lr = saved["meta"]["lr"]
+    tracked = plan.tracking_route != "off"
+    if saved is not None and tracked and "W0_1" in saved["arrays"]:
+        W0 = [xp.asarray(saved["arrays"][f"W0_{l}"]) for l in range(1, net.L + 1)]
+    else:
+        W0 = [w.copy() for w in W] if tracked else None  # the certificates' distances need them
 
     t_start = time.perf_counter()
-    lr_rule = "given"
+    lr_rule = "given" if saved is None else saved["meta"]["lr_rule"]
     if lr == "auto":
         lr = auto_lr(Xd, W, act, mult, backend)
         lr_rule = AUTO_LR_RULE
@@ -160,76 +183,101 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                       block_bytes=plan.estimate_block_bytes)
     engine = None
     status, message = "max_steps", f"reached the step budget of {steps} steps"
-    timing = {"steps": 0.0}  # seconds in the engine's evaluate and update, kept by _loop
-    bar = _progress_bar(steps) if progress else None
-    try:
-        with StopFlag() as stop, warnings.catch_warnings():
-            engine = ops.step_engine(Xd, Yd, W, activation=act, multipliers=mult, backend=backend, method=method)
-            status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing)
-    except KeyboardInterrupt:  # a second Ctrl-C, or not in the main thread: the last full step is kept
-        status, message = "interrupted", f"interrupted (Ctrl-C) after {len(hist) - 1} steps"
-        hist.repair()
-    finally:
-        if bar is not None:
-            if len(hist):
-                bar.set_postfix(loss=f"{hist.last_loss:.3e}", refresh=False)
-            bar.close()
+    # seconds in the engine's evaluate and update, and the updates applied (the weights' step), kept by _loop
+    timing = {"steps": 0.0, "k": 0}
+    if saved is not None:
+        timing["k"] = int(saved["meta"]["step"])
+        timing["steps"] = float(saved["meta"]["step_seconds"])
+    checkpoints = _Checkpointer(out, checkpoint_every, identity, X_host, Y_host, W0, lr, lr_rule,
+                                t_start - (saved["meta"].get("wall_seconds", 0.0) if saved else 0.0))
+    if out is not None and config is not None:  # first, so that a killed run's folder can be resumed
+        from .runio import write_config
 
-    net.weights = [np.ascontiguousarray(_to_host(w)) for w in W]
-    h = hist.columns
-    factors = [f for f in h["factor"] if math.isfinite(f)]
-    summary = {
-        "status": status,
-        "message": message,
-        "steps": len(hist) - 1,
-        "initial_loss": h["loss"][0] if h["loss"] else None,
-        "final_loss": h["loss"][-1] if h["loss"] else None,
-        "relative_loss": (h["loss"][-1] / h["loss"][0]) if h["loss"] and h["loss"][0] > 0 else None,
-        "median_factor": float(np.median(factors)) if factors else None,
-        "wall_time_s": time.perf_counter() - t_start,
-        "step_time_s": timing["steps"],
-        "tracking_time_s": tracker.seconds,
-        "lr_time_s": t_lr,
-        "backend": backend,
-        "method": engine.method if engine is not None else method,
-        "kept_neurons": engine.kept if engine is not None else None,
-        "dtype": net.dtype.name,
-        "lr": lr,
-        "lr_rule": lr_rule,
-        "N": N,
-        "d": net.d,
-        "widths": list(net.widths),
-        "activation": str(net.activation),
-        "init": net.init,
-        "seed": net.seed,
-        "versions": _versions(xp),
-        "tracking": tracker.describe(),
-        "plan": plan.as_dict(),
-    }
-    threads_now = ops.backend_threads(backend)
-    if threads_now is not None:
-        summary["threads"] = threads_now
-    result = TrainResult(status, message, h, tracker.columns, summary, net, lr)
-    if out is not None:
-        from .runio import write_run
+        write_config(out, config)
+    bar = _progress_bar(steps, timing["k"]) if progress else None
+    stop = StopFlag()
+    with stop:  # until the run folder is written: no signal cuts a step, a checkpoint or a file in half
+        try:
+            with warnings.catch_warnings():
+                engine = ops.step_engine(Xd, Yd, W, activation=act, multipliers=mult, backend=backend, method=method)
+                if saved is not None:
+                    _restore(saved, engine, hist, tracker, net.L)
+                status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing, checkpoints)
+        except KeyboardInterrupt:  # a second signal, or not in the main thread: the last whole step is kept
+            hist.repair()
+            if engine is not None and len(hist) < timing["k"] + 1:  # the weights are a step past the last row
+                hist.add(timing["k"], engine.evaluate(), timing["steps"], float("nan"))
+                hist.close()
+            status, message = "interrupted", f"interrupted after {len(hist) - 1} steps"
+        finally:
+            if bar is not None:
+                if len(hist):
+                    bar.set_postfix(loss=f"{hist.last_loss:.3e}", refresh=False)
+                bar.close()
 
-        write_run(out, result, config)
+        net.weights = [np.ascontiguousarray(_to_host(w)) for w in W]
+        h = hist.columns
+        factors = [f for f in h["factor"] if math.isfinite(f)]
+        summary = {
+            "status": status,
+            "message": message,
+            "steps": len(hist) - 1,
+            "initial_loss": h["loss"][0] if h["loss"] else None,
+            "final_loss": h["loss"][-1] if h["loss"] else None,
+            "relative_loss": (h["loss"][-1] / h["loss"][0]) if h["loss"] and h["loss"][0] > 0 else None,
+            "median_factor": float(np.median(factors)) if factors else None,
+            "wall_time_s": time.perf_counter() - t_start + (saved["meta"].get("wall_seconds", 0.0) if saved else 0.0),
+            "step_time_s": timing["steps"],
+            "tracking_time_s": tracker.seconds,
+            "lr_time_s": t_lr,
+            "backend": backend,
+            "method": engine.method if engine is not None else method,
+            "kept_neurons": engine.kept if engine is not None else None,
+            "dtype": net.dtype.name,
+            "lr": lr,
+            "lr_rule": lr_rule,
+            "N": N,
+            "d": net.d,
+            "widths": list(net.widths),
+            "activation": str(net.activation),
+            "init": net.init,
+            "seed": net.seed,
+            "versions": _versions(xp),
+            "tracking": tracker.describe(),
+            "plan": plan.as_dict(),
+        }
+        threads_now = ops.backend_threads(backend)
+        if threads_now is not None:
+            summary["threads"] = threads_now
+        result = TrainResult(status, message, h, tracker.columns, summary, net, lr)
+        with stop.critical(hold=True):  # a signal now is ignored: the run is stopping and its files get written
+            if engine is not None and checkpoints.enabled and (status in ("interrupted", "terminated") or
+                                                                checkpoint_every != 0):
+                checkpoints.save(engine, hist, tracker, timing, final=True)
+                summary["checkpoint"] = checkpoints.path
+            if out is not None:
+                from .runio import write_run
+
+                write_run(out, result, config)
     return result
 
 
-def _progress_bar(steps):
+def _progress_bar(steps, initial=0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=steps, file=sys.stderr, desc="GD", unit="step", dynamic_ncols=True, mininterval=0.25,
-                leave=True)
+    return tqdm(total=steps, initial=initial, file=sys.stderr, desc="GD", unit="step", dynamic_ncols=True,
+                mininterval=0.25, leave=True)
 
 
-def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, lr, t_start, timing):
-    """Evaluate, record, check the stop rules, update; until a rule stops the run. Returns (status, message);
-    timing["steps"] accumulates the seconds spent in the engine's evaluate and update."""
+def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, lr, t_start, timing,
+          checkpoints=None):
+    """Evaluate, record, check the stop rules, update; until a rule stops the run. Returns (status, message).
+
+    timing["steps"] accumulates the seconds spent in the engine's evaluate and update, timing["k"] counts the updates
+    applied (it starts where a resumed run stopped). An update and its record are one block no signal splits."""
     last_post = 0.0
-    phi0 = None
-    k = 0
+    k = timing["k"]
+    phi0 = hist.columns["loss"][0] if len(hist) else None
     while True:
         t0 = time.perf_counter()
         loss = engine.evaluate()
@@ -244,18 +292,109 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
             tracker.record(k, loss)
             if k == 0:
                 hist.set_envelope(tracker.envelope)
-        stopped = rules.check(k, loss, phi0, interrupted=stop.set, elapsed=time.perf_counter() - t_start)
+        stopped = rules.check(k, loss, phi0, interrupted=stop.signal if stop.set else False,
+                              elapsed=time.perf_counter() - t_start)
         if stopped is not None:
             hist.close()
             return stopped
-        t0 = time.perf_counter()
-        grad_sq = engine.update(lr)
-        hist.add_grad_sq(grad_sq)
-        timing["steps"] += time.perf_counter() - t0
-        k += 1
+        with stop.critical():
+            t0 = time.perf_counter()
+            grad_sq = engine.update(lr)
+            hist.add_grad_sq(grad_sq)
+            timing["steps"] += time.perf_counter() - t0
+            k += 1
+            timing["k"] = k
+        if checkpoints is not None and checkpoints.due(k):
+            checkpoints.save(engine, hist, tracker, timing)
         if bar is not None:
             bar.update(1)
             now = time.perf_counter()
             if now - last_post > 0.25:
                 bar.set_postfix(loss=f"{loss:.3e}", factor=f"{factor:.6f}", refresh=False)
                 last_post = now
+
+
+#: with checkpoint_every="auto", a checkpoint every this many seconds of wall time (when out is given)
+CHECKPOINT_SECONDS = 600.0
+
+
+class _Checkpointer:
+    """Writes the run's checkpoints (:mod:`pyrgd.checkpoint`) to ``out``/checkpoint.npz: every ``every`` steps, or
+    every CHECKPOINT_SECONDS ('auto'); disabled without ``out`` or with every = 0 (a run stopped by a signal still
+    writes one where out is given)."""
+
+    def __init__(self, out, every, identity, X, Y, W0, lr, lr_rule, t_start):
+        import os
+
+        from .checkpoint import CHECKPOINT_FILE
+
+        self.enabled = out is not None
+        self.path = os.path.join(os.fspath(out), CHECKPOINT_FILE) if self.enabled else None
+        self.every, self.identity, self.X, self.Y, self.W0 = every, identity, X, Y, W0
+        self.lr, self.lr_rule = lr, lr_rule
+        self._digest = None
+        self._last = time.perf_counter()
+        self._t_start = t_start  # when the run started, earlier processes of a resumed run included
+
+    def due(self, k: int) -> bool:
+        if not self.enabled or self.every == 0:
+            return False
+        if self.every == "auto":
+            return time.perf_counter() - self._last >= CHECKPOINT_SECONDS
+        return k % self.every == 0
+
+    def save(self, engine, hist: History, tracker: Tracker, timing, final=False) -> None:
+        """The state at the weights' step s = timing['k']: history rows 0..s-1, certificates of steps < s."""
+        import os
+
+        from .checkpoint import data_digest, save_checkpoint
+
+        if self._digest is None:
+            self._digest = data_digest(self.X, self.Y)
+        s = int(timing["k"])
+        state = engine.state()
+        arrays = {f"W_{l}": w for l, w in enumerate(state["weights"], start=1)}
+        arrays.update({f"carry_{k}": v for k, v in state["carry"].items()})
+        if self.W0 is not None:
+            arrays.update({f"W0_{l}": _to_host(w) for l, w in enumerate(self.W0, start=1)})
+        if tracker.estimator_block() is not None:
+            arrays["estimator_V"] = tracker.estimator_block()
+        rows = {c: v[:s] for c, v in hist.columns.items()}
+        keep = sum(1 for st in tracker.columns.get("step", []) if st < s)
+        certs = {c: v[:keep] for c, v in tracker.columns.items()}
+        meta = {"identity": self.identity, "data": self._digest, "step": s, "lr": self.lr, "lr_rule": self.lr_rule,
+                "step_seconds": hist.columns["time"][s - 1] if s > 0 else 0.0, "history": rows,
+                "wall_seconds": time.perf_counter() - self._t_start,
+                "certificates": certs, "tracker": tracker.snapshot(), "versions": _versions(np)}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        save_checkpoint(self.path, arrays, meta)
+        self._last = time.perf_counter()
+
+
+def _load_resume(resume, identity, X, Y, lr) -> dict:
+    """The checkpoint to resume from, checked against this run (identity, data digest, a given lr)."""
+    import os
+
+    from .checkpoint import check_identity, data_digest, load_checkpoint
+
+    if not isinstance(resume, (str, os.PathLike)):
+        raise PyrgdError(f"resume: expected a checkpoint file or a run folder, got {resume!r}")
+    arrays, meta = load_checkpoint(resume)
+    check_identity(meta.get("identity", {}), identity, resume)
+    if meta.get("data") != data_digest(X, Y):
+        raise PyrgdError(f"resume: the data differ from the checkpoint's ({resume}); resume with the same X and Y")
+    if lr != "auto" and lr != meta.get("lr"):
+        raise PyrgdError(f"resume: lr {lr!r} differs from the checkpoint's {meta.get('lr')!r}; pass lr='auto' or "
+                         "the same value")
+    return {"arrays": arrays, "meta": meta}
+
+
+def _restore(saved, engine, hist: History, tracker: Tracker, L: int) -> None:
+    """Put a checkpoint's state into a new engine, history and tracker."""
+    arrays, meta = saved["arrays"], saved["meta"]
+    carry = {k[len("carry_"):]: v for k, v in arrays.items() if k.startswith("carry_")}
+    engine.load_state({"weights": [arrays[f"W_{l}"] for l in range(1, L + 1)], "carry": carry})
+    for c in hist.columns:
+        hist.columns[c] = [float("nan") if v is None else v for v in meta["history"].get(c, [])]
+    hist.columns["step"] = [int(v) for v in hist.columns["step"]]
+    tracker.restore(meta.get("tracker") or {}, meta.get("certificates") or {}, arrays.get("estimator_V"))

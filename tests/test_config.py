@@ -259,6 +259,7 @@ def test_build_takes_d_from_the_data_and_maps_train_kwargs():
     assert net.d == 5 and net.widths == [32, 4, 2] and net.dtype == np.float32 and net.seed == 3
     assert X.shape == (10, 5) and X.dtype == np.float32 and Y.shape == (10, 2)
     assert kw == {"lr": 0.1, "steps": 9, "tol": 0.0, "rel_tol": 0.0, "track_every": "auto", "track_route": "auto",
+                  "checkpoint_every": "auto",
                   "time_budget": 4.0, "divergence_factor": 1e6, "backend": "reference", "threads": 3,
                   "method": "neurons"}
     assert C.build({"data": {"N": 4, "d": 2}, "model": {"widths": [8, 1]}})[3]["threads"] is None  # 0: as it is

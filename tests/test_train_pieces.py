@@ -33,7 +33,9 @@ def test_stop_rules_in_their_order():
     assert r.check(4, 0.5, 1.0, elapsed=5.1)[0] == "time_budget"
     assert r.check(4, 0.5, 1.0, elapsed=4.9) is None
     assert StopRules(steps=10).check(4, 0.5, 1.0, elapsed=1e9) is None  # no budget
-    assert {"converged", "max_steps", "diverged", "time_budget", "interrupted"} == set(STATUSES)
+    assert r.check(4, 0.5, 1.0, interrupted="SIGTERM") == ("terminated", "terminated (SIGTERM) after 4 steps")
+    assert r.check(4, 0.5, 1.0, interrupted="SIGINT")[0] == "interrupted"
+    assert {"converged", "max_steps", "diverged", "time_budget", "interrupted", "terminated"} == set(STATUSES)
 
 
 def test_stop_rules_zero_start_loss():
@@ -119,16 +121,34 @@ def test_tracker_envelope_unknown_without_a_certified_factor():
 
 
 # ---------------------------------------------------------------------------------------------------- Ctrl-C
-@pytest.mark.skipif(os.name != "posix", reason="SIGINT delivery through os.kill needs POSIX")
+@pytest.mark.skipif(os.name != "posix", reason="signal delivery through os.kill needs POSIX")
 def test_stop_flag_first_sigint_sets_second_raises():
-    before = signal.getsignal(signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with StopFlag() as stop:
         assert not stop.set
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.set
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.set and stop.signal == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signal delivery through os.kill needs POSIX")
+def test_stop_flag_holds_a_second_signal_inside_a_critical_block():
+    """A second signal inside critical() raises when the block ends, so the block runs whole; with hold=True it is
+    dropped."""
+    done = []
+    with StopFlag() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            with stop.critical():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("rest of the block")
+        assert done == ["rest of the block"]
+        with stop.critical(hold=True):
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("written")
+    assert done == ["rest of the block", "written"]
 
 
 def test_stop_flag_outside_the_main_thread_changes_nothing():

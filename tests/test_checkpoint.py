@@ -1,0 +1,175 @@
+"""Runs that survive: checkpoints, bit-identical resume (in process, and after SIGKILL from the command line),
+SIGTERM, double Ctrl-C, refusals of a checkpoint of another run, unreadable checkpoints."""
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import pyrgd
+from pyrgd.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from pyrgd.errors import PyrgdError
+
+pytest.importorskip("pyrgd._cpu", reason="the C++ extension pyrgd._cpu is not built")
+
+
+def _problem(dtype="float32", seed=0):
+    rng = np.random.default_rng(seed)
+    net = pyrgd.PyramidalNet(8, [256, 8, 1], seed=seed, dtype=dtype)
+    X = rng.standard_normal((64, 8)).astype(dtype)
+    Y = rng.standard_normal((64, 1)).astype(dtype)
+    return net, X, Y
+
+
+@pytest.mark.parametrize("backend,method", [("cpu", "rows"), ("cpu", "neurons"), ("reference", "neurons")])
+def test_resume_is_bit_identical(tmp_path, backend, method):
+    """4 steps with a checkpoint every 2, then a resumed run to 10 steps: the weights, losses, gradient norms and
+    certificates equal those of one uninterrupted 10-step run, bit for bit."""
+    net, X, Y = _problem()
+    kw = dict(lr=1e-3, progress=False, track_every=3, backend=backend, method=method)
+    full = pyrgd.train(net.copy(), X, Y, steps=10, **kw)
+    first = pyrgd.train(net.copy(), X, Y, steps=4, out=tmp_path / "r", checkpoint_every=2, **kw)
+    assert first.summary["checkpoint"] == os.path.join(str(tmp_path / "r"), CHECKPOINT_FILE)
+    _, meta = load_checkpoint(tmp_path / "r")
+    assert meta["step"] == 4 and len(meta["history"]["loss"]) == 4
+    again = pyrgd.train(net.copy(), X, Y, steps=10, out=tmp_path / "r", resume=tmp_path / "r", **kw)
+    assert again.status == "max_steps" and again.summary["steps"] == 10
+    for key in ("loss", "grad_norm_1", "grad_norm_3", "factor"):
+        np.testing.assert_array_equal(again.history[key], full.history[key])
+    assert all(np.array_equal(a, b) for a, b in zip(again.net.weights, full.net.weights))
+    assert again.certificates["step"] == full.certificates["step"] == [0, 3, 6, 9]
+    np.testing.assert_array_equal(again.certificates["sigma_min_F1"], full.certificates["sigma_min_F1"])
+
+
+def test_resume_from_a_mid_run_checkpoint(tmp_path):
+    """The checkpoint of step 6 (every 3 steps) of a run that went on to 8: resuming from it redoes steps 6..10."""
+    net, X, Y = _problem("float64")
+    kw = dict(lr=1e-3, progress=False, track_every=0)
+    full = pyrgd.train(net.copy(), X, Y, steps=10, **kw)
+    out = tmp_path / "r"
+    pyrgd.train(net.copy(), X, Y, steps=7, out=out, checkpoint_every=3, **kw)
+    ck = out / "step6.npz"
+    arrays, meta = load_checkpoint(out)
+    assert meta["step"] == 7  # the final checkpoint of the stopped run
+    pyrgd.train(net.copy(), X, Y, steps=6, out=tmp_path / "s", checkpoint_every=3, **kw)
+    os.replace(tmp_path / "s" / CHECKPOINT_FILE, ck)
+    again = pyrgd.train(net.copy(), X, Y, steps=10, resume=ck, **kw)
+    np.testing.assert_array_equal(again.history["loss"], full.history["loss"])
+
+
+def test_resume_refuses_another_run(tmp_path):
+    net, X, Y = _problem()
+    pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=2, progress=False, out=tmp_path / "r", checkpoint_every=1)
+    with pytest.raises(PyrgdError, match="resume: the data differ"):
+        pyrgd.train(net.copy(), X, Y + 1, lr=1e-3, steps=4, progress=False, resume=tmp_path / "r")
+    other = pyrgd.PyramidalNet(8, [128, 8, 1], seed=0, dtype="float32")
+    with pytest.raises(PyrgdError, match=r"resume: the checkpoint .* is of another run \(widths: checkpoint"):
+        pyrgd.train(other, X, Y, lr=1e-3, steps=4, progress=False, resume=tmp_path / "r")
+    with pytest.raises(PyrgdError, match="resume: lr 0.002 differs from the checkpoint's 0.001"):
+        pyrgd.train(net.copy(), X, Y, lr=2e-3, steps=4, progress=False, resume=tmp_path / "r")
+    with pytest.raises(PyrgdError, match="resume: no checkpoint at"):
+        pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=4, progress=False, resume=tmp_path / "nowhere")
+    with pytest.raises(PyrgdError, match="checkpoint_every: checkpoints are written to the run folder"):
+        pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=4, progress=False, checkpoint_every=2)
+
+
+def test_unreadable_checkpoints_raise_pyrgd_errors(tmp_path):
+    good = tmp_path / "good.npz"
+    save_checkpoint(good, {"W_1": np.ones((2, 2))}, {"step": 1})
+    arrays, meta = load_checkpoint(good)
+    assert meta["step"] == 1 and np.array_equal(arrays["W_1"], np.ones((2, 2)))
+    data = good.read_bytes()
+    for i, bad in enumerate([data[: len(data) // 2], b"not a zip", data[:100] + b"\x00" * 50 + data[150:]]):
+        p = tmp_path / f"bad{i}.npz"
+        p.write_bytes(bad)
+        with pytest.raises(PyrgdError, match="resume: cannot read the checkpoint|not a pyrgd checkpoint"):
+            load_checkpoint(p)
+    np.savez(tmp_path / "plain.npz", W=np.ones(3))
+    with pytest.raises(PyrgdError, match="not a pyrgd checkpoint"):
+        load_checkpoint(tmp_path / "plain.npz")
+
+
+def _run_cli(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "pyrgd", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, timeout=120):
+    t0 = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+ARGS = ["train", "--N", "64", "--widths", "512,8,1", "--steps", "1200", "--lr", "0.001", "--no-progress",
+        "--track-every", "100", "--checkpoint-every", "25"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path):
+    """The command line with checkpoints every 25 steps, SIGKILLed at a random moment, resumed with --resume:
+    the final weights and the loss history equal an uninterrupted run's, bit for bit."""
+    full = subprocess.run([sys.executable, "-m", "pyrgd", *ARGS, "--out", "full"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    p = _run_cli([*ARGS, "--out", "r"], tmp_path)
+    _wait_for(tmp_path / "r" / CHECKPOINT_FILE, p)
+    time.sleep(random.uniform(0.0, 1.0))
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    step = load_checkpoint(tmp_path / "r")[1]["step"]
+    assert 0 < step < 1200
+    res = subprocess.run([sys.executable, "-m", "pyrgd", "train", "--resume", "r", "--no-progress"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a, b = np.load(tmp_path / "full" / "weights.npz"), np.load(tmp_path / "r" / "weights.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a.files if k.startswith("W"))
+    read = lambda f: [row["loss"] for row in csv.DictReader(open(f))]  # noqa: E731
+    assert read(tmp_path / "full" / "history.csv") == read(tmp_path / "r" / "history.csv")
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
+    p = _run_cli([*ARGS, "--steps", "1000000", "--checkpoint-every", "0", "--out", "r"], tmp_path)
+    _wait_for(tmp_path / "r" / "config.toml", p)
+    time.sleep(1.5)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    s = json.load(open(tmp_path / "r" / "summary.json"))
+    assert s["status"] == "terminated" and os.path.exists(tmp_path / "r" / CHECKPOINT_FILE)
+    assert load_checkpoint(tmp_path / "r")[1]["step"] == s["steps"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_two_sigints_leave_weights_that_reproduce_the_reported_loss(tmp_path, seed):
+    """Two SIGINTs at random moments (the second may fall inside an update): the saved weights give the loss
+    the summary reports for the last step, and the history ends at that step."""
+    rnd = random.Random(seed)
+    p = _run_cli([*ARGS, "--steps", "1000000", "--checkpoint-every", "0", "--method", "neurons", "--widths",
+                  "512,8,4,1", "--out", "r"], tmp_path)
+    _wait_for(tmp_path / "r" / "config.toml", p)
+    time.sleep(rnd.uniform(0.5, 1.5))
+    p.send_signal(signal.SIGINT)
+    time.sleep(rnd.uniform(0.0, 0.01))
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=120)
+    assert p.returncode == 130
+    s = json.load(open(tmp_path / "r" / "summary.json"))
+    net = pyrgd.PyramidalNet.load(tmp_path / "r" / "weights.npz")
+    from pyrgd.config import build, load_config
+
+    _, X, Y, _ = build(load_config(tmp_path / "r" / "config.toml"))
+    F = net.forward(X, backend="reference")
+    loss = 0.5 * float(((F - Y) ** 2).sum())
+    assert loss == pytest.approx(s["final_loss"], rel=1e-12)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "history.csv")))
+    assert int(rows[-1]["step"]) == s["steps"]
