@@ -223,9 +223,10 @@ def plan_run(N, d, widths, dtype, activation, backend="cpu", method="auto", lr="
     step_seconds = None if rate is None else step_flops(N, d, widths, step["method"], step["kept"]) / rate
     parts = [
         Part("data", data_bytes, None, f"X ({N} x {d}) and Y ({N} x {widths[-1]})", "data.N (fewer samples)"),
-        Part("weights", weight_bytes * (2 if tracked else 1), None,
-             "the weights" + (" and a copy of the initial ones (the certificates' distances)" if tracked else ""),
-             "model.widths" + ("; train.track_every = 0 drops the copy" if tracked else "")),
+        Part("weights", weight_bytes * (3 if tracked else 2), None,
+             "the weights, the last finite ones (kept if the run diverges)" +
+             (" and the initial ones (the certificates' distances)" if tracked else ""),
+             "model.widths" + ("; train.track_every = 0 drops the initial ones" if tracked else "")),
         Part("step", int(step["bytes"]), None if step_seconds is None else step_seconds * int(steps),
              f"the {step['method']} method's buffers; at most {int(steps)} steps",
              "train.method = neurons (no gradient arrays)" if step["method"] == "rows" else "model.widths"),
@@ -250,7 +251,7 @@ def plan_run(N, d, widths, dtype, activation, backend="cpu", method="auto", lr="
     elif chosen == "off":
         t_bytes, what = 0, "off (train.track_every = 0)"
     if chosen == "off" and tracked:  # no certificate: no copy of the initial weights either
-        parts[1] = Part("weights", weight_bytes, None, "the weights", "model.widths")
+        parts[1] = Part("weights", 2 * weight_bytes, None, "the weights and the last finite ones", "model.widths")
     t_seconds = None
     if chosen != "off" and step_seconds is not None:
         t_seconds = TRACKING_TIME_FRACTION * step_seconds * int(steps)

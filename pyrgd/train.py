@@ -92,7 +92,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         itself (:func:`pyrgd.plan.plan_run`), else the matrix-free estimate, which certifies no factor; "certified"
         a certified lower bound (Cholesky test, N x N float64).
     time_budget : seconds of wall-clock time (None or 0: no budget); the run stops with status "time_budget".
-    divergence_factor : stop as "diverged" when Phi_k > divergence_factor * Phi_0 or Phi_k is not finite.
+    divergence_factor : stop as "diverged" when Phi_k > divergence_factor * Phi_0 or Phi_k is not finite; the net
+        then keeps the weights of step k - 1, the last whose loss was finite and within the factor.
     progress : show a progress bar (tqdm, on stderr) with the step, the loss and the contraction factor.
     out : run folder to write (history, certificates, summary, weights, plot) when the run ends, however it ends.
     checkpoint_every : steps between checkpoints written to ``out``/checkpoint.npz (:mod:`pyrgd.checkpoint`), 0 for
@@ -141,6 +142,12 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         checkpoint_every = check_nonnegative_int("checkpoint_every", checkpoint_every)
         if checkpoint_every and out is None:
             raise PyrgdError("checkpoint_every: checkpoints are written to the run folder; give out as well")
+    if not isinstance(lr, str):
+        with np.errstate(over="ignore", under="ignore"):
+            as_dtype = net.dtype.type(lr)
+        if not (np.isfinite(as_dtype) and as_dtype > 0):
+            raise PyrgdError(f"lr: {lr!r} is {as_dtype} in the net's dtype {net.dtype.name}; expected a positive "
+                             f"number below {np.finfo(net.dtype).max:.3g} and above {np.finfo(net.dtype).tiny:.3g}")
     X_host = check_float_array("X", X, 2, dtype=net.dtype, shape=(None, net.d))
     N = X_host.shape[0]
     Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
@@ -202,7 +209,13 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                 engine = ops.step_engine(Xd, Yd, W, activation=act, multipliers=mult, backend=backend, method=method)
                 if saved is not None:
                     _restore(saved, engine, hist, tracker, net.L)
-                status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing, checkpoints)
+                last_good = [w.copy() for w in W]  # the weights before the latest update (a diverged run keeps them)
+            status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing, checkpoints,
+                                    last_good)
+            if status == "diverged" and timing["k"] > 0:
+                for w, g in zip(W, last_good):
+                    w[...] = g
+                message += f"; the net keeps the weights of step {timing['k'] - 1}, the last with a finite loss"
         except KeyboardInterrupt:  # a second signal, or not in the main thread: the last whole step is kept
             hist.repair()
             if engine is not None and len(hist) < timing["k"] + 1:  # the weights are a step past the last row
@@ -251,8 +264,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
             summary["threads"] = threads_now
         result = TrainResult(status, message, h, tracker.columns, summary, net, lr)
         with stop.critical(hold=True):  # a signal now is ignored: the run is stopping and its files get written
-            if engine is not None and checkpoints.enabled and (status in ("interrupted", "terminated") or
-                                                                checkpoint_every != 0):
+            if engine is not None and checkpoints.enabled and status != "diverged" and \
+                    (status in ("interrupted", "terminated") or checkpoint_every != 0):
                 checkpoints.save(engine, hist, tracker, timing, final=True)
                 summary["checkpoint"] = checkpoints.path
             if out is not None:
@@ -270,11 +283,12 @@ def _progress_bar(steps, initial=0):
 
 
 def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, lr, t_start, timing,
-          checkpoints=None):
+          checkpoints=None, last_good=None):
     """Evaluate, record, check the stop rules, update; until a rule stops the run. Returns (status, message).
 
     timing["steps"] accumulates the seconds spent in the engine's evaluate and update, timing["k"] counts the updates
-    applied (it starts where a resumed run stopped). An update and its record are one block no signal splits."""
+    applied (it starts where a resumed run stopped). An update and its record are one block no signal splits.
+    ``last_good``: arrays shaped like the weights that receive them before each update."""
     last_post = 0.0
     k = timing["k"]
     phi0 = hist.columns["loss"][0] if len(hist) else None
@@ -299,6 +313,9 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
             return stopped
         with stop.critical():
             t0 = time.perf_counter()
+            if last_good is not None:
+                for g, w in zip(last_good, engine.weights):
+                    g[...] = w
             grad_sq = engine.update(lr)
             hist.add_grad_sq(grad_sq)
             timing["steps"] += time.perf_counter() - t0

@@ -255,3 +255,26 @@ def test_method_option_chooses_the_gd_step():
         pyrgd.train(net.copy(), X, Y, lr=0.01, steps=1, backend="cpu", progress=False, method="columns")
     with pytest.raises(PyrgdError, match="method: 'rows' needs the cpu backend"):
         pyrgd.train(net.copy(), X, Y, lr=0.01, steps=1, backend="reference", progress=False, method="rows")
+
+
+@pytest.mark.parametrize("method", ["rows", "neurons"])
+def test_divergence_keeps_the_last_finite_weights(method):
+    """A step size far too large: the run stops as diverged and the net holds the weights of the step before, whose
+    loss (recomputed) is the last finite one of the history."""
+    net, X, Y = problem(N=32, widths=(256, 8, 1), dtype="float32", act="tanh")
+    r = pyrgd.train(net, X, Y, lr=50.0, steps=200, track_every=0, progress=False, method=method,
+                    divergence_factor=1e3)
+    assert r.status == "diverged" and "keeps the weights of step" in r.message
+    k = r.summary["steps"]
+    assert all(np.isfinite(w).all() for w in r.net.weights)
+    F = r.net.forward(X, backend="reference")
+    loss = 0.5 * float(((F.astype(np.float64) - Y) ** 2).sum())
+    assert loss == pytest.approx(r.history["loss"][k - 1], rel=1e-4)
+
+
+def test_lr_must_be_representable_in_the_dtype():
+    net, X, Y = problem(dtype="float32")
+    with pytest.raises(PyrgdError, match="lr: 1e\\+300 is inf in the net's dtype float32"):
+        pyrgd.train(net, X, Y, lr=1e300, steps=1, progress=False)
+    with pytest.raises(PyrgdError, match="lr: 1e-300 is 0.0 in the net's dtype float32"):
+        pyrgd.train(net, X, Y, lr=1e-300, steps=1, progress=False)
