@@ -1,7 +1,9 @@
 """The command line: ``pyrgd train``, ``info``, ``certify``, ``sweep`` and ``experiment`` (also ``python -m pyrgd``).
 
-Exit codes: 0 success (train: converged, max_steps or time budget reached); 1 diverged (train); 130 interrupted
-(Ctrl-C); 2 bad input (one line ``pyrgd: error: ...`` on stderr, no traceback).
+Exit codes (EXIT_CODES and EXIT_* below): 0 success (train: converged, max_steps or time budget reached); 1 diverged
+(train); 2 bad input; 3 would not fit in memory, or out of memory; 4 a file could not be read or written; 70 an
+internal error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Every failure is one line ``pyrgd: error: ...``
+on stderr, no traceback (PYRGD_TRACEBACK=1 shows one for internal errors).
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ __all__ = ["main", "build_parser", "EXIT_CODES"]
 #: exit code per training status
 EXIT_CODES = {"converged": 0, "max_steps": 0, "time_budget": 0, "diverged": 1, "interrupted": 130, "terminated": 143}
 EXIT_BAD_INPUT = 2
-EXIT_RESOURCES = 3  # the run would not fit in memory (pyrgd.errors.ResourceError), refused before allocating it
+EXIT_RESOURCES = 3  # the run would not fit in memory (pyrgd.errors.ResourceError, or MemoryError)
+EXIT_IO = 4  # a file could not be read or written (a full disk, a folder where a file was expected, permissions)
+EXIT_INTERNAL = 70  # an unexpected error inside pyrgd (a bug: PYRGD_TRACEBACK=1 shows where)
 
 #: convenience flags of ``pyrgd train``: (flag, destination, config keys it sets, help)
 _FLAG_KEYS = (
@@ -59,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="pyrgd", description="Full-batch gradient descent for deep networks with one wide first layer "
                                           "and a pyramidal tail.")
+    from ._version import __version__
+
+    p.add_argument("--version", action="version", version=f"pyrgd {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -387,6 +394,11 @@ def _main(argv) -> int:
     except ResourceError as e:
         _error(str(e))
         return EXIT_RESOURCES
+    except MemoryError:
+        _error("out of memory; `pyrgd train --dry-run` shows what a run needs (smaller data.N or model.widths)")
+        return EXIT_RESOURCES
+    except (EOFError, RecursionError, UnicodeDecodeError) as e:  # truncated or malformed input files
+        return _error(f"cannot read the input: {type(e).__name__}: {e}")
     except (PyrgdError, BackendUnavailable) as e:
         return _error(str(e))
     except KeyboardInterrupt:
@@ -398,6 +410,15 @@ def _main(argv) -> int:
         except (OSError, ValueError):
             pass
         return 0
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        _error(f"{where}{e.strerror or e}")
+        return EXIT_IO
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get("PYRGD_TRACEBACK"):
+            raise
+        _error(f"internal error: {type(e).__name__}: {e} (set PYRGD_TRACEBACK=1 to see where; please report it)")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ from .lr_rule import AUTO_LR_RULE, auto_lr
 from .model import PyramidalNet
 from .plan import TRACKING_TIME_FRACTION, plan_run, step_flops
 from .stop_rules import STATUSES, StopRules
+from ._version import __version__, source_commit
 from .tracker import Tracker
 
 __all__ = ["train", "TrainResult", "STATUSES"]
@@ -63,7 +64,6 @@ def _to_host(a):
 
 
 def _versions(xp):
-    from ._version import __version__
 
     v = {"pyrgd": __version__, "python": platform.python_version(), "numpy": np.__version__}
     if xp is not np:
@@ -259,6 +259,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
             "tracking": tracker.describe(),
             "plan": plan.as_dict(),
         }
+        summary["isa"] = identity["isa"]
+        summary["source_commit"] = source_commit()
         threads_now = ops.backend_threads(backend)
         if threads_now is not None:
             summary["threads"] = threads_now
