@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._validate import check_positive_int, check_scalar
+from ._validate import all_finite, check_positive_int, check_scalar
 from .activations import Activation, parse_activation
 from .errors import PyrgdError
 
@@ -62,7 +62,7 @@ class PyramidalNet:
     """
 
     def __init__(self, d, widths, activation="relu", init="lecun", seed=0, dtype="float64", multipliers=None,
-                 init_std=None, beta=1.0, zero_layer=None, allow_non_pyramidal=False):
+                 init_std=None, beta=1.0, zero_layer=None, allow_non_pyramidal=False, _weights=None):
         self.d = check_positive_int("d", d)
         if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) and not isinstance(widths, np.ndarray):
             raise PyrgdError(f"widths: expected a list of positive integers [n_1, ..., n_L], got {widths!r}")
@@ -94,7 +94,7 @@ class PyramidalNet:
         self.init_std = init_std
         self.beta = check_scalar("beta", beta, positive=True)
         self.zero_layer = zero_layer
-        self.weights = self._initial_weights()
+        self.weights = self._initial_weights() if _weights is None else _weights
 
     # ----------------------------------------------------------------------------------------------- shapes
     @property
@@ -204,27 +204,27 @@ class PyramidalNet:
             raise
 
     @classmethod
-    def load(cls, path) -> "PyramidalNet":
-        """Read a network written by :meth:`save` (never unpickles)."""
+    def load(cls, path, allow_nonfinite=False) -> "PyramidalNet":
+        """Read a network written by :meth:`save` (never unpickles).
+
+        Every array's shape and dtype are read from its header and checked against the configuration, and the file's
+        sizes against them, before anything is allocated; weights with NaN or infinities are refused unless
+        ``allow_nonfinite``. Any failure is a PyrgdError naming the file and what is wrong with it."""
+        path = os.fspath(path)
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as z:
-                meta = json.loads(str(z["__meta__"]))
-                if meta.get("format") != _FORMAT:
-                    raise PyrgdError(f"path: {path} is not a pyrgd weights file (format {meta.get('format')!r})")
-                L = len(meta["widths"])
-                weights = [np.array(z[f"W{l + 1}"]) for l in range(L)]
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
-            if isinstance(e, PyrgdError):
-                raise
-            raise PyrgdError(f"path: cannot read pyrgd weights from {path}: {e}") from None
-        meta.pop("format")
-        net = cls(**meta)
-        for l, (w, want) in enumerate(zip(weights, net.weights)):
-            if w.shape != want.shape or w.dtype != want.dtype:
-                raise PyrgdError(f"path: W{l + 1} in {path} has shape {w.shape} {w.dtype}, "
-                                 f"expected {want.shape} {want.dtype}")
-        net.weights = [np.ascontiguousarray(w) for w in weights]
-        return net
+            meta, weights = _read_weights_file(path)
+        except PyrgdError:
+            raise
+        except FileNotFoundError:
+            raise PyrgdError(f"path: no file {path}") from None
+        except Exception as e:  # a truncated or corrupted file: zipfile, zlib, numpy's header parser, json, ...
+            raise PyrgdError(f"path: cannot read pyrgd weights from {path}: {type(e).__name__}: {e}") from None
+        if not allow_nonfinite:
+            for l, w in enumerate(weights, start=1):
+                if not all_finite(w):
+                    raise PyrgdError(f"path: W{l} in {path} contains NaN or infinite values (a diverged run?); "
+                                     "pass allow_nonfinite=True to load it anyway")
+        return cls(**meta, _weights=[np.ascontiguousarray(w) for w in weights])
 
     def warn_if_narrow(self, N: int) -> None:
         """Warn when the wide layer is narrower than the number of samples (the theory needs n_1 >= N)."""
@@ -235,3 +235,53 @@ class PyramidalNet:
 
 def _to_host(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
+
+
+#: the largest __meta__ record :meth:`PyramidalNet.load` reads (bytes)
+_MAX_META_BYTES = 1 << 20
+
+
+def _read_weights_file(path):
+    """(constructor arguments, [W_1, ..., W_L]) of a weights file, checked header by header before reading."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {i.filename: i for i in zf.infolist()}
+        info = members.get("__meta__.npy")
+        if info is None:
+            raise PyrgdError(f"path: {path} is not a pyrgd weights file (no __meta__)")
+        if info.file_size > _MAX_META_BYTES:
+            raise PyrgdError(f"path: {path} has a __meta__ record of {info.file_size} bytes; expected at most "
+                             f"{_MAX_META_BYTES}")
+        with zf.open(info) as f:
+            meta = json.loads(str(np.lib.format.read_array(f, allow_pickle=False)))
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise PyrgdError(f"path: {path} is not a pyrgd weights file (format "
+                             f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+        meta.pop("format")
+        d, widths, dtype = meta.get("d"), meta.get("widths"), _dtype(meta.get("dtype"))
+        if not isinstance(d, int) or not isinstance(widths, list) or not widths or \
+                not all(isinstance(w, int) and w > 0 for w in widths) or d <= 0:
+            raise PyrgdError(f"path: {path} has a malformed configuration (d {d!r}, widths {widths!r})")
+        dims = [d] + widths
+        weights = []
+        for l in range(1, len(dims)):
+            info = members.get(f"W{l}.npy")
+            if info is None:
+                raise PyrgdError(f"path: {path} lacks W{l}")
+            want = (dims[l - 1], dims[l])
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dt = read_header(f, max_header_size=10000)
+                header = f.tell()
+            if tuple(shape) != want or np.dtype(dt) != dtype or fortran:
+                raise PyrgdError(f"path: W{l} in {path} has shape {tuple(shape)} {np.dtype(dt)}, expected {want} "
+                                 f"{dtype} (C order)")
+            if info.file_size != header + want[0] * want[1] * dtype.itemsize:
+                raise PyrgdError(f"path: W{l} in {path} is {info.file_size} bytes, its header says "
+                                 f"{header + want[0] * want[1] * dtype.itemsize}")
+            with zf.open(info) as f:
+                weights.append(np.lib.format.read_array(f, allow_pickle=False))
+    return meta, weights
