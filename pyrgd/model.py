@@ -29,7 +29,8 @@ def _dtype(dtype) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if dtype is None or dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        # (dtype is None first: numpy reads np.dtype(None) and "x == None" as float64)
         raise PyrgdError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     return dt
 
@@ -71,6 +72,8 @@ class PyramidalNet:
             raise PyrgdError(f"widths: expected at least two layers [n_1, ..., n_L] (L >= 2), got {widths!r}")
         self.widths = [check_positive_int(f"widths[{i}]", w) for i, w in enumerate(widths)]
         tail = self.widths[1:]
+        if not isinstance(allow_non_pyramidal, (bool, np.bool_)):
+            raise PyrgdError(f"allow_non_pyramidal: expected True or False, got {allow_non_pyramidal!r}")
         if not allow_non_pyramidal and any(a < b for a, b in zip(tail, tail[1:])):
             raise PyrgdError(
                 f"widths: the tail n_2 >= n_3 >= ... >= n_L must be pyramidal (non-increasing), got {self.widths}; "
@@ -87,6 +90,9 @@ class PyramidalNet:
         if len(multipliers) != self.L - 1:
             raise PyrgdError(f"multipliers: expected {self.L - 1} values a_1..a_(L-1), got {len(multipliers)}")
         self.multipliers = [check_scalar(f"multipliers[{i}]", a, positive=True) for i, a in enumerate(multipliers)]
+        if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise PyrgdError(f"seed: expected None or a non-negative integer, got {seed!r}")
         self.seed = int(seed) if seed is not None else None
         if init not in INIT_SCHEMES:
             raise PyrgdError(f"init: unknown scheme {init!r}; expected one of {', '.join(INIT_SCHEMES)}")

@@ -97,3 +97,14 @@ def test_non_finite_weights_are_refused_unless_asked(tmp_path):
         PyramidalNet.load(tmp_path / "nan.npz")
     back = PyramidalNet.load(tmp_path / "nan.npz", allow_nonfinite=True)
     assert np.isnan(back.weights[1][0, 0])
+
+
+@pytest.mark.parametrize("kw,match", [({"seed": 1.7}, "seed: expected None or a non-negative integer"),
+                                      ({"seed": True}, "seed: expected None"), ({"seed": -1}, "seed: expected None"),
+                                      ({"allow_non_pyramidal": "no"}, "allow_non_pyramidal: expected True or False"),
+                                      ({"dtype": object()}, "dtype: expected 'float32' or 'float64'"),
+                                      ({"dtype": "int32"}, "dtype: expected")])
+def test_strict_argument_types(kw, match):
+    with pytest.raises(PyrgdError, match=match):
+        PyramidalNet(3, [16, 2, 1], **kw)
+    assert PyramidalNet(3, [16, 2, 1], seed=np.int64(3)).seed == 3
