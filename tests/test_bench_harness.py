@@ -90,6 +90,20 @@ def test_problem_specs():
     assert (gpu["G2"].N, gpu["G2"].d, gpu["G2"].widths) == (131072, 256, (131072, 64, 32, 1))
     for tiny in all_problems("cpu", tiny=True):
         assert tiny.N * tiny.n1 <= 2**23  # seconds, not minutes
+    # the train problems (group L): pyrgd.train with its defaults for `steps` steps
+    assert (full["L1"].N, full["L1"].d, full["L1"].widths, full["L1"].steps) == (20000, 16, (20000, 8, 1), 20)
+    assert (full["L2"].N, full["L2"].d, full["L2"].widths, full["L2"].steps) == (65536, 16, (65536, 8, 1), 1)
+    b1t = full["B1_track"]
+    assert (b1t.N, b1t.d, b1t.widths, b1t.activation, b1t.steps) == (4096, 64, (4096, 64, 32, 10),
+                                                                       full["B1"].activation, 200)
+    train = [p for p in full.values() if p.kind == "train"]
+    assert sorted(p.name for p in train) == ["B1_track", "L1", "L2"]
+    assert all(p.group == "L" and p.candidates == ("train",) for p in train)
+    assert all(p.kind == "step" and p.steps is None for p in full.values() if p.group != "L")
+    assert full["L2"].max_repeats == 1  # one bare engine step of L2 after its run
+    tiny = {p.name: p for p in all_problems("cpu", tiny=True) if p.kind == "train"}
+    assert {n: p.steps for n, p in tiny.items()} == {"L1": 20, "L2": 1, "B1_track": 200}
+    assert tiny["L1"].N == tiny["L1"].n1 and tiny["L2"].N == tiny["L2"].n1
 
 
 def test_select_problems():
@@ -100,6 +114,13 @@ def test_select_problems():
         select_problems("G1", "cpu")
     with pytest.raises(PyrgdError, match="unknown problem 'B9'"):
         select_problems("B9", "cpu")
+    # the train problems: group L, by name too, never in the default selection
+    assert [p.name for p in select_problems("L", "cpu")] == ["L1", "L2", "B1_track"]
+    assert [p.name for p in select_problems("l2,b1", "cpu", tiny=True)] == ["L2", "B1"]
+    assert [p.name for p in select_problems("B1_track", "cpu")] == ["B1_track"]
+    default = [p.name for p in select_problems(None, "cpu")]
+    assert default == [p.name for p in all_problems("cpu") if p.group != "L"] and "B1" in default
+    assert [p.name for p in select_problems("B1,B2,B3,B4,T,L", "cpu")] == [p.name for p in all_problems("cpu")]
 
 
 def test_fused_candidate_runs_the_problems_method():
@@ -386,7 +407,7 @@ def test_targets_on_synthetic_numbers():
     assert t["B4_per_neuron"]["status"] == "PASS" and t["B4_per_neuron"]["measured"] == pytest.approx(1.1)
     assert t["threads"]["status"] == "PASS" and t["threads"]["measured"] == pytest.approx(1.8)
     for x in t.values():
-        assert set(x) == {"id", "text", "status", "measured", "threshold", "op", "detail"}
+        assert set(x) == {"id", "text", "status", "measured", "threshold", "op", "unit", "detail"}
         line = format_target(x)
         assert line.startswith(x["status"]) and x["text"] in line
 
@@ -474,6 +495,163 @@ def test_targets_fail_and_skip_edges():
     assert t["B1_vs_chunked"]["status"] == "FAIL" and "boom" in t["B1_vs_chunked"]["detail"]
 
 
+# ------------------------------------------------------------------------------------------------ train problems
+def _plan(data, weights, step, tracking=7, lr=5):
+    parts = [("data", data), ("weights", weights), ("step", step), ("tracking", tracking), ("lr", lr)]
+    return {"tracking_route": "estimate", "total_bytes": sum(b for _, b in parts),
+            "parts": [{"name": n, "bytes": b} for n, b in parts]}
+
+
+def _measured(problem, *, wall=10.0, steps=8.0, tracking=0.5, lr=1.0, peak=130, process_peak=1000, bare=(2.0,),
+              plan=None, drop=()):
+    """A fake answer of train_runs.measure_train (bytes and seconds chosen for easy arithmetic)."""
+    dims = problem.dims
+    w = 4 * sum(a * b for a, b in zip(dims, dims[1:]))
+    summary = {"status": "max_steps", "steps": problem.steps, "wall_time_s": wall - 0.01, "step_time_s": steps,
+               "tracking_time_s": tracking, "lr_time_s": lr, "method": "rows", "kept_neurons": problem.n1,
+               "backend": "cpu", "lr": 1e-3, "lr_rule": "auto", "initial_loss": 2.0, "final_loss": 1.0,
+               "tracking": {"every": "auto", "route": "estimate", "certificates": 3, "seconds": tracking},
+               "plan": _plan(40, 2 * w, 60 - w) if plan is None else plan}
+    for k in drop:
+        summary.pop(k)
+    return {"wall_s": wall, "peak_bytes": peak, "process_peak_bytes": process_peak,
+            "baseline_bytes": process_peak - peak, "method": "vmhwm-reset", "summary": summary, "summary_missing": list(drop), "bare_times": list(bare),
+            "bare_method": "rows", "dtype": "float32"}
+
+
+def _train_result(**rows):
+    """A run of the three train problems (at their tiny sizes) from fake measurements."""
+    from pyrgd.bench.train_runs import train_row
+
+    probs = {p.name: p for p in all_problems("cpu", tiny=True) if p.kind == "train"}
+    out = []
+    for name, p in probs.items():
+        row = rows.get(name) or train_row(p, _measured(p))
+        out.append({**p.to_dict(), "candidates": {"train": row}})
+    return {"device": "cpu", "problems": out}, probs
+
+
+def test_train_row_arithmetic():
+    """The denominator is the plan's data and step parts plus the weights once (from the shapes, not the plan's
+    weights part, which holds the initial-weights copy too); the ratios divide the figures they name."""
+    from pyrgd.bench.train_runs import denominator, train_row
+
+    p = Problem("L1", 100, 4, (100, 8, 1), group="L", candidates=("train",), kind="train", steps=20)
+    w = 4 * (4 * 100 + 100 * 8 + 8)
+    r = train_row(p, _measured(p, wall=10.0, steps=8.0, tracking=0.5, lr=1.0, peak=130, bare=(3.0, 2.0, 2.5)))
+    assert r["status"] == "ok" and r["denominator_parts"]["weights"] == w
+    assert r["denominator_bytes"] == 40 + w + (60 - w) == 100
+    assert r["denominator_parts"]["plan_weights"] == 2 * w and r["plan_total_bytes"] == 40 + 2 * w + 60 - w + 12
+    assert r["peak_over_denominator"] == pytest.approx(1.3)
+    assert r["tracking_pct_of_wall"] == pytest.approx(5.0)
+    assert r["wall_over_steps"] == pytest.approx(1.25)
+    assert r["bare_step_s"] == 2.5 and r["wall_over_bare_step"] == pytest.approx(4.0)
+    assert r["other_s"] == pytest.approx(10.0 - 8.0 - 0.5 - 1.0)
+    assert r["summary_wall_s"] == pytest.approx(9.99) and r["certificates"] == 3 and r["summary_missing"] == []
+    assert denominator(None, p, 4) is None and denominator({"parts": [{"name": "data", "bytes": 1}]}, p, 4) is None
+    # a summary without a plan or without the tracking time: the ratios that need them are None, and said
+    r = train_row(p, _measured(p, drop=("plan", "tracking_time_s")))
+    assert r["denominator_bytes"] is None and r["peak_over_denominator"] is None
+    assert r["tracking_pct_of_wall"] is None and r["other_s"] is None and r["wall_over_steps"] is not None
+    assert r["summary_missing"] == ["plan", "tracking_time_s"]
+    assert train_row(p, {"error": "exit code 1: boom"})["status"] == "failed"
+    refused = train_row(p, {"refused": "the run does not fit in memory"})
+    assert refused["status"] == "skipped" and "does not fit" in refused["note"]
+    assert "diverged" in train_row(p, {**_measured(p), "summary": {**_measured(p)["summary"],
+                                                                    "status": "diverged"}})["note"]
+
+
+def test_train_targets_on_fake_results():
+    from pyrgd.bench.train_runs import train_row
+
+    res, probs = _train_result()
+    t = {x["id"]: x for x in evaluate_targets(res)}
+    ids = ("L1_memory", "L1_tracking", "L2_memory", "L2_time", "B1_track_overhead")
+    assert set(ids) <= set(t)
+    # the fake run: peak 130 B over 100 B (1.3x: at the line), tracking 5% of 10 s, process peak 1000 B,
+    # 10 s against a bare step of 2 s (5x), 10 s against 8 s of steps (1.25x)
+    assert [t[i]["status"] for i in ids] == ["PASS", "PASS", "PASS", "FAIL", "FAIL"]
+    assert [t[i]["measured"] for i in ids] == pytest.approx([1.3, 5.0, 1e-6, 5.0, 1.25])
+    assert [t[i]["unit"] for i in ids] == ["x", "%", "GB", "x", "x"] and all(t[i]["op"] == "<=" for i in ids)
+    assert "without the lr='auto' rule 4.50x" in t["L2_time"]["detail"]  # (10 - 1) / 2
+    assert "without the lr='auto' rule 1.12x" in t["B1_track_overhead"]["detail"]  # (10 - 1) / 8
+    assert "3 certificates, route estimate" in t["L1_tracking"]["detail"]
+    assert "stopped with status" not in t["L1_tracking"]["detail"]
+    line = format_target(t["L2_memory"])
+    assert line.startswith("PASS  L2 train (one step) peak RSS <= 2 GB: measured 1e-06 GB (target <= 2 GB)")
+    assert "measured 5.0% (target <= 10%)" in format_target(t["L1_tracking"])
+    # over the lines: FAIL; within: PASS
+    diverged = _measured(probs["L1"], peak=131, tracking=1.01)
+    diverged["summary"].update(status="diverged", steps=13)
+    res, probs = _train_result(
+        L1=train_row(probs["L1"], diverged),
+        L2=train_row(probs["L2"], _measured(probs["L2"], process_peak=2_000_000_001, wall=2.4, lr=0.1,
+                                            bare=(2.0,))),
+        B1_track=train_row(probs["B1_track"], _measured(probs["B1_track"], wall=8.8)))
+    t = {x["id"]: x for x in evaluate_targets(res)}
+    assert [t[i]["status"] for i in ids] == ["FAIL", "FAIL", "FAIL", "PASS", "PASS"]
+    assert t["L2_time"]["measured"] == pytest.approx(1.2) and t["B1_track_overhead"]["measured"] == pytest.approx(1.1)
+    assert "pyrgd.train stopped with status diverged after 13 steps" in t["L1_memory"]["detail"]
+    # a failed run FAILs its targets, a refused one SKIPs them, a missing plan SKIPs the memory ratio only
+    res, probs = _train_result(L1=train_row(probs["L1"], {"error": "exit code 1: boom"}),
+                               L2=train_row(probs["L2"], {"refused": "does not fit"}),
+                               B1_track=train_row(probs["B1_track"], _measured(probs["B1_track"], wall=8.8,
+                                                                               drop=("plan",))))
+    t = {x["id"]: x for x in evaluate_targets(res)}
+    assert t["L1_memory"]["status"] == t["L1_tracking"]["status"] == "FAIL" and "boom" in t["L1_memory"]["detail"]
+    assert t["L2_memory"]["status"] == t["L2_time"]["status"] == "SKIP" and "does not fit" in t["L2_time"]["detail"]
+    assert t["B1_track_overhead"]["status"] == "PASS" and "the summary lacked plan" in t["B1_track_overhead"]["detail"]
+    res["problems"] = []
+    t = {x["id"]: x for x in evaluate_targets(res)}
+    assert all(t[i]["status"] == "SKIP" and "not run" in t[i]["detail"] for i in ids)
+
+
+def test_format_report_of_train_problems():
+    res, _ = _train_result()
+    for p in res["problems"]:
+        p["activation"] = "relu"
+    res.update(targets=evaluate_targets(res), sgemm={})
+    text = format_report(res)
+    assert "fused x:" not in text  # no step problem ran: no candidates table
+    assert "L2: N=1024 d=16 widths=[1024, 8, 1] relu; pyrgd.train 1 step, backend cpu, method rows" in text
+    assert "wall 10 s = steps 8 s + tracking 0.5 s + lr 1 s + other 0.5 s" in text
+    assert "tracking_pct_of_wall 5%, wall_over_steps 1.25x, wall_over_bare_step 5x" in text
+    assert "FAIL  L2 train (one step) wall time <= 1.2x one bare engine step: measured 5.00x" in text
+
+
+def test_train_problems_end_to_end_tiny(capsys):
+    """`pyrgd bench --tiny --problems L`: each train problem runs pyrgd.train in a fresh process and reports its
+    figures, consistent with one another; its targets are judged (PASS or FAIL, never SKIP)."""
+    rc = main(["--tiny", "--problems", "L", "--json", "--no-progress", "--repeats", "2"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    res = json.loads(cap.out)
+    assert [p["name"] for p in res["problems"]] == ["L1", "L2", "B1_track"]
+    for p in res["problems"]:
+        r = p["candidates"]["train"]
+        assert r["status"] == "ok", r
+        assert r["summary_missing"] == [] and r["steps"] == p["steps"] and p["kind"] == "train"
+        assert r["train_status"] == "max_steps" and r["lr_rule"] != "given" and r["lr"] == p["lr"] > 0
+        assert len(r["bare_times"]) == (1 if p["name"] == "L2" else 2) and r["bare_method"] == r["method"]
+        assert 0 < r["steps_s"] <= r["summary_wall_s"] <= r["wall_s"]
+        assert r["other_s"] == pytest.approx(r["wall_s"] - r["steps_s"] - r["tracking_s"] - r["lr_s"])
+        parts = r["denominator_parts"]
+        dims = [p["d"]] + p["widths"]
+        assert parts["data"] == 4 * p["N"] * (p["d"] + p["widths"][-1])
+        assert parts["weights"] == 4 * sum(a * b for a, b in zip(dims, dims[1:]))
+        assert r["denominator_bytes"] == parts["data"] + parts["weights"] + parts["step"] > 0
+        assert r["peak_bytes"] >= 0 and r["process_peak_bytes"] >= r["peak_bytes"]
+        if r["peak_method"] != "ru_maxrss":
+            assert r["process_peak_bytes"] == r["baseline_bytes"] + r["peak_bytes"]
+        assert r["peak_over_denominator"] == pytest.approx(r["peak_bytes"] / r["denominator_bytes"])
+        assert r["wall_over_bare_step"] == pytest.approx(r["wall_s"] / r["bare_step_s"])
+        assert r["tracking_pct_of_wall"] == pytest.approx(100 * r["tracking_s"] / r["wall_s"])
+    t = {x["id"]: x for x in res["targets"]}
+    assert all(t[i]["status"] in ("PASS", "FAIL")
+               for i in ("L1_memory", "L1_tracking", "L2_memory", "L2_time", "B1_track_overhead"))
+    assert t["B1_sgemm"]["status"] == "SKIP"
+
+
 def test_gpu_targets_on_synthetic_numbers():
     r = {"device": "cuda", "problems": [
         _prob("G1", {"fused": _row(1.0, pct_sgemm=65.0, gflops=1.0), "torch": _row(1.9), "chunked": _row(1.6)}),
@@ -525,7 +703,7 @@ def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
     res = json.loads(cap.out)
     assert json.loads(out.read_text()) == res
     assert fig.read_bytes()[:4] == b"\x89PNG"
-    names = [p.name for p in all_problems("cpu", tiny=True)]
+    names = [p.name for p in select_problems(None, "cpu", tiny=True)]
     _check_schema(res, names)
     b1 = res["problems"][0]
     assert list(b1["candidates"]) == list(C.CANDIDATES)

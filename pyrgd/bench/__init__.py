@@ -10,11 +10,15 @@ baseline, and the performance targets as PASS/FAIL lines. Benchmarks are not tes
 threshold. Progress goes to stderr; the table (or, with --json, only the JSON) to stdout.
 
 Exit codes: 0 the run finished (targets may FAIL: they are measurements); 1 a candidate computed a different step
-than the fused one, or the fused step failed, or (--strict) a target failed; 2 bad arguments.
+than the fused one, or the fused step failed, or a train problem's pyrgd.train run failed, or (--strict) a target
+failed; 2 bad arguments.
+
+The train problems (group L: pyrgd.train with its defaults at large N, each in a fresh process) are not in the
+default selection, since L2 alone takes minutes on two cores: ``--problems L`` runs them.
 
 Modules: problems (sizes, flop and byte counts, data), candidates (fused / unfused / chunked / torch steps),
 memory (peak RSS in a fresh process; GPU allocator peaks), runner (checks, timing, SGEMM, machine facts),
-report (targets, table, JSON).
+train_runs (the train problems), report (targets, table, JSON).
 """
 from __future__ import annotations
 
@@ -55,10 +59,12 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="the fused candidate's backend; cuda runs the GPU problems (G1, G2) on CuPy/torch, the "
                         "others the CPU problems. auto: cpu, or reference where the C++ extension is missing")
     p.add_argument("--problems", metavar="LIST", default=None,
-                   help="comma-separated problems or groups: B1,B2,B3,B4,T (CPU; default all) or G1,G2 (GPU)")
+                   help="comma-separated problems or groups: B1,B2,B3,B4,T (CPU; the default), L (pyrgd.train with "
+                        "its defaults at large N: L1, L2, B1_track; minutes, not in the default) or G1,G2 (GPU)")
     p.add_argument("--tiny", action="store_true", help="small sizes (seconds; for CI)")
     p.add_argument("--repeats", type=_positive_int, default=None, metavar="N",
-                   help="timed steps per candidate (default 7, 3 with --tiny; B3 takes one, G2 at most 3)")
+                   help="timed steps per candidate (default 7, 3 with --tiny; B3 takes one, G2 at most 3); on a "
+                        "train problem (group L), the bare engine steps timed after its run (L2: one)")
     p.add_argument("--warmup", type=_nonnegative_int, default=1, metavar="N",
                    help="warm-up steps after the check step (default 1)")
     p.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
@@ -68,7 +74,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", default=None,
                    help="also draw the run: seconds per step of every candidate against the targets and the "
                         "roofline floor, and the B4 time per neuron (python -m pyrgd.bench.plot redraws a JSON)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements (CPU: subprocesses)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory measurements (CPU: subprocesses; the train problems of group L run in "
+                        "one anyway and are measured)")
     p.add_argument("--block", type=_positive_int, default=None, metavar="NEURONS",
                    help="neurons per block of the chunked baseline (default 512 on the CPU, N x block <= 1 GiB on "
                         "the GPU)")
@@ -158,6 +166,12 @@ def run_bench(args) -> int:
            if r.get("status") == "mismatch" or (n == "fused" and r.get("status") == "failed")]
     if bad:
         print("pyrgd bench: error: " + ", ".join(f"{p} {n}" for p, n in bad) + " did not compute the fused step",
+              file=sys.stderr)
+        return 1
+    failed = [p["name"] for p in result["problems"] if p["candidates"].get("train", {}).get("status") == "failed"]
+    if failed:
+        print("pyrgd bench: error: pyrgd.train failed on " + ", ".join(failed) + ": "
+              + "; ".join(p["candidates"]["train"].get("note", "") for p in result["problems"] if p["name"] in failed),
               file=sys.stderr)
         return 1
     if args.strict and any(t["status"] == "FAIL" for t in result["targets"]):

@@ -7,7 +7,8 @@ no temporaries), then the high-water mark is reset (Linux: ``echo 5 > /proc/self
 built and runs two GD steps (one for B3, a one-step problem), and VmHWM is read from /proc/self/status. The peak
 is VmHWM - RSS0: the data plus everything the candidate allocated on top of it, at the worst moment. Where the reset is refused, VmHWM since the
 process started is used (method ``vmhwm-no-reset``: an upper bound, it includes the imports' own peak), and where
-/proc is missing, ``resource.getrusage`` (``ru_maxrss``, same caveat).
+/proc is missing, ``resource.getrusage`` (``ru_maxrss``, same caveat). The train problems (group L) run in the same
+kind of fresh process (:func:`spawn_spec` of ``python -m pyrgd.bench.train_runs``), with :class:`PeakProbe`.
 
 GPU: in-process, the allocator's own high-water mark: CuPy's memory pool (emptied before, its ``total_bytes`` after:
 the pool keeps every block it needed) or ``torch.cuda.max_memory_allocated``, next to the drop of free device
@@ -68,6 +69,36 @@ def available_bytes() -> int | None:
         return None
 
 
+class PeakProbe:
+    """The peak resident memory a block of code adds, in this process (see the module docstring).
+
+    ``start()`` reads the baseline RSS0 (call it before the data exist), ``reset()`` resets the high-water mark (call
+    it once the data exist, so that what was freed before does not count), ``stop()`` reads VmHWM and returns
+    {"peak_bytes": VmHWM - RSS0, "process_peak_bytes": VmHWM, "baseline_bytes": RSS0, "method"}; without /proc,
+    ru_maxrss of the whole process (peak_bytes = process_peak_bytes, baseline_bytes None).
+    """
+
+    def __init__(self):
+        self.base = None
+        self.was_reset = False
+
+    def start(self) -> "PeakProbe":
+        self.base = read_status().get("VmRSS")
+        return self
+
+    def reset(self) -> None:
+        self.was_reset = reset_peak() if self.base is not None else False
+
+    def stop(self) -> dict:
+        end = read_status()
+        if self.base is not None and "VmHWM" in end:
+            return {"peak_bytes": int(end["VmHWM"] - self.base), "process_peak_bytes": int(end["VmHWM"]),
+                    "baseline_bytes": int(self.base), "method": "vmhwm-reset" if self.was_reset else "vmhwm-no-reset"}
+        peak = _maxrss_bytes()  # no /proc: ru_maxrss of the whole process (includes the imports' peak)
+        return {"peak_bytes": int(peak), "process_peak_bytes": int(peak), "baseline_bytes": None,
+                "method": "ru_maxrss"}
+
+
 # ------------------------------------------------------------------------------------------------ CPU, subprocess
 def _child(spec: dict) -> dict:
     """Runs in the fresh process: the measurement described in the module docstring."""
@@ -88,35 +119,37 @@ def _child(spec: dict) -> dict:
         c.step()
         del c
         gc.collect()
-        st = read_status()
-        base = st.get("VmRSS")
+        probe = PeakProbe().start()
         data = make_data(problem, spec["dtype"], spec["seed"])
-        reset = reset_peak() if base is not None else False
+        probe.reset()
         c = make_candidate(name, data, backend=spec["backend"], block=spec["block"], copy=False)
         loss = [c.step() for _ in range(spec.get("steps", 2))]
-        end = read_status()
-    if base is not None and "VmHWM" in end:
-        peak = end["VmHWM"] - base
-        method = "vmhwm-reset" if reset else "vmhwm-no-reset"
-    else:  # no /proc: ru_maxrss of the whole process (includes the imports' peak)
-        peak, method = _maxrss_bytes(), "ru_maxrss"
-    return {"peak_bytes": int(peak), "method": method, "loss_finite": bool(np.all(np.isfinite(loss)))}
+        peak = probe.stop()
+    return {**peak, "loss_finite": bool(np.all(np.isfinite(loss)))}
 
 
 def _spawn(problem, candidate, dtype, seed, backend, block, steps):
-    import pyrgd
-
     spec = {"problem": problem.to_dict(), "candidate": candidate, "dtype": str(dtype), "seed": int(seed),
             "backend": backend, "block": block, "steps": int(steps)}
+    return spawn_spec(spec)
+
+
+def spawn_spec(spec: dict, module: str = "pyrgd.bench.memory"):
+    """``python -m MODULE SPEC`` (SPEC: ``spec`` as JSON) in a fresh process, the pyrgd under test first on its path;
+    read its answer with :func:`collect`."""
+    import pyrgd
+
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(pyrgd.__file__)))  # the pyrgd under test
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     # cwd elsewhere: `python -m` puts the working folder first on sys.path, which could shadow the pyrgd under test
-    return subprocess.Popen([sys.executable, "-m", "pyrgd.bench.memory", json.dumps(spec)], env=env,
+    return subprocess.Popen([sys.executable, "-m", module, json.dumps(spec)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
 
 
-def _collect(proc, timeout) -> dict:
+def collect(proc, timeout) -> dict:
+    """The JSON answer of a process from :func:`spawn_spec` (its last line starting with '{'), or {"error": why}
+    (killed after ``timeout`` seconds, a non-zero exit code, no answer)."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -136,7 +169,7 @@ def measure_cpu_peak(problem, candidate: str, *, dtype="float32", seed=0, backen
 
     Returns {"peak_bytes", "method", "loss_finite"} or {"error": why}.
     """
-    return _collect(_spawn(problem, candidate, dtype, seed, backend, block, steps), timeout)
+    return collect(_spawn(problem, candidate, dtype, seed, backend, block, steps), timeout)
 
 
 def measure_cpu_peaks(problem, candidates, *, together=False, timeout=1800, **kw) -> dict:
@@ -147,7 +180,7 @@ def measure_cpu_peaks(problem, candidates, *, together=False, timeout=1800, **kw
     args = dict(dtype="float32", seed=0, backend="auto", block=None, steps=2)
     args.update(kw)
     procs = {c: _spawn(problem, c, **args) for c in candidates}
-    return {c: _collect(p, timeout) for c, p in procs.items()}
+    return {c: collect(p, timeout) for c, p in procs.items()}
 
 
 # ------------------------------------------------------------------------------------------------ GPU, in process

@@ -3,8 +3,15 @@
 Every problem is one full-batch GD step of a whole network (THEORY.md section 1): X (N, d), Y (N, n_L), weights
 W_l (n_{l-1}, n_l), float32 unless asked otherwise, LeCun initial weights, rows of X of norm about 1.
 
-Selectors accepted by ``--problems``: a problem's name (``B1``, ``B4_2048``, ``T2``, ``G1``) or a group
-(``B4``: every n1 of the time-per-neuron sweep; ``T``: B1 with 1 and 2 threads).
+Selectors accepted by ``--problems``: a problem's name (``B1``, ``B4_2048``, ``T2``, ``L1``, ``G1``) or a group
+(``B4``: every n1 of the time-per-neuron sweep; ``T``: B1 with 1 and 2 threads; ``L``: the train problems).
+
+The train problems (group ``L``, ``kind="train"``) are not one GD step but a whole :func:`pyrgd.train` run with its
+defaults (lr="auto", track_every="auto", method and backend auto) for ``steps`` steps, measured in a fresh process
+by :mod:`pyrgd.bench.train_runs`: L1 (N = n1 = 20000, 20 steps: peak memory and the tracking's share of the time),
+L2 (N = n1 = 65536, one step: peak memory and the time against one bare engine step) and B1_track (B1's shapes, 200
+steps: the wall time against the steps' time). They are not in the default selection (L2 alone is minutes on two
+cores): ``--problems L`` runs them, ``--problems B1,B2,B3,B4,T,L`` everything.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ LR_SCALE = 0.1
 #: candidates of the CPU problems and of the GPU problems (see pyrgd.bench.candidates)
 CPU_CANDIDATES = ("fused", "unfused", "chunked", "torch")
 GPU_CANDIDATES = ("fused", "chunked", "torch")
+#: the one "candidate" of a train problem: pyrgd.train with its defaults
+TRAIN_CANDIDATES = ("train",)
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,9 @@ class Problem:
     max_repeats: at most this many timed steps (B3, the memory problem, is one large step).
     method: the fused candidate's :func:`pyrgd.ops.step_engine` method ('auto', or 'neurons' for the memory
     problem: the method that holds no gradient of the wide layer).
+    kind: 'step' (candidates of one GD step, :mod:`pyrgd.bench.runner`) or 'train' (a :func:`pyrgd.train` run with
+    its defaults for ``steps`` steps, :mod:`pyrgd.bench.train_runs`; ``max_repeats`` then bounds the bare engine
+    steps timed after it).
     """
 
     name: str
@@ -49,6 +61,8 @@ class Problem:
     device: str = "cpu"
     note: str = ""
     method: str = "auto"
+    kind: str = "step"
+    steps: int | None = None
 
     @property
     def dims(self) -> list[int]:
@@ -137,7 +151,21 @@ def _cpu_problems(tiny: bool) -> list[Problem]:
     for t in (1, 2):
         out.append(Problem(f"T{t}", **b1, group="T", candidates=("fused",), threads=t,
                            note=f"B1 with {t} thread{'s' if t > 1 else ''}"))
-    return out
+    return out + _train_problems(tiny, b1)
+
+
+def _train_problems(tiny: bool, b1: dict) -> list[Problem]:
+    """Group L: pyrgd.train with its defaults (see the module docstring); ``b1``: the B1 shapes of this size."""
+    l1, l2 = (512, 1024) if tiny else (20000, 65536)
+    common = dict(d=16, group="L", candidates=TRAIN_CANDIDATES, kind="train")
+    return [
+        Problem("L1", N=l1, widths=(l1, 8, 1), steps=20, **common,
+                note="pyrgd.train defaults, 20 steps: peak memory, tracking's share of the wall time"),
+        Problem("L2", N=l2, widths=(l2, 8, 1), steps=1, max_repeats=1, **common,
+                note="pyrgd.train defaults, one step: peak memory, time against one bare engine step"),
+        Problem("B1_track", **b1, group="L", candidates=TRAIN_CANDIDATES, kind="train", steps=200,
+                note="pyrgd.train defaults on B1, 200 steps: wall time against the steps' time"),
+    ]
 
 
 def _gpu_problems(tiny: bool) -> list[Problem]:
@@ -164,6 +192,8 @@ def all_problems(device: str = "cpu", tiny: bool = False) -> list[Problem]:
 
 
 def default_selection(device: str) -> str:
+    """What ``--problems`` runs when not given: every CPU problem but the train problems (group L), every GPU
+    problem."""
     return "B1,B2,B3,B4,T" if device == "cpu" else "G1,G2"
 
 

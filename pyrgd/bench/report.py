@@ -15,10 +15,18 @@ The result (``pyrgd.bench.runner.run``, schema ``pyrgd-bench-1``) is a dict:
   {name: row}. A row has ``status`` (ok | mismatch | skipped | failed), ``note`` when not ok, and when it ran:
   seconds (median), iqr, min, max, times, gflops, pct_sgemm, peak_bytes, peak_method, peak_over_data,
   fused_speedup (its seconds over the fused seconds), rel_err_weights, rel_err_update, rel_err_loss, loss;
+- a train problem (group L, ``kind`` "train", :mod:`pyrgd.bench.train_runs`) has ``steps`` (of the train run),
+  ``repeats`` (bare engine steps timed), ``lr`` (what lr="auto" chose) and one row, ``candidates["train"]``:
+  ``status`` (ok | skipped: train refused the run | failed), train_status, steps, backend, method, kept, lr,
+  wall_s (seconds around the pyrgd.train call), summary_wall_s, steps_s, tracking_s, lr_s, other_s, tracking_every,
+  tracking_route, certificates, bare_times, bare_step_s (their median), bare_method, peak_bytes (VmHWM - the RSS
+  before the data), process_peak_bytes (VmHWM), baseline_bytes, peak_method, denominator_bytes (data + weights +
+  the step's workspace) and denominator_parts, plan_total_bytes, peak_over_denominator, tracking_pct_of_wall,
+  wall_over_steps, wall_over_bare_step, summary_missing (the summary keys it lacked);
 - ``interleaved`` (CPU, when the run has two or more B4 sizes): {"B4": {rounds, schedule, seconds: {n1: median},
   iqr, times}}: the fused step of every size timed again in interleaved rounds (pyrgd.bench.runner.interleave_group);
   the B4 target uses these medians when present;
-- ``targets``: [{id, text, status (PASS|FAIL|SKIP), measured, threshold, op, detail}];
+- ``targets``: [{id, text, status (PASS|FAIL|SKIP), measured, threshold, op, unit, detail}];
 - ``complete``: False in the copies written after each problem while the run goes on, True at the end.
 Non-finite numbers are written as null.
 """
@@ -30,7 +38,10 @@ import math
 #: the performance targets. kind: speedup (baseline s / fused s >= threshold), pct_sgemm (fused GFLOP/s as % of
 #: SGEMM >= threshold), peak (fused peak / data bytes <= threshold), per_neuron_spread (max / min of the fused
 #: seconds per neuron over the group <= threshold; from the interleaved timing where the run has it),
-#: thread_scaling (1-thread s / 2-thread s >= threshold)
+#: thread_scaling (1-thread s / 2-thread s >= threshold); and on the train problems (group L), from the row
+#: ``candidates["train"]`` (pyrgd.bench.train_runs): train_peak (peak_bytes / (data + weights + step) <= threshold),
+#: train_peak_gb (process_peak_bytes / 1e9 <= threshold), train_tracking (100 tracking_s / wall_s <= threshold, in
+#: %), train_over_steps (wall_s / steps_s <= threshold), train_over_bare (wall_s / bare_step_s <= threshold)
 TARGETS = (
     dict(id="B1_vs_chunked", device="cpu", kind="speedup", problem="B1", candidate="chunked", threshold=3.0,
          text="B1 fused >= 3x chunked NumPy"),
@@ -50,6 +61,16 @@ TARGETS = (
          text="B4 fused time per neuron within 15% across n1"),
     dict(id="threads", device="cpu", kind="thread_scaling", problems=("T1", "T2"), threshold=1.7,
          text="B1 fused with 2 threads >= 1.7x 1 thread"),
+    dict(id="L1_memory", device="cpu", kind="train_peak", problem="L1", threshold=1.3,
+         text="L1 train peak RSS <= 1.3x (data + weights + step workspace)"),
+    dict(id="L1_tracking", device="cpu", kind="train_tracking", problem="L1", threshold=10.0,
+         text="L1 train tracking <= 10% of the wall time"),
+    dict(id="L2_memory", device="cpu", kind="train_peak_gb", problem="L2", threshold=2.0,
+         text="L2 train (one step) peak RSS <= 2 GB"),
+    dict(id="L2_time", device="cpu", kind="train_over_bare", problem="L2", threshold=1.2,
+         text="L2 train (one step) wall time <= 1.2x one bare engine step"),
+    dict(id="B1_track_overhead", device="cpu", kind="train_over_steps", problem="B1_track", threshold=1.1,
+         text="B1 train (200 steps, default tracking) wall time <= 1.1x the steps' time"),
     dict(id="G1_sgemm", device="cuda", kind="pct_sgemm", problem="G1", threshold=60.0,
          text="G1 fused GFLOP/s >= 60% of cuBLAS SGEMM"),
     dict(id="G1_vs_torch", device="cuda", kind="speedup", problem="G1", candidate="torch", threshold=2.0,
@@ -122,6 +143,8 @@ def _evaluate(t: dict, result: dict) -> tuple:
     p = _problem(result, t["problem"])
     if p is None:
         return "SKIP", None, f"{t['problem']} not run"
+    if kind.startswith("train_"):
+        return _evaluate_train(t, p)
     fused = p["candidates"].get("fused")
     if not _ok(fused) or "seconds" not in fused:
         return ("FAIL" if fused and fused.get("status") in ("failed", "mismatch") else "SKIP"), None, \
@@ -154,6 +177,86 @@ def _evaluate(t: dict, result: dict) -> tuple:
     raise ValueError(f"unknown target kind {kind!r}")  # pragma: no cover
 
 
+#: the unit of each kind's measured value (x: a ratio)
+UNITS = {"pct_sgemm": "%", "train_tracking": "%", "train_peak_gb": "GB"}
+#: kinds whose measured value must stay at or below the threshold (the others: at or above)
+AT_MOST = ("peak", "per_neuron_spread", "train_peak", "train_peak_gb", "train_tracking", "train_over_steps",
+           "train_over_bare")
+
+
+def _mib(n) -> str:
+    return "?" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _secs(x) -> str:
+    return "?" if x is None else f"{x:.3g} s"
+
+
+def _time_parts(r: dict) -> str:
+    return (f"wall {_secs(r.get('wall_s'))} = steps {_secs(r.get('steps_s'))} + tracking {_secs(r.get('tracking_s'))}"
+            f" + lr {_secs(r.get('lr_s'))} + other {_secs(r.get('other_s'))}")
+
+
+def _tracking_words(r: dict) -> str:
+    return (f"{r.get('certificates', '?')} certificate{'' if r.get('certificates') == 1 else 's'}, route "
+            f"{r.get('tracking_route', '?')}, every {r.get('tracking_every', '?')}")
+
+
+def _evaluate_train(t: dict, p: dict) -> tuple:
+    """(status, measured, detail) of a target on a train problem's row (see TARGETS)."""
+    kind = t["kind"]
+    r = p["candidates"].get("train")
+    if not r or r.get("status") != "ok":
+        return ("FAIL" if r and r.get("status") == "failed" else "SKIP"), None, _why(r, "pyrgd.train")
+    missing = f"; the summary lacked {', '.join(r['summary_missing'])}" if r.get("summary_missing") else ""
+    if r.get("train_status") not in (None, "max_steps", "converged"):  # e.g. diverged: fewer steps than asked
+        missing += f"; pyrgd.train stopped with status {r['train_status']} after {r.get('steps', '?')} steps"
+    if kind == "train_peak":
+        v = r.get("peak_over_denominator")
+        parts = r.get("denominator_parts") or {}
+        detail = (f"peak RSS added {_mib(r.get('peak_bytes'))} (process {_mib(r.get('process_peak_bytes'))}, "
+                  f"{r.get('peak_method', '?')}) over data {_mib(parts.get('data'))} + weights "
+                  f"{_mib(parts.get('weights'))} + step {_mib(parts.get('step'))} = {_mib(r.get('denominator_bytes'))}"
+                  f"; the plan's total {_mib(r.get('plan_total_bytes'))}")
+        if v is None:
+            return "SKIP", None, "no peak or no plan to divide by: " + detail + missing
+    elif kind == "train_peak_gb":
+        b = r.get("process_peak_bytes")
+        v = None if b is None else b / 1e9
+        detail = (f"the process's peak RSS {_mib(b)} (the run added {_mib(r.get('peak_bytes'))} to "
+                  f"{_mib(r.get('baseline_bytes'))} of interpreter and libraries; {r.get('peak_method', '?')})")
+        if v is None:
+            return "SKIP", None, "peak memory not measured"
+    elif kind == "train_tracking":
+        v = r.get("tracking_pct_of_wall")
+        detail = f"{_time_parts(r)} ({_tracking_words(r)})"
+    elif kind == "train_over_steps":
+        v = r.get("wall_over_steps")
+        detail = f"{_time_parts(r)} ({_tracking_words(r)}; {r.get('steps', '?')} steps)"
+        wo = _ratio_or_none(r.get("wall_s"), r.get("lr_s"), r.get("steps_s"))
+        if wo is not None:
+            detail += f"; without the lr='auto' rule {wo:.2f}x"
+    elif kind == "train_over_bare":
+        v = r.get("wall_over_bare_step")
+        n = len(r.get("bare_times") or [])
+        detail = (f"{_time_parts(r)}; bare step (evaluate + update, method {r.get('bare_method', '?')}) "
+                  f"{_secs(r.get('bare_step_s'))}" + (f" (median of {n})" if n > 1 else ""))
+        wo = _ratio_or_none(r.get("wall_s"), r.get("lr_s"), r.get("bare_step_s"))
+        if wo is not None:
+            detail += f"; without the lr='auto' rule {wo:.2f}x"
+    else:  # pragma: no cover
+        raise ValueError(f"unknown target kind {kind!r}")
+    if v is None:
+        return "SKIP", None, "not measured: " + detail + missing
+    return ("PASS" if v <= t["threshold"] else "FAIL"), v, detail + missing
+
+
+def _ratio_or_none(wall, minus, den):
+    if None in (wall, minus, den) or not den > 0:
+        return None
+    return (wall - minus) / den
+
+
 def evaluate_targets(result: dict) -> list[dict]:
     """Every target of the result's device, evaluated: PASS / FAIL with the measured ratio, SKIP with why."""
     out = []
@@ -161,9 +264,9 @@ def evaluate_targets(result: dict) -> list[dict]:
         if t["device"] != result.get("device", "cpu"):
             continue
         status, measured, detail = _evaluate(t, result)
-        op = "<=" if t["kind"] in ("peak", "per_neuron_spread") else ">="
+        op = "<=" if t["kind"] in AT_MOST else ">="
         out.append({"id": t["id"], "text": t["text"], "status": status, "measured": measured,
-                    "threshold": t["threshold"], "op": op, "detail": detail})
+                    "threshold": t["threshold"], "op": op, "unit": UNITS.get(t["kind"], "x"), "detail": detail})
     return out
 
 
@@ -175,11 +278,12 @@ def _f(v, spec, width, missing="-"):
 
 
 def format_target(t: dict) -> str:
-    unit = "%" if t["id"].endswith("sgemm") else "x"
+    # results written before targets had a unit: % for the SGEMM ones, x for the others
+    unit = t.get("unit") or ("%" if t["id"].endswith("sgemm") else "x")
     if t["measured"] is None:
         return f"{t['status']:4}  {t['text']}: {t['detail']}"
-    m = f"{t['measured']:.1f}%" if unit == "%" else f"{t['measured']:.2f}x"
-    thr = f"{t['threshold']:g}{unit}"
+    m = {"%": f"{t['measured']:.1f}%", "GB": f"{t['measured']:.3g} GB"}.get(unit, f"{t['measured']:.2f}x")
+    thr = f"{t['threshold']:g}{' GB' if unit == 'GB' else unit}"
     return f"{t['status']:4}  {t['text']}: measured {m} (target {t['op']} {thr}); {t['detail']}"
 
 
@@ -220,8 +324,11 @@ def format_report(result: dict) -> str:
                      "bounds of the speed-up targets)")
     head = (f"{'problem':9}{'candidate':10}{'s/step':>10}{'IQR':>9}{'GFLOP/s':>9}{'%SGEMM':>7}{'peak MiB':>10}"
             f"{'peak/data':>10}{'fused x':>8}{'err W':>9}{'err dW':>9}")
-    lines += ["", head]
-    for p in result.get("problems", []):
+    steps = [p for p in result.get("problems", []) if p.get("kind", "step") != "train"]
+    trains = [p for p in result.get("problems", []) if p.get("kind") == "train"]
+    if steps:
+        lines += ["", head]
+    for p in steps:
         lines.append(f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']} {p['activation']}"
                      + (f" threads={p['threads']}" if p.get("threads") else "")
                      + f"; {p['useful_flops'] / 1e9:.4g} useful GFLOP/step"
@@ -245,8 +352,15 @@ def format_report(result: dict) -> str:
                 f"{_f(r.get('fused_speedup'), '.2f', 8)}{_f(r.get('rel_err_weights'), '.1e', 9)}"
                 f"{_f(r.get('rel_err_update'), '.1e', 9)}"
                 + (f"  {r['status'].upper()}: {r.get('note', '')}" if r.get("status") == "mismatch" else ""))
-    lines += ["", "fused x: the candidate's s/step over the fused s/step; err W / err dW: relative error of the "
-                  "updated weights / of the update against the fused step (same initial weights)"]
+    if steps:
+        lines += ["", "fused x: the candidate's s/step over the fused s/step; err W / err dW: relative error of the "
+                      "updated weights / of the update against the fused step (same initial weights)"]
+    if trains:
+        lines += ["", "pyrgd.train with its defaults (lr auto, tracking auto, method auto), each in a fresh process; "
+                      "wall: around the call; peak: VmHWM less the RSS before the data; bare step: evaluate + update "
+                      "of a new step engine on the same arrays after the run"]
+    for p in trains:
+        lines += _train_lines(p)
     for g, it in (result.get("interleaved") or {}).items():
         per = ", ".join(f"n1={n}: {v / int(n) * 1e6:.3g} us (IQR {it['iqr'][n] / int(n) * 1e6:.2g})"
                         for n, v in sorted(it["seconds"].items(), key=lambda kv: int(kv[0])))
@@ -254,6 +368,38 @@ def format_report(result: dict) -> str:
     lines.append("")
     lines += [format_target(t) for t in result.get("targets", [])]
     return "\n".join(lines)
+
+
+def _train_lines(p: dict) -> list[str]:
+    r = p["candidates"].get("train") or {}
+    head = (f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']} {p['activation']}; pyrgd.train "
+            f"{p.get('steps')} step{'' if p.get('steps') == 1 else 's'}")
+    if r.get("status") != "ok":
+        return [head, f"  {r.get('status', 'not run')}: {r.get('note', '')}"]
+    head += f", backend {r.get('backend')}, method {r.get('method')}"
+    if r.get("kept") is not None and r["kept"] < p["widths"][0]:
+        head += f" ({r['kept']} of {p['widths'][0]} neurons kept)"
+    if r.get("lr") is not None:
+        head += f", lr {r['lr']:.4g} ({'auto' if r.get('lr_rule') not in (None, 'given') else 'given'})"
+    out = [head]
+    n = len(r.get("bare_times") or [])
+    out.append(f"  {_time_parts(r)}; {_tracking_words(r)}; bare step {_secs(r.get('bare_step_s'))}"
+               + (f" (median of {n})" if n > 1 else "") + f"; train status {r.get('train_status')}, loss "
+               + (f"{r['initial_loss']:.4g} -> {r['final_loss']:.4g}" if r.get("initial_loss") is not None
+                  and r.get("final_loss") is not None else "?"))
+    parts = r.get("denominator_parts") or {}
+    out.append(f"  peak RSS: the run added {_mib(r.get('peak_bytes'))} to {_mib(r.get('baseline_bytes'))} (process "
+               f"{_mib(r.get('process_peak_bytes'))}, {r.get('peak_method')}); data {_mib(parts.get('data'))} + "
+               f"weights {_mib(parts.get('weights'))} + step {_mib(parts.get('step'))} = "
+               f"{_mib(r.get('denominator_bytes'))} (plan total {_mib(r.get('plan_total_bytes'))}): "
+               + (f"{r['peak_over_denominator']:.2f}x" if r.get("peak_over_denominator") is not None else "-"))
+    ratios = [f"{k} {r[k]:.3g}{u}" for k, u in (("tracking_pct_of_wall", "%"), ("wall_over_steps", "x"),
+                                                  ("wall_over_bare_step", "x")) if r.get(k) is not None]
+    if ratios:
+        out.append("  " + ", ".join(ratios))
+    if r.get("summary_missing"):
+        out.append(f"  the summary lacked {', '.join(r['summary_missing'])}")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ JSON

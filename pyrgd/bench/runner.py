@@ -19,6 +19,10 @@ again just before each problem; a problem's %SGEMM uses the latter (``sgemm`` in
    (:func:`interleave_group`): all its candidates built at once, then rounds of one step of each size, every other
    round in reverse order. Its target compares the sizes with one another, and on a shared machine whose speed
    drifts by 5 to 15% over minutes, problems run one after the other would compare the drift instead.
+
+A train problem (group L, ``kind="train"``) is none of this: one :func:`pyrgd.train` run with its defaults in a fresh
+process, then bare engine steps (:mod:`pyrgd.bench.train_runs`, :func:`run_train_problem`); no SGEMM rate is taken
+before it. Its peak memory comes with that process, so ``--no-memory`` leaves it measured.
 """
 from __future__ import annotations
 
@@ -457,6 +461,38 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
     return res
 
 
+# ------------------------------------------------------------------------------------------------ train problems
+def run_train_problem(problem: Problem, opts: Options, bar=None) -> dict:
+    """Run a train problem (group L) in a fresh process (:func:`pyrgd.bench.train_runs.measure_train`); returns the
+    problem's JSON-ready result, its one row under ``candidates["train"]`` (:func:`pyrgd.bench.train_runs.train_row`).
+    The bare engine steps timed after the run: ``repeats`` (``problem.max_repeats`` at most)."""
+    from .train_runs import DESCRIPTION, TIMEOUT_S, measure_train, train_row
+
+    dtype = np.dtype(opts.dtype)
+    repeats = opts.n_repeats if problem.max_repeats is None else min(opts.n_repeats, problem.max_repeats)
+    repeats = max(1, repeats)
+    res = {**problem.to_dict(), "lr": None, "dtype": dtype.name, "repeats": repeats, "warmup": 0,
+           "schedule": "pyrgd.train in a fresh process, then the bare engine steps",
+           "data_bytes_parts": data_bytes(problem.N, problem.d, problem.widths, dtype.itemsize),
+           "candidates": {}}
+    res["data_bytes"] = res["data_bytes_parts"]["total"]
+    if bar is not None:
+        bar.set_description(f"{problem.name} pyrgd.train, {problem.steps} step{'s' if problem.steps != 1 else ''}")
+    try:
+        m = measure_train(problem, dtype=dtype.name, seed=opts.seed, backend=opts.backend, repeats=repeats,
+                          timeout=TIMEOUT_S[1] if opts.tiny else TIMEOUT_S[0])
+        row = train_row(problem, m, dtype.itemsize)
+    except Exception as e:  # noqa: BLE001 - reported in its row, the other problems go on
+        row = {"status": "failed", "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+               "description": DESCRIPTION}
+    res["candidates"] = {"train": row}
+    res["lr"] = row.get("lr")
+    res["fused_backend"] = row.get("backend")
+    if bar is not None:
+        bar.update(1)
+    return res
+
+
 # ------------------------------------------------------------------------------------------------ facts
 def _cpu_model() -> str:
     try:
@@ -609,6 +645,11 @@ def run(problems, opts: Options, on_problem=None) -> dict:
                 result["fma_peak"][str(t)] = fma_peak_cpu(t, dtype=opts.dtype)
         bar.update(1)
         for p in problems:
+            if p.kind == "train":
+                result["problems"].append(run_train_problem(p, opts, bar))
+                if on_problem is not None:
+                    on_problem({**result, "targets": evaluate_targets(result), "complete": False})
+                continue
             # the SGEMM rate again just before the problem, at its thread count: on a shared machine the load
             # changes within a run, and %SGEMM should compare with the machine as the problem found it
             if opts.device == "cuda":
