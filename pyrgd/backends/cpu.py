@@ -334,8 +334,11 @@ def plan_step(N, d, widths, dtype, act, method="auto") -> dict:
 
 
 def network_gradients(X, Y, W, act, mult) -> list:
-    """[dPhi/dW_1, ..., dPhi/dW_L] at the current weights, from one :func:`network_grad` pass."""
-    return network_grad(X, Y, W, act, mult)[1]
+    """[dPhi/dW_1, ..., dPhi/dW_L] at the current weights, from one :func:`network_grad` pass (keeping the
+    :func:`rows_kept` neurons in its panels, as the rows method does)."""
+    N, d = X.shape
+    kept = rows_kept(N, d, W[0].shape[1], W[1].shape[1], X.dtype, act)
+    return network_grad(X, Y, W, act, mult, kept_neurons=kept)[1]
 
 
 def engine(X, Y, W, act, mult, method="auto", allreduce=None):
