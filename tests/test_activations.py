@@ -83,3 +83,26 @@ def test_codes_match_header():
     names = {"Relu": "relu", "LeakyRelu": "leaky_relu", "SmoothLeakyRelu": "smooth_leaky_relu",
              "Softplus": "softplus", "Tanh": "tanh", "Erf": "erf", "Identity": "identity"}
     assert {names[k]: int(v) for k, v in structs.items()} == ACTIVATION_CODES
+
+
+def test_relu_propagates_nan_as_numpy_does():
+    """A NaN in one sample (the raw backend functions take it; pyrgd.ops refuses it): relu keeps NaN there, as
+    NumPy's maximum does, so the cpu kernels give NaN exactly where the reference does and the same values
+    elsewhere."""
+    import pytest
+
+    pytest.importorskip("pyrgd._cpu")
+    from pyrgd.backends import cpu, reference
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        X = rng.standard_normal((37, 5)).astype(dtype)
+        X[3, 2] = np.nan
+        W1 = rng.standard_normal((5, 70)).astype(dtype)
+        W2 = rng.standard_normal((70, 3)).astype(dtype)
+        act = parse_activation("relu")
+        ref = reference.forward(X, W1, W2, act, 1.0)
+        got = cpu.forward(X, W1, W2, act, 1.0)
+        assert np.array_equal(np.isnan(got), np.isnan(ref)) and np.isnan(got[3]).all()
+        ok = ~np.isnan(ref)
+        assert np.allclose(got[ok], ref[ok], rtol=1e-5)

@@ -75,7 +75,8 @@ namespace act {
 struct Relu {
   static constexpr int code = 0;
   static constexpr const char* name = "relu";
-  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return x > T(0) ? x : T(0); }
+  // x != x: NaN passes through as in NumPy's maximum(x, 0) (x > 0 alone would map it to 0); the same bits otherwise
+  template <class T, class M = math::Libm> PYRGD_HD static T f(T x, T) { return (x > T(0) || x != x) ? x : T(0); }
   template <class T, class M = math::Libm> PYRGD_HD static T df(T x, T) { return x > T(0) ? T(1) : T(0); }
   template <class T, class M = math::Libm> PYRGD_HD static void both(T x, T g, T& s, T& ds) {
     s = f<T, M>(x, g);
