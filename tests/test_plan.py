@@ -198,3 +198,18 @@ def test_certified_route_certifies_a_lower_bound():
         assert ce["sigma_min_F1"][k] >= 0.5 * ex["sigma_min_F1"][k]  # within a factor 2 of lambda_min ** 0.5
         assert ex["certified_factor"][k] <= ce["certified_factor"][k] < 1
     assert "certified lower bound" in runs["certified"].summary["tracking"]["how"]
+
+
+def test_first_certificate_waits_for_twice_its_predicted_cost():
+    """Before any certificate has been measured its cost comes from flops at the rate the steps achieved; the
+    tracker then asks for twice that much room."""
+    t = _tracker(route="exact", step_flops=1e9)
+    predicted = t._predicted_cost(1e10)  # 1000 steps of 1e9 flops in 100 s
+    assert predicted > 0
+    t.seconds = 0.1 * 100 - 1.5 * predicted  # room for 1.5 predicted costs
+    assert not t.due(1000, 1.0, 100.0, 1000)
+    t.seconds = 0.1 * 100 - 2.5 * predicted
+    assert t.due(1000, 1.0, 100.0, 1000)
+    t._last_cost = predicted  # once measured, the measured cost alone
+    t.seconds = 0.1 * 100 - 1.5 * predicted
+    assert t.due(1000, 1.0, 100.0, 1000)
