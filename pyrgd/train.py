@@ -197,13 +197,13 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         timing["steps"] = float(saved["meta"]["step_seconds"])
     checkpoints = _Checkpointer(out, checkpoint_every, identity, X_host, Y_host, W0, lr, lr_rule,
                                 t_start - (saved["meta"].get("wall_seconds", 0.0) if saved else 0.0))
-    if out is not None and config is not None:  # first, so that a killed run's folder can be resumed
-        from .runio import write_config
-
-        write_config(out, config)
     bar = _progress_bar(steps, timing["k"]) if progress else None
     stop = StopFlag()
     with stop:  # until the run folder is written: no signal cuts a step, a checkpoint or a file in half
+        if out is not None and config is not None:  # first, so that a killed run's folder can be resumed
+            from .runio import write_config
+
+            write_config(out, config)
         try:
             with warnings.catch_warnings():
                 engine = ops.step_engine(Xd, Yd, W, activation=act, multipliers=mult, backend=backend, method=method)
@@ -217,6 +217,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                     w[...] = g
                 message += f"; the net keeps the weights of step {timing['k'] - 1}, the last with a finite loss"
         except KeyboardInterrupt:  # a second signal, or not in the main thread: the last whole step is kept
+            stop.finish()
             hist.repair()
             if engine is not None and len(hist) < timing["k"] + 1:  # the weights are a step past the last row
                 hist.add(timing["k"], engine.evaluate(), timing["steps"], float("nan"))
@@ -311,6 +312,7 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
         stopped = rules.check(k, loss, phi0, interrupted=stop.signal if stop.set else False,
                               elapsed=time.perf_counter() - t_start)
         if stopped is not None:
+            stop.finish()  # no signal may now cut the writing of the run folder short
             hist.close()
             return stopped
         with stop.critical():
