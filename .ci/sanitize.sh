@@ -9,9 +9,18 @@ trap 'rm -rf "$work"' EXIT
 cp -r setup.py pyproject.toml README.md LICENSE MANIFEST.in csrc pyrgd tests "$work"/
 find "$work/pyrgd" -name "_cpu*.so" -delete
 cd "$work"
-python -c "import pybind11" 2>/dev/null || pip install -q "pybind11>=2.12"  # setup.py's own import
+# what pyproject.toml's [build-system] asks for, here where setup.py runs outside pip's isolated build
+python -c "import pybind11" 2>/dev/null || pip install -q "pybind11>=2.12"
+python -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" \
+    || pip install -q "setuptools>=77"
 san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
-CFLAGS="$san -g" LDFLAGS="$san" python setup.py -q build_ext --inplace >/dev/null
+# CXXFLAGS: recent setuptools compile C++ with it (CFLAGS alone left the kernels uninstrumented)
+CFLAGS="$san -g" CXXFLAGS="$san -g" LDFLAGS="$san" python setup.py -q build_ext --inplace >/dev/null
+instrumented="$(objdump -d pyrgd/_cpu*.so | grep -c "__asan_report" || true)"  # (grep -q would cut the pipe)
+if [ "$instrumented" -eq 0 ]; then
+    echo "sanitize.sh: the extension was built without ASan instrumentation" >&2
+    exit 1
+fi
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export PYTHONMALLOC=malloc
