@@ -6,9 +6,6 @@ import contextlib
 import signal
 import threading
 
-#: the exit code of a run stopped by SIGTERM (128 + 15, the shell's convention)
-EXIT_TERMINATED = 143
-
 
 class StopFlag:
     """Within ``with StopFlag() as stop:`` the first SIGINT or SIGTERM sets ``stop.set`` (and ``stop.signal``: 'SIGINT'

@@ -9,7 +9,6 @@ from the flop counts and this machine's measured floating-point rate.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -271,9 +270,3 @@ def plan_run(N, d, widths, dtype, activation, backend="cpu", method="auto", lr="
     plan.estimate_block = estimate_block(N, budget - block_bytes)
     plan.estimate_block_bytes = block_bytes
     return plan
-
-
-def estimated_seconds(plan: Plan) -> float:
-    """The plan's total estimated time (nan where not estimated)."""
-    secs = [p.seconds for p in plan.parts if p.seconds is not None]
-    return sum(secs) if secs else math.nan

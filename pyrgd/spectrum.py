@@ -15,7 +15,6 @@ Every function takes X (N, d), W1 (d, n_1) of one dtype, NumPy or CuPy, a parsed
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -163,8 +162,3 @@ class LambdaMinEstimator:
         r = matmat(v) - vals[0] * v
         return {"lambda_min": float(vals[0]), "residual": float(np.linalg.norm(r) / np.linalg.norm(v)),
                 "iterations": self.products - before - 1}
-
-
-def sigma_from_lambda(lam: float) -> float:
-    """sqrt(max(lambda, 0))."""
-    return math.sqrt(max(float(lam), 0.0))

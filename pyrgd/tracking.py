@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 
-from . import ops
 
 
 def smallest_singular_value_from_gram(K) -> float:
@@ -58,11 +57,10 @@ def certificate(X, weights, initial_weights, act, multipliers, lr, backend, lamb
     lambda_min: lambda_min(F_1 F_1^T) obtained elsewhere (e.g. a matrix-free estimate): no Gram is formed.
     """
     if lambda_min is None:
-        K = ops.wide_gram(X, weights[0], activation=act, a1=multipliers[0], backend=backend)
-        s_f1 = smallest_singular_value_from_gram(K)
-        del K
-    else:
-        s_f1 = math.sqrt(max(float(lambda_min), 0.0))
+        from .spectrum import exact_lambda_min
+
+        lambda_min = exact_lambda_min(X, weights[0], act, multipliers[0], backend)
+    s_f1 = math.sqrt(max(float(lambda_min), 0.0))
     row = {"sigma_min_F1": s_f1}
     smins = []
     for l in range(3, len(weights) + 1):

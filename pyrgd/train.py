@@ -269,7 +269,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         with stop.critical(hold=True):  # a signal now is ignored: the run is stopping and its files get written
             if engine is not None and checkpoints.enabled and status != "diverged" and \
                     (status in ("interrupted", "terminated") or checkpoint_every != 0):
-                checkpoints.save(engine, hist, tracker, timing, final=True)
+                checkpoints.save(engine, hist, tracker, timing)
                 summary["checkpoint"] = checkpoints.path
             if out is not None:
                 from .runio import write_run
@@ -364,7 +364,7 @@ class _Checkpointer:
             return time.perf_counter() - self._last >= CHECKPOINT_SECONDS
         return k % self.every == 0
 
-    def save(self, engine, hist: History, tracker: Tracker, timing, final=False) -> None:
+    def save(self, engine, hist: History, tracker: Tracker, timing) -> None:
         """The state at the weights' step s = timing['k']: history rows 0..s-1, certificates of steps < s."""
         import os
 
