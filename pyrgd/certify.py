@@ -16,8 +16,11 @@ docs/theory.md sections 4 and 5 that pyrgd can compute, and :func:`format_certif
 - the empirical NTK's lambda_min and lambda_max when n_L = 1 [derived; docs/theory.md section 5];
 - Du et al. 2019's lambda_0 = lambda_min(K^(H)) for the data, with H = L - 1 hidden layers and the net's
   activation, when the inputs have unit norm (their setting); otherwise the report says why it is left out
-  [paper; docs/theory.md section 4.4]. It describes the data, depth and activation in Du et al.'s parameterization
-  (every hidden layer of width m, multipliers sqrt(c_sigma/m), N(0, 1) weights), not this net's initialization.
+  [paper; docs/theory.md section 4.4], under both readings of the covariance in the last line of Definition 5.1,
+  labelled: ``lambda_0`` is the natural one (the default of :func:`pyrgd.theory.du_gram`, the one finite-width
+  networks converge to), ``readings`` holds both. It describes the data, depth and activation in Du et al.'s
+  parameterization (every hidden layer of width m, multipliers sqrt(c_sigma/m), N(0, 1) weights), not this net's
+  initialization.
 
 Each heading of the printed table names the section of docs/theory.md that states its formulas.
 
@@ -182,12 +185,20 @@ def _du_entry(X, L, act, wanted, du_gram) -> dict:
         return {"available": False, "H": H,
                 "reason": (f"Du et al. 2019 assume unit-norm inputs (||x_i|| = 1); these have norms in "
                            f"[{norms.min():.4g}, {norms.max():.4g}] (synthetic data: inputs = 'sphere')")}
-    g = du_gram(X, H, act, keep_all=False)
+    g = du_gram(X, H, act, last_layer_cov="natural", keep_all=False)
+    gp = du_gram(X, H, act, last_layer_cov="paper", keep_all=False)
     notes = list(g.notes) + [
         "in Du et al.'s parameterization (every hidden layer of width m, multipliers sqrt(c_sigma/m), N(0, 1) "
         "weights); it describes the data, the depth and the activation, not this net's initialization"]
     return {"available": True, "H": H, "lambda_0": g.lambda_0, "c_sigma": g.c_sigma, "method": g.method,
-            "last_layer_cov": g.last_layer_cov, "notes": notes}
+            "last_layer_cov": g.last_layer_cov,
+            "readings": {"natural": g.lambda_0, "paper": gp.lambda_0},
+            "notes": notes}
+
+
+#: the labels of the two readings of Definition 5.1's last line in the printed table
+DU_READING_LABELS = {"natural": ("lambda_0, natural (default)", "A^(H) from K^(H-1), the finite-width limit"),
+                     "paper": ("lambda_0, as printed", "A^(H-1) from K^(H-2), Def. 5.1 as printed")}
 
 
 # --------------------------------------------------------------------------------------------- the table
@@ -278,8 +289,11 @@ def format_certificate(d: dict) -> str:
     du = d["du2019"]
     out += ["", f"Du et al. 2019, lambda_0 = lambda_min(K^(H)), H = {du['H']} (docs/theory.md 4.4, paper)"]
     if du["available"]:
-        out.append(_row("lambda_0", _f(du["lambda_0"], ".6g") + f"  (c_sigma = {_f(du['c_sigma'], '.6g')}, "
-                                                               f"{du['method']})"))
+        out.append(_row("c_sigma, method", f"{_f(du['c_sigma'], '.6g')}, {du['method']}"))
+        readings = du.get("readings") or {du.get("last_layer_cov", "natural"): du["lambda_0"]}
+        for c, v in readings.items():
+            label, what = DU_READING_LABELS.get(c, (f"lambda_0, {c}", ""))
+            out.append(_row(label, f"{_f(v, '.6g'):<12} ({what})" if what else _f(v, ".6g")))
         for n in du.get("notes", []):
             out.append(_row("note", n))
     else:

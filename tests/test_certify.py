@@ -54,6 +54,25 @@ def test_numbers_agree_with_theory_and_tracking_two_layer():
     assert d["du2019"]["lambda_0"] == pytest.approx(theory.du_lambda0(X, 1, "relu"), rel=1e-12)
 
 
+def test_du_lambda0_reported_under_both_readings_labelled():
+    """H = 2, softplus: the two readings of Def. 5.1's last line differ; both are reported, the natural one as
+    lambda_0, each labelled in the table."""
+    X, Y = data.synthetic(12, 5, 1, inputs="sphere", seed=3)
+    net = PyramidalNet(5, [96, 8, 1], activation="softplus", seed=1)
+    d = certify(net, X, Y, ntk=False)
+    du = d["du2019"]
+    nat = theory.du_lambda0(X, 2, "softplus", last_layer_cov="natural")
+    pap = theory.du_lambda0(X, 2, "softplus", last_layer_cov="paper")
+    assert abs(nat - pap) > 0.1 * nat
+    assert du["H"] == 2 and du["last_layer_cov"] == "natural"
+    assert du["lambda_0"] == nat and du["readings"] == {"natural": nat, "paper": pap}
+    lines = format_certificate(d).splitlines()
+    nat_line = next(l for l in lines if "natural (default)" in l)
+    pap_line = next(l for l in lines if "as printed" in l)
+    assert f"{nat:.6g}" in nat_line and "A^(H) from K^(H-1)" in nat_line
+    assert f"{pap:.6g}" in pap_line and "A^(H-1) from K^(H-2)" in pap_line
+
+
 def test_numbers_agree_deep_net_and_du_left_out_for_non_unit_inputs():
     net, X, Y = _deep_net_gaussian()
     d = certify(net, X, Y)

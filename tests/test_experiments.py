@@ -134,7 +134,8 @@ def test_e3_tiny(tmp_path):
     X = e3_du.make_data(e3_du.check(params))
     assert np.allclose(np.linalg.norm(X, axis=1), 1.0)
     for r in read_results(res["csv"]):
-        assert r["lambda0_paper"] == pytest.approx(theory.du_lambda0(X, r["H"], "softplus"), rel=1e-12)
+        assert r["lambda0_paper"] == pytest.approx(
+            theory.du_lambda0(X, r["H"], "softplus", last_layer_cov="paper"), rel=1e-12)
         assert r["lambda0_natural"] == pytest.approx(
             theory.du_lambda0(X, r["H"], "softplus", last_layer_cov="natural"), rel=1e-12)
     w = read_results(res["csv_width"])

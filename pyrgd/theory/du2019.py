@@ -9,11 +9,12 @@ c_sigma = 1 / E_{z~N(0,1)}[sigma(z)^2];
   K^(H)_ij = c_sigma K^(H-1)_ij E_{(u,v) ~ N(0, A^(H-1)_ij)}[sigma'(u) sigma'(v)],
   lambda_0 = lambda_min(K^(H)); the rate is L(theta(k)) <= (1 - eta lambda_0 / 2)^k L(theta(0)).
 
-NOTE on A^(H-1): the last line uses A^(H-1) exactly as printed in the paper (``last_layer_cov="paper"``, the
-default), i.e. the covariance built from K^(H-2). The pre-activations of layer H have covariance K^(H-1) (that is
-A^(H)), which ``last_layer_cov="natural"`` uses instead [derived]. For H = 1 the printed A^(0) would need K^(-1),
-which the recursion does not define; both variants then use A^(1) (built from K^(0)), the covariance of the first
-layer's pre-activations.
+NOTE on A^(H-1): the last line as printed in the paper uses A^(H-1), the covariance built from K^(H-2)
+(``last_layer_cov="paper"``). The pre-activations of layer H have covariance K^(H-1) (that is A^(H)), which
+``last_layer_cov="natural"``, the default, uses instead [derived]: Du et al.'s own derivation of the limit of the
+last layer's Gram leads to it, and finite-width networks converge to it (docs/theory.md section 4.4; experiment E3;
+tests/test_theory.py). For H = 1 the printed A^(0) would need K^(-1), which the recursion does not define; both
+variants then use A^(1) (built from K^(0)), the covariance of the first layer's pre-activations.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from .gaussian import gaussian_expectation_1d, gaussian_gram, relu_closed_form
 
 __all__ = ["c_sigma", "du_gram", "du_lambda0", "DuGram", "relu_closed_form", "LAST_LAYER_COV"]
 
-#: the two readings of the covariance in the last line of the recursion (see the module docstring)
-LAST_LAYER_COV = ("paper", "natural")
+#: the two readings of the covariance in the last line of the recursion (see the module docstring); the first is the
+#: default
+LAST_LAYER_COV = ("natural", "paper")
 
 
 def c_sigma(act, *, order: int = 256) -> float:
@@ -66,14 +68,15 @@ class DuGram:
         return self.K[-1]
 
 
-def du_gram(X, H: int, act, *, method: str = "auto", order: int | None = None, last_layer_cov: str = "paper",
+def du_gram(X, H: int, act, *, method: str = "auto", order: int | None = None, last_layer_cov: str = "natural",
             keep_all: bool = True) -> DuGram:
     """The Gram recursion K^(0..H) of Du et al. 2019, Definition 5.1, and lambda_0 = lambda_min(K^(H)).
 
     [paper: Du et al. 2019 (arXiv 1811.03804v4) Def. 5.1; docs/theory.md section 4.4] -- see the module docstring,
-    including the note on A^(H-1). X: (N, d) NumPy float array, used in float64 (the paper assumes ||x_i|| = 1; other
-    norms are accepted and give the recursion's value). H >= 1: the number of hidden layers. act: any pyrgd
-    activation. method, order: how the Gaussian expectations are computed
+    including the note on A^(H-1): ``last_layer_cov`` is "natural" (the default, A^(H) from K^(H-1)) or "paper"
+    (A^(H-1) from K^(H-2), as printed). X: (N, d) NumPy float array, used in float64 (the paper assumes
+    ||x_i|| = 1; other norms are accepted and give the recursion's value). H >= 1: the number of hidden layers.
+    act: any pyrgd activation. method, order: how the Gaussian expectations are computed
     (:func:`pyrgd.theory.gaussian.gaussian_gram`; ``auto`` is exact for relu, leaky_relu, identity and the Hermite
     series otherwise). Returns a :class:`DuGram` (each K^(h) (N, N) float64).
     Cost: H Gaussian Grams of N^2/2 pairs plus one N x N eigenvalue problem.
