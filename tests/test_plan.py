@@ -142,16 +142,20 @@ def test_auto_estimate_route_sizes_its_iterations_to_the_room():
     assert t.due(3, 1.0, 1.0, 3) and t._iters == 8
 
 
-def test_auto_lr_copies_no_x():
-    """lr='auto' runs in the working dtype: its peak allocation stays far below one copy of X."""
+@pytest.mark.parametrize("rows", [None, 512])
+def test_auto_lr_copies_no_x(rows):
+    """lr='auto' runs in the working dtype, on all rows or on subsets: its peak allocation stays far below one copy
+    of X."""
     from pyrgd.lr_rule import estimate_lambda_max
+
+    import scipy.sparse.linalg  # noqa: F401  (imported before tracing: its import is not the rule's memory)
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20000, 256)).astype(np.float32) / 16
     W = [rng.standard_normal((256, 64)).astype(np.float32) / 16, rng.standard_normal((64, 4)).astype(np.float32) / 8,
          rng.standard_normal((4, 1)).astype(np.float32) / 2]
     tracemalloc.start()
-    lam = estimate_lambda_max(X, W, ACT, [1.0, 1.0], "cpu", iters=3)
+    lam = estimate_lambda_max(X, W, ACT, [1.0, 1.0], "cpu", iters=3, rows=rows)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert lam > 0 and peak < X.nbytes / 4, (peak, X.nbytes)
@@ -165,6 +169,35 @@ def test_auto_lr_float32_agrees_with_float64():
     lam32 = estimate_lambda_max(X.astype(np.float32), [w.astype(np.float32) for w in net.weights], ACT,
                                 net.multipliers, "cpu")
     assert lam32 == pytest.approx(lam64, rel=1e-3)
+
+
+@pytest.mark.parametrize("act, d, widths", [("smooth_leaky_relu(0.2)", 32, [512, 16, 4]), ("relu", 8, [256, 8, 1]),
+                                             ("tanh", 4, [256, 8, 1])])
+def test_auto_lr_extrapolates_from_subsamples_past_its_rows(monkeypatch, act, d, widths):
+    """Past AUTO_LR_ROWS samples lambda_max comes from two nested subsets (only their rows go through the
+    products), lands near the full Lanczos value and never below the larger subset's value (a lower bound)."""
+    from pyrgd.backends import cpu as be
+    from pyrgd.lr_rule import estimate_lambda_max
+
+    N = 2048
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((N, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    net = pyrgd.PyramidalNet(d, widths, activation=act, seed=2)
+    a = net.activation
+    full = estimate_lambda_max(X, net.weights, a, net.multipliers, "cpu", rows=None)
+    seen = []
+    real = be.network_gradients
+    monkeypatch.setattr(be, "network_gradients", lambda X_, *r: seen.append(X_.shape[0]) or real(X_, *r))
+    est = estimate_lambda_max(X, net.weights, a, net.multipliers, "cpu", rows=256)
+    assert set(seen) == {64, 256}  # the products saw the subsets only
+    assert est == estimate_lambda_max(X, net.weights, a, net.multipliers, "cpu", rows=256)  # same subsets
+    idx = np.sort(np.random.default_rng(0).permutation(N)[:256])
+    lower = estimate_lambda_max(X[idx], net.weights, a, net.multipliers, "cpu", rows=None)
+    assert est >= lower
+    assert 0.85 * full <= est <= 1.25 * full, (est / full)
+    scaled = lower * N / 256  # the naive rule: one subset scaled by N / |S|
+    assert abs(est / full - 1) <= abs(scaled / full - 1) + 0.02
 
 
 def test_finiteness_is_checked_in_chunks():
