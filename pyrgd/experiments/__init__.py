@@ -3,7 +3,7 @@
 Each experiment is a TOML file (``experiments/E1.toml`` ... in the source tree)::
 
     [experiment]
-    name = "E1"            # which experiment this file configures (E1, E2, E3, E4)
+    name = "E1"            # which experiment this file configures (E1 ... E5)
     title = "..."
     [params]               # every parameter of the experiment (all required; the numbers live in the file)
     ...
@@ -17,6 +17,7 @@ and produces, in its output folder, ``NAME.png`` (the figure), ``NAME.csv`` (its
 - E2 (:mod:`.e2_ntk`): the smallest eigenvalue of the empirical NTK against N (Nguyen, Mondelli, Montufar 2021).
 - E3 (:mod:`.e3_du`): Du et al. 2019's lambda_0 against depth, and finite-width Grams approaching K^(H).
 - E4 (:mod:`.e4_contraction`): observed against PL-certified contraction along training.
+- E5 (:mod:`.e5_rate`): Du et al. 2019's guaranteed rate against gradient descent on their deep networks.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ EXPERIMENTS = {
     "E2": ("e2_ntk", "smallest eigenvalue of the empirical NTK against N (L = 3, ReLU, He init, n_1 = 8N)"),
     "E3": ("e3_du", "Du et al. 2019: lambda_0 against depth, and finite-width Grams approaching K^(H)"),
     "E4": ("e4_contraction", "observed against PL-certified contraction along training"),
+    "E5": ("e5_rate", "Du et al. 2019's rate (1 - eta lambda_0/2)^k against GD on their deep nets, by width and step"),
 }
 _TABLES = ("experiment", "params", "small")
 
@@ -47,7 +49,7 @@ def _search_dirs():
 
 
 def find_experiment(name) -> str:
-    """The path of the TOML file of experiment ``name`` (E1..E4), or ``name`` itself when it is a TOML file."""
+    """The path of the TOML file of experiment ``name`` (E1..E5), or ``name`` itself when it is a TOML file."""
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         raise PyrgdError(f"name: expected an experiment name ({', '.join(EXPERIMENTS)}) or a TOML file, got {name!r}")
     name = os.fspath(name)
@@ -108,7 +110,7 @@ def _module(exp):
 
 
 def run_experiment(name, out=None, small=False, progress=False) -> dict:
-    """Run experiment ``name`` (E1..E4 or a TOML path) into the folder ``out`` (default ``runs/NAME`` or
+    """Run experiment ``name`` (E1..E5 or a TOML path) into the folder ``out`` (default ``runs/NAME`` or
     ``runs/NAME-small``); returns a dict with the paths written (figure, csv, json), the findings and the runtime.
     """
     if not isinstance(small, bool):
