@@ -27,7 +27,7 @@ from .activations import parse_activation
 from .backends import BACKENDS, StepResult
 from .errors import BackendUnavailable, PyrgdError
 
-__all__ = ["wide_forward", "wide_step", "wide_gram", "step_engine", "get_backend", "resolve_backend", "StepResult"]
+__all__ = ["wide_forward", "wide_step", "wide_grad", "wide_gram", "step_engine", "get_backend", "resolve_backend", "StepResult"]
 
 _INSTALL_HINT = {
     "cpu": "reinstall pyrgd from source so that its C++ extension pyrgd._cpu is built (pip install .; needs a C++ "
@@ -156,6 +156,42 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
             if _shares_memory(xp, out, a):
                 raise PyrgdError(f"out, {name}: must not share memory ({name} is read while out is written)")
     return get_backend(resolve_backend(backend, xp)).step(X, W1, W2, G, lr, act, a1, bool(next_forward), out=out)
+
+
+def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=None, backend="auto"):
+    """The wide layer's gradients given G = dPhi/dZ_2 (N, n2), nothing updated (the backward pass of
+    Z_2 = a1 sigma(X W1) W2 for an autograd system).
+
+    Returns (dW1, dW2) or, with ``input_grad=True``, (dW1, dW2, dX): dW1 = X^T D (d, n1),
+    dW2 = (a1 sigma(X W1))^T G (n1, n2), dX = D W1^T (N, d), with D = a1 (G W2^T) (.) sigma'(X W1) never stored whole
+    by cpu/cuda (streamed over blocks of neurons). Arrays of X's dtype and device. ``out``: None, or a tuple of 2
+    (3 with input_grad) C-contiguous writeable arrays of those shapes, X's dtype and device, sharing no memory with
+    the inputs or each other, which receive the results (and are returned).
+    On cpu, dW1 and dW2 are bit for bit the gradients :func:`wide_step` applies, and every result has the same bits
+    for any number of threads.
+    """
+    xp, X, W1, W2 = _check_wide(X, W1, W2)
+    N, d = X.shape
+    n1, n2 = W2.shape
+    G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(N, n2))
+    act = parse_activation(activation)
+    a1 = check_scalar("a1", a1)
+    if not isinstance(input_grad, bool):
+        raise PyrgdError(f"input_grad: expected True or False, got {input_grad!r}")
+    if out is not None:
+        names = ("dW1", "dW2", "dX")[: 3 if input_grad else 2]
+        shapes = ((d, n1), (n1, n2), (N, d))
+        if not isinstance(out, (tuple, list)) or len(out) != len(names):
+            raise PyrgdError(f"out: expected None or a tuple of {len(names)} arrays ({', '.join(names)}), "
+                             f"got {out!r:.80}")
+        out = tuple(check_float_array(f"out[{i}] ({nm})", o, 2, dtype=X.dtype, xp=xp, shape=shapes[i], inplace=True,
+                                      finite=False) for i, (nm, o) in enumerate(zip(names, out)))
+        for i, o in enumerate(out):
+            for name, a in (("X", X), ("W1", W1), ("W2", W2), ("G", G)) + tuple(
+                    (f"out[{k}]", out[k]) for k in range(i)):
+                if _shares_memory(xp, o, a):
+                    raise PyrgdError(f"out[{i}], {name}: must not share memory (out[{i}] is written)")
+    return get_backend(resolve_backend(backend, xp)).wide_grad(X, W1, W2, G, act, a1, input_grad, out=out)
 
 
 def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="auto"):

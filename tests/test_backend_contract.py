@@ -22,7 +22,8 @@ def test_backend_module_has_the_whole_contract(name):
     assert "neurons" in mod.METHODS
 
 
-@pytest.mark.parametrize("fn", ["forward", "step", "gram", "tail", "network_gradients", "engine", "plan_step"])
+@pytest.mark.parametrize("fn", ["forward", "step", "wide_grad", "gram", "tail", "network_gradients", "engine",
+                                "plan_step"])
 def test_backend_signatures_agree(fn):
     """The functions of the contract take the same parameters, by name and order, on every backend."""
     sigs = {n: list(inspect.signature(getattr(importlib.import_module(f"pyrgd.backends.{n}"), fn)).parameters)

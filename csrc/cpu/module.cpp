@@ -293,6 +293,49 @@ py::tuple step(const py::object& X, const py::object& W1, const py::object& W2, 
   return py::make_tuple(next_forward ? py::object(H) : py::object(py::none()), q1, q2);
 }
 
+// The wide layer's gradients given G = dPhi/dH, nothing applied: (dW1, dW2) or (dW1, dW2, dX) with input_grad;
+// see pyrgd/wide_grad.h. out: None (new arrays) or a list of 2 (3 with input_grad) writeable arrays of the shapes,
+// sharing no memory with the inputs or each other.
+py::tuple wide_grad(const py::object& X, const py::object& W1, const py::object& W2, const py::object& G,
+                    int act_code, double gamma, double a1, bool input_grad, const py::object& out_obj) {
+  Call call;
+  const Wide w = check_wide(call, X, W1, &W2, Access::read);
+  const py::array g = check_matrix(call, "G", G, shape("N", ssize(w.s.N), "n2", ssize(w.s.n2)));
+  check_act(act_code);
+  check_finite("gamma", gamma);
+  check_finite("a1", a1);
+  const std::size_t nout = input_grad ? 3 : 2;
+  const char* names[] = {"out[0] (dW1)", "out[1] (dW2)", "out[2] (dX)"};
+  const std::size_t rows[] = {w.s.d, w.s.n1, w.s.N}, cols[] = {w.s.n1, w.s.n2, w.s.d};
+  std::vector<py::array> outs;
+  if (out_obj.is_none()) {
+    for (std::size_t i = 0; i < nout; ++i) outs.push_back(new_matrix(call.t, rows[i], cols[i]));
+  } else {
+    const py::sequence os = check_list("out", out_obj, "None or a list of arrays [dW1, dW2] (and dX)");
+    check_len("out", os, nout, std::to_string(nout) + " arrays (dW1, dW2" + (input_grad ? ", dX)" : ")"));
+    const char* rn[] = {"d", "n1", "N"};
+    const char* cn[] = {"n1", "n2", "d"};
+    for (std::size_t i = 0; i < nout; ++i)
+      outs.push_back(check_matrix(call, names[i], os[i], shape(rn[i], ssize(rows[i]), cn[i], ssize(cols[i])),
+                                  Access::write));
+    const std::pair<const py::array*, const char*> read[] = {{&w.X, "X"}, {&w.W1, "W1"}, {&w.W2, "W2"}, {&g, "G"}};
+    for (std::size_t i = 0; i < nout; ++i) {
+      for (const auto& r : read) check_disjoint(outs[i], names[i], *r.first, r.second);
+      for (std::size_t k = 0; k < i; ++k) check_disjoint(outs[i], names[i], outs[k], names[k]);
+    }
+  }
+  by_dtype(call.t, [&](auto z) {
+    using T = decltype(z);
+    const T *x = in<T>(w.X), *w1 = in<T>(w.W1), *w2 = in<T>(w.W2), *gp = in<T>(g);
+    T *g1 = out<T>(outs[0]), *g2 = out<T>(outs[1]), *gx = input_grad ? out<T>(outs[2]) : nullptr;
+    py::gil_scoped_release nogil;
+    pyrgd::cpu::wide_grad<T>(w.s, x, w1, w2, gp, act_code, T(gamma), T(a1), g1, g2, gx);
+  });
+  py::tuple res(nout);
+  for (std::size_t i = 0; i < nout; ++i) res[i] = outs[i];
+  return res;
+}
+
 py::array gram(const py::object& X, const py::object& W1, const py::object& W2, const py::object& B2, int act_code,
                double gamma, double a1) {
   if (W2.is_none() != B2.is_none()) value_error("W2, B2", "give both (for B1 B1^T) or neither (for F1 F1^T)");
@@ -605,6 +648,11 @@ PYBIND11_MODULE(_cpu, m) {
         "||dPhi/dW1||_F^2, ||dPhi/dW2||_F^2), the norms at the weights before the update. With next_forward, H_next "
         "is written into `out` when given: an (N, n2) array that shares no memory with X, W1, W2; it may be G "
         "itself (H_next is written after the last read of G), which saves one N x n2 buffer.");
+  m.def("wide_grad", &wide_grad, py::arg("X"), py::arg("W1"), py::arg("W2"), py::arg("G"), py::arg("act_code"),
+        py::arg("gamma") = 0.0, py::arg("a1") = 1.0, py::arg("input_grad") = false, py::arg("out") = py::none(),
+        "The wide layer's gradients given G = dPhi/dH (N, n2), nothing updated: (dW1 (d, n1), dW2 (n1, n2)), and "
+        "dX (N, d) with input_grad. out: None or a list of those arrays (writeable, sharing no memory with the "
+        "inputs or each other), written. Nothing N x n1 is allocated; bit-identical for any number of threads.");
   m.def("gram", &gram, py::arg("X"), py::arg("W1"), py::arg("W2") = py::none(), py::arg("B2") = py::none(),
         py::arg("act_code") = 0, py::arg("gamma") = 0.0, py::arg("a1") = 1.0,
         "K (N, N) = F F^T with F = a1 sigma(X W1), or with F = a1 (B2 W2^T) (.) sigma'(X W1) when W2 and B2 are "

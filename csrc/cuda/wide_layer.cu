@@ -19,7 +19,8 @@
 //                                         the neuron tiles b, b+g, ... and, for each, sweeps all rows.
 //   wide_features_kernel<T, A>           F[:, j-jb] = a1 sigma(X W1[:, j]) for j in [jb, je).
 //   wide_backward_features_kernel<T, A>  F[:, j-jb] = a1 (B2 W2[j, :]^T) (.) sigma'(X W1[:, j]).
-//                                         grid (ceil(N/SM), ceil((je-jb)/ST)) for both.
+//   wide_grad_features_kernel<T, A>      both: S = a1 sigma(X W1[:, j]) and D = a1 (G W2[j, :]^T) (.) sigma'(...).
+//                                         grid (ceil(N/SM), ceil((je-jb)/ST)) for the three.
 //   pyrgd_sum_pairs                      out = (sum_t v[2t], sum_t v[2t+1]) in fixed order. grid (1).
 //   tile_config_kernel<T>                writes the tile sizes of T (8 ints). grid (1).
 #include "pyrgd/activations.h"
@@ -301,6 +302,37 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     for (int j = 0; j < ZJ; ++j) {
       const int r = r0 + ty + 16 * i, jn = j0 + tx + 16 * j;
       if (r < N && jn < jlim) F[(i64)r * ldf + (jn - jb)] = a1 * p[i][j] * Act::df(z[i][j], gamma);
+    }
+}
+
+// The factors of the wide layer's gradients for the neurons [jb, je), je <= n1 (both N x (je - jb), leading dimension
+// ldf): S[:, j-jb] = a1 sigma(X W1[:, j]) and D[:, j-jb] = a1 (G W2[j, :]^T) (.) sigma'(X W1[:, j]), from one product
+// X W1 (the host then forms dW2 = S^T G, dW1 = X^T D and dX = D W1^T with cuBLAS). Grid as the features kernels.
+template <class T, class Act>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    wide_grad_features_kernel(const T* __restrict__ X, const T* __restrict__ W1, const T* __restrict__ W2,
+                              const T* __restrict__ G, T* __restrict__ S, T* __restrict__ D, int N, int d, int n1,
+                              int n2, i64 ldx, i64 ldw1, i64 ldw2, i64 ldg, int jb, int je, i64 ldf, T a1, T gamma) {
+  typedef Tiles<T> C;
+  constexpr int ZI = C::SM / 16, ZJ = C::ST / 16;
+  constexpr int LDA = C::SM + 1, LDB = C::ST + 1;
+  __shared__ T As[kBK * LDA];
+  __shared__ T Bs[kBK * LDB];
+  const int tx = (int)threadIdx.x % 16, ty = (int)threadIdx.x / 16;
+  const int r0 = (int)blockIdx.x * C::SM, j0 = jb + (int)blockIdx.y * C::ST;
+  const int jlim = je < n1 ? je : n1;
+  T z[ZI][ZJ], p[ZI][ZJ];
+  tile_x_w1<T, C::SM, C::ST, LDA, LDB>(z, X, ldx, r0, N, W1, ldw1, j0, jlim, d, As, Bs, tx, ty);
+  tile_g_w2t<T, C::SM, C::ST, LDA, LDB>(p, G, ldg, r0, N, W2, ldw2, j0, jlim, n2, As, Bs, tx, ty);
+#pragma unroll
+  for (int i = 0; i < ZI; ++i)
+#pragma unroll
+    for (int j = 0; j < ZJ; ++j) {
+      const int r = r0 + ty + 16 * i, jn = j0 + tx + 16 * j;
+      if (r < N && jn < jlim) {
+        S[(i64)r * ldf + (jn - jb)] = a1 * Act::f(z[i][j], gamma);
+        D[(i64)r * ldf + (jn - jb)] = a1 * p[i][j] * Act::df(z[i][j], gamma);
+      }
     }
 }
 

@@ -11,6 +11,10 @@ already validated arrays (C-contiguous, native byte order, one floating dtype, f
 ``step(X, W1, W2, G, lr, act, a1, next_forward, out=None) -> StepResult``
     one GD step of the wide layer given G = dPhi/dZ_2, W1 and W2 updated in place; with next_forward the
     forward pass of the updated weights is returned as ``H_next`` (written into ``out`` when given; it may be G).
+``wide_grad(X, W1, W2, G, act, a1, input_grad=False, out=None) -> (dW1, dW2) or (dW1, dW2, dX)``
+    the wide layer's gradients given G = dPhi/dZ_2, nothing updated: dW1 = X^T D (d, n1), dW2 = (a1 sigma(X W1))^T G
+    (n1, n2) and, with input_grad, dX = D W1^T (N, d), where D = a1 (G W2^T) (.) sigma'(X W1); written into ``out``
+    (a tuple of those arrays, already validated) when given.
 ``gram(X, W1, act, a1, W2=None, B2=None) -> K``
     K = F1 F1^T with F1 = a1 sigma(X W1) when B2 is None; else K = B1 B1^T with
     B1 = a1 (B2 W2^T) (.) sigma'(X W1) (the layer-1 factor of the empirical NTK, docs/theory.md section 5).
@@ -42,5 +46,5 @@ class StepResult(NamedTuple):
 BACKENDS = ("reference", "cpu", "cuda")
 
 #: the names every backend module defines (tests/test_backend_contract.py checks them)
-CONTRACT = ("name", "available", "array_namespace", "forward", "step", "gram", "tail", "network_gradients", "METHODS",
-            "engine", "plan_step")
+CONTRACT = ("name", "available", "array_namespace", "forward", "step", "wide_grad", "gram", "tail",
+            "network_gradients", "METHODS", "engine", "plan_step")

@@ -97,6 +97,17 @@ def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
     return StepResult(H, float(g1), float(g2))
 
 
+def wide_grad(X, W1, W2, G, act, a1, input_grad=False, out=None):
+    """(dW1 (d, n1), dW2 (n1, n2)), or (dW1, dW2, dX (N, d)) with ``input_grad``, given G = dPhi/dH (N, n2); nothing
+    updated. dW1 and dW2 are bit for bit the gradients :func:`step` applies; dX = (a1 (G W2^T) (.) sigma'(X W1)) W1^T
+    comes from a second pass over tiles of rows. ``out``: None or a tuple of those arrays (C-contiguous, of the
+    dtype, sharing no memory with the inputs or each other), written. Nothing N x n1; the same bits for any number
+    of threads."""
+    m = _module()
+    return tuple(_call(m.wide_grad, X, W1, W2, G, act.code, float(act.gamma), float(a1), bool(input_grad),
+                       None if out is None else list(out)))
+
+
 def gram(X, W1, act, a1, W2=None, B2=None):
     """K = F1 F1^T (B2 None) or B1 B1^T with B1 = a1 (B2 W2^T) (.) sigma'(X W1); shape (N, N)."""
     m = _module()

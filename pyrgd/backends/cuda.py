@@ -14,6 +14,8 @@ in :mod:`pyrgd.backends` (arrays already validated by :mod:`pyrgd.ops`: C-contig
 - float32 forward and step run the register-blocked kernels ``wide_forward_f32`` / ``wide_step_f32`` (128 x 128
   block tiles, an 8 x 8 micro-tile per thread, double-buffered shared-memory k-chunks, over 48 KB of dynamic shared
   memory opted in per function); ``_USE_FAST = False`` selects the generic kernels (also used for float64).
+- :func:`wide_grad` -- the gradients without an update (and dX): per chunk of neurons, one kernel writes
+  a1 sigma(X W1) and the backward factor D of the chunk, cuBLAS forms the three products (nothing N x n1).
 - :func:`gram` -- loops over chunks of neurons on the host: a kernel writes F_chunk (N x c, at most
   ``_GRAM_CHUNK_BYTES``), cuBLAS adds F_chunk F_chunk^T into K.
 
@@ -49,6 +51,7 @@ _ACT_KERNELS = (
     "pyrgd::cuda::wide_step_kernel",
     "pyrgd::cuda::wide_features_kernel",
     "pyrgd::cuda::wide_backward_features_kernel",
+    "pyrgd::cuda::wide_grad_features_kernel",
 )
 #: float32-only register-blocked kernels (same signatures as wide_forward_kernel / wide_step_kernel), used for float32
 _F32_KERNELS = (
@@ -414,6 +417,52 @@ def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
             H_next = out
         g1, g2 = total.get()  # the step's one device-to-host transfer (synchronizes)
     return StepResult(H_next, float(g1), float(g2))
+
+
+def wide_grad(X, W1, W2, G, act, a1, input_grad=False, out=None):
+    """(dW1, dW2) or (dW1, dW2, dX) given G = dPhi/dH; nothing updated. See :mod:`pyrgd.backends`.
+
+    Loops over chunks of c neurons on the host (as :func:`gram`): ``wide_grad_features_kernel`` writes S_c and D_c
+    (N x c each, together at most ``_GRAM_CHUNK_BYTES``) from one product X W1[:, chunk]; cuBLAS then forms
+    dW2[chunk] = S_c^T G, dW1[:, chunk] = X^T D_c and dX += D_c W1[:, chunk]^T (the chunks in order: deterministic).
+    Runs on CuPy's current stream (the caller's, e.g. torch's, when it set it).
+    """
+    cp = _cupy()
+    dev = _check_cuda_args(X=X, W1=W1, W2=W2, G=G)
+    with cp.cuda.Device(dev):
+        mod, tiles = _module(X.dtype, act.name)
+        N, d = X.shape
+        n1, n2 = W2.shape
+        SM, ST = tiles["SM"], tiles["ST"]
+        item = X.dtype.itemsize
+        c = max(ST, (_GRAM_CHUNK_BYTES // (2 * N * item)) // ST * ST)
+        c = min(c, 65535 * ST, ST * -(-n1 // ST))
+        cmax = min(c, n1)
+        Sbuf, Dbuf = _empty((N * cmax,), X.dtype), _empty((N * cmax,), X.dtype)
+        if out is None:
+            out = (_empty((d, n1), X.dtype), _empty((n1, n2), X.dtype)) + ((_empty((N, d), X.dtype),)
+                                                                             if input_grad else ())
+        dW1, dW2 = out[0], out[1]
+        dX = out[2] if input_grad else None
+        k = _kernel(mod, "pyrgd::cuda::wide_grad_features_kernel", X.dtype, act.name)
+        s = lambda v: _scalar(X.dtype, v)  # noqa: E731
+        for jb in range(0, n1, c):
+            je = min(n1, jb + c)
+            cc = je - jb
+            S = Sbuf[: N * cc].reshape(N, cc)
+            D = Dbuf[: N * cc].reshape(N, cc)
+            k((-(-N // SM), -(-cc // ST), 1), (THREADS, 1, 1),
+              (X, W1, W2, G, S, D, np.int32(N), np.int32(d), np.int32(n1), np.int32(n2), _ld(X), _ld(W1), _ld(W2),
+               _ld(G), np.int32(jb), np.int32(je), np.int64(cc), s(a1), s(act.gamma)))
+            cp.matmul(S.T, G, out=dW2[jb:je])
+            dW1[:, jb:je] = X.T @ D
+            if dX is not None:
+                part = D @ W1[:, jb:je].T
+                if jb == 0:
+                    dX[...] = part
+                else:
+                    dX += part
+    return tuple(out)
 
 
 def gram(X, W1, act, a1, W2=None, B2=None):

@@ -45,6 +45,19 @@ def gradients(X, W1, W2, G, act, a1):
     return gW1, gW2
 
 
+def wide_grad(X, W1, W2, G, act, a1, input_grad=False, out=None):
+    """(dW1 (d, n1), dW2 (n1, n2)) given G = dPhi/dH (N, n2), and dX = D W1^T (N, d) with ``input_grad``, where
+    D = a1 (G W2^T) (.) sigma'(X W1); written into ``out`` (a tuple of those arrays) when given."""
+    S, dS = sigma_and_derivative(act, X @ W1)
+    D = a1 * (G @ W2.T) * dS
+    res = [X.T @ D, (a1 * S).T @ G] + ([D @ W1.T] if input_grad else [])
+    if out is None:
+        return tuple(res)
+    for o, r in zip(out, res):
+        o[...] = r
+    return tuple(out)
+
+
 def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
     gW1, gW2 = gradients(X, W1, W2, G, act, a1)
     W1 -= lr * gW1

@@ -24,5 +24,6 @@
 #include "pyrgd/runtime.h"
 #include "pyrgd/tail.h"
 #include "pyrgd/wide.h"
+#include "pyrgd/wide_grad.h"
 
 #endif  // PYRGD_PYRGD_H
