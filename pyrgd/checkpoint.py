@@ -1,10 +1,12 @@
 """Checkpoints of a GD run: everything needed to continue it bit for bit, in one ``.npz`` file without pickle.
 
-A checkpoint holds the step k, the weights and what the step engine carries (:meth:`StepEngine.state`), the
+A checkpoint holds the step k, the weights and what the step engine carries (:meth:`StepEngine.state`), the update
+rule's velocity (``velocity_1`` ... ``velocity_L`` for momentum and Nesterov, :mod:`pyrgd.update_rules`), the
 resolved step size, the history and certificates so far, the tracker's running values, a SHA-256 of X and Y, the
-run's identity (shapes, dtype, activation, multipliers, backend, method, instruction set) and versions. Arrays are
-stored as arrays; everything else as one JSON document (``meta``), read back with ``allow_pickle=False``. Files are
-written atomically (a temporary file moved into place), so a kill leaves the previous checkpoint whole.
+run's identity (shapes, dtype, activation, multipliers, backend, method, instruction set, update rule, loss) and
+versions. Arrays are stored as arrays; everything else as one JSON document (``meta``), read back with
+``allow_pickle=False``. Files are written atomically (a temporary file moved into place), so a kill leaves the
+previous checkpoint whole.
 """
 from __future__ import annotations
 
@@ -74,9 +76,18 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     return arrays, meta
 
 
+#: identity keys added after format 1 was first written, with the value a checkpoint without them had
+IDENTITY_DEFAULTS = {"update": "gd", "loss": "squared"}
+
+
 def check_identity(saved: dict, now: dict, path) -> None:
-    """PyrgdError listing every key of the run's identity that differs between the checkpoint and this run."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(now) if saved.get(k) != now[k]]
+    """PyrgdError listing every key of the run's identity that differs between the checkpoint and this run (a key
+    of :data:`IDENTITY_DEFAULTS` missing on either side has its default value)."""
+    def get(d, k):
+        return d.get(k, IDENTITY_DEFAULTS.get(k))
+
+    diffs = [f"{k}: checkpoint {get(saved, k)!r}, now {get(now, k)!r}" for k in sorted(set(now) | set(IDENTITY_DEFAULTS))
+             if get(saved, k) != get(now, k)]
     if diffs:
         raise PyrgdError(f"resume: the checkpoint {path} is of another run (" + "; ".join(diffs) +
                          "); resume with the same data and config, or start a new run")

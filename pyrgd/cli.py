@@ -19,7 +19,8 @@ from .errors import BackendUnavailable, PyrgdError, ResourceError
 __all__ = ["main", "build_parser", "EXIT_CODES"]
 
 #: exit code per training status
-EXIT_CODES = {"converged": 0, "max_steps": 0, "time_budget": 0, "diverged": 1, "interrupted": 130, "terminated": 143}
+EXIT_CODES = {"converged": 0, "max_steps": 0, "time_budget": 0, "diverged": 1, "interrupted": 130, "terminated": 143,
+              "stopped_by_callback": 0}
 EXIT_BAD_INPUT = 2
 EXIT_RESOURCES = 3  # the run would not fit in memory (pyrgd.errors.ResourceError, or MemoryError)
 EXIT_IO = 4  # a file could not be read or written (a full disk, a folder where a file was expected, permissions)
@@ -44,6 +45,8 @@ _FLAG_KEYS = (
     ("--backend", "backend", ("train.backend",), "auto, cpu, reference or cuda"),
     ("--method", "method", ("train.method",), "GD step method: auto, rows (cpu) or neurons (memory-lean)"),
     ("--threads", "threads", ("train.threads",), "CPU threads of the kernels and the BLAS (0: default)"),
+    ("--update", "update", ("train.update",), "update rule: gd, momentum (heavy ball) or nesterov"),
+    ("--momentum", "momentum", ("train.momentum",), "beta of --update momentum or nesterov, in [0, 1)"),
     ("--dtype", "dtype", ("model.dtype",), "float32 or float64"),
     ("--seed", "seed", ("data.seed", "model.seed"), "seed of the data and of the initial weights"),
 )
@@ -221,7 +224,8 @@ def _human_summary(s: dict, out: str) -> str:
            + (f", {s['kept_neurons']} of {s['widths'][0]} neurons kept" if s.get("kept_neurons") is not None
               and s.get("widths") and s["kept_neurons"] < s["widths"][0] else "") + ")" if s.get("method") else "")
         + f", {s.get('dtype', '?')}, lr {_fmt(s.get('lr'), '.4g')}"
-        + (f" ({s['lr_rule']})" if s.get("lr_rule") else ""),
+        + (f" ({s['lr_rule']})" if s.get("lr_rule") else "")
+        + (f", update {s['update']}" if s.get("update", "gd") != "gd" else ""),
         f"run folder    {out}",
     ]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ A config is a dict of three tables, the same as the TOML file::
              teacher_activation, path, y_path, x_key, y_key
     [model]  widths, activation, init, init_std, beta, zero_layer, seed, dtype, multipliers, allow_non_pyramidal
     [train]  lr ("auto" or a float), steps, tol, rel_tol, track_every, time_budget, divergence_factor, backend,
-             method, threads
+             method, threads, update, momentum
 
 Every key always has a value (TOML has no null): ``time_budget = 0`` means no budget, ``path = ""`` / ``y_path = ""``
 no file, ``zero_layer = 0`` the last layer, ``multipliers = []`` all ones. :data:`SCHEMA` lists every key with its
@@ -163,8 +163,15 @@ def train_kwargs(cfg: dict) -> dict:
         "track_every": t["track_every"], "track_route": t["track_route"],
         "checkpoint_every": t["checkpoint_every"], "time_budget": t["time_budget"] or None,
         "divergence_factor": t["divergence_factor"], "backend": t["backend"], "threads": t["threads"] or None,
-        "method": t["method"],
+        "method": t["method"], "update": _update_spec(t["update"], t["momentum"]),
     }
+
+
+def _update_spec(name: str, beta: float) -> str:
+    """The ``update`` argument of :func:`pyrgd.train` for train.update and train.momentum: 'gd' or 'momentum(0.9)'."""
+    from .update_rules import parse_update
+
+    return "gd" if name == "gd" else parse_update(f"{name}({beta!r})").spec()
 
 
 def build(cfg: dict):

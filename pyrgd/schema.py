@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .activations import parse_activation
 from .errors import PyrgdError
 from .model import INIT_SCHEMES
+from .update_rules import DEFAULT_BETA, UPDATE_NAMES
 
 __all__ = ["SCHEMA", "PRESETS", "TABLES", "BACKEND_NAMES", "INPUT_KINDS", "TARGET_KINDS", "SOURCES", "Key",
            "defaults", "resolve_config"]
@@ -38,7 +39,7 @@ class Key:
     kind: 'int', 'float', 'str', 'bool', 'lr' ("auto" or a positive float), 'int_or_auto' ("auto" or an integer), 'activation' (a name such as
     "smooth_leaky_relu(0.2)", stored normalized), 'int_list', 'float_list', 'float_or_list'.
     lo: smallest allowed value (numbers and list items); lo_open: the bound itself is excluded.
-    choices: the allowed strings.
+    choices: the allowed strings. hi: largest allowed value (numbers); hi_open: the bound itself is excluded.
     """
 
     kind: str
@@ -47,6 +48,8 @@ class Key:
     lo: float | None = None
     lo_open: bool = False
     choices: tuple = ()
+    hi: float | None = None
+    hi_open: bool = False
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -99,6 +102,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backend": Key("str", "auto", "wide-layer backend", choices=BACKEND_NAMES),
         "method": Key("str", "auto", "GD step method: auto (the faster for the shapes), rows (cpu only) or neurons "
                       "(memory-lean: no gradient arrays of the wide layer)", choices=("auto", "rows", "neurons")),
+        "update": Key("str", "gd", "update rule: gd (gradient descent), momentum (heavy ball) or nesterov",
+                      choices=UPDATE_NAMES),
+        "momentum": Key("float", DEFAULT_BETA, "beta of update = momentum or nesterov", lo=0.0, hi=1.0,
+                        hi_open=True),
         "threads": Key("int", 0, "CPU threads of the C++ kernels and the BLAS (0: the machine's default)", lo=0),
     },
 }
@@ -132,6 +139,8 @@ def _is_real(v) -> bool:
 def _bound_text(spec: Key) -> str:
     if spec.lo is None:
         return ""
+    if spec.hi is not None:
+        return f" in {'(' if spec.lo_open else '['}{spec.lo:g}, {spec.hi:g}{')' if spec.hi_open else ']'}"
     if spec.lo == 0 and spec.lo_open:
         return " > 0"
     if spec.lo == 0:
@@ -152,6 +161,8 @@ def _number(name, v, spec: Key, integer: bool, what: str):
             raise PyrgdError(f"{name}: expected {what}{_bound_text(spec)}, got {v!r}")
         v = float(v)
     if spec.lo is not None and (v < spec.lo or (spec.lo_open and v == spec.lo)):
+        raise PyrgdError(f"{name}: expected {what}{_bound_text(spec)}, got {given!r}")
+    if spec.hi is not None and (v > spec.hi or (spec.hi_open and v == spec.hi)):
         raise PyrgdError(f"{name}: expected {what}{_bound_text(spec)}, got {given!r}")
     return v
 

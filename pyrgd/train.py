@@ -1,9 +1,11 @@
 """Full-batch gradient descent with a constant step size: :func:`train`, the loop over a backend's step engine.
 
-The pieces live in modules of their own: the step engine (:func:`pyrgd.ops.step_engine`, one per backend), the
-step-size rule (:mod:`pyrgd.lr_rule`), the stop rules (:mod:`pyrgd.stop_rules`), the per-step record
-(:mod:`pyrgd.history`), the certificate tracker (:mod:`pyrgd.tracker`), Ctrl-C (:mod:`pyrgd.interrupt`) and the
-run folder (:mod:`pyrgd.runio`). This module validates the arguments, runs the loop and writes the summary.
+The pieces live in modules of their own: the step engine (:func:`pyrgd.ops.step_engine`, one per backend; with a
+user loss :class:`pyrgd.losses.UserLossEngine`), the update rule (:mod:`pyrgd.update_rules`: GD, momentum,
+Nesterov), the step-size rule (:mod:`pyrgd.lr_rule`), the stop rules (:mod:`pyrgd.stop_rules`), the per-step
+record (:mod:`pyrgd.history`) and the callback that sees it (:mod:`pyrgd.callbacks`), the certificate tracker
+(:mod:`pyrgd.tracker`), Ctrl-C (:mod:`pyrgd.interrupt`) and the run folder (:mod:`pyrgd.runio`). This module
+validates the arguments, runs the loop and writes the summary.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from . import ops
 from ._threads import thread_limits
 from ._validate import array_module, check_float_array, check_nonnegative_int, check_scalar
 from .errors import PyrgdError
+from .callbacks import StopTraining, step_record
 from .history import History
 from .interrupt import StopFlag
 from .lr_rule import AUTO_LR_RULE, auto_lr
@@ -28,6 +31,7 @@ from .plan import TRACKING_TIME_FRACTION, plan_run, step_flops
 from .stop_rules import STATUSES, StopRules
 from ._version import __version__, source_commit
 from .tracker import Tracker
+from .update_rules import GD, parse_update
 
 __all__ = ["train", "TrainResult", "STATUSES"]
 
@@ -73,7 +77,8 @@ def _versions(xp):
 
 def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.0, rel_tol=0.0, track_every="auto",
           time_budget=None, divergence_factor=1e6, progress=True, out=None, config=None,
-          threads=None, method="auto", track_route="auto", checkpoint_every="auto", resume=None) -> TrainResult:
+          threads=None, method="auto", track_route="auto", checkpoint_every="auto", resume=None, callback=None,
+          update="gd", loss=None) -> TrainResult:
     """Train ``net`` in place by full-batch gradient descent on Phi = 1/2 ||F_L(X) - Y||_F^2 with a constant step.
 
     Parameters
@@ -108,6 +113,18 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         (:func:`pyrgd.ops.step_engine`): "auto" the faster one for the shapes (rows on the cpu backend where it
         keeps at least half the neurons in its panels), "rows" (cpu only), "neurons" the memory-lean one (no
         gradient arrays of the wide layer). Every method computes the same step.
+    callback : None, or a function called after every step with that step's record (a read-only mapping: step,
+        loss, factor, grad_norm_1..grad_norm_L, time, envelope, lr; :mod:`pyrgd.callbacks`). Returning True or
+        raising :class:`pyrgd.StopTraining` stops the run with status "stopped_by_callback".
+    update : "gd" (the default), "momentum", "nesterov" (beta 0.9), "momentum(0.95)", or a
+        :class:`pyrgd.Momentum` / :class:`pyrgd.Nesterov` (:mod:`pyrgd.update_rules`). The velocity is kept in
+        checkpoints. lr="auto" takes GD's rule.
+    loss : None (the squared loss, in the backends' fused kernels) or a function fn(F_L, Y) -> (loss, dloss/dF_L)
+        (:mod:`pyrgd.losses`; needs a numeric lr and method "auto").
+
+    With an update other than GD or a user loss, the certificates (which assume GD on the squared loss) do not
+    apply: track_every="auto" takes none, a given track_every still records the tracked quantities but with
+    certified_factor and the envelope nan, and the summary's ``tracking`` says so (``certificates_apply``).
     """
     if not isinstance(net, PyramidalNet):
         raise PyrgdError(f"net: expected a pyrgd.PyramidalNet, got {type(net).__name__}")
@@ -125,13 +142,26 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         raise PyrgdError(f"method: expected one of auto, rows, neurons, got {method!r}")
     if time_budget is not None:
         time_budget = check_scalar("time_budget", time_budget, nonnegative=True) or None
+    if callback is not None and not callable(callback):
+        raise PyrgdError(f"callback: expected None or a function called with each step's record, got {callback!r}")
+    rule = parse_update(update)
+    if loss is not None:
+        if not callable(loss):
+            raise PyrgdError(f"loss: expected None (the squared loss) or a function fn(F_L, Y) -> (loss, dloss/dF_L),"
+                             f" got {loss!r}")
+        if isinstance(lr, str):
+            raise PyrgdError(f"lr: {lr!r} is chosen for the squared loss; give a positive number with a user loss")
+        if method != "auto":
+            raise PyrgdError(f"method: {method!r} is a GD step method of the squared loss; leave method='auto' with "
+                             "a user loss")
     if threads is not None:
         threads = check_nonnegative_int("threads", threads) or None
         with thread_limits(threads):
             return train(net, X, Y, lr=lr, steps=steps, backend=backend, tol=tol, rel_tol=rel_tol,
                          track_every=track_every, time_budget=time_budget, divergence_factor=divergence_factor,
                          progress=progress, out=out, config=config, method=method, track_route=track_route,
-                         checkpoint_every=checkpoint_every, resume=resume)
+                         checkpoint_every=checkpoint_every, resume=resume, callback=callback, update=rule,
+                         loss=loss)
     if not (isinstance(lr, str) and lr == "auto"):
         if isinstance(lr, str):
             raise PyrgdError(f"lr: expected a positive number or 'auto', got {lr!r}")
@@ -153,6 +183,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
     backend, xp = ops.backend_for_arrays(backend, array_module(X_host) or np)
     net.warn_if_narrow(N)
+    applies = isinstance(rule, GD) and loss is None  # the certificates assume GD on the squared loss
+    if not applies and isinstance(track_every, str):
+        track_every = 0
+    loss_label = "squared" if loss is None else _loss_name(loss)
 
     act, mult = net.activation, net.multipliers
     plan = plan_run(N, net.d, net.widths, net.dtype, act, backend, method, lr, track_every, steps, track_route,
@@ -163,7 +197,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     W = [xp.ascontiguousarray(xp.asarray(w)) for w in net.weights]
     identity = {"N": N, "d": net.d, "widths": list(net.widths), "dtype": net.dtype.name,
                 "activation": str(act), "multipliers": [float(a) for a in mult], "backend": backend,
-                "method": plan.method, "isa": ops.backend_isa(backend)}
+                "method": plan.method if loss is None else "user_loss", "isa": ops.backend_isa(backend),
+                "update": rule.spec(), "loss": loss_label}
     saved = None
     if resume is not None:
         saved = _load_resume(resume, identity, X_host, Y_host, lr)
@@ -197,6 +232,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         timing["steps"] = float(saved["meta"]["step_seconds"])
     checkpoints = _Checkpointer(out, checkpoint_every, identity, X_host, Y_host, W0, lr, lr_rule,
                                 t_start - (saved["meta"].get("wall_seconds", 0.0) if saved else 0.0))
+    stepper = None
     bar = _progress_bar(steps, timing["k"]) if progress else None
     stop = StopFlag()
     with stop:  # until the run folder is written: no signal cuts a step, a checkpoint or a file in half
@@ -206,12 +242,21 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
             write_config(out, config)
         try:
             with warnings.catch_warnings():
-                engine = ops.step_engine(Xd, Yd, W, activation=act, multipliers=mult, backend=backend, method=method)
+                if loss is None:
+                    engine = ops.step_engine(Xd, Yd, W, activation=act, multipliers=mult, backend=backend,
+                                             method=method)
+                else:
+                    from .losses import UserLossEngine
+
+                    engine = UserLossEngine(ops.get_backend(backend), Xd, Yd, W, act, mult, loss)
+                stepper = rule.start(W)
+                checkpoints.stepper = stepper
                 if saved is not None:
                     _restore(saved, engine, hist, tracker, net.L)
+                    stepper.load_state(saved["arrays"])
                 last_good = [w.copy() for w in W]  # the weights before the latest update (a diverged run keeps them)
             status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing, checkpoints,
-                                    last_good)
+                                    last_good, stepper, callback, applies)
             if status == "diverged" and timing["k"] > 0:
                 for w, g in zip(W, last_good):
                     w[...] = g
@@ -231,6 +276,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
 
         net.weights = [np.ascontiguousarray(_to_host(w)) for w in W]
         h = hist.columns
+        if not applies:  # the certified factors (and the envelope, nan) hold for GD on the squared loss only
+            if "certified_factor" in tracker.columns:
+                tracker.columns["certified_factor"] = [float("nan")] * len(tracker.columns["certified_factor"])
         factors = [f for f in h["factor"] if math.isfinite(f)]
         summary = {
             "status": status,
@@ -250,6 +298,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
             "dtype": net.dtype.name,
             "lr": lr,
             "lr_rule": lr_rule,
+            "update": rule.spec(),
+            "loss": loss_label,
             "N": N,
             "d": net.d,
             "widths": list(net.widths),
@@ -257,7 +307,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
             "init": net.init,
             "seed": net.seed,
             "versions": _versions(xp),
-            "tracking": tracker.describe(),
+            "tracking": _tracking_summary(tracker, applies, rule, loss_label),
             "plan": plan.as_dict(),
         }
         summary["isa"] = identity["isa"]
@@ -278,6 +328,25 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     return result
 
 
+def _loss_name(fn) -> str:
+    from .losses import loss_name
+
+    return loss_name(fn)
+
+
+def _tracking_summary(tracker: Tracker, applies: bool, rule, loss_label: str) -> dict:
+    """The tracker's description, and whether its certificates apply to this run (GD on the squared loss)."""
+    d = dict(tracker.describe())
+    d["certificates_apply"] = applies
+    if not applies:
+        what = [f"the update rule is {rule.spec()}"] if not isinstance(rule, GD) else []
+        what += [f"the loss is {loss_label}"] if loss_label != "squared" else []
+        d["why_not"] = ("the PL certificates assume gradient descent on the squared loss; here " + " and ".join(what) +
+                        ": certified_factor and the envelope are nan, the other tracked quantities describe the "
+                        "weights only")
+    return d
+
+
 def _progress_bar(steps, initial=0):
     from tqdm.auto import tqdm
 
@@ -286,13 +355,17 @@ def _progress_bar(steps, initial=0):
 
 
 def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, lr, t_start, timing,
-          checkpoints=None, last_good=None):
+          checkpoints=None, last_good=None, stepper=None, callback=None, certified=True):
     """Evaluate, record, check the stop rules, update; until a rule stops the run. Returns (status, message).
 
     timing["steps"] accumulates the seconds spent in the engine's evaluate and update, timing["k"] counts the updates
     applied (it starts where a resumed run stopped). An update and its record are one block no signal splits.
-    ``last_good``: arrays shaped like the weights that receive them before each update."""
+    ``last_good``: arrays shaped like the weights that receive them before each update. ``stepper``: the update
+    rule's (:mod:`pyrgd.update_rules`; None: the engine's GD update). ``callback``: called with the record of each
+    step after its update; True or :class:`StopTraining` makes the next stop check end the run. ``certified``:
+    False where the certificates do not apply (the envelope column is then nan)."""
     last_post = 0.0
+    asked = None  # the callback's reason to stop (a string) once it asked
     k = timing["k"]
     phi0 = hist.columns["loss"][0] if len(hist) else None
     while True:
@@ -303,14 +376,14 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
             phi0 = loss
             tracker.start(loss)
         envelope = tracker.advance() if k > 0 else tracker.envelope
-        factor = hist.add(k, loss, timing["steps"], envelope)
+        factor = hist.add(k, loss, timing["steps"], envelope if certified else float("nan"))
         tracker.observe(k, factor)
         if tracker.due(k, loss, timing["steps"], k):
             tracker.record(k, loss)
-            if k == 0:
+            if k == 0 and certified:
                 hist.set_envelope(tracker.envelope)
         stopped = rules.check(k, loss, phi0, interrupted=stop.signal if stop.set else False,
-                              elapsed=time.perf_counter() - t_start)
+                              elapsed=time.perf_counter() - t_start, callback=asked)
         if stopped is not None:
             stop.finish()  # no signal may now cut the writing of the run folder short
             hist.close()
@@ -320,13 +393,20 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
             if last_good is not None:
                 for g, w in zip(last_good, engine.weights):
                     g[...] = w
-            grad_sq = engine.update(lr)
+            grad_sq = engine.update(lr) if stepper is None else stepper.step(engine, lr)
             hist.add_grad_sq(grad_sq)
             timing["steps"] += time.perf_counter() - t0
             k += 1
             timing["k"] = k
         if checkpoints is not None and checkpoints.due(k):
             checkpoints.save(engine, hist, tracker, timing)
+        if callback is not None:
+            try:
+                said = callback(step_record(hist.columns, len(hist) - 1, lr))
+                if said is True or (isinstance(said, np.bool_) and bool(said)):
+                    asked = ""
+            except StopTraining as e:
+                asked = str(e)
         if bar is not None:
             bar.update(1)
             now = time.perf_counter()
@@ -353,6 +433,7 @@ class _Checkpointer:
         self.path = os.path.join(os.fspath(out), CHECKPOINT_FILE) if self.enabled else None
         self.every, self.identity, self.X, self.Y, self.W0 = every, identity, X, Y, W0
         self.lr, self.lr_rule = lr, lr_rule
+        self.stepper = None  # the update rule's state (its velocity), saved with the weights
         self._digest = None
         self._last = time.perf_counter()
         self._t_start = t_start  # when the run started, earlier processes of a resumed run included
@@ -380,6 +461,8 @@ class _Checkpointer:
             arrays.update({f"W0_{l}": _to_host(w) for l, w in enumerate(self.W0, start=1)})
         if tracker.estimator_block() is not None:
             arrays["estimator_V"] = tracker.estimator_block()
+        if self.stepper is not None:
+            arrays.update(self.stepper.state())
         rows = {c: v[:s] for c, v in hist.columns.items()}
         keep = sum(1 for st in tracker.columns.get("step", []) if st < s)
         certs = {c: v[:keep] for c, v in tracker.columns.items()}

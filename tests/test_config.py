@@ -261,7 +261,7 @@ def test_build_takes_d_from_the_data_and_maps_train_kwargs():
     assert kw == {"lr": 0.1, "steps": 9, "tol": 0.0, "rel_tol": 0.0, "track_every": "auto", "track_route": "auto",
                   "checkpoint_every": "auto",
                   "time_budget": 4.0, "divergence_factor": 1e6, "backend": "reference", "threads": 3,
-                  "method": "neurons"}
+                  "method": "neurons", "update": "gd"}
     assert C.build({"data": {"N": 4, "d": 2}, "model": {"widths": [8, 1]}})[3]["threads"] is None  # 0: as it is
     np.testing.assert_array_equal(net.weights[0], PyramidalNet(5, [32, 4, 2], activation=net.activation, seed=3,
                                                                dtype="float32").weights[0])

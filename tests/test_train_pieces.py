@@ -35,7 +35,8 @@ def test_stop_rules_in_their_order():
     assert StopRules(steps=10).check(4, 0.5, 1.0, elapsed=1e9) is None  # no budget
     assert r.check(4, 0.5, 1.0, interrupted="SIGTERM") == ("terminated", "terminated (SIGTERM) after 4 steps")
     assert r.check(4, 0.5, 1.0, interrupted="SIGINT")[0] == "interrupted"
-    assert {"converged", "max_steps", "diverged", "time_budget", "interrupted", "terminated"} == set(STATUSES)
+    assert {"converged", "max_steps", "diverged", "time_budget", "interrupted", "terminated",
+            "stopped_by_callback"} == set(STATUSES)
 
 
 def test_stop_rules_zero_start_loss():

@@ -8,6 +8,9 @@ backends through it only; :func:`pyrgd.ops.step_engine` builds one for the backe
 - :meth:`StepEngine.evaluate` -> the loss 1/2 ||F_L - Y||_F^2 at the current weights (a float);
 - :meth:`StepEngine.gradients` -> [dPhi/dW_1, ..., dPhi/dW_L] at the current weights, without updating;
 - :meth:`StepEngine.update` -> one step W <- W - lr dPhi/dW at the weights of the last evaluate, whole or not at all;
+- :meth:`StepEngine.step_gradients` -> the gradients at the weights of the last evaluate (reusing what it computed),
+  and :meth:`StepEngine.apply` -> W <- W - lr D for a given direction D, whole or not at all: with them an update
+  rule other than GD (:mod:`pyrgd.update_rules`) runs on any engine;
 - :meth:`StepEngine.state` / :meth:`StepEngine.load_state` -> what a checkpoint needs to resume bit for bit.
 
 :class:`NeuronsEngine` is the "neurons" method, written once over a backend's functional operations (``forward``,
@@ -76,6 +79,41 @@ class StepEngine(abc.ABC):
         lr = check_scalar("lr", lr)
         self._evaluated = False
         return self._update(lr)
+
+    def step_gradients(self) -> list:
+        """[dPhi/dW_1, ..., dPhi/dW_L] at the weights of the last :meth:`evaluate` (which must come first), reusing
+        what it computed where the engine can. The arrays may be the engine's own buffers, overwritten by the next
+        evaluate. Follow it with :meth:`apply` (or :meth:`update`)."""
+        if not self._evaluated:
+            raise PyrgdError("step_gradients: call evaluate() first (the gradients are those of its weights)")
+        return self.gradients()
+
+    def apply(self, direction, lr=1.0) -> None:
+        """W_l <- W_l - lr D_l for every layer, in place, with ``direction`` = [D_1, ..., D_L] (arrays shaped like
+        the weights, of their dtype and device). Everything is checked before any weight changes, so the update is
+        applied whole or not at all (a caller that must not be cut by a signal runs it in a critical block, as
+        :func:`pyrgd.train` does). The next call must be :meth:`evaluate`."""
+        from .._validate import check_scalar
+
+        lr = check_scalar("lr", lr)
+        if not isinstance(direction, (list, tuple)) or len(direction) != len(self.W):
+            raise PyrgdError(f"direction: expected a list of {len(self.W)} arrays shaped like the weights")
+        host = isinstance(self.W[0], np.ndarray)
+        for l, (w, d) in enumerate(zip(self.W, direction)):
+            if host != isinstance(d, np.ndarray) or (not host and not hasattr(d, "__cuda_array_interface__")):
+                raise PyrgdError(f"direction[{l}]: expected a {'NumPy' if host else 'CuPy'} array like the weights, "
+                                 f"got {type(d).__name__}")
+            if tuple(d.shape) != tuple(w.shape) or d.dtype != w.dtype:
+                raise PyrgdError(f"direction[{l}]: expected shape {tuple(w.shape)} and dtype {w.dtype}, got "
+                                 f"{tuple(d.shape)} {d.dtype}")
+        lr_t = self.W[0].dtype.type(lr)
+        for w, d in zip(self.W, direction):
+            w -= lr_t * d
+        self._evaluated = False
+        self._after_apply()
+
+    def _after_apply(self) -> None:
+        """The weights changed outside :meth:`update`: drop what was carried from the last evaluate."""
 
     def state(self) -> dict:
         """What a checkpoint needs: {'weights': host copies of W, 'carry': host copies of the arrays carried from
@@ -175,6 +213,19 @@ class NeuronsEngine(StepEngine):
             raise PyrgdError("gradients: not available on a sharded (distributed) neurons engine")
         return self._be.network_gradients(self.X, self.Y, self.W, self.act, self.mult)
 
+    def step_gradients(self) -> list:
+        """The tail's gradients and G of the last evaluate, and the wide layer's gradients for that G
+        (:func:`wide_layer_gradients`): no second forward pass."""
+        if not self._evaluated:
+            raise PyrgdError("step_gradients: call evaluate() first (the gradients are those of its weights)")
+        if self._allreduce is not None:
+            raise PyrgdError("step_gradients: not available on a sharded (distributed) neurons engine")
+        gW1, gW2 = wide_layer_gradients(self._be, self.X, self.W[0], self.W[1], self._G, self.act, self.mult[0])
+        return [gW1, gW2] + list(self._tail_grads)
+
+    def _after_apply(self) -> None:
+        self._H = self._tail_grads = None  # the next evaluate runs the forward pass of the new weights
+
     def _carry(self) -> dict:
         return {} if self._H is None else {"H": _host_copy(self._H)}
 
@@ -210,13 +261,20 @@ def blocked_network_gradients(be, X, Y, W, act, mult, block_bytes=GRADIENT_BLOCK
     section 2) are then formed over blocks of neurons whose N x block matrices take at most ``block_bytes``
     (Z_1, sigma, sigma' of the block), never N x n_1 at once. ``mult``: [a_1, ..., a_{L-1}] as floats.
     """
-    from ..activations import sigma_and_derivative
-
-    xp = np if isinstance(X, np.ndarray) else __import__("cupy")
     W1, W2 = W[0], W[1]
     a1 = mult[0]
     H = be.forward(X, W1, W2, act, a1)
     _, G, tail_grads = be.tail(H, Y, W[2:], act, mult[1:])
+    gW1, gW2 = blocked_wide_gradients(X, W1, W2, G, act, a1, block_bytes)
+    return [gW1, gW2] + list(tail_grads)
+
+
+def blocked_wide_gradients(X, W1, W2, G, act, a1, block_bytes=GRADIENT_BLOCK_BYTES):
+    """(dPhi/dW_1, dPhi/dW_2) of the wide layer for a given G = dPhi/dZ_2 (N, n_2), with the array library (NumPy
+    or CuPy) of X, over blocks of neurons whose N x block matrices take at most ``block_bytes``."""
+    from ..activations import sigma_and_derivative
+
+    xp = np if isinstance(X, np.ndarray) else __import__("cupy")
     N, n1 = X.shape[0], W1.shape[1]
     block = max(1, min(n1, int(block_bytes) // max(1, 3 * N * X.dtype.itemsize)))
     gW1, gW2 = xp.empty_like(W1), xp.empty_like(W2)
@@ -225,4 +283,15 @@ def blocked_network_gradients(be, X, Y, W, act, mult, block_bytes=GRADIENT_BLOCK
         S, dS = sigma_and_derivative(act, X @ W1[:, sl])
         gW2[sl] = (a1 * S).T @ G
         gW1[:, sl] = X.T @ (a1 * (G @ W2[sl].T) * dS)
-    return [gW1, gW2] + list(tail_grads)
+    return gW1, gW2
+
+
+def wide_layer_gradients(be, X, W1, W2, G, act, a1):
+    """(dPhi/dW_1, dPhi/dW_2) of the wide layer for a given G = dPhi/dZ_2 on backend module ``be``: the one place
+    where the update rules and the user losses get them. The backend's fused ``wide_grad`` (nothing N x n_1; the
+    function behind :func:`pyrgd.ops.wide_grad`) where the backend has it, else :func:`blocked_wide_gradients`."""
+    fused = getattr(be, "wide_grad", None)
+    if fused is not None:
+        res = fused(X, W1, W2, G, act, a1)
+        return res[0], res[1]
+    return blocked_wide_gradients(X, W1, W2, G, act, a1)
