@@ -84,21 +84,29 @@ def test_e1_predicted_quantities_are_the_large_width_limits():
 
 # --------------------------------------------------------------------------------------------- E2
 def test_e2_values_are_ntk_lambda_min_of_the_stated_nets(tmp_path):
-    params = {"N": [6, 12], "d": 5, "n2": 8, "width_factor": 8, "trials": 2, "inputs": "gaussian",
+    params = {"N": [6, 12], "d": 5, "d_over_N": 0.5, "n2": 8, "width_factor": 8, "trials": 2, "inputs": "gaussian",
               "activation": "relu", "init": "he", "seed_offset": 100}
     res = run_experiment(write_exp(tmp_path, "E2", params), out=tmp_path / "o")
     assert os.path.getsize(res["figure"]) > 0
     trials = read_results(res["csv_trials"])
-    assert len(trials) == 4
+    assert len(trials) == 2 * 2 * 2  # N, regime, trial
+    want_d = {("fixed_d", 6): 5, ("fixed_d", 12): 5, ("growing_d", 6): 3, ("growing_d", 12): 6}
     for t in trials:  # rebuilt here from the stated recipe, not from the experiment's helper
-        X, _ = data.synthetic(t["N"], 5, 1, inputs="gaussian", seed=t["trial"])
-        net = PyramidalNet(5, [8 * t["N"], 8, 1], activation="relu", init="he", seed=100 + t["trial"])
+        d = want_d[(t["regime"], t["N"])]
+        assert t["d"] == d
+        X, _ = data.synthetic(t["N"], d, 1, inputs="gaussian", seed=t["trial"])
+        net = PyramidalNet(d, [8 * t["N"], 8, 1], activation="relu", init="he", seed=100 + t["trial"])
         assert t["n1"] == 8 * t["N"]
         assert t["lambda_min"] == pytest.approx(theory.ntk_lambda_min(net, X), rel=1e-10)
     for r in read_results(res["csv"]):
-        v = [t["lambda_min"] for t in trials if t["N"] == r["N"]]
+        v = [t["lambda_min"] for t in trials if t["N"] == r["N"] and t["regime"] == r["regime"]]
         assert r["mean"] == pytest.approx(np.mean(v)) and r["std"] == pytest.approx(np.std(v, ddof=1))
-    assert math.isfinite(res["findings"]["slope"])
+        X0, _ = data.synthetic(r["N"], r["d"], 1, inputs="gaussian", seed=0)
+        assert r["lambda_star"] == pytest.approx(theory.lambda_star(X0, "relu", w_var=2 / r["d"]).value, rel=1e-12)
+    f = res["findings"]
+    assert math.isfinite(f["slope"]) and f["slope"] == f["regimes"]["fixed_d"]["slope"]
+    assert set(f["regimes"]) == {"fixed_d", "growing_d"}
+    assert f["regimes"]["growing_d"]["d"] == {"6": 3, "12": 6}
 
 
 # --------------------------------------------------------------------------------------------- E3
