@@ -120,7 +120,7 @@ def test_select_problems():
     assert [p.name for p in select_problems("B1_track", "cpu")] == ["B1_track"]
     default = [p.name for p in select_problems(None, "cpu")]
     assert default == [p.name for p in all_problems("cpu") if p.group != "L"] and "B1" in default
-    assert [p.name for p in select_problems("B1,B2,B3,B4,T,L", "cpu")] == [p.name for p in all_problems("cpu")]
+    assert [p.name for p in select_problems("B1,B2,D,B3,B4,T,L", "cpu")] == [p.name for p in all_problems("cpu")]
 
 
 def test_fused_candidate_runs_the_problems_method():
@@ -659,9 +659,10 @@ def test_gpu_targets_on_synthetic_numbers():
                      "torch": _row(status="skipped", note="would not fit")}),
     ]}
     t = {x["id"]: x for x in evaluate_targets(r)}
-    assert set(t) == {"G1_sgemm", "G1_vs_torch", "G1_vs_chunked", "G2_memory"}
+    assert set(t) == {"G1_sgemm", "G1_vs_torch", "G1_vs_chunked", "G1_vs_best_peer", "G2_memory"}
     assert [t[k]["status"] for k in ("G1_sgemm", "G1_vs_torch", "G1_vs_chunked", "G2_memory")] == \
         ["PASS", "FAIL", "PASS", "FAIL"]
+    assert t["G1_vs_best_peer"]["status"] == "SKIP"  # no compiled peer ran
 
 
 def test_json_safe():
@@ -673,7 +674,7 @@ def test_json_safe():
 # ------------------------------------------------------------------------------------------------ command line
 REQUIRED_TOP = {"schema", "date", "pyrgd_version", "mode", "device", "fused_backend", "dtype", "repeats", "machine",
                 "sgemm", "problems", "targets"}
-REQUIRED_ROW = {"seconds", "iqr", "times", "gflops", "pct_sgemm", "rel_err_weights", "rel_err_update",
+REQUIRED_ROW = {"seconds", "iqr", "times", "gflops", "pct_gemm", "rel_err_weights", "rel_err_update",
                 "rel_err_loss", "status"}
 
 
@@ -694,6 +695,7 @@ def _check_schema(res, problems):
                 assert row["status"] == "skipped" and row["note"], (p["name"], name, row)
 
 
+@pytest.mark.slow
 def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
     out = tmp_path / "bench.json"
     fig = tmp_path / "bench.png"
@@ -713,7 +715,8 @@ def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
     assert b1["candidates"]["torch"]["status"] == ("ok" if TORCH else "skipped")
     assert {t["id"] for t in res["targets"]} == {t["id"] for t in TARGETS if t["device"] == "cpu"}
     assert all(t["status"] in ("PASS", "FAIL", "SKIP") for t in res["targets"])
-    assert set(res["sgemm"]) == {"default", "1", "2"}
+    assert set(res["sgemm"]) == {"default", "1", "2", "default:float64"}  # float64: B1d, B2d's DGEMM
+    assert res["sgemm"]["default:float64"]["name"] == "DGEMM"
     # every B4 size timed again in interleaved rounds, 3 per repeat, each a list of real step times
     b4 = {str(p["widths"][0]) for p in res["problems"] if p["group"] == "B4"}
     it = res["interleaved"]["B4"]
@@ -723,7 +726,9 @@ def test_main_tiny_json_has_every_candidate(capsys, tmp_path):
     from pyrgd.backends import cpu
 
     if cpu.available()[0]:  # the FMA roof at each thread count, and the bound it gives
-        assert set(res["fma_peak"]) == {"default", "1", "2"} and all(v["gflops"] > 0 for v in res["fma_peak"].values())
+        assert set(res["fma_peak"]) == {"default", "1", "2", "default:float64"}
+        assert all(v["gflops"] > 0 for v in res["fma_peak"].values())
+        assert res["fma_peak"]["default:float64"]["dtype"] == "float64"
         assert b1["peak_gflops"] == res["fma_peak"]["default"]["gflops"]
         # the cpu backend's one pass executes the useful flops; the neuron-streamed method computes X W_1 twice
         assert b1["fused_method"] == b1["candidates"]["fused"]["method"]

@@ -5,8 +5,10 @@
 
 Every candidate runs on the same data and initial weights and is checked against the fused step (relative errors of
 the updated weights and of the update); the report gives seconds per step (median, IQR), useful GFLOP/s
-(THEORY.md section 2), % of the SGEMM rate measured in the same run, peak memory, the fused speedup over each
-baseline, and the performance targets as PASS/FAIL lines. Benchmarks are not tests: nothing here is a unit-test
+(THEORY.md section 2), % of the SGEMM rate (DGEMM for the float64 problems) measured in the same run, peak memory,
+the fused speedup over each baseline, the candidates ranked per problem with the fused step's share of the FMA peak,
+and the performance targets as PASS/FAIL lines (the "best peer" ones against the faster of torch.compile and JAX
+jit, whose compilation is reported apart from the step time). Benchmarks are not tests: nothing here is a unit-test
 threshold. Progress goes to stderr; the table (or, with --json, only the JSON) to stdout.
 
 Exit codes: 0 the run finished (targets may FAIL: they are measurements); 1 a candidate computed a different step
@@ -16,7 +18,8 @@ failed; 2 bad arguments.
 The train problems (group L: pyrgd.train with its defaults at large N, each in a fresh process) are not in the
 default selection, since L2 alone takes minutes on two cores: ``--problems L`` runs them.
 
-Modules: problems (sizes, flop and byte counts, data), candidates (fused / unfused / chunked / torch steps),
+Modules: problems (sizes, flop and byte counts, data), candidates (fused / unfused / chunked / torch steps, and the
+compiled peers torch_compile and jax_jit, skipped with a note where torch or jax is absent: pip install "pyrgd[bench]"),
 memory (peak RSS in a fresh process; GPU allocator peaks), runner (checks, timing, SGEMM, machine facts),
 train_runs (the train problems), report (targets, table, JSON).
 """
@@ -29,8 +32,8 @@ import sys
 __all__ = ["main", "build_parser", "add_bench_parser", "run_bench"]
 
 _DESCRIPTION = ("Time one full-batch GD step of reference problems: pyrgd's fused step against unfused and "
-                "chunked array-library steps and PyTorch autograd, on the same data, with the SGEMM rate of this "
-                "machine measured in the same run.")
+                "chunked array-library steps, PyTorch autograd, torch.compile and JAX jit, on the same data, with "
+                "the SGEMM (DGEMM) rate and the FMA peak of this machine measured in the same run.")
 
 
 def _positive_int(text):
@@ -59,8 +62,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="the fused candidate's backend; cuda runs the GPU problems (G1, G2) on CuPy/torch, the "
                         "others the CPU problems. auto: cpu, or reference where the C++ extension is missing")
     p.add_argument("--problems", metavar="LIST", default=None,
-                   help="comma-separated problems or groups: B1,B2,B3,B4,T (CPU; the default), L (pyrgd.train with "
-                        "its defaults at large N: L1, L2, B1_track; minutes, not in the default) or G1,G2 (GPU)")
+                   help="comma-separated problems or groups: B1,B2,D,B3,B4,T (CPU; the default; D: B1d and B2d, "
+                        "B1 and B2 in float64), L (pyrgd.train with its defaults at large N: L1, L2, B1_track; "
+                        "minutes, not in the default) or G1,G2 (GPU)")
     p.add_argument("--tiny", action="store_true", help="small sizes (seconds; for CI)")
     p.add_argument("--repeats", type=_positive_int, default=None, metavar="N",
                    help="timed steps per candidate (default 7, 3 with --tiny; B3 takes one, G2 at most 3); on a "

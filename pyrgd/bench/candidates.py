@@ -14,10 +14,21 @@ chunked  a loop over blocks of ``block`` neurons, one BLAS call per product, O(N
          accumulated in the same loop (the fused algorithm, but with array ops instead of a kernel).
 torch    PyTorch autograd on the whole network (materializes N x n1), the activation as a small autograd Function
          that saves only Z (the leanest unfused autograd graph), TF32 off.
+torch_compile  the strongest PyTorch peer: the loss compiled by ``torch.compile`` (inductor, fullgraph, static
+         shapes; the activation as plain differentiable ops, so that the compiler fuses it), autograd through the
+         compiled graph, then the same update as ``torch``. The compilation runs when the candidate is built
+         (``compile_seconds``), before the check step and the warm-up: it is never part of a timed step.
+jax_jit  the strongest JAX peer: ``jax.jit`` of jax.value_and_grad of the loss and the update, the weights donated
+         (updated in place where XLA can), matmul precision HIGHEST (no TF32/bf16 passes on a GPU); compiled ahead
+         of time when the candidate is built (``compile_seconds``). float64 problems switch on ``jax_enable_x64``.
+
+The two compiled peers (:data:`PEERS`) and ``torch`` are skipped with a note where their library is absent
+(:func:`unavailable`): ``pip install "pyrgd[bench]"`` installs both.
 """
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -25,14 +36,20 @@ from ..activations import parse_activation, sigma_and_derivative
 from ..errors import PyrgdError
 
 #: every candidate, in run order (fused first: the others are compared with it)
-CANDIDATES = ("fused", "unfused", "chunked", "torch")
+CANDIDATES = ("fused", "unfused", "chunked", "torch", "torch_compile", "jax_jit")
+#: the compiled peers: the best of them is what the "best peer" targets compare the fused step with
+PEERS = ("torch_compile", "jax_jit")
 #: what each candidate is, in a few words (tables, JSON)
 DESCRIPTIONS = {
     "fused": "pyrgd's fused step (what pyrgd.train runs)",
     "unfused": "unfused array library step, N x n1 matrices",
     "chunked": "array library loop over neuron blocks, BLAS per block",
     "torch": "PyTorch autograd, unfused (N x n1 matrices)",
+    "torch_compile": "torch.compile (inductor) of the loss, autograd, GD update",
+    "jax_jit": "jax.jit of value_and_grad and the GD update (XLA)",
 }
+#: what installs the library a candidate needs
+INSTALL_HINT = 'pip install "pyrgd[bench]"'
 
 
 def _host(a) -> np.ndarray:
@@ -40,6 +57,8 @@ def _host(a) -> np.ndarray:
         return a.copy()
     if hasattr(a, "detach"):  # torch
         return a.detach().cpu().numpy().copy()
+    if hasattr(a, "block_until_ready"):  # jax
+        return np.array(a, copy=True)
     return a.get()  # cupy
 
 
@@ -183,32 +202,96 @@ def torch_available() -> tuple[bool, str]:
     try:
         import torch  # noqa: F401
     except Exception as e:  # ImportError, or a broken install
-        return False, f"PyTorch is not importable ({type(e).__name__}: {str(e)[:120]})"
+        return False, f"PyTorch is not importable ({type(e).__name__}: {str(e)[:120]}; {INSTALL_HINT})"
     return True, f"torch {torch.__version__}"
 
 
-def _torch_activation(torch, act):
-    """An autograd Function sigma(Z) that saves only Z and builds sigma'(Z) in the backward (in place)."""
+def _import_jax():
+    """import jax, with its GPU allocator growing on demand (by default it takes 75% of the GPU memory at its first
+    use, which the other candidates of the run need)."""
+    import os
+
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    return jax
+
+
+def jax_available() -> tuple[bool, str]:
+    try:
+        jax = _import_jax()
+    except Exception as e:  # ImportError, or a broken install
+        return False, f"JAX is not importable ({type(e).__name__}: {str(e)[:120]}; {INSTALL_HINT})"
+    return True, f"jax {jax.__version__}"
+
+
+def _jax_device(jax, device: str):
+    """The JAX device of ``device`` ('cpu' or 'cuda'), or None where JAX has none of that kind."""
+    try:
+        devs = jax.devices("cpu" if device == "cpu" else "gpu")
+    except RuntimeError:  # no backend of that kind
+        return None
+    return devs[0] if devs else None
+
+
+def unavailable(name: str, device: str = "cpu") -> str | None:
+    """Why candidate ``name`` cannot run on ``device`` for want of a library or a device (None: it can)."""
+    if name in ("torch", "torch_compile"):
+        ok, why = torch_available()
+        if not ok:
+            return why
+        import torch
+
+        if name == "torch_compile" and not hasattr(torch, "compile"):
+            return f"torch {torch.__version__} has no torch.compile (needs torch >= 2.0; {INSTALL_HINT})"
+        if device != "cpu" and not torch.cuda.is_available():
+            return "PyTorch has no CUDA device"
+    elif name == "jax_jit":
+        ok, why = jax_available()
+        if not ok:
+            return why
+        jax = _import_jax()
+        if _jax_device(jax, device) is None:
+            return ("JAX has no GPU (its CUDA build: pip install 'jax[cuda12]' or 'jax[cuda13]')"
+                    if device != "cpu" else "JAX has no CPU device")
+    return None
+
+
+def _torch_value(torch, act, inplace: bool = True):
+    """sigma(z) in torch ops. inplace=False: out-of-place ops only (differentiable by autograd, traceable by
+    torch.compile); inplace=True: fewer temporaries (for use under no_grad, in the autograd Function below)."""
     name, g = act.name, float(act.gamma)
     ln2 = math.log(2.0)
+    F = torch.nn.functional
 
     def value(z):
         if name == "relu":
             return torch.relu(z)
         if name == "leaky_relu":
-            return torch.nn.functional.leaky_relu(z, g)
+            return F.leaky_relu(z, g)
         if name in ("softplus", "smooth_leaky_relu"):
-            s = torch.nn.functional.softplus(z)
+            s = F.softplus(z)
             if name == "smooth_leaky_relu":
-                s.sub_(ln2).mul_(1.0 - g).add_(z, alpha=g)
+                if inplace:
+                    s.sub_(ln2).mul_(1.0 - g).add_(z, alpha=g)
+                else:
+                    s = g * z + (1.0 - g) * (s - ln2)
             return s
         if name == "tanh":
             return torch.tanh(z)
         if name == "erf":
             return torch.erf(z)
         if name == "identity":
-            return z.clone()
+            return z.clone() if inplace else z
         raise PyrgdError(f"torch baseline: activation {name} is not wired")
+
+    return value
+
+
+def _torch_activation(torch, act):
+    """An autograd Function sigma(Z) that saves only Z and builds sigma'(Z) in the backward (in place)."""
+    name, g = act.name, float(act.gamma)
+    value = _torch_value(torch, act, inplace=True)
 
     def deriv(z):
         if name == "relu":
@@ -241,6 +324,16 @@ def _torch_activation(torch, act):
     return Sigma.apply
 
 
+def network_loss(X, Y, W, sigma):
+    """Phi = 1/2 ||F_L - Y||^2 of the network with weights W (a list) and activation ``sigma``, in whatever array
+    library X, Y, W and sigma belong to (torch, jax.numpy): the one loss of the torch and JAX candidates."""
+    F = X
+    for w in W[:-1]:
+        F = sigma(F @ w)
+    R = F @ W[-1] - Y
+    return 0.5 * (R * R).sum()
+
+
 class TorchStep(Candidate):
     """PyTorch autograd over the whole network (CPU or CUDA tensors), then W -= lr grad under no_grad."""
 
@@ -267,11 +360,7 @@ class TorchStep(Candidate):
         self.sigma = _torch_activation(torch, self.act)
 
     def _loss(self):
-        F = self.X
-        for W in self.W[:-1]:
-            F = self.sigma(F @ W)
-        R = F @ self.W[-1] - self.Y
-        return 0.5 * (R * R).sum()
+        return network_loss(self.X, self.Y, self.W, self.sigma)
 
     def step(self) -> float:
         loss = self._loss()  # no N x n1 reference is kept here: the graph frees them during backward
@@ -290,6 +379,116 @@ class TorchStep(Candidate):
             self.torch.cuda.synchronize()
 
 
+class TorchCompileStep(TorchStep):
+    """:class:`TorchStep` with the loss compiled by torch.compile (inductor; the activation as plain differentiable
+    ops that the compiler fuses, autograd's backward compiled with it). Compiled when built: ``compile_seconds`` is
+    the first forward and backward (through the compiler), whose gradients are thrown away."""
+
+    name = "torch_compile"
+
+    def __init__(self, data, device="cpu", copy=True):
+        super().__init__(data, device=device, copy=copy)
+        torch = self.torch
+        import torch._dynamo
+
+        # every candidate compiles afresh: earlier problems' graphs (other shapes, dtypes) would count against
+        # dynamo's recompilation limit, past which it silently runs the function eagerly
+        torch._dynamo.reset()
+        self.sigma = _torch_value(torch, self.act, inplace=False)
+        sigma = self.sigma
+
+        def loss(X, Y, *W):
+            return network_loss(X, Y, W, sigma)
+
+        self._compiled = torch.compile(loss, fullgraph=True, dynamic=False)
+        t0 = time.perf_counter()
+        self._compiled(self.X, self.Y, *self.W).backward()
+        for W in self.W:
+            W.grad = None
+        self.sync()
+        self.compile_seconds = time.perf_counter() - t0
+
+    def _loss(self):
+        return self._compiled(self.X, self.Y, *self.W)
+
+
+def _jax_value(jax, act):
+    """sigma(z) in jax.numpy ops (differentiated by jax.grad; relu'(0) = 0 as in pyrgd)."""
+    name, g = act.name, float(act.gamma)
+    ln2 = math.log(2.0)
+    nn = jax.nn
+
+    def value(z):
+        if name == "relu":
+            return nn.relu(z)
+        if name == "leaky_relu":
+            return nn.leaky_relu(z, g)
+        if name == "softplus":
+            return nn.softplus(z)
+        if name == "smooth_leaky_relu":
+            return g * z + (1.0 - g) * (nn.softplus(z) - ln2)
+        if name == "tanh":
+            return jax.numpy.tanh(z)
+        if name == "erf":
+            return jax.scipy.special.erf(z)
+        if name == "identity":
+            return z
+        raise PyrgdError(f"jax baseline: activation {name} is not wired")
+
+    return value
+
+
+class JaxJitStep(Candidate):
+    """jax.jit of one whole GD step: jax.value_and_grad of the loss, then W - lr grad, the weights donated.
+    Compiled ahead of time when built (``compile_seconds``). ``lr`` is an argument of the compiled step (not a
+    constant folded into it)."""
+
+    name = "jax_jit"
+
+    def __init__(self, data, device="cpu", copy=True):
+        jax = _import_jax()
+        self.problem = data.problem
+        self.xp = None
+        self.jax = jax
+        self.device = device
+        self.lr = data.problem.lr
+        self.act = parse_activation(data.problem.activation)
+        if data.X.dtype == np.float64 and not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)  # else float64 arrays would become float32
+        dev = _jax_device(jax, device)
+        if dev is None:
+            raise PyrgdError(f"device: JAX has no {device} device")
+        # copies first: on the CPU, device_put may alias a NumPy array, and the donated weights are overwritten
+        put = lambda a: jax.device_put(np.array(a, copy=True), dev)  # noqa: E731
+        self.X, self.Y = put(data.X), put(data.Y)
+        self.W = [put(w) for w in data.W]
+        sigma = _jax_value(jax, self.act)
+
+        def loss(W, X, Y):
+            with jax.default_matmul_precision("highest"):
+                return network_loss(X, Y, W, sigma)
+
+        def step(W, X, Y, lr):
+            value, grads = jax.value_and_grad(loss)(W, X, Y)
+            return [w - lr * g for w, g in zip(W, grads)], value
+
+        t0 = time.perf_counter()
+        lr0 = np.asarray(self.lr, dtype=data.X.dtype)
+        self._step = jax.jit(step, donate_argnums=(0,)).lower(self.W, self.X, self.Y, lr0).compile()
+        self.compile_seconds = time.perf_counter() - t0
+
+    def step(self) -> float:
+        self.W, loss = self._step(self.W, self.X, self.Y, np.asarray(self.lr, dtype=self.X.dtype))
+        return float(loss)
+
+    def sync(self) -> None:
+        self.jax.block_until_ready(self.W)
+
+
+#: N x n1 matrices each candidate holds at its worst moment (a rough count, for skipping what would not fit)
+_N_BY_N1 = {"unfused": 5, "torch": 4, "torch_compile": 4, "jax_jit": 4}
+
+
 def extra_bytes(name: str, problem, itemsize: int = 4, block: int = 512) -> int:
     """A rough bound of what a candidate allocates beyond the data (to skip one that would not fit)."""
     N, n1 = problem.N, problem.n1
@@ -299,18 +498,22 @@ def extra_bytes(name: str, problem, itemsize: int = 4, block: int = 512) -> int:
         return (8 * N * n2 + 2 * weights + 2 * min(N, 64) * n1) * itemsize
     if name == "chunked":
         return (8 * N * min(block, n1) + 8 * N * n2) * itemsize
-    if name == "unfused":
-        return 5 * N * n1 * itemsize  # Z1, F1, sigma'(Z1), D1 and one temporary
-    if name == "torch":
-        return 4 * N * n1 * itemsize  # Z1 (saved), F1 (saved), dPhi/dF1, sigma'(Z1)
+    if name in _N_BY_N1:  # unfused: Z1, F1, sigma'(Z1), D1 and one temporary; torch: Z1, F1 (saved), dPhi/dF1,
+        return _N_BY_N1[name] * N * n1 * itemsize  # sigma'(Z1); the compiled peers: about as many
     raise PyrgdError(f"candidate: unknown {name!r}; expected one of {', '.join(CANDIDATES)}")
 
 
 def make_candidate(name: str, data, *, device="cpu", backend="auto", block=None, copy=True):
-    """Build candidate ``name`` on ``device`` ('cpu': NumPy, 'cuda': CuPy / torch CUDA).
+    """Build candidate ``name`` on ``device`` ('cpu': NumPy, 'cuda': CuPy / torch CUDA / JAX GPU).
 
-    copy=False lets a CPU candidate update ``data.W`` in place instead of its own copies.
+    copy=False lets a CPU candidate update ``data.W`` in place instead of its own copies (JAX always copies).
     """
+    if name == "torch":
+        return TorchStep(data, device=device, copy=copy)
+    if name == "torch_compile":
+        return TorchCompileStep(data, device=device, copy=copy)
+    if name == "jax_jit":
+        return JaxJitStep(data, device=device, copy=copy)
     if device == "cpu":
         xp = np
     else:
@@ -321,8 +524,6 @@ def make_candidate(name: str, data, *, device="cpu", backend="auto", block=None,
         return UnfusedStep(data, xp, copy=copy)
     if name == "chunked":
         return ChunkedStep(data, xp, block=block or default_block(data.problem, device), copy=copy)
-    if name == "torch":
-        return TorchStep(data, device=device, copy=copy)
     raise PyrgdError(f"candidate: unknown {name!r}; expected one of {', '.join(CANDIDATES)}")
 
 

@@ -1,17 +1,23 @@
 """The reference problems of the benchmark, the useful-flop count of one GD step, the data bytes, and the data.
 
 Every problem is one full-batch GD step of a whole network (THEORY.md section 1): X (N, d), Y (N, n_L), weights
-W_l (n_{l-1}, n_l), float32 unless asked otherwise, LeCun initial weights, rows of X of norm about 1.
+W_l (n_{l-1}, n_l), in the run's dtype (float32) unless the problem names its own (B1d, B2d: B1's and B2's shapes
+in float64, with the DGEMM share where the others have the SGEMM share), LeCun initial weights, rows of X of norm
+about 1.
 
-Selectors accepted by ``--problems``: a problem's name (``B1``, ``B4_2048``, ``T2``, ``L1``, ``G1``) or a group
-(``B4``: every n1 of the time-per-neuron sweep; ``T``: B1 with 1 and 2 threads; ``L``: the train problems).
+Selectors accepted by ``--problems``: a problem's name (``B1``, ``B1d``, ``B4_2048``, ``T2``, ``L1``, ``G1``) or a
+group (``B4``: every n1 of the time-per-neuron sweep; ``T``: B1 with 1 and 2 threads; ``D``: the float64 problems
+B1d and B2d; ``L``: the train problems).
+
+A new problem is one more entry in the list of :func:`_cpu_problems` (or :func:`_gpu_problems`): its name and group
+make it selectable, and :func:`default_selection` says whether a plain run includes it.
 
 The train problems (group ``L``, ``kind="train"``) are not one GD step but a whole :func:`pyrgd.train` run with its
 defaults (lr="auto", track_every="auto", method and backend auto) for ``steps`` steps, measured in a fresh process
 by :mod:`pyrgd.bench.train_runs`: L1 (N = n1 = 20000, 20 steps: peak memory and the tracking's share of the time),
 L2 (N = n1 = 65536, one step: peak memory and the time against one bare engine step) and B1_track (B1's shapes, 200
 steps: the wall time against the steps' time). They are not in the default selection (L2 alone is minutes on two
-cores): ``--problems L`` runs them, ``--problems B1,B2,B3,B4,T,L`` everything.
+cores): ``--problems L`` runs them, ``--problems B1,B2,D,B3,B4,T,L`` everything.
 """
 from __future__ import annotations
 
@@ -28,8 +34,10 @@ DEFAULT_ACTIVATION = "smooth_leaky_relu(0.2)"
 #: eigenvalue is of order N for these initializations), large enough that the update is far above float32 rounding
 LR_SCALE = 0.1
 #: candidates of the CPU problems and of the GPU problems (see pyrgd.bench.candidates)
-CPU_CANDIDATES = ("fused", "unfused", "chunked", "torch")
-GPU_CANDIDATES = ("fused", "chunked", "torch")
+CPU_CANDIDATES = ("fused", "unfused", "chunked", "torch", "torch_compile", "jax_jit")
+#: the memory problem's (B3): the compiled peers' memory is not measured, and their N x n1 matrices would not fit
+BASELINES = ("fused", "unfused", "chunked", "torch")
+GPU_CANDIDATES = ("fused", "chunked", "torch", "torch_compile", "jax_jit")
 #: the one "candidate" of a train problem: pyrgd.train with its defaults
 TRAIN_CANDIDATES = ("train",)
 
@@ -47,6 +55,7 @@ class Problem:
     kind: 'step' (candidates of one GD step, :mod:`pyrgd.bench.runner`) or 'train' (a :func:`pyrgd.train` run with
     its defaults for ``steps`` steps, :mod:`pyrgd.bench.train_runs`; ``max_repeats`` then bounds the bare engine
     steps timed after it).
+    dtype: the problem's own dtype ('float32' or 'float64'); None: the run's (``Options.dtype``).
     """
 
     name: str
@@ -63,6 +72,7 @@ class Problem:
     method: str = "auto"
     kind: str = "step"
     steps: int | None = None
+    dtype: str | None = None
 
     @property
     def dims(self) -> list[int]:
@@ -142,7 +152,9 @@ def _cpu_problems(tiny: bool) -> list[Problem]:
     out = [
         Problem("B1", **b1, group="B1"),
         Problem("B2", **b1, activation="relu", group="B2"),
-        Problem("B3", **b3, group="B3", max_repeats=1, method="neurons",
+        Problem("B1d", **b1, group="D", dtype="float64", note="B1 in float64"),
+        Problem("B2d", **b1, activation="relu", group="D", dtype="float64", note="B2 in float64"),
+        Problem("B3", **b3, group="B3", max_repeats=1, method="neurons", candidates=BASELINES,
                 note="one large step: peak memory of the memory-lean method"),
     ]
     for n1 in sweep:
@@ -192,9 +204,9 @@ def all_problems(device: str = "cpu", tiny: bool = False) -> list[Problem]:
 
 
 def default_selection(device: str) -> str:
-    """What ``--problems`` runs when not given: every CPU problem but the train problems (group L), every GPU
-    problem."""
-    return "B1,B2,B3,B4,T" if device == "cpu" else "G1,G2"
+    """What ``--problems`` runs when not given: every CPU problem (the float64 ones, group D, included) but the train
+    problems (group L), every GPU problem."""
+    return "B1,B2,D,B3,B4,T" if device == "cpu" else "G1,G2"
 
 
 def select_problems(selection: str | None, device: str = "cpu", tiny: bool = False) -> list[Problem]:
@@ -231,13 +243,20 @@ class ProblemData:
         return self.X.dtype
 
 
+def problem_dtype(problem: Problem, default="float32") -> np.dtype:
+    """The dtype a problem runs in: its own (``problem.dtype``), else ``default`` (the run's)."""
+    return np.dtype(problem.dtype or default)
+
+
 def make_data(problem: Problem, dtype="float32", seed: int = 0) -> ProblemData:
     """X with rows of norm about 1 (entries N(0, 1/d)), Y ~ N(0, 1), LeCun weights N(0, 1/n_{l-1}).
+
+    ``dtype``: the arrays' dtype (a problem with a dtype of its own is drawn in that one, whatever ``dtype`` says).
 
     Drawn directly in ``dtype`` and scaled in place, so that making the data allocates nothing but the arrays (the
     memory measurement relies on that). The same seed gives the same arrays for every candidate.
     """
-    dtype = np.dtype(dtype)
+    dtype = problem_dtype(problem, dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise PyrgdError(f"dtype: expected float32 or float64, got {dtype}")
     rng = np.random.default_rng(seed)

@@ -6,15 +6,24 @@ The result (``pyrgd.bench.runner.run``, schema ``pyrgd-bench-1``) is a dict:
   ``backend_requested``, ``fused_backend``, ``dtype``, ``repeats``, ``warmup``, ``seed``;
 - ``machine``: CPU model, logical/usable CPUs, BLAS (threadpoolctl's view), pyrgd's C++ build and threads, torch,
   and on the GPU its name, memory, driver and runtime versions, CuPy;
-- ``sgemm``: {"default": {n, threads, gflops, seconds, iqr, library}, "1": ..., "2": ...} (per thread count run);
-- ``fma_peak`` (CPU): {"default": {gflops, threads, isa, dtype}, "1": ...}: the FMA roof (independent FMA chains on
-  registers, pyrgd.backends.cpu.fma_peak_gflops), the denominator of %peak and of the roofline bounds;
+- ``sgemm``: {"default": {n, threads, gflops, seconds, iqr, library, dtype, name}, "1": ..., "2": ...,
+  "default:float64": ...} (per thread count and dtype run, keyed by pyrgd.bench.runner.rate_key: name SGEMM or
+  DGEMM);
+- ``fma_peak``: {"default": {gflops, threads, isa, dtype}, "1": ..., "default:float64": ...}: on the CPU the FMA
+  roof (independent FMA chains on registers, pyrgd.backends.cpu.fma_peak_gflops), on the GPU the SIMT roof computed
+  from the device's properties (pyrgd.bench.runner.simt_peak_gpu); the denominator of %peak and of the roofline
+  bounds;
 - ``problems``: one dict per problem: name, group, N, d, widths, activation, threads, lr, useful_flops, data_bytes
   (and data_bytes_parts), fused_flops (what the fused algorithm executes), fused_method (the step engine's: rows or neurons), fused_kept (the neurons the rows method keeps in its panels, None for neurons), peak_gflops, repeats, schedule, fused_backend, seconds_per_neuron, sgemm (the SGEMM rate measured just
-  before the problem, at its thread count) and sgemm_gflops (the rate %SGEMM divides by), and ``candidates``:
+  before the problem, at its thread count, in its dtype), gemm_name (SGEMM or DGEMM), gemm_gflops (the rate the
+  share divides by; also as sgemm_gflops or dgemm_gflops), ranking (the candidates that ran and agreed with the fused
+  step, fastest first), best_peer ({name, seconds, fused_speedup} of the fastest of torch_compile and jax_jit, or
+  null), fused_pct_peak (the fused step's executed flops per second as % of peak_gflops), and ``candidates``:
   {name: row}. A row has ``status`` (ok | mismatch | skipped | failed), ``note`` when not ok, and when it ran:
-  seconds (median), iqr, min, max, times, gflops, pct_sgemm, peak_bytes, peak_method, peak_over_data,
-  fused_speedup (its seconds over the fused seconds), rel_err_weights, rel_err_update, rel_err_loss, loss;
+  seconds (median), iqr, min, max, times, gflops, pct_gemm (and pct_sgemm or pct_dgemm, the same number),
+  compile_seconds (the compiled peers: the compilation, never in a timed step), peak_bytes, peak_method,
+  peak_over_data (peak_note where not measured), fused_speedup (its seconds over the fused seconds),
+  rel_err_weights, rel_err_update, rel_err_loss, loss;
 - a train problem (group L, ``kind`` "train", :mod:`pyrgd.bench.train_runs`) has ``steps`` (of the train run),
   ``repeats`` (bare engine steps timed), ``lr`` (what lr="auto" chose) and one row, ``candidates["train"]``:
   ``status`` (ok | skipped: train refused the run | failed), train_status, steps, backend, method, kept, lr,
@@ -35,7 +44,10 @@ from __future__ import annotations
 import json
 import math
 
-#: the performance targets. kind: speedup (baseline s / fused s >= threshold), pct_sgemm (fused GFLOP/s as % of
+from .candidates import PEERS
+
+#: the performance targets. kind: speedup (baseline s / fused s >= threshold), best_peer (the fastest of the
+#: ``candidates`` that ran, s / fused s >= threshold; SKIP where none ran), pct_sgemm (fused GFLOP/s as % of
 #: SGEMM >= threshold), peak (fused peak / data bytes <= threshold), per_neuron_spread (max / min of the fused
 #: seconds per neuron over the group <= threshold; from the interleaved timing where the run has it),
 #: thread_scaling (1-thread s / 2-thread s >= threshold); and on the train problems (group L), from the row
@@ -51,6 +63,12 @@ TARGETS = (
          text="B2 fused >= 2x chunked NumPy"),
     dict(id="B2_vs_torch", device="cpu", kind="speedup", problem="B2", candidate="torch", threshold=2.0,
          text="B2 fused >= 2x PyTorch"),
+    dict(id="B1_vs_best_peer", device="cpu", kind="best_peer", problem="B1", candidates=PEERS, threshold=1.8,
+         text="B1 fused >= 1.8x the best of torch.compile and JAX jit"),
+    dict(id="B2_vs_best_peer", device="cpu", kind="best_peer", problem="B2", candidates=PEERS, threshold=1.8,
+         text="B2 fused >= 1.8x the best of torch.compile and JAX jit"),
+    dict(id="B1d_vs_best_peer", device="cpu", kind="best_peer", problem="B1d", candidates=PEERS, threshold=1.8,
+         text="B1d (float64) fused >= 1.8x the best of torch.compile and JAX jit"),
     dict(id="B1_sgemm", device="cpu", kind="pct_sgemm", problem="B1", threshold=50.0,
          text="B1 fused GFLOP/s >= 50% of SGEMM"),
     dict(id="B2_sgemm", device="cpu", kind="pct_sgemm", problem="B2", threshold=50.0,
@@ -77,6 +95,8 @@ TARGETS = (
          text="G1 fused >= 2x unfused PyTorch"),
     dict(id="G1_vs_chunked", device="cuda", kind="speedup", problem="G1", candidate="chunked", threshold=1.5,
          text="G1 fused >= 1.5x chunked CuPy"),
+    dict(id="G1_vs_best_peer", device="cuda", kind="best_peer", problem="G1", candidates=PEERS, threshold=1.8,
+         text="G1 fused >= 1.8x the best of torch.compile and JAX jit (float32, TF32 off)"),
     dict(id="G2_memory", device="cuda", kind="peak", problem="G2", threshold=1.2,
          text="G2 fused peak memory <= 1.2x data bytes"),
 )
@@ -160,6 +180,24 @@ def _evaluate(t: dict, result: dict) -> tuple:
             detail += (f"; roofline: the fused step's {p['fused_flops'] / 1e9:.4g} GFLOP at the FMA peak "
                        f"({p['peak_gflops']:.4g} GFLOP/s) take >= {p['fused_flops'] / p['peak_gflops'] / 1e9:.4g} "
                        f"s, so at most {bound:.2f}x is attainable here")
+        return ("PASS" if r >= t["threshold"] else "FAIL"), r, detail
+    if kind == "best_peer":
+        ran = {n: p["candidates"][n] for n in t["candidates"] if _ok(p["candidates"].get(n))
+               and p["candidates"][n].get("seconds")}
+        if not ran:
+            return "SKIP", None, "; ".join(_why(p["candidates"].get(n), n) for n in t["candidates"])
+        best = min(ran, key=lambda n: ran[n]["seconds"])
+        r = ran[best]["seconds"] / fused["seconds"]
+        others = [f"{n} {ran[n]['seconds']:.4g} s" for n in ran if n != best]
+        others += [_why(p["candidates"].get(n), n) for n in t["candidates"] if n not in ran]
+        detail = f"best peer {best} {ran[best]['seconds']:.4g} s, fused {fused['seconds']:.4g} s per step"
+        if others:
+            detail += f" ({'; '.join(others)})"
+        if p.get("fused_pct_peak") is not None:
+            detail += f"; fused at {p['fused_pct_peak']:.0f}% of the FMA peak"
+        bound = attainable_speedup(p, ran[best]["seconds"])
+        if bound is not None:
+            detail += f"; at most {bound:.2f}x attainable at the peak"
         return ("PASS" if r >= t["threshold"] else "FAIL"), r, detail
     if kind == "pct_sgemm":
         pct = fused.get("pct_sgemm")
@@ -295,7 +333,8 @@ def format_report(result: dict) -> str:
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} threads)"
                      for b in m.get("blas", []) if b.get("user_api", "blas") == "blas") or "unknown"
     lines.append(f"CPU {m.get('cpu_model')}: {m.get('logical_cpus')} logical CPUs, {m.get('usable_cpus')} usable; "
-                 f"pyrgd threads {m.get('pyrgd_cpu_threads', '-')}; BLAS {blas}; torch {m.get('torch') or 'absent'}")
+                 f"pyrgd threads {m.get('pyrgd_cpu_threads', '-')}; BLAS {blas}; torch {m.get('torch') or 'absent'}; "
+                 f"jax {m.get('jax') or 'absent'}")
     src = m.get("source")
     if src:
         lines.append(f"source: git {src['commit'][:12]}" + (f" with uncommitted changes to {', '.join(src['modified'])}"
@@ -310,19 +349,20 @@ def format_report(result: dict) -> str:
     sg = result.get("sgemm", {})
     if "default" in sg:
         d = sg["default"]
-        extra = "".join(f", {k} thread{'s' if k != '1' else ''}: {v['gflops']:.1f}" for k, v in sg.items()
-                        if k != "default")
-        lines.append(f"SGEMM ({d.get('library')}, float32 {d['n']}^3) at the start: {d['gflops']:.1f} GFLOP/s{extra}"
-                     "; again before each problem (%SGEMM uses that one)")
+        extra = "".join(f", {_rate_words(k)}: {v['gflops']:.1f}" for k, v in sg.items() if k != "default")
+        lines.append(f"{d.get('name', 'SGEMM')} ({d.get('library')}, {d.get('dtype', 'float32')} {d['n']}^3) at the "
+                     f"start: {d['gflops']:.1f} GFLOP/s{extra}; again before each problem, in its dtype (%GEMM uses "
+                     "that one)")
     fp = {k: v for k, v in (result.get("fma_peak") or {}).items() if v}
     if "default" in fp:
         d = fp["default"]
-        extra = "".join(f", {k} thread{'s' if k != '1' else ''}: {v['gflops']:.1f}" for k, v in fp.items()
-                        if k != "default")
-        lines.append(f"FMA peak ({d.get('isa')}, {d.get('dtype')}, independent FMA chains on registers): "
-                     f"{d['gflops']:.1f} GFLOP/s with {d.get('threads')} threads{extra} (the roof of the roofline "
-                     "bounds of the speed-up targets)")
-    head = (f"{'problem':9}{'candidate':10}{'s/step':>10}{'IQR':>9}{'GFLOP/s':>9}{'%SGEMM':>7}{'peak MiB':>10}"
+        extra = "".join(f", {_rate_words(k)}: {v['gflops']:.1f}" for k, v in fp.items() if k != "default")
+        how = (d.get("method") or "independent FMA chains on registers")
+        lines.append(f"{'FMA' if result.get('device', 'cpu') == 'cpu' else 'SIMT'} peak ({d.get('isa')}, "
+                     f"{d.get('dtype')}, {how}): {d['gflops']:.1f} GFLOP/s"
+                     + (f" with {d.get('threads')} threads" if d.get("threads") else "")
+                     + f"{extra} (the roof of %peak and of the roofline bounds of the speed-up targets)")
+    head = (f"{'problem':9}{'candidate':14}{'s/step':>10}{'IQR':>9}{'GFLOP/s':>9}{'%GEMM':>7}{'peak MiB':>10}"
             f"{'peak/data':>10}{'fused x':>8}{'err W':>9}{'err dW':>9}")
     steps = [p for p in result.get("problems", []) if p.get("kind", "step") != "train"]
     trains = [p for p in result.get("problems", []) if p.get("kind") == "train"]
@@ -337,24 +377,31 @@ def format_report(result: dict) -> str:
                         + (f", {p['fused_kept']} of {p['widths'][0]} neurons kept"
                            if p.get("fused_kept") is not None and p["fused_kept"] < p["widths"][0] else "") + ")"
                         if p.get("fused_flops") else "")
+                     + (f", {p['dtype']}" if p.get("dtype") and p["dtype"] != result.get("dtype") else "")
                      + f", data {p['data_bytes'] / 2**20:.1f} MiB,"
-                     + (f" SGEMM {p['sgemm_gflops']:.4g} GFLOP/s," if p.get("sgemm_gflops") else "")
+                     + (f" {p.get('gemm_name', 'SGEMM')} {_gemm(p):.4g} GFLOP/s," if _gemm(p) else "")
                      + f" {p['repeats']} timed steps ({p.get('schedule', '')})")
         for name, r in p["candidates"].items():
             if r.get("status") in ("skipped", "failed"):
-                lines.append(f"{p['name']:9}{name:10}  {r['status']}: {r.get('note', '')}")
+                lines.append(f"{p['name']:9}{name:14}  {r['status']}: {r.get('note', '')}")
                 continue
             peak = r.get("peak_bytes")
             lines.append(
-                f"{p['name']:9}{name:10}{_f(r.get('seconds'), '.4g', 10)}{_f(r.get('iqr'), '.2g', 9)}"
-                f"{_f(r.get('gflops'), '.4g', 9)}{_f(r.get('pct_sgemm'), '.1f', 7)}"
+                f"{p['name']:9}{name:14}{_f(r.get('seconds'), '.4g', 10)}{_f(r.get('iqr'), '.2g', 9)}"
+                f"{_f(r.get('gflops'), '.4g', 9)}{_f(r.get('pct_gemm', r.get('pct_sgemm')), '.1f', 7)}"
                 f"{_f(peak / 2**20 if peak is not None else None, '.1f', 10)}{_f(r.get('peak_over_data'), '.2f', 10)}"
                 f"{_f(r.get('fused_speedup'), '.2f', 8)}{_f(r.get('rel_err_weights'), '.1e', 9)}"
                 f"{_f(r.get('rel_err_update'), '.1e', 9)}"
+                + (f"  compile {r['compile_seconds']:.3g} s" if r.get("compile_seconds") is not None else "")
                 + (f"  {r['status'].upper()}: {r.get('note', '')}" if r.get("status") == "mismatch" else ""))
+        rank = ranking_line(p)
+        if rank:
+            lines.append(f"{'':9}{rank}")
     if steps:
-        lines += ["", "fused x: the candidate's s/step over the fused s/step; err W / err dW: relative error of the "
-                      "updated weights / of the update against the fused step (same initial weights)"]
+        lines += ["", "fused x: the candidate's s/step over the fused s/step; %GEMM: useful GFLOP/s over the SGEMM "
+                      "(float32) or DGEMM (float64) rate; err W / err dW: relative error of the updated weights / of "
+                      "the update against the fused step (same initial weights); compile: the compiled peers' "
+                      "compilation, outside every timed step"]
     if trains:
         lines += ["", "pyrgd.train with its defaults (lr auto, tracking auto, method auto), each in a fresh process; "
                       "wall: around the call; peak: VmHWM less the RSS before the data; bare step: evaluate + update "
@@ -368,6 +415,42 @@ def format_report(result: dict) -> str:
     lines.append("")
     lines += [format_target(t) for t in result.get("targets", [])]
     return "\n".join(lines)
+
+
+def _rate_words(key: str) -> str:
+    """'1' -> '1 thread', '2:float64' -> '2 threads float64', 'default:float64' -> 'float64'."""
+    threads, _, dtype = key.partition(":")
+    words = [] if threads == "default" else [f"{threads} thread{'s' if threads != '1' else ''}"]
+    return " ".join(words + ([dtype] if dtype else [])) or threads
+
+
+def _gemm(p: dict):
+    """The GEMM rate a problem's share divides by (results before float64 problems: sgemm_gflops)."""
+    return p.get("gemm_gflops") if p.get("gemm_gflops") is not None else p.get("sgemm_gflops")
+
+
+def ranking_line(p: dict) -> str:
+    """One line: the candidates of a problem's result fastest first, each with its time over the fused step's, the
+    best compiled peer, the fused step's share of the peak ('' where nothing ran)."""
+    ranking = p.get("ranking")
+    rows = p.get("candidates", {})
+    if ranking is None:  # a result written before the ranking: rank it now
+        ranking = [n for _, n in sorted((r["seconds"], n) for n, r in rows.items()
+                                        if r.get("status") == "ok" and r.get("seconds"))]
+    if not ranking:
+        return ""
+    tf = (rows.get("fused") or {}).get("seconds")
+    parts = []
+    for n in ranking:
+        s = rows[n]["seconds"]
+        parts.append(f"{n} {s:.3g} s" + (f" ({s / tf:.2f}x)" if tf and n != "fused" else ""))
+    line = "ranking: " + " < ".join(parts)
+    bp = p.get("best_peer")
+    if bp and bp.get("fused_speedup"):
+        line += f"; best peer {bp['name']} (its time {bp['fused_speedup']:.2f}x the fused step's)"
+    if p.get("fused_pct_peak") is not None:
+        line += f"; fused step at {p['fused_pct_peak']:.0f}% of the peak"
+    return line
 
 
 def _train_lines(p: dict) -> list[str]:

@@ -13,7 +13,16 @@ For each problem:
 4. peak memory: on the CPU in a fresh process per candidate (:mod:`pyrgd.bench.memory`), on the GPU from the
    allocator over steps 2-3 (data upload included).
 The SGEMM rate (a large float32 matrix product, same process, same thread count) is measured at the start and
-again just before each problem; a problem's %SGEMM uses the latter (``sgemm`` in the problem's result).
+again just before each problem; a problem's %SGEMM uses the latter (``sgemm`` in the problem's result). A float64
+problem (B1d, B2d) has the DGEMM rate instead (float64 matrix product; ``gemm_name`` says which, ``pct_gemm`` is the
+share either way) and its FMA peak in float64.
+
+The compiled peers (torch_compile, jax_jit) compile when they are built: ``compile_seconds`` in their row, never in
+a timed step (the check step and the warm-up come after). Their peak memory is not measured (the compiler's own
+allocations would be counted in the fresh process). Each problem's result ranks the candidates that ran by their
+median (``ranking``), names the fastest compiled peer (``best_peer``) and gives the fused step's share of the FMA
+peak (``fused_pct_peak``: the flops it executes per second over the roof; on the GPU the SIMT roof computed from
+the device's properties, :func:`simt_peak_gpu`).
 
 5. a group of sizes of one candidate (B4: the fused step at every n1) is timed again interleaved
    (:func:`interleave_group`): all its candidates built at once, then rounds of one step of each size, every other
@@ -37,10 +46,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .candidates import DESCRIPTIONS, extra_bytes, make_candidate, torch_available
+from .candidates import DESCRIPTIONS, PEERS, extra_bytes, jax_available, make_candidate, torch_available, unavailable
 from .memory import GpuMemory, available_bytes, measure_cpu_peaks, release_gpu_memory
 from .._threads import thread_limits  # noqa: F401  (re-exported: the harness and the suites use it from here)
-from .problems import Problem, data_bytes, fused_flops, make_data, useful_flops
+from .problems import Problem, data_bytes, fused_flops, make_data, problem_dtype, useful_flops
 
 SCHEMA = "pyrgd-bench-1"
 #: a candidate whose update differs from the fused one's by more than this (relative) is flagged as a mismatch
@@ -130,11 +139,10 @@ def interleave_group(problems, opts, bar=None) -> dict:
     machine's slow and fast stretches. All candidates are pyrgd's own (no other library's idle threads spin between
     them). Returns {"rounds", "schedule", "seconds": {n1: median}, "iqr": {n1: ...}, "times": {n1: [...]}}.
     """
-    dtype = np.dtype(opts.dtype)
     cands = {}
     for p in problems:
         with thread_limits(p.threads):
-            c = make_candidate("fused", make_data(p, dtype, opts.seed), device=opts.device, backend=opts.backend)
+            c = make_candidate("fused", make_data(p, problem_dtype(p, opts.dtype), opts.seed), device=opts.device, backend=opts.backend)
             c.step()
             warm_up(c, opts.warmup, opts.warmup_s)
         cands[p.n1] = (p, c)
@@ -162,12 +170,26 @@ def interleave_group(problems, opts, bar=None) -> dict:
 INTERLEAVED_GROUPS = ("B4",)
 
 
-def sgemm_cpu(n: int, repeats: int = 5, threads: int | None = None) -> dict:
-    """GFLOP/s of a float32 n x n x n NumPy matmul into a preallocated output (median of ``repeats``)."""
+def gemm_name(dtype) -> str:
+    """'SGEMM' for float32, 'DGEMM' for float64: the matrix product whose rate a problem's share is of."""
+    return "DGEMM" if np.dtype(dtype) == np.float64 else "SGEMM"
+
+
+def rate_key(threads: int | None, dtype, run_dtype="float32") -> str:
+    """The key of a rate (``sgemm``, ``fma_peak``) in the result: the thread count or 'default', and ':float64'
+    after it for a dtype other than the run's (a float64 problem in a float32 run)."""
+    base = str(threads) if threads else "default"
+    return base if np.dtype(dtype) == np.dtype(run_dtype) else f"{base}:{np.dtype(dtype).name}"
+
+
+def sgemm_cpu(n: int, repeats: int = 5, threads: int | None = None, dtype="float32") -> dict:
+    """GFLOP/s of an n x n x n NumPy matmul into a preallocated output (median of ``repeats``): SGEMM in float32,
+    DGEMM with dtype='float64'."""
+    dtype = np.dtype(dtype)
     rng = np.random.default_rng(1)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), dtype=np.float32)
+    a = rng.standard_normal((n, n), dtype=dtype)
+    b = rng.standard_normal((n, n), dtype=dtype)
+    c = np.empty((n, n), dtype=dtype)
     with thread_limits(threads):
         np.matmul(a, b, out=c)  # warm-up
         ts = []
@@ -177,7 +199,7 @@ def sgemm_cpu(n: int, repeats: int = 5, threads: int | None = None) -> dict:
             ts.append(time.perf_counter() - t0)
     s = summarize(ts)
     return {"n": n, "threads": threads, "gflops": 2.0 * n ** 3 / s["seconds"] / 1e9, "seconds": s["seconds"],
-            "iqr": s["iqr"], "library": "numpy.matmul"}
+            "iqr": s["iqr"], "library": "numpy.matmul", "dtype": dtype.name, "name": gemm_name(dtype)}
 
 
 def fma_peak_cpu(threads: int | None = None, dtype="float32", seconds: float = 0.3) -> dict | None:
@@ -193,14 +215,16 @@ def fma_peak_cpu(threads: int | None = None, dtype="float32", seconds: float = 0
     return {"gflops": g, "threads": n, "isa": cpu.get_isa(), "dtype": str(dtype)}
 
 
-def sgemm_gpu(n: int, repeats: int = 10) -> dict:
-    """GFLOP/s of a float32 n x n x n CuPy matmul (cuBLAS SGEMM, TF32 off unless CUPY_TF32=1)."""
+def sgemm_gpu(n: int, repeats: int = 10, dtype="float32") -> dict:
+    """GFLOP/s of an n x n x n CuPy matmul (cuBLAS SGEMM, TF32 off unless CUPY_TF32=1; DGEMM with
+    dtype='float64')."""
     import cupy as cp
 
+    dtype = np.dtype(dtype)
     rng = np.random.default_rng(1)
-    a = cp.asarray(rng.standard_normal((n, n), dtype=np.float32))
-    b = cp.asarray(rng.standard_normal((n, n), dtype=np.float32))
-    c = cp.empty((n, n), dtype=cp.float32)
+    a = cp.asarray(rng.standard_normal((n, n), dtype=dtype))
+    b = cp.asarray(rng.standard_normal((n, n), dtype=dtype))
+    c = cp.empty((n, n), dtype=dtype)
     cp.matmul(a, b, out=c)
     cp.cuda.Device().synchronize()
     start, end = cp.cuda.Event(), cp.cuda.Event()
@@ -215,7 +239,44 @@ def sgemm_gpu(n: int, repeats: int = 10) -> dict:
     release_gpu_memory()
     s = summarize(ts)
     return {"n": n, "threads": None, "gflops": 2.0 * n ** 3 / s["seconds"] / 1e9, "seconds": s["seconds"],
-            "iqr": s["iqr"], "library": "cupy.matmul (cuBLAS SGEMM)", "tf32": os.environ.get("CUPY_TF32", "0")}
+            "iqr": s["iqr"], "library": f"cupy.matmul (cuBLAS {gemm_name(dtype)})", "dtype": dtype.name,
+            "name": gemm_name(dtype), "tf32": os.environ.get("CUPY_TF32", "0")}
+
+
+#: FP32 and FP64 lanes per multiprocessor by compute capability (major, minor), from NVIDIA's CUDA C programming
+#: guide's throughput table; (major, None): every minor version not listed
+_SIMT_LANES = {(6, 0): (64, 32), (6, None): (128, 4), (7, 0): (64, 32), (7, None): (64, 2), (8, 0): (64, 32),
+               (8, None): (128, 2), (9, 0): (128, 64), (10, 0): (128, 64), (10, None): (128, 2),
+               (12, None): (128, 2)}
+
+
+def simt_lanes(major: int, minor: int, dtype="float32") -> int | None:
+    """FMA lanes per multiprocessor of a GPU of compute capability major.minor in ``dtype`` (None: unknown)."""
+    lanes = _SIMT_LANES.get((major, minor)) or _SIMT_LANES.get((major, None))
+    if lanes is None:
+        return None
+    return lanes[1] if np.dtype(dtype) == np.float64 else lanes[0]
+
+
+def simt_peak_gpu(dtype="float32") -> dict | None:
+    """The GPU's SIMT roof in GFLOP/s: multiprocessors x FMA lanes x 2 flops x the clock the driver reports (its
+    highest). Not measured: float32 with TF32 off runs on these lanes, not on the tensor cores. None where a
+    figure is missing."""
+    import cupy as cp
+
+    dev = cp.cuda.Device().id
+    rt = cp.cuda.runtime
+    try:
+        # cudaDevAttrMultiProcessorCount, ...ComputeCapabilityMajor, ...Minor, ...ClockRate (kHz)
+        sms, major, minor, khz = (int(rt.deviceGetAttribute(a, dev)) for a in (16, 75, 76, 13))
+    except Exception:  # noqa: BLE001 - an attribute this runtime lacks
+        return None
+    lanes = simt_lanes(major, minor, dtype)
+    if not lanes or not khz:
+        return None
+    return {"gflops": 2.0 * sms * lanes * khz / 1e6, "threads": None, "isa": f"sm_{major}{minor} SIMT",
+            "dtype": np.dtype(dtype).name, "multiprocessors": sms, "lanes_per_multiprocessor": lanes,
+            "clock_mhz": khz / 1e3, "method": "computed from the device's properties"}
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -251,15 +312,9 @@ def _skip(note) -> dict:
 
 def _availability(name: str, problem: Problem, opts: Options, itemsize: int, free: int | None) -> str | None:
     """Why candidate ``name`` cannot run here (None: it can)."""
-    if name == "torch":
-        ok, why = torch_available()
-        if not ok:
-            return why
-        if opts.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                return "PyTorch has no CUDA device"
+    why = unavailable(name, opts.device)
+    if why:
+        return why
     need = extra_bytes(name, problem, itemsize, opts.block or 512) + data_bytes(problem.N, problem.d,
                                                                                 problem.widths, itemsize)["total"]
     limit = 0.9 if opts.device == "cuda" else 0.6
@@ -287,22 +342,32 @@ def _free_bytes(device: str) -> int | None:
 
 
 def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak: dict | None = None) -> dict:
-    """Run every candidate of ``problem``; returns the problem's JSON-ready result. ``fma_peak``: the machine's FMA
-    roof by thread count ({"default": {...}, "1": ...}, see :func:`fma_peak_cpu`), for the roofline figures."""
-    dtype = np.dtype(opts.dtype)
+    """Run every candidate of ``problem``; returns the problem's JSON-ready result.
+
+    ``sgemm``: the GEMM rate of the problem's dtype, {"default": {"gflops", "dtype", ...}} (or by thread count; a
+    rate of another dtype is not used). ``fma_peak``: the machine's FMA roof by :func:`rate_key` ({"default":
+    {...}, "1": ..., "default:float64": ...}, see :func:`fma_peak_cpu`), for the roofline figures and %peak."""
+    dtype = problem_dtype(problem, opts.dtype)
     itemsize = dtype.itemsize
     flops = useful_flops(problem.N, problem.d, problem.widths)
     dbytes = data_bytes(problem.N, problem.d, problem.widths, itemsize)
     repeats = opts.n_repeats if problem.max_repeats is None else min(opts.n_repeats, problem.max_repeats)
     repeats = max(1, repeats)
     rate = sgemm.get(str(problem.threads) if problem.threads else "default") or sgemm.get("default")
-    peak = (fma_peak or {}).get(str(problem.threads) if problem.threads else "default")
+    if rate and np.dtype(rate.get("dtype") or "float32") != dtype:
+        rate = None  # a share of the other precision's GEMM would mean nothing
+    peak = (fma_peak or {}).get(rate_key(problem.threads, dtype, opts.dtype))
+    if peak and np.dtype(peak.get("dtype") or "float32") != dtype:
+        peak = None
+    gname = gemm_name(dtype)
     res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops": flops,
            "peak_gflops": peak["gflops"] if peak else None,
+           "gemm_name": gname, "gemm_gflops": rate["gflops"] if rate else None,
            # from the fused candidate's method (and the neurons its rows method keeps), once it is built
            "fused_flops": None, "fused_method": None, "fused_kept": None,
            "data_bytes": dbytes["total"], "data_bytes_parts": dbytes, "repeats": repeats, "warmup": opts.warmup,
-           "sgemm_gflops": rate["gflops"] if rate else None, "candidates": {}}
+           "sgemm_gflops": rate["gflops"] if rate and gname == "SGEMM" else None,
+           "dgemm_gflops": rate["gflops"] if rate and gname == "DGEMM" else None, "candidates": {}}
     data = make_data(problem, dtype, opts.seed)
     free = _free_bytes(opts.device)
 
@@ -328,7 +393,7 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
             if bar is not None:
                 bar.set_description(f"{problem.name} {name}")
             row = {"description": DESCRIPTIONS[name]}
-            mem = GpuMemory("torch" if name == "torch" else "cupy") if opts.device == "cuda" else None
+            mem = (GpuMemory(_GPU_ALLOCATOR[name]) if opts.device == "cuda" and name in _GPU_ALLOCATOR else None)
             cand = None
             try:
                 if mem is not None:
@@ -343,6 +408,8 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
                     res["fused_flops"] = fused_flops(problem.N, problem.d, problem.widths, cand.method, cand.kept)
                 if name == "chunked":
                     row["block"] = cand.block
+                if getattr(cand, "compile_seconds", None) is not None:
+                    row["compile_seconds"] = cand.compile_seconds
                 t0 = time.perf_counter()
                 loss = cand.step()  # the check step, from the initial weights
                 cand.sync()
@@ -376,8 +443,10 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
                 if mem is not None:
                     mem.__exit__(None, None, None)
                     row.update(peak_bytes=mem.peak_bytes, device_delta_bytes=mem.device_delta_bytes,
-                               peak_method="torch.cuda.max_memory_allocated" if name == "torch"
+                               peak_method="torch.cuda.max_memory_allocated" if _GPU_ALLOCATOR[name] == "torch"
                                else "cupy memory pool total_bytes")
+                elif opts.device == "cuda":
+                    row["peak_note"] = NOT_MEASURED_PEAK
             except Exception as e:  # noqa: BLE001 - a candidate that cannot run is reported, not fatal
                 row = {"status": "failed", "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
                        "description": DESCRIPTIONS[name]}
@@ -425,6 +494,9 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
     # memory (CPU: one fresh process per candidate)
     if opts.device == "cpu":
         todo = [n for n in names if rows[n].get("status") in ("ok", "mismatch")]
+        for n in [n for n in todo if n in PEERS]:
+            rows[n]["peak_note"] = NOT_MEASURED_PEAK
+        todo = [n for n in todo if n not in PEERS]
         if not opts.memory:
             for n in todo:
                 rows[n]["peak_note"] = "not measured (--no-memory)"
@@ -446,10 +518,12 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
 
     fused = rows.get("fused", {})
     tf = fused.get("seconds")
+    share = "pct_dgemm" if gname == "DGEMM" else "pct_sgemm"
     for name, row in rows.items():
         if "seconds" in row:
             row["gflops"] = flops / row["seconds"] / 1e9
-            row["pct_sgemm"] = 100.0 * row["gflops"] / rate["gflops"] if rate else None
+            row["pct_gemm"] = 100.0 * row["gflops"] / rate["gflops"] if rate else None
+            row[share] = row["pct_gemm"]
             if tf and name != "fused":
                 row["fused_speedup"] = row["seconds"] / tf
         if row.get("peak_bytes") is not None:
@@ -458,7 +532,34 @@ def run_problem(problem: Problem, opts: Options, sgemm: dict, bar=None, fma_peak
     res["fused_backend"] = fused_backend
     if "seconds" in fused:
         res["seconds_per_neuron"] = fused["seconds"] / problem.n1
+    res.update(rank_candidates(res))
     return res
+
+
+#: the allocator whose high-water mark measures a GPU candidate's peak (JAX's cannot be reset: not measured)
+_GPU_ALLOCATOR = {"fused": "cupy", "unfused": "cupy", "chunked": "cupy", "torch": "torch", "torch_compile": "torch"}
+NOT_MEASURED_PEAK = ("not measured (a compiled peer: its compiler's own memory would count on the CPU, and JAX's "
+                     "GPU allocator keeps no resettable peak)")
+
+
+def rank_candidates(p: dict) -> dict:
+    """The ranking of a problem's result ``p`` (its ``candidates`` rows with a median): ``ranking``, the names of the
+    candidates that ran and agreed with the fused step, fastest first; ``best_peer`` ({name, seconds,
+    fused_speedup} of the fastest compiled peer, :data:`pyrgd.bench.candidates.PEERS`; None where none ran);
+    ``fused_pct_peak``: the flops the fused step executes per second as % of the FMA (GPU: SIMT) roof."""
+    rows = p.get("candidates", {})
+    timed = [(r["seconds"], n) for n, r in rows.items() if r.get("status") == "ok" and r.get("seconds")]
+    ranking = [n for _, n in sorted(timed)]
+    peers = [(s, n) for s, n in sorted(timed) if n in PEERS]
+    best = None
+    tf = (rows.get("fused") or {}).get("seconds") if "fused" in ranking else None
+    if peers:
+        s, n = peers[0]
+        best = {"name": n, "seconds": s, "fused_speedup": s / tf if tf else None}
+    pct = None
+    if tf and p.get("fused_flops") and p.get("peak_gflops"):
+        pct = 100.0 * p["fused_flops"] / tf / 1e9 / p["peak_gflops"]
+    return {"ranking": ranking, "best_peer": best, "fused_pct_peak": pct}
 
 
 # ------------------------------------------------------------------------------------------------ train problems
@@ -578,6 +679,8 @@ def machine_facts(device: str = "cpu") -> dict:
         import torch
 
         facts["torch_threads"] = torch.get_num_threads()
+    ok, why = jax_available()
+    facts["jax"] = why if ok else None
     if device == "cuda":
         import cupy as cp
 
@@ -634,15 +737,22 @@ def run(problems, opts: Options, on_problem=None) -> dict:
     bar = tqdm(total=total, file=sys.stderr, disable=not opts.progress, dynamic_ncols=True, leave=False,
                desc="SGEMM")
     try:
+        # the rates of every (threads, dtype) the step problems run at, keyed by rate_key
+        kinds = sorted({(p.threads or 0, problem_dtype(p, opts.dtype).name) for p in problems if p.kind == "step"}
+                       | {(0, np.dtype(opts.dtype).name)})
         if opts.device == "cuda":
-            result["sgemm"]["default"] = sgemm_gpu(2048 if opts.tiny else 8192)
+            result["fma_peak"] = {}
+            for _, dt in kinds:
+                key = rate_key(None, dt, opts.dtype)
+                result["sgemm"][key] = sgemm_gpu(2048 if opts.tiny else 8192, dtype=dt)
+                result["fma_peak"][key] = simt_peak_gpu(dt)
         else:
             n = 512 if opts.tiny else 2048
-            result["sgemm"]["default"] = sgemm_cpu(n)
-            result["fma_peak"] = {"default": fma_peak_cpu(dtype=opts.dtype)}
-            for t in sorted({p.threads for p in problems if p.threads}):
-                result["sgemm"][str(t)] = sgemm_cpu(n, threads=t)
-                result["fma_peak"][str(t)] = fma_peak_cpu(t, dtype=opts.dtype)
+            result["fma_peak"] = {}
+            for t, dt in kinds:
+                key = rate_key(t or None, dt, opts.dtype)
+                result["sgemm"][key] = sgemm_cpu(n, threads=t or None, dtype=dt)
+                result["fma_peak"][key] = fma_peak_cpu(t or None, dtype=dt)
         bar.update(1)
         for p in problems:
             if p.kind == "train":
@@ -652,10 +762,11 @@ def run(problems, opts: Options, on_problem=None) -> dict:
                 continue
             # the SGEMM rate again just before the problem, at its thread count: on a shared machine the load
             # changes within a run, and %SGEMM should compare with the machine as the problem found it
+            dt = problem_dtype(p, opts.dtype)
             if opts.device == "cuda":
-                near = {"default": sgemm_gpu(2048 if opts.tiny else 8192)}
+                near = {"default": sgemm_gpu(2048 if opts.tiny else 8192, dtype=dt)}
             else:
-                near = {"default": sgemm_cpu(512 if opts.tiny else 2048, threads=p.threads)}
+                near = {"default": sgemm_cpu(512 if opts.tiny else 2048, threads=p.threads, dtype=dt)}
             r = run_problem(p, opts, near, bar, fma_peak=result.get("fma_peak"))
             r["sgemm"] = near["default"]
             result["problems"].append(r)
