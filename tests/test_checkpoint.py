@@ -27,17 +27,21 @@ def _problem(dtype="float32", seed=0):
     return net, X, Y
 
 
+@pytest.mark.parametrize("update", ["gd", "momentum(0.9)", "nesterov(0.8)"])
 @pytest.mark.parametrize("backend,method", [("cpu", "rows"), ("cpu", "neurons"), ("reference", "neurons")])
-def test_resume_is_bit_identical(tmp_path, backend, method):
+def test_resume_is_bit_identical(tmp_path, backend, method, update):
     """4 steps with a checkpoint every 2, then a resumed run to 10 steps: the weights, losses, gradient norms and
-    certificates equal those of one uninterrupted 10-step run, bit for bit."""
+    certificates equal those of one uninterrupted 10-step run, bit for bit (with momentum: the velocity is in the
+    checkpoint)."""
     net, X, Y = _problem()
-    kw = dict(lr=1e-3, progress=False, track_every=3, backend=backend, method=method)
+    kw = dict(lr=1e-3, progress=False, track_every=3, backend=backend, method=method, update=update)
     full = pyrgd.train(net.copy(), X, Y, steps=10, **kw)
     first = pyrgd.train(net.copy(), X, Y, steps=4, out=tmp_path / "r", checkpoint_every=2, **kw)
     assert first.summary["checkpoint"] == os.path.join(str(tmp_path / "r"), CHECKPOINT_FILE)
-    _, meta = load_checkpoint(tmp_path / "r")
+    arrays, meta = load_checkpoint(tmp_path / "r")
     assert meta["step"] == 4 and len(meta["history"]["loss"]) == 4
+    assert meta["identity"]["update"] == update
+    assert ("velocity_1" in arrays) == (update != "gd")
     again = pyrgd.train(net.copy(), X, Y, steps=10, out=tmp_path / "r", resume=tmp_path / "r", **kw)
     assert again.status == "max_steps" and again.summary["steps"] == 10
     for key in ("loss", "grad_norm_1", "grad_norm_3", "factor"):
@@ -77,6 +81,27 @@ def test_resume_refuses_another_run(tmp_path):
         pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=4, progress=False, resume=tmp_path / "nowhere")
     with pytest.raises(PyrgdError, match="checkpoint_every: checkpoints are written to the run folder"):
         pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=4, progress=False, checkpoint_every=2)
+
+
+def test_resume_refuses_another_update_rule_and_reads_old_checkpoints(tmp_path):
+    """The update rule is part of the run's identity; a checkpoint without it (written before update rules
+    existed) is a GD run's."""
+    net, X, Y = _problem()
+    kw = dict(lr=1e-3, progress=False, track_every=0)
+    pyrgd.train(net.copy(), X, Y, steps=2, out=tmp_path / "m", checkpoint_every=1, update="momentum", **kw)
+    with pytest.raises(PyrgdError, match=r"update: checkpoint 'momentum\(0.9\)', now 'gd'"):
+        pyrgd.train(net.copy(), X, Y, steps=4, resume=tmp_path / "m", **kw)
+    with pytest.raises(PyrgdError, match=r"update: checkpoint 'momentum\(0.9\)', now 'momentum\(0.5\)'"):
+        pyrgd.train(net.copy(), X, Y, steps=4, resume=tmp_path / "m", update=pyrgd.Momentum(0.5), **kw)
+    full = pyrgd.train(net.copy(), X, Y, steps=4, **kw)
+    pyrgd.train(net.copy(), X, Y, steps=2, out=tmp_path / "g", checkpoint_every=1, **kw)
+    arrays, meta = load_checkpoint(tmp_path / "g")
+    del meta["identity"]["update"], meta["identity"]["loss"]  # as an older pyrgd wrote it
+    save_checkpoint(tmp_path / "old.npz", arrays, {k: v for k, v in meta.items() if k != "format"})
+    again = pyrgd.train(net.copy(), X, Y, steps=4, resume=tmp_path / "old.npz", **kw)
+    assert again.history["loss"] == full.history["loss"]
+    with pytest.raises(PyrgdError, match=r"update: checkpoint 'gd', now 'nesterov\(0.9\)'"):
+        pyrgd.train(net.copy(), X, Y, steps=4, resume=tmp_path / "old.npz", update="nesterov", **kw)
 
 
 def test_unreadable_checkpoints_raise_pyrgd_errors(tmp_path):
