@@ -4,6 +4,13 @@ Shapes (docs/theory.md sections 1-2): X (N, d), W1 (d, n1), W2 (n1, n2), G and H
 one dtype (float32 or float64) and one device: NumPy arrays run on the C++ backend (``cpu``) or the NumPy oracle
 (``reference``), CuPy arrays on the CUDA backend (``cuda``). ``backend="auto"`` follows the array type.
 
+Other array libraries (PyTorch, JAX, ...): every function takes any array with the DLPack protocol (``__dlpack__``)
+as well. Host arrays are read through ``numpy.from_dlpack`` and CUDA arrays through ``cupy.from_dlpack``, both
+zero-copy (a torch tensor that requires grad is detached first; the arrays a function updates or writes in place, W1,
+W2 and ``out``, must allow it: a JAX array is read-only). The arrays a function returns are of the kind of its X
+(torch in, torch out; JAX in, JAX out; through DLPack, zero-copy where the library allows), and an ``out`` given is
+returned as the caller's own object.
+
 Every function checks its arguments and raises :class:`pyrgd.PyrgdError` naming the argument and what was expected.
 Read-only inputs that are not C-contiguous are copied; W1 and W2, which :func:`wide_step` updates in place, must be
 C-contiguous and writeable.
@@ -104,6 +111,81 @@ def backend_isa(name: str):
     return None if get is None else str(get())
 
 
+# ------------------------------------------------------------------------------------------ array interop (DLPack)
+_DLPACK_HOST = (1, 3)  # kDLCPU, kDLCUDAHost (pinned host memory)
+_DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def _import_array(name, a):
+    """``a`` as a NumPy or CuPy array: those as they are; any other object with ``__dlpack__`` through DLPack,
+    zero-copy (numpy.from_dlpack on the host, cupy.from_dlpack on a CUDA device); anything else unchanged (the
+    checks then reject it). A torch tensor that requires grad is detached first (same memory)."""
+    if a is None or isinstance(a, np.ndarray) or array_module(a) is not None or not hasattr(a, "__dlpack__"):
+        return a
+    if getattr(a, "requires_grad", False) and callable(getattr(a, "detach", None)):
+        a = a.detach()
+    try:
+        dev = int(a.__dlpack_device__()[0])
+    except Exception as e:
+        raise PyrgdError(f"{name}: a DLPack array whose device cannot be read ({type(e).__name__}: {e})") from None
+    try:
+        if dev in _DLPACK_HOST:
+            return np.from_dlpack(a)
+        if dev in _DLPACK_CUDA:
+            try:
+                import cupy
+            except ImportError:
+                raise BackendUnavailable(f"{name}: a CUDA array needs CuPy ({_INSTALL_HINT['cuda']})") from None
+            return cupy.from_dlpack(a)
+    except (BufferError, TypeError, RuntimeError, ValueError) as e:
+        raise PyrgdError(f"{name}: cannot be read through DLPack ({type(e).__name__}: {e}); expected a float32 or "
+                         f"float64 array") from None
+    raise PyrgdError(f"{name}: an array on DLPack device type {dev}; expected a host (CPU) or CUDA array")
+
+
+def _exporter(a):
+    """The function that turns a NumPy/CuPy result into the kind of array ``a`` is (the caller's X): torch.from_dlpack
+    for a torch tensor, jax.numpy.from_dlpack for a JAX array; None for NumPy, CuPy and other kinds (results stay
+    NumPy/CuPy arrays)."""
+    root = type(a).__module__.split(".")[0]
+    if root == "torch":
+        import torch
+
+        return torch.from_dlpack
+    if root in ("jax", "jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp.from_dlpack
+    return None
+
+
+class _Interop:
+    """The arrays of one call imported (:func:`_import_array`) and a way back to the caller's kind for the results.
+    ``put(name, a)`` imports one argument; ``back(r)`` exports a result (an array, None, or a tuple / StepResult of
+    them; an imported ``out`` array comes back as the caller's own object; floats stay floats)."""
+
+    def __init__(self, first):
+        self._export = _exporter(first)
+        self._mine = {}  # id(imported out array) -> the caller's object
+
+    def put(self, name, a, *, keep=False):
+        b = _import_array(name, a)
+        if keep and b is not a:
+            self._mine[id(b)] = a
+        return b
+
+    def back(self, r):
+        if isinstance(r, StepResult):
+            return r._replace(H_next=self.back(r.H_next))
+        if isinstance(r, tuple):
+            return tuple(self.back(x) for x in r)
+        if r is None or isinstance(r, float):
+            return r
+        if id(r) in self._mine:
+            return self._mine[id(r)]
+        return r if self._export is None else self._export(r)
+
+
 def _check_wide(X, W1, W2, *, inplace=False):
     xp = array_module(X)
     X = check_float_array("X", X, 2)
@@ -118,10 +200,12 @@ def _check_wide(X, W1, W2, *, inplace=False):
 
 def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto"):
     """H = a1 sigma(X W1) W2, shape (N, n2), streamed over the n1 neurons (nothing N x n1 is kept by cpu/cuda)."""
+    io = _Interop(X)
+    X, W1, W2 = io.put("X", X), io.put("W1", W1), io.put("W2", W2)
     xp, X, W1, W2 = _check_wide(X, W1, W2)
     act = parse_activation(activation)
     a1 = check_scalar("a1", a1)
-    return get_backend(resolve_backend(backend, xp)).forward(X, W1, W2, act, a1)
+    return io.back(get_backend(resolve_backend(backend, xp)).forward(X, W1, W2, act, a1))
 
 
 def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False, backend="auto",
@@ -136,6 +220,9 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
     is written after the last read of G) but no part of X, W1, W2.
     Returns StepResult(H_next or None, ||dPhi/dW1||_F^2, ||dPhi/dW2||_F^2).
     """
+    io = _Interop(X)
+    X, W1, W2, G = io.put("X", X), io.put("W1", W1), io.put("W2", W2), io.put("G", G)
+    out = io.put("out", out, keep=True)
     xp, X, W1, W2 = _check_wide(X, W1, W2, inplace=True)
     G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]))
     lr = check_scalar("lr", lr)
@@ -155,7 +242,8 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
         for name, a in (("X", X), ("W1", W1), ("W2", W2)):
             if _shares_memory(xp, out, a):
                 raise PyrgdError(f"out, {name}: must not share memory ({name} is read while out is written)")
-    return get_backend(resolve_backend(backend, xp)).step(X, W1, W2, G, lr, act, a1, bool(next_forward), out=out)
+    return io.back(get_backend(resolve_backend(backend, xp)).step(X, W1, W2, G, lr, act, a1, bool(next_forward),
+                                                                   out=out))
 
 
 def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=None, backend="auto"):
@@ -170,6 +258,10 @@ def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=
     On cpu, dW1 and dW2 are bit for bit the gradients :func:`wide_step` applies, and every result has the same bits
     for any number of threads.
     """
+    io = _Interop(X)
+    X, W1, W2, G = io.put("X", X), io.put("W1", W1), io.put("W2", W2), io.put("G", G)
+    if isinstance(out, (tuple, list)):
+        out = tuple(io.put(f"out[{i}]", o, keep=True) for i, o in enumerate(out))
     xp, X, W1, W2 = _check_wide(X, W1, W2)
     N, d = X.shape
     n1, n2 = W2.shape
@@ -191,7 +283,7 @@ def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=
                     (f"out[{k}]", out[k]) for k in range(i)):
                 if _shares_memory(xp, o, a):
                     raise PyrgdError(f"out[{i}], {name}: must not share memory (out[{i}] is written)")
-    return get_backend(resolve_backend(backend, xp)).wide_grad(X, W1, W2, G, act, a1, input_grad, out=out)
+    return io.back(get_backend(resolve_backend(backend, xp)).wide_grad(X, W1, W2, G, act, a1, input_grad, out=out))
 
 
 def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="auto"):
@@ -202,12 +294,14 @@ def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="au
     """
     if (W2 is None) != (B2 is None):
         raise PyrgdError("W2, B2: give both (for the backward Gram B1 B1^T) or neither (for F1 F1^T)")
+    io = _Interop(X)
+    X, W1, W2, B2 = io.put("X", X), io.put("W1", W1), io.put("W2", W2), io.put("B2", B2)
     xp, X, W1, W2 = _check_wide(X, W1, W2)
     if B2 is not None:
         B2 = check_float_array("B2", B2, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]))
     act = parse_activation(activation)
     a1 = check_scalar("a1", a1)
-    return get_backend(resolve_backend(backend, xp)).gram(X, W1, act, a1, W2=W2, B2=B2)
+    return io.back(get_backend(resolve_backend(backend, xp)).gram(X, W1, act, a1, W2=W2, B2=B2))
 
 
 def step_engine(X, Y, W, *, activation="relu", multipliers=None, backend="auto", method="auto", allreduce=None):
@@ -219,6 +313,8 @@ def step_engine(X, Y, W, *, activation="relu", multipliers=None, backend="auto",
     [a_1, ..., a_{L-1}] (None: all 1). ``method``: 'auto' (the backend's choice for the shapes), 'rows' (cpu only:
     one pass over panels of rows) or 'neurons' (streamed over the wide layer's neurons, every backend).
     ``allreduce``: for a distributed engine, see :class:`pyrgd.backends.engine.NeuronsEngine`.
+    X, Y and the W_l may be DLPack arrays (torch tensors, ...): the engine then runs on NumPy/CuPy views of their
+    memory (W updated in place in the caller's tensors) and what it returns (gradients) is NumPy/CuPy.
 
     >>> import numpy as np, pyrgd.ops as ops
     >>> rng = np.random.default_rng(0)
@@ -232,6 +328,8 @@ def step_engine(X, Y, W, *, activation="relu", multipliers=None, backend="auto",
         raise PyrgdError("W: expected a list of at least two weight arrays [W_1, W_2, ...]")
     if not isinstance(W, list):
         raise PyrgdError("W: expected a list (the engine updates its arrays in place), got a tuple")
+    X, Y = _import_array("X", X), _import_array("Y", Y)
+    W = [_import_array(f"W[{l}]", w) for l, w in enumerate(W)]  # DLPack arrays: NumPy/CuPy views of the same memory
     X = check_float_array("X", X, 2)
     xp = array_module(X)
     N, rows = X.shape
