@@ -30,7 +30,8 @@ def write_exp(tmp_path, name, params, small=None):
 
 
 E1_TINY = {"N": [6, 12], "d": 3, "inputs": "gaussian", "targets": "gaussian", "data_seed": 0, "seeds": [0, 1],
-           "steps": 300, "rel_tol": 1e-2, "lr": "auto", "track_every": 300, "n1_min_over_N": 0.5, "n1_factor": 2.0,
+           "steps": 300, "rel_tol": 1e-2, "strict_rel_tol": 0.0, "lr": "auto", "track_every": 300,
+           "n1_min_over_N": 0.5, "n1_factor": 2.0,
            "n1_max_over_N": 8.0, "C": 1.0, "exact_n1": [12, 96], "exact_seeds": [0]}
 
 
@@ -57,6 +58,29 @@ def test_e1_tiny(tmp_path):
         assert r["lambda_star"] == pytest.approx(theory.lambda_star(X, "relu", w_var=1 / 3).value, rel=1e-12)
     margins = read_results(res["csv_margins"])
     assert {(m["N"], m["n1"]) for m in margins} == {(6, 12), (6, 96), (12, 12), (12, 96)}
+
+
+def test_e1_strict_tolerance_is_a_second_threshold_from_the_same_runs(tmp_path):
+    params = {**E1_TINY, "strict_rel_tol": 1e-4, "steps": 600}
+    res = run_experiment(write_exp(tmp_path, "E1", params), out=tmp_path / "o")
+    loose = run_experiment(write_exp(tmp_path, "E1", {**params, "strict_rel_tol": 0.0}), out=tmp_path / "l")
+    rows, gd = read_results(res["csv"]), read_results(res["csv_gd"])
+    # the rel_tol threshold is the one a search at rel_tol alone finds
+    assert [r["gd_threshold"] for r in rows] == [r["gd_threshold"] for r in read_results(loose["csv"])]
+    for r in rows:
+        mine = [g for g in gd if g["N"] == r["N"]]
+        if r["gd_threshold"] is not None:
+            at = [g for g in mine if g["n1"] == r["gd_threshold"]]
+            assert len(at) == 2 and all(g["relative_loss"] <= 1e-2 for g in at)
+        if r["gd_threshold_strict"] is not None:
+            assert r["gd_threshold"] is not None and r["gd_threshold_strict"] >= r["gd_threshold"]
+            at = [g for g in mine if g["n1"] == r["gd_threshold_strict"]]
+            assert len(at) == 2 and all(g["converged_strict"] and g["relative_loss"] <= 1e-4 for g in at)
+            for n1 in {g["n1"] for g in mine if g["n1"] < r["gd_threshold_strict"]}:
+                assert not all(g["converged_strict"] for g in mine if g["n1"] == n1)
+    f = res["findings"]
+    assert f["thresholds"]["6"]["gd_strict"] == rows[0]["gd_threshold_strict"]
+    assert "1e-04" in f["strict_tolerance"] or "0.0001" in f["strict_tolerance"]
 
 
 def test_theorem22_formulas_match_the_certificate():
@@ -193,6 +217,7 @@ def test_committed_configs_are_valid(name, small):
     ({**E1_TINY, "steps": 0}, "E1.params.steps: expected an integer >= 1"),
     ({**E1_TINY, "n1_factor": 1.0}, "E1.params.n1_factor"),
     ({**E1_TINY, "lr": "fast"}, "train.lr"),
+    ({**E1_TINY, "strict_rel_tol": 1e-2}, "E1.params.strict_rel_tol"),
 ])
 def test_bad_params_name_the_key(tmp_path, params, fragment):
     with pytest.raises(PyrgdError) as e:

@@ -4,14 +4,19 @@ Theorem 2.2 certifies it.
 For every N the data (X, Y) are fixed (``data_seed``) and the network is F_2 = relu(X W_1) W_2 with
 (W_1)_ij ~ N(0, 1/d), (W_2)_j ~ N(0, 1/n_1) (Nguyen 2021, Sec. 3.2, whose corollary needs n_1 of order N^2).
 
-- **GD threshold**: n_1 runs over N * n1_min_over_N * n1_factor^k (rounded, up to n1_max_over_N * N); at each
-  width GD is run from every seed in ``seeds`` (:func:`pyrgd.sweep.run_cell`: step size ``lr``, at most ``steps``
-  steps, converged when the loss falls to ``rel_tol`` of its start); a width stops at its first seed that does not
-  converge. The threshold is the smallest width where every seed converged.
-- **Certified threshold**: the smallest n_1 at which the three initial conditions of Theorem 2.2 (docs/theory.md
-  section 4.2, C_l = C) hold. The conditions need widths (1e8 and more) far beyond what can be built here, so the
-  threshold is computed from the large-width values of the quantities the conditions use [derived: docs/theory.md
-  section 4.2, "Large-width values"]:
+- **GD threshold** (measured): n_1 runs over N * n1_min_over_N * n1_factor^k (rounded, up to n1_max_over_N * N);
+  at each width GD is run from every seed in ``seeds`` (:func:`pyrgd.sweep.run_cell`: step size ``lr``, at most
+  ``steps`` steps, converged when the loss falls to ``rel_tol`` of its start); a width stops at its first seed that
+  does not converge. The threshold is the smallest width where every seed converged. With ``strict_rel_tol`` > 0 a
+  second, stricter threshold is measured from the same runs: each run then trains until its loss falls to
+  ``strict_rel_tol`` of its start (or the budget ends) and counts as converged at ``rel_tol`` when its loss at the
+  end is at most ``rel_tol`` of its start; the search goes on up the grid until every seed reaches
+  ``strict_rel_tol``, and a width stops at its first seed that misses ``rel_tol`` (or misses ``strict_rel_tol``
+  once the ``rel_tol`` threshold is known).
+- **Certified threshold** (computed, not measured): the smallest n_1 at which the three initial conditions of
+  Theorem 2.2 (docs/theory.md section 4.2, C_l = C) hold. The conditions need widths (1e8 and more) far beyond
+  what can be built here, so the threshold is computed from the large-width values of the quantities the
+  conditions use [derived: docs/theory.md section 4.2, "Large-width values"]:
   alpha_0^2 = lambda_min(F_1 F_1^T) -> n_1 lambda_*, lambda_* = lambda_min(E_w[relu(Xw) relu(Xw)^T]), w ~ N(0, I/d)
   (the law of large numbers over the n_1 neurons; lambda_* exactly, by the arc-cosine closed form);
   ||W_1||_2 -> sqrt(n_1/d) + 1 and ||W_2||_2 -> 1 + sqrt(n_2/n_1) (the edges of the spectra of Gaussian matrices);
@@ -44,6 +49,7 @@ SPEC = {
     "seeds": Param("int_list", "seeds of the initial weights for GD", lo=0),
     "steps": Param("int", "GD step budget", lo=1),
     "rel_tol": Param("float", "GD converged when loss <= rel_tol * initial loss", lo=0.0),
+    "strict_rel_tol": Param("float", "a second, stricter tolerance (0: none)", lo=0.0),
     "lr": Param("raw", "GD step size: 'auto' or a number"),
     "track_every": Param("int", "steps between certificate evaluations during GD", lo=1),
     "n1_min_over_N": Param("float", "smallest width of the GD search, as a multiple of N", lo=0.0),
@@ -70,6 +76,9 @@ def check(params) -> dict:
     for k in ("C", "n1_min_over_N"):
         if p[k] <= 0:
             raise PyrgdError(f"E1.params.{k}: expected a positive number, got {p[k]!r}")
+    if p["strict_rel_tol"] >= p["rel_tol"] and p["strict_rel_tol"] != 0:
+        raise PyrgdError(f"E1.params.strict_rel_tol: expected 0 or below rel_tol = {p['rel_tol']:g}, got "
+                         f"{p['strict_rel_tol']!r}")
     if p["n1_max_over_N"] < p["n1_min_over_N"]:
         raise PyrgdError(f"E1.params.n1_max_over_N: expected at least n1_min_over_N = {p['n1_min_over_N']:g}")
     return p
@@ -88,7 +97,7 @@ def gd_config(p, N, n1, seed) -> dict:
         "data": {"source": "synthetic", "N": N, "d": p["d"], "n_out": 1, "inputs": p["inputs"],
                  "targets": p["targets"], "seed": p["data_seed"]},
         "model": {"widths": [n1, 1], "activation": "relu", "init": "lecun", "seed": seed, "dtype": "float64"},
-        "train": {"lr": p["lr"], "steps": p["steps"], "rel_tol": p["rel_tol"], "tol": 0.0,
+        "train": {"lr": p["lr"], "steps": p["steps"], "rel_tol": p["strict_rel_tol"] or p["rel_tol"], "tol": 0.0,
                   "track_every": p["track_every"]}})
 
 
@@ -171,9 +180,46 @@ def gd_widths(p, N):
     return out
 
 
+def _gd_search(p, N, bar, gd_rows) -> tuple:
+    """(threshold at rel_tol, threshold at strict_rel_tol or None): the GD search of the module docstring at N;
+    every GD run is appended to gd_rows."""
+    from ..sweep import run_cell
+
+    strict = p["strict_rel_tol"] > 0
+    gd_thr = strict_thr = None
+    budget = len(gd_widths(p, N)) * len(p["seeds"])  # the most runs this N can take
+    for n1 in gd_widths(p, N):
+        ok = ok_strict = True
+        for i, seed in enumerate(p["seeds"]):
+            bar.set_postfix_str(f"N={N} n1={n1} seed={seed}")
+            r = run_cell(gd_config(p, N, n1, seed), C=p["C"])
+            if r.pop("_interrupted"):
+                raise KeyboardInterrupt
+            rel = r["relative_loss"]
+            r["converged_strict"] = bool(r["converged"]) if strict else None
+            if strict:  # the run trained to strict_rel_tol; rel_tol is judged on its loss at the end
+                r["converged"] = bool(r["converged"]) or (rel is not None and rel <= p["rel_tol"])
+            gd_rows.append({"N": N, "n1": n1, "seed": seed, **r})
+            bar.update(1)
+            budget -= 1
+            ok = ok and r["converged"]
+            ok_strict = ok_strict and bool(r["converged_strict"])
+            if not ok or (strict and gd_thr is not None and not ok_strict):
+                budget -= len(p["seeds"]) - i - 1
+                break
+        if ok and gd_thr is None:
+            gd_thr = n1
+        if strict and ok and ok_strict:
+            strict_thr = n1
+        if gd_thr is not None and (not strict or strict_thr is not None):
+            break
+    bar.total -= budget  # the runs this N did not need
+    bar.refresh()
+    return gd_thr, strict_thr
+
+
 def run(p, out, progress=False) -> dict:
     from ..model import PyramidalNet
-    from ..sweep import run_cell
     from ..theory import nguyen2021_certificate
 
     gd_rows, margin_rows, rows = [], [], []
@@ -183,27 +229,7 @@ def run(p, out, progress=False) -> dict:
         for N in p["N"]:
             X, Y = make_data(p, N)
             pred = Predictor(X, Y, p["C"])
-            gd_thr = None
-            budget = len(gd_widths(p, N)) * len(p["seeds"])  # the most runs this N can take
-            for n1 in gd_widths(p, N):
-                ok = True
-                for seed in p["seeds"]:
-                    bar.set_postfix_str(f"N={N} n1={n1} seed={seed}")
-                    r = run_cell(gd_config(p, N, n1, seed), C=p["C"])
-                    if r.pop("_interrupted"):
-                        raise KeyboardInterrupt
-                    gd_rows.append({"N": N, "n1": n1, "seed": seed, **r})
-                    bar.update(1)
-                    budget -= 1
-                    if not r["converged"]:
-                        budget -= len(p["seeds"]) - p["seeds"].index(seed) - 1
-                        ok = False
-                        break
-                if ok:
-                    gd_thr = n1
-                    break
-            bar.total -= budget  # the runs this N did not need
-            bar.refresh()
+            gd_thr, strict_thr = _gd_search(p, N, bar, gd_rows)
             for n1 in [m for m in p["exact_n1"] if m >= N]:
                 pc = pred.conditions(n1)
                 for seed in p["exact_seeds"]:
@@ -220,6 +246,7 @@ def run(p, out, progress=False) -> dict:
             binding = min(pred.conditions(cert_thr).items(), key=lambda kv: kv[1][2])[0] \
                 if math.isfinite(cert_thr) else None
             rows.append({"N": N, "gd_threshold": gd_thr, "gd_threshold_over_N": gd_thr / N if gd_thr else None,
+                         "gd_threshold_strict": strict_thr,
                          "certified_threshold": cert_thr, "certified_over_N2": cert_thr / N ** 2,
                          "lambda_star": pred.lambda_star, "last_condition": binding,
                          "ratio_certified_to_gd": cert_thr / gd_thr if gd_thr else None})
@@ -236,12 +263,19 @@ def run(p, out, progress=False) -> dict:
     s_gd, _ = fit_loglog(Ns, [r["gd_threshold"] or np.nan for r in rows])
     s_c, _ = fit_loglog(Ns, [r["certified_threshold"] for r in rows])
     s_cl, _ = fit_loglog(Ns, [r["certified_threshold"] * r["lambda_star"] ** 2 for r in rows])
+    s_st, _ = fit_loglog(Ns, [r["gd_threshold_strict"] or np.nan for r in rows])
     findings = {"slope_gd_threshold": s_gd, "slope_certified_threshold": s_c,
+                "slope_gd_threshold_strict": s_st if p["strict_rel_tol"] > 0 else None,
                 "slope_certified_times_lambda_star_sq": s_cl,
-                "thresholds": {str(r["N"]): {"gd": r["gd_threshold"], "certified": r["certified_threshold"]}
+                "thresholds": {str(r["N"]): {"gd": r["gd_threshold"], "gd_strict": r["gd_threshold_strict"],
+                                             "certified": r["certified_threshold"],
+                                             "lambda_star": r["lambda_star"]}
                                for r in rows},
+                "measured": "gd, gd_strict (GD runs)", "computed": "certified (from the large-width limits)",
                 "tolerance": f"loss <= {p['rel_tol']:g} of the initial loss within {p['steps']} steps, every seed "
-                             f"of {p['seeds']}"}
+                             f"of {p['seeds']}",
+                "strict_tolerance": (f"loss <= {p['strict_rel_tol']:g} of the initial loss within {p['steps']} steps"
+                                     if p["strict_rel_tol"] > 0 else None)}
     _plot(files["figure"], p, rows, margin_rows, findings)
     return {**files, "findings": findings}
 
@@ -256,8 +290,14 @@ def _plot(path, p, rows, margin_rows, f):
     Ns = np.array([r["N"] for r in rows], dtype=float)
     gd = np.array([r["gd_threshold"] or np.nan for r in rows], dtype=float)
     ct = np.array([r["certified_threshold"] for r in rows], dtype=float)
-    ax.plot(Ns, ct, "s-", color="C3", label=f"Thm 2.2 certifies (predicted), slope {f['slope_certified_threshold']:.2f}")
-    ax.plot(Ns, gd, "o-", color="C0", label=f"GD converges (every seed), slope {f['slope_gd_threshold']:.2f}")
+    ax.plot(Ns, ct, "s-", color="C3",
+            label=f"Thm 2.2 certifies (computed), slope {f['slope_certified_threshold']:.2f}")
+    ax.plot(Ns, gd, "o-", color="C0", label=f"GD reaches {p['rel_tol']:g} (measured, every seed), slope "
+                                            f"{f['slope_gd_threshold']:.2f}")
+    if p["strict_rel_tol"] > 0:
+        st = np.array([r["gd_threshold_strict"] or np.nan for r in rows], dtype=float)
+        ax.plot(Ns, st, "D-", color="C2", ms=4, label=f"GD reaches {p['strict_rel_tol']:g} (measured), slope "
+                                                      f"{f['slope_gd_threshold_strict']:.2f}")
     for i, r in enumerate(rows):
         if r["gd_threshold"] is None:
             ax.plot(Ns[i], p["n1_max_over_N"] * Ns[i], "^", color="C0", mfc="none",
@@ -272,8 +312,9 @@ def _plot(path, p, rows, margin_rows, f):
     ax.set_yscale("log")
     ax.set_xlabel("N (samples)")
     ax.set_ylabel("width $n_1$")
-    ax.set_title(f"two-layer ReLU, LeCun init, d = {p['d']}, {p['inputs']} inputs\n"
-                 f"GD: loss $\\leq$ {p['rel_tol']:g} of start within {p['steps']} steps", fontsize=9)
+    ax.set_title(f"two-layer ReLU, LeCun init, d = {p['d']}, {p['inputs']} inputs; GD measured: loss $\\leq$ tol "
+                 f"of start\nwithin {p['steps']} steps for all of {len(p['seeds'])} seeds; Thm 2.2 computed from "
+                 f"large-width limits", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7.5, loc="center right")
 
@@ -293,7 +334,7 @@ def _plot(path, p, rows, margin_rows, f):
     ax2.set_yscale("log")
     ax2.set_xlabel("width $n_1$")
     ax2.set_ylabel("smallest margin lhs/rhs of Thm 2.2's conditions")
-    ax2.set_title("certified where the margin reaches 1", fontsize=9)
+    ax2.set_title("certified where the margin reaches 1 (lines: computed; circles: real nets)", fontsize=9)
     ax2.grid(True, which="major", alpha=0.3)
     ax2.legend(fontsize=7, ncol=2)
     save_figure(fig, path)
