@@ -20,7 +20,8 @@ torch_compile  the strongest PyTorch peer: the loss compiled by ``torch.compile`
          (``compile_seconds``), before the check step and the warm-up: it is never part of a timed step.
 jax_jit  the strongest JAX peer: ``jax.jit`` of jax.value_and_grad of the loss and the update, the weights donated
          (updated in place where XLA can), matmul precision HIGHEST (no TF32/bf16 passes on a GPU); compiled ahead
-         of time when the candidate is built (``compile_seconds``). float64 problems switch on ``jax_enable_x64``.
+         of time when the candidate is built (``compile_seconds``). float64 problems build and step under
+         ``jax.enable_x64``.
 
 The two compiled peers (:data:`PEERS`) and ``torch`` are skipped with a note where their library is absent
 (:func:`unavailable`): ``pip install "pyrgd[bench]"`` installs both.
@@ -438,6 +439,26 @@ def _jax_value(jax, act):
     return value
 
 
+def _x64_scope(jax, on: bool):
+    """A context factory in which float64 arrays stay float64 (jax_enable_x64) for a float64 candidate: only around
+    its own building and steps, so that other JAX code in the process keeps its setting. Where this JAX has no such
+    context, the setting is switched on for the process."""
+    import contextlib
+
+    if not on or jax.config.jax_enable_x64:
+        return contextlib.nullcontext
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:
+        try:
+            from jax.experimental import enable_x64 as scope
+        except ImportError:
+            scope = None
+    if scope is None:
+        jax.config.update("jax_enable_x64", True)
+        return contextlib.nullcontext
+    return lambda: scope(True)
+
+
 class JaxJitStep(Candidate):
     """jax.jit of one whole GD step: jax.value_and_grad of the loss, then W - lr grad, the weights donated.
     Compiled ahead of time when built (``compile_seconds``). ``lr`` is an argument of the compiled step (not a
@@ -453,11 +474,15 @@ class JaxJitStep(Candidate):
         self.device = device
         self.lr = data.problem.lr
         self.act = parse_activation(data.problem.activation)
-        if data.X.dtype == np.float64 and not jax.config.jax_enable_x64:
-            jax.config.update("jax_enable_x64", True)  # else float64 arrays would become float32
+        self._x64 = _x64_scope(jax, data.X.dtype == np.float64)
         dev = _jax_device(jax, device)
         if dev is None:
             raise PyrgdError(f"device: JAX has no {device} device")
+        with self._x64():
+            self._build(data, dev)
+
+    def _build(self, data, dev):
+        jax = self.jax
         # copies first: on the CPU, device_put may alias a NumPy array, and the donated weights are overwritten
         put = lambda a: jax.device_put(np.array(a, copy=True), dev)  # noqa: E731
         self.X, self.Y = put(data.X), put(data.Y)
@@ -478,7 +503,8 @@ class JaxJitStep(Candidate):
         self.compile_seconds = time.perf_counter() - t0
 
     def step(self) -> float:
-        self.W, loss = self._step(self.W, self.X, self.Y, np.asarray(self.lr, dtype=self.X.dtype))
+        with self._x64():
+            self.W, loss = self._step(self.W, self.X, self.Y, np.asarray(self.lr, dtype=self.X.dtype))
         return float(loss)
 
     def sync(self) -> None:

@@ -1,9 +1,10 @@
 """The figure of a benchmark run: where the fused step stands between its baselines, the targets and the roofline.
 
-One panel per problem with a speed-up target (B1, B2; G1 on the GPU): seconds per step of every candidate (bars),
-the fused time each speed-up target asks for (baseline s / threshold, dotted) and the roofline floor, the fused
-step's flops at the FMA peak measured in the same run (dashed: no implementation of the fused algorithm can be
-faster here). One panel for the width sweep B4 (fused seconds per neuron against n1, timed one size after the other and
+One panel per problem with a speed-up target (B1, B2, B1d; G1 on the GPU): seconds per step of every candidate
+(bars, ranked: the fastest on top; the compiled peers in orange), the fused time each speed-up target asks for
+(baseline s / threshold, dotted; for a "best peer" target the faster of torch.compile and JAX jit) and the roofline
+floor, the fused step's flops at the FMA peak measured in the same run (dashed: no implementation of the fused
+algorithm can be faster here), with the fused step's share of that peak in the panel's title. One panel for the width sweep B4 (fused seconds per neuron against n1, timed one size after the other and
 interleaved, with the +-15% band around the smallest of the timing the target uses) when it ran.
 
     python -m pyrgd.bench.plot RESULT.json OUT.png     # a committed result, drawn again
@@ -14,13 +15,15 @@ from __future__ import annotations
 import json
 import sys
 
+from .candidates import PEERS
 from .report import TARGETS
 
 
 def _speed_panels(result):
     names = []
     for t in TARGETS:
-        if t["device"] == result.get("device", "cpu") and t["kind"] == "speedup" and t["problem"] not in names:
+        if (t["device"] == result.get("device", "cpu") and t["kind"] in ("speedup", "best_peer")
+                and t["problem"] not in names):
             names.append(t["problem"])
     probs = {p["name"]: p for p in result.get("problems", [])}
     return [probs[n] for n in names if n in probs]
@@ -42,18 +45,26 @@ def plot_result(result: dict, path: str) -> list[str]:
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False)
     titles = []
     for ax, p in zip(axes[0], speed):
-        rows = [(c, r["seconds"]) for c, r in p["candidates"].items() if r.get("status") == "ok" and r.get("seconds")]
+        rows = sorted(((c, r["seconds"]) for c, r in p["candidates"].items()
+                       if r.get("status") == "ok" and r.get("seconds")), key=lambda cs: cs[1])  # the ranking
         labels = [c for c, _ in rows]
-        ax.barh(range(len(rows)), [s for _, s in rows], color=["C0" if c == "fused" else "C7" for c in labels])
+        ax.barh(range(len(rows)), [s for _, s in rows],
+                color=["C0" if c == "fused" else "C1" if c in PEERS else "C7" for c in labels])
         ax.set_yticks(range(len(rows)), labels)
         ax.invert_yaxis()
         secs = dict(rows)
-        colors = iter(("C3", "C1", "C4", "C5"))
+        colors = iter(("C3", "C4", "C5", "C6", "C8"))
         for t in TARGETS:
             if t.get("problem") == p["name"] and t["kind"] == "speedup" and t["candidate"] in secs:
                 need = secs[t["candidate"]] / t["threshold"]
                 ax.axvline(need, color=next(colors), ls=":", lw=1.5,
                            label=f"fused time for {t['threshold']:g}x {t['candidate']}")
+            if t.get("problem") == p["name"] and t["kind"] == "best_peer":
+                peers = [c for c in t["candidates"] if c in secs]
+                if peers:
+                    best = min(peers, key=secs.get)
+                    ax.axvline(secs[best] / t["threshold"], color=next(colors), ls=":", lw=1.5,
+                               label=f"fused time for {t['threshold']:g}x the best peer ({best})")
         if p.get("fused_flops") and p.get("peak_gflops"):
             floor = p["fused_flops"] / (p["peak_gflops"] * 1e9)
             ax.axvline(floor, color="k", ls="--", lw=1.2, label="roofline floor (fused flops at FMA peak)")
@@ -61,6 +72,10 @@ def plot_result(result: dict, path: str) -> list[str]:
             ax.legend(fontsize=7, loc="lower right")
         ax.set_xlabel("seconds per GD step")
         title = f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']}\n{p['activation']}"
+        if p.get("dtype") and p["dtype"] != "float32":
+            title += f", {p['dtype']}"
+        if p.get("fused_pct_peak") is not None:
+            title += f"; fused at {p['fused_pct_peak']:.0f}% of peak"
         ax.set_title(title, fontsize=8)
         titles.append(p["name"])
     if len(sweep) >= 2:
