@@ -177,3 +177,24 @@ def test_config_keys_and_cli_flags(tmp_path):
     assert rc == 0
     s = json.load(open(tmp_path / "r" / "summary.json"))
     assert s["update"] == "momentum(0.7)" and s["loss"] == "squared"
+
+
+def _cupy_with_a_device():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # driver missing or broken
+        pytest.skip("no CUDA device")
+    return cp
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rule", [Momentum(0.9), Nesterov(0.8)])
+def test_momentum_on_the_gpu_matches_the_numpy_reference_loop(rule):
+    _cupy_with_a_device()
+    net, X, Y = _problem()
+    want, _ = reference_losses(X, Y, net.weights, net.multipliers, 2e-3, 15, beta=rule.beta,
+                               nesterov=isinstance(rule, Nesterov))
+    res = pyrgd.train(net, X, Y, lr=2e-3, steps=15, backend="cuda", update=rule, progress=False, track_every=0)
+    np.testing.assert_allclose(res.history["loss"], want, rtol=1e-10, atol=0)

@@ -146,3 +146,24 @@ def test_resume_with_a_user_loss_and_momentum_is_bit_identical(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(again.net.weights, full.net.weights))
     with pytest.raises(PyrgdError, match="loss: checkpoint 'user:softmax_cross_entropy', now 'squared'"):
         pyrgd.train(net.copy(), X, Y, steps=8, lr=0.02, update="momentum", progress=False, resume=tmp_path / "r")
+
+
+@pytest.mark.gpu
+def test_a_user_loss_on_the_gpu_gets_cupy_arrays_and_matches_the_numpy_loop():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:  # driver missing or broken
+        pytest.skip("no CUDA device")
+    net, X, Y = _problem()
+    kinds = set()
+
+    def fn(F, T):
+        kinds.add((type(F).__module__.split(".")[0], type(T).__module__.split(".")[0]))
+        return losses.softmax_cross_entropy(F, T)
+
+    want, _ = reference_losses(X, Y, net.weights, net.multipliers, 0.02, 12, beta=0.9, loss=cross_entropy)
+    res = pyrgd.train(net, X, Y, lr=0.02, steps=12, backend="cuda", loss=fn, update="momentum", progress=False)
+    assert kinds == {("cupy", "cupy")}
+    np.testing.assert_allclose(res.history["loss"], want, rtol=1e-10, atol=0)
