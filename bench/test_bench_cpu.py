@@ -1,5 +1,7 @@
-"""pytest-benchmark suite of the CPU problems (B1, B2, B3, B4, T): one GD step per round, every candidate; and the
-train problems (group L: L1, L2, B1_track): one pyrgd.train run with its defaults per round.
+"""pytest-benchmark suite of the CPU problems (B1, B2, B1d, B2d, B3, B4, T): one GD step per round, every candidate
+(the compiled peers torch_compile and jax_jit included: their compilation happens when the candidate is built, before
+the rounds; skipped where torch or jax is absent); and the train problems (group L: L1, L2, B1_track): one
+pyrgd.train run with its defaults per round.
 
     pytest bench/test_bench_cpu.py --benchmark-only                  # full sizes (minutes)
     PYRGD_BENCH_SIZE=tiny pytest bench/ --benchmark-only             # tiny sizes (seconds)
@@ -15,9 +17,9 @@ import numpy as np
 import pytest
 from bench_support import TINY, add_gflops, bench_cache, checked_candidate, describe, rounds_for  # noqa: F401
 
-from pyrgd.bench.candidates import extra_bytes, torch_available
+from pyrgd.bench.candidates import extra_bytes, unavailable
 from pyrgd.bench.memory import available_bytes
-from pyrgd.bench.problems import all_problems, data_bytes
+from pyrgd.bench.problems import all_problems, data_bytes, problem_dtype
 from pyrgd.bench.runner import thread_limits, warm_up
 
 PROBLEMS = all_problems("cpu", tiny=TINY)
@@ -26,12 +28,12 @@ TRAIN = [pytest.param(p, id=p.name) for p in PROBLEMS if p.kind == "train"]
 
 
 def _skip_reason(problem, name):
-    if name == "torch":
-        ok, why = torch_available()
-        if not ok:
-            return why
+    why = unavailable(name, "cpu")
+    if why:
+        return why
     free = available_bytes()
-    need = extra_bytes(name, problem) + data_bytes(problem.N, problem.d, problem.widths)["total"]
+    size = problem_dtype(problem).itemsize
+    need = extra_bytes(name, problem, size) + data_bytes(problem.N, problem.d, problem.widths, size)["total"]
     if free is not None and need > 0.6 * free:
         return f"needs about {need / 2**30:.1f} GiB of the {free / 2**30:.1f} GiB available"
     return None
