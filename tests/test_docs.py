@@ -2,13 +2,17 @@
 
 - Every ```python block of README.md and docs/guide.md runs: each file's blocks in order, in one namespace per file,
   in a temporary working directory. A block preceded by the line ``<!-- skip-test -->`` is skipped (only for blocks
-  that need a GPU or the network).
+  that need a GPU or the network). A block preceded by ``<!-- requires: torch -->`` (any module names, separated by
+  spaces) runs only where those modules can be imported: the optional extras' examples (pyrgd[torch], pyrgd[jax]);
+  those are fenced as ```py, which runs here like ```python (tests/test_readme.py runs the ```python blocks of the
+  README without looking at the marks).
 - Every relative link of README.md and docs/*.md points to an existing file, and an ``#anchor`` to a heading of the
   file it names.
 - The config key table of docs/guide.md names every key of the schema, with its default.
 """
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import re
 import unicodedata
@@ -19,17 +23,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN_FILES = ["README.md", "docs/guide.md"]
 LINK_FILES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))
 SKIP_MARK = "<!-- skip-test -->"
+_REQUIRES = re.compile(r"^<!-- requires: ([\w. ]+) -->$")
 
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 
 
 def fenced_blocks(text: str):
-    """(language, code, line number, skipped) of every fenced code block of a Markdown text."""
+    """(language, code, line number, skipped) of every fenced code block of a Markdown text; skipped: marked
+    skip-test, or marked ``requires:`` modules of which one cannot be imported here."""
     out = []
     for m in _FENCE.finditer(text):
         before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
         line = text.count("\n", 0, m.start()) + 1
-        out.append((m.group(1).strip(), m.group(2), line, before == SKIP_MARK))
+        req = _REQUIRES.match(before)
+        missing = req is not None and any(importlib.util.find_spec(mod) is None for mod in req.group(1).split())
+        out.append((m.group(1).strip(), m.group(2), line, before == SKIP_MARK or missing))
     return out
 
 
@@ -70,7 +78,7 @@ def anchors(text: str) -> set:
 @pytest.mark.parametrize("name", RUN_FILES)
 def test_python_blocks_run(name, tmp_path, monkeypatch):
     text = (ROOT / name).read_text(encoding="utf-8")
-    blocks = [b for b in fenced_blocks(text) if b[0] == "python"]
+    blocks = [b for b in fenced_blocks(text) if b[0] in ("python", "py")]
     assert blocks, f"{name} has no python block"
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{pathlib.Path(name).stem}"}
@@ -117,8 +125,8 @@ def test_skip_marks_only_before_code_blocks():
         text = (ROOT / name).read_text(encoding="utf-8")
         lines = text.splitlines()
         for i, line in enumerate(lines):
-            if line.strip() == SKIP_MARK:
-                assert i + 1 < len(lines) and lines[i + 1].startswith("```"), f"{name}:{i + 1}: {SKIP_MARK} " \
+            if line.strip() == SKIP_MARK or _REQUIRES.match(line.strip()):
+                assert i + 1 < len(lines) and lines[i + 1].startswith("```"), f"{name}:{i + 1}: {line.strip()} " \
                     "must stand on the line right before a code block"
 
 
