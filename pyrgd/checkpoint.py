@@ -86,8 +86,8 @@ def check_identity(saved: dict, now: dict, path) -> None:
     def get(d, k):
         return d.get(k, IDENTITY_DEFAULTS.get(k))
 
-    diffs = [f"{k}: checkpoint {get(saved, k)!r}, now {get(now, k)!r}" for k in sorted(set(now) | set(IDENTITY_DEFAULTS))
-             if get(saved, k) != get(now, k)]
+    keys = sorted(set(now) | set(IDENTITY_DEFAULTS))
+    diffs = [f"{k}: checkpoint {get(saved, k)!r}, now {get(now, k)!r}" for k in keys if get(saved, k) != get(now, k)]
     if diffs:
         raise PyrgdError(f"resume: the checkpoint {path} is of another run (" + "; ".join(diffs) +
                          "); resume with the same data and config, or start a new run")

@@ -15,6 +15,8 @@ forms ``"gd"``, ``"momentum"``, ``"nesterov"``, ``"momentum(0.95)"`` and ``"nest
 """
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -31,9 +33,6 @@ DEFAULT_BETA = 0.9
 
 
 def _check_beta(beta) -> float:
-    import numbers
-    import math
-
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(float(beta)) \
             or not 0.0 <= float(beta) < 1.0:
         raise PyrgdError(f"beta: expected a number in [0, 1), got {beta!r}")
