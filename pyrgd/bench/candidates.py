@@ -230,7 +230,7 @@ def _jax_device(jax, device: str):
     """The JAX device of ``device`` ('cpu' or 'cuda'), or None where JAX has none of that kind."""
     try:
         devs = jax.devices("cpu" if device == "cpu" else "gpu")
-    except RuntimeError:  # no backend of that kind
+    except Exception:  # noqa: BLE001 - RuntimeError where JAX has no backend of that kind
         return None
     return devs[0] if devs else None
 
