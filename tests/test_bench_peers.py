@@ -268,3 +268,21 @@ def test_report_shows_the_compile_time_apart():
     text = format_report({"device": "cpu", "problems": [res], "targets": []})
     line = next(ln for ln in text.splitlines() if ln.startswith("B1       torch_compile"))
     assert "compile 12.5 s" in line
+
+
+def test_simt_peak_from_device_properties(monkeypatch):
+    """The GPU roof: multiprocessors x lanes x 2 flops x clock, from the runtime's attributes (a stand-in CuPy
+    with an H100 SXM's figures: 132 multiprocessors, compute capability 9.0, 1980 MHz)."""
+    import types
+
+    from pyrgd.bench.runner import simt_peak_gpu
+
+    attrs = {16: 132, 75: 9, 76: 0, 13: 1980000}
+    runtime = types.SimpleNamespace(deviceGetAttribute=lambda a, dev: attrs[a])
+    cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0), runtime=runtime)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    f32, f64 = simt_peak_gpu("float32"), simt_peak_gpu("float64")
+    assert f32["gflops"] == pytest.approx(2 * 132 * 128 * 1.98)  # GHz: 66.9 TFLOP/s
+    assert f64["gflops"] == pytest.approx(f32["gflops"] / 2) and f64["dtype"] == "float64"
+    attrs[75] = 3  # a compute capability the table does not know: no roof rather than a wrong one
+    assert simt_peak_gpu("float32") is None
