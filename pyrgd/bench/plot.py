@@ -75,7 +75,7 @@ def plot_result(result: dict, path: str) -> list[str]:
         if p.get("dtype") and p["dtype"] != "float32":
             title += f", {p['dtype']}"
         if p.get("fused_pct_peak") is not None:
-            title += f"; fused at {p['fused_pct_peak']:.0f}% of peak"
+            title += f"; fused at {p['fused_pct_peak']:.3g}% of peak"
         ax.set_title(title, fontsize=8)
         titles.append(p["name"])
     if len(sweep) >= 2:

@@ -194,7 +194,7 @@ def _evaluate(t: dict, result: dict) -> tuple:
         if others:
             detail += f" ({'; '.join(others)})"
         if p.get("fused_pct_peak") is not None:
-            detail += f"; fused at {p['fused_pct_peak']:.0f}% of the FMA peak"
+            detail += f"; fused at {p['fused_pct_peak']:.3g}% of the peak"
         bound = attainable_speedup(p, ran[best]["seconds"])
         if bound is not None:
             detail += f"; at most {bound:.2f}x attainable at the peak"
@@ -449,7 +449,7 @@ def ranking_line(p: dict) -> str:
     if bp and bp.get("fused_speedup"):
         line += f"; best peer {bp['name']} (its time {bp['fused_speedup']:.2f}x the fused step's)"
     if p.get("fused_pct_peak") is not None:
-        line += f"; fused step at {p['fused_pct_peak']:.0f}% of the peak"
+        line += f"; fused step at {p['fused_pct_peak']:.3g}% of the peak"
     return line
 
 
