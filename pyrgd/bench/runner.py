@@ -142,7 +142,8 @@ def interleave_group(problems, opts, bar=None) -> dict:
     cands = {}
     for p in problems:
         with thread_limits(p.threads):
-            c = make_candidate("fused", make_data(p, problem_dtype(p, opts.dtype), opts.seed), device=opts.device, backend=opts.backend)
+            data = make_data(p, problem_dtype(p, opts.dtype), opts.seed)
+            c = make_candidate("fused", data, device=opts.device, backend=opts.backend)
             c.step()
             warm_up(c, opts.warmup, opts.warmup_s)
         cands[p.n1] = (p, c)
