@@ -98,7 +98,7 @@ def gd_config(p, N, n1, seed) -> dict:
                  "targets": p["targets"], "seed": p["data_seed"]},
         "model": {"widths": [n1, 1], "activation": "relu", "init": "lecun", "seed": seed, "dtype": "float64"},
         "train": {"lr": p["lr"], "steps": p["steps"], "rel_tol": p["strict_rel_tol"] or p["rel_tol"], "tol": 0.0,
-                  "track_every": p["track_every"]}})
+                  "track_every": p["track_every"], "threads": 1}})  # small steps: one thread is fastest
 
 
 # --------------------------------------------------------------------------------------------- Theorem 2.2
@@ -193,7 +193,7 @@ def _gd_search(p, N, bar, gd_rows) -> tuple:
         for i, seed in enumerate(p["seeds"]):
             bar.set_postfix_str(f"N={N} n1={n1} seed={seed}")
             r = run_cell(gd_config(p, N, n1, seed), C=p["C"])
-            if r.pop("_interrupted"):
+            if r.pop("_interrupted") or r.get("status") == "terminated":  # Ctrl-C or SIGTERM
                 raise KeyboardInterrupt
             rel = r["relative_loss"]
             r["converged_strict"] = bool(r["converged"]) if strict else None

@@ -141,8 +141,8 @@ def one_run(X, Y, act, H, m, seed, eta_rule, lam0, lam0_paper, p, K0=None) -> tu
     else:
         eta = float(eta_rule) / lmax0
     res = train(net, X, Y, lr=eta, steps=p["steps"], track_every=0, progress=False,
-                divergence_factor=DIVERGENCE_FACTOR)
-    if res.status == "interrupted":
+                divergence_factor=DIVERGENCE_FACTOR, threads=1)  # small steps: one thread is fastest
+    if res.status in ("interrupted", "terminated"):  # Ctrl-C or SIGTERM: stop the experiment, not just this run
         raise KeyboardInterrupt
     loss = [float(v) for v in res.history["loss"]]
     row = {"activation": act, "H": H, "m": m, "seed": seed, "eta_rule": "theorem" if eta_rule == "theorem" else
