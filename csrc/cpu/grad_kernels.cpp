@@ -28,9 +28,15 @@
 // misses overlap the previous product (the measured effect is in the benchmark docs, bench/README.md). Splitting a
 // product by its rows changes no bit.
 //
-// Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons, each thread the same contiguous range
-// of lanes in both (its part of the panel stays in its cache; (B) runs them backwards, the freshest first); the
-// tail over sub-chunks of kTailRows rows; the recomputed neurons' passes over tiles of rows, then over blocks.
+// Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons. In (A) each thread starts on its own
+// contiguous range of lanes, front to back, and when done takes the lanes the other threads have not started, from
+// the back of their ranges; in (B) it runs the lanes it did in (A) backwards (the freshest S and D first, still in
+// its cache), then takes any lane not yet started. A lane is claimed by one atomic compare-and-swap of its panel
+// number, so on a quiet machine each thread keeps its own range (as with a static split), and on a shared one
+// (another process on a core, a laptop's slow core) a thread slowed down leaves its lanes to the others instead
+// of holding up the whole team at the barrier. The tail, the recomputed neurons' passes and the small loops take
+// their items dynamically too. None of this changes a bit: every lane's work and every sum is the same whoever
+// runs it (see Determinism).
 // Determinism: Z_2 of a panel is the recomputed neurons' part (per row tile, sums over groups of kSuperBlocks blocks
 // added in order), then the sum over lanes, in lane order, of each lane's sum over its blocks in order (one FMA chain
 // per block); the lanes and the panel rows are fixed by the shapes and `kept` alone; each gradient element is a sum
@@ -46,6 +52,7 @@
 #include "tile_ops.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -97,6 +104,14 @@ inline void staged(size_t m, size_t tile, const Ahead (&ahead)[NA], F&& body) {
 // Lanes of consecutive blocks: at most kGradLanes, fixed by n1 alone (the order of the sums over lanes).
 inline size_t grad_lanes(size_t nblocks) {
   return nblocks ? ceil_div(nblocks, ceil_div(nblocks, kGradLanes)) : 0;
+}
+
+// Who runs a lane in a phase of a panel: claim[li] holds the number (from 1) of the last panel whose phase took lane
+// li, so that the lane is free in panel `epoch` while it holds epoch - 1 and one compare-and-swap takes it (no reset
+// between panels: every lane is taken exactly once per panel).
+inline bool take_lane(std::atomic<size_t>* claim, size_t li, size_t epoch) {
+  size_t expected = epoch - 1;
+  return claim[li].compare_exchange_strong(expected, epoch, std::memory_order_acq_rel, std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -226,6 +241,13 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   util::AlignedBuffer<T> tbuf(checked_mul(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
   util::AlignedBuffer<T> gsub(checked_mul(nsub, gsz));  // each sub-chunk's tail gradients
   std::vector<double> tacc(gsz, 0.0), lsubv(nsub), q1(nblocks), q2(nblocks);
+  // the lanes' claims in (A) and (B) (take_lane), all free before the first panel
+  std::unique_ptr<std::atomic<size_t>[]> claimA(new std::atomic<size_t>[kGradLanes]),
+      claimB(new std::atomic<size_t>[kGradLanes]);
+  for (size_t li = 0; li < kGradLanes; ++li) {
+    claimA[li].store(0, std::memory_order_relaxed);
+    claimB[li].store(0, std::memory_order_relaxed);
+  }
   double loss = 0.0;
   T* const PB = Pb.data();
   T* const gcs = gsub.data();
@@ -240,10 +262,11 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
     T* const St = Pt + pbw;      // S, D of a tile of the recomputed neurons (nbR > 0)
     T* const Dt = St + pbw;
     T* const tb = tbuf.data() + size_t(thread_id()) * plan.thread_buffer_size();
-    // this thread's lanes in (A) and (B): the same contiguous range in both
+    // this thread's own range of lanes, where it starts in (A); the lanes it ran in (A), in order
     const size_t nth = size_t(util::team_size()), me = size_t(thread_id());
     const size_t lane0 = me * nlanes / nth, lane1 = (me + 1) * nlanes / nth;
-#pragma omp for schedule(static)
+    size_t ranA[kGradLanes];
+#pragma omp for schedule(dynamic)
     for (idx bi = 0; bi < idx(nblocks); ++bi) {  // W_2^T by blocks: W2[T, :]^T (n2 x kBlock) contiguous
       const size_t t0 = size_t(bi) * kBlock, t1 = std::min(n1, t0 + kBlock);
       T* const wt = W2Tp + size_t(bi) * n2 * kBlock;
@@ -256,7 +279,7 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
     // the recomputed neurons' part of Z_2, HR = sum over their blocks of S W2[T, :], per tile of rows: the blocks
     // of each group of kSuperBlocks summed, then the groups in order
     if (nbR) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
       for (idx ti = 0; ti < idx(ceil_div(N, kRecRows)); ++ti) {
         const size_t c0 = size_t(ti) * kRecRows, rows = std::min(kRecRows, N - c0);
         T* const H = HR + c0 * n2;
@@ -278,8 +301,9 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
       const bool acc = r0 > 0;
       const T* const Xr = X + r0 * d;
       T* const Gp = nbR ? Gall + r0 * n2 : Gall;
+      const size_t epoch = r0 / R + 1;
       // (A) per block: Z = X W1[:, T], S = a1 sigma(Z), D = a1 sigma'(Z); the lane's Z_2 += S W2[T, :]
-      for (size_t li = lane0; li < lane1; ++li) {
+      const auto lane_A = [&](size_t li) {
         const size_t b0 = li * bpl, b1 = std::min(nbK, b0 + bpl);
         T* const H = HL + li * R * n2;
         for (size_t blk = b0; blk < b1; ++blk) {
@@ -302,10 +326,24 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
             ops.gemm_nn(i1 - i0, n2, nb, S + i0 * kBlock, kBlock, W2 + t0 * n2, n2, H + i0 * n2, n2, blk > b0);
           });
         }
+      };
+      size_t nran = 0;
+      for (size_t li = lane0; li < lane1; ++li)  // its own range, front to back
+        if (take_lane(claimA.get(), li, epoch)) {
+          lane_A(li);
+          ranA[nran++] = li;
+        }
+      for (size_t k = 1; k < nth; ++k) {  // then what the others have not started, from the back of their ranges
+        const size_t o = (me + k) % nth, o0 = o * nlanes / nth, o1 = (o + 1) * nlanes / nth;
+        for (size_t li = o1; li-- > o0;)
+          if (take_lane(claimA.get(), li, epoch)) {
+            lane_A(li);
+            ranA[nran++] = li;
+          }
       }
 #pragma omp barrier
       // (T) Z_2 of the panel (the lanes in order), then the tail on its rows: the panel's G, loss, tail gradients
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
       for (idx si = 0; si < idx(nsub); ++si) {
         const size_t rs = size_t(si) * kTailRows;
         if (rs >= rows) continue;
@@ -325,11 +363,11 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
           for (size_t e = 0; e < gsz; ++e) ta[e] += double(g[e]);
         }
       }
-      // (B) per block, this thread's blocks in the reverse order of (A), so that the S and D written last, still in
-      // this core's cache, are read first: P = G W2[T, :]^T, D = P (.) D, dW2[T, :] (+)= S^T G,
-      // dW1[:, T] (+)= X^T D. No barrier after it: the next panel's (A) touches only this thread's blocks and
-      // lanes, and G is rewritten only after (A).
-      for (size_t li = lane1; li-- > lane0;) {
+      // (B) per block, the lanes this thread ran in (A) in the reverse order, so that the S and D written last,
+      // still in this core's cache, are read first, then any lane not yet started: P = G W2[T, :]^T,
+      // D = P (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T D. A barrier after it: the next panel's (A)
+      // rewrites S, D and G, and a block's gradients must take this panel's share before the next one's.
+      const auto lane_B = [&](size_t li) {
         const size_t b0 = li * bpl, b1 = std::min(nbK, b0 + bpl);
         for (size_t blk = b1; blk-- > b0;) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
@@ -361,13 +399,17 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
             ops.gemm_tn(i1 - i0, nb, rows, Xr + i0, d, Pt, kBlock, G1b + i0 * kBlock, kBlock, gf);
           });
         }
-      }
-    }
+      };
+      for (size_t k = nran; k-- > 0;)
+        if (take_lane(claimB.get(), ranA[k], epoch)) lane_B(ranA[k]);
+      for (size_t li = 0; li < nlanes; ++li)
+        if (take_lane(claimB.get(), li, epoch)) lane_B(li);
 #pragma omp barrier
+    }
     // the recomputed neurons' gradients, per block (one thread each) and tile of rows: Z = X W1[:, T] again,
     // S = a1 sigma(Z), D = a1 sigma'(Z), P = G W2[T, :]^T (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T P
     if (nbR) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
       for (idx bi = idx(nbK); bi < idx(nblocks); ++bi) {
         const size_t blk = size_t(bi), t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
         for (size_t c0 = 0; c0 < N; c0 += kRecRows) {
@@ -388,7 +430,7 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
       }  // implicit barrier
     }
     // squared norms of the wide layer's gradients, per block in double
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (idx bi = 0; bi < idx(nblocks); ++bi) {
       const size_t t0 = size_t(bi) * kBlock, nb = std::min(kBlock, n1 - t0);
       double a = 0.0, c = 0.0;
