@@ -17,8 +17,8 @@ torch.compile: the kernels are registered as the custom operators ``torch.ops.py
 ``torch.ops.pyrgd.wide_grad`` (torch.library.custom_op, with shape functions for fake tensors), so Dynamo traces
 a model that uses WideFunction / WideLayer without a graph break (``fullgraph=True`` compiles: tested with the
 ``aot_eager`` backend; the default inductor backend compiles it too, checked by hand with torch 2.13 on the CPU) and
-treats the kernels as opaque calls: nothing is fused across them, and their forward runs again in no backward
-(X, W1, W2 are saved; the backward recomputes sigma(X W1) inside its kernel).
+treats the kernels as opaque calls: nothing is fused across them. The backward saves only X, W1, W2 and recomputes
+sigma(X W1) inside its own kernel (no N x n1 activation is kept between the passes).
 """
 from __future__ import annotations
 
