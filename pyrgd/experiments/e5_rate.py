@@ -270,13 +270,13 @@ def _plot(path, p, rows, history):
     ax0.set_yscale("log")
     lows = [h["loss"] / r["loss_0"] for r in first for h in history if h["run"] == r["run"]]
     finite = [v for v in lows if math.isfinite(v) and v > 0]
-    ax0.set_ylim(min(finite) / 2 if finite else 1e-3, 1e2)
+    ax0.set_ylim(min(finite) / 20 if finite else 1e-3, 1e2)
     ax0.set_xlabel("step k")
     ax0.set_ylabel("$L_k / L_0$ (solid); bound $(1-\\eta\\lambda_0/2)^k$ (dotted)")
     ax0.set_title(f"{c0['activation']}, H = {c0['H']}, m = {p['sweep_width']}, N = {p['N']} on "
                   f"$S^{{{p['d'] - 1}}}$", fontsize=9)
     ax0.grid(True, which="major", alpha=0.3)
-    ax0.legend(fontsize=7, loc="lower left")
+    ax0.legend(fontsize=7, loc="lower left", ncol=2)
     # (b) width sweep: observed over guaranteed rate against m
     for c in p["cases"]:
         col, st = styles[(c["activation"], c["H"])]
