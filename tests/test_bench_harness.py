@@ -99,7 +99,8 @@ def test_problem_specs():
     train = [p for p in full.values() if p.kind == "train"]
     assert sorted(p.name for p in train) == ["B1_track", "L1", "L2"]
     assert all(p.group == "L" and p.candidates == ("train",) for p in train)
-    assert all(p.kind == "step" and p.steps is None for p in full.values() if p.group != "L")
+    assert all(p.kind == "step" and p.steps is None for p in full.values() if p.group != "L" and p.name != "T_load")
+    assert full["T_load"].kind == "load" and full["T_load"].widths == full["B1"].widths  # B1 beside a busy process
     assert full["L2"].max_repeats == 1  # one bare engine step of L2 after its run
     tiny = {p.name: p for p in all_problems("cpu", tiny=True) if p.kind == "train"}
     assert {n: p.steps for n, p in tiny.items()} == {"L1": 20, "L2": 1, "B1_track": 200}
@@ -108,7 +109,7 @@ def test_problem_specs():
 
 def test_select_problems():
     assert [p.name for p in select_problems("B4", "cpu")] == ["B4_1024", "B4_2048", "B4_4096", "B4_8192", "B4_16384"]
-    assert [p.name for p in select_problems("b1,T", "cpu", tiny=True)] == ["B1", "T1", "T2"]
+    assert [p.name for p in select_problems("b1,T", "cpu", tiny=True)] == ["B1", "T1", "T2", "T_load"]
     assert [p.name for p in select_problems(None, "cuda")] == ["G1", "G2"]
     with pytest.raises(PyrgdError, match="--backend cuda"):
         select_problems("G1", "cpu")

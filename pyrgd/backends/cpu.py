@@ -39,6 +39,11 @@ from .engine import NeuronsEngine, StepEngine
 
 name = "cpu"
 
+from .._threads import set_default_wait_policy
+
+#: how the kernels' OpenMP threads wait at a barrier (see pyrgd._threads.DEFAULT_SPINCOUNT)
+WAIT_POLICY = set_default_wait_policy()
+
 try:
     from .. import _cpu
 except ImportError as exc:  # not built, or built for another interpreter

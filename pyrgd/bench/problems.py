@@ -6,8 +6,8 @@ in float64, with the DGEMM share where the others have the SGEMM share), LeCun i
 about 1.
 
 Selectors accepted by ``--problems``: a problem's name (``B1``, ``B1d``, ``B4_2048``, ``T2``, ``L1``, ``G1``) or a
-group (``B4``: every n1 of the time-per-neuron sweep; ``T``: B1 with 1 and 2 threads; ``D``: the float64 problems
-B1d and B2d; ``L``: the train problems).
+group (``B4``: every n1 of the time-per-neuron sweep; ``T``: B1 with 1 and 2 threads, quiet and beside a busy
+process (T_load); ``D``: the float64 problems B1d and B2d; ``L``: the train problems).
 
 A new problem is one more entry in the list of :func:`_cpu_problems` (or :func:`_gpu_problems`): its name and group
 make it selectable, and :func:`default_selection` says whether a plain run includes it.
@@ -54,7 +54,8 @@ class Problem:
     problem: the method that holds no gradient of the wide layer).
     kind: 'step' (candidates of one GD step, :mod:`pyrgd.bench.runner`) or 'train' (a :func:`pyrgd.train` run with
     its defaults for ``steps`` steps, :mod:`pyrgd.bench.train_runs`; ``max_repeats`` then bounds the bare engine
-    steps timed after it).
+    steps timed after it) or 'load' (T_load: the fused step with 1 and 2 threads beside a busy process,
+    :mod:`pyrgd.bench.load`).
     dtype: the problem's own dtype ('float32' or 'float64'); None: the run's (``Options.dtype``).
     """
 
@@ -163,6 +164,8 @@ def _cpu_problems(tiny: bool) -> list[Problem]:
     for t in (1, 2):
         out.append(Problem(f"T{t}", **b1, group="T", candidates=("fused",), threads=t,
                            note=f"B1 with {t} thread{'s' if t > 1 else ''}"))
+    out.append(Problem("T_load", **b1, group="T", candidates=("load",), kind="load",
+                       note="B1 with 1 and 2 threads beside a busy process (pyrgd.bench.load)"))
     return out + _train_problems(tiny, b1)
 
 

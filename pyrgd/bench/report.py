@@ -79,6 +79,8 @@ TARGETS = (
          text="B4 fused time per neuron within 15% across n1"),
     dict(id="threads", device="cpu", kind="thread_scaling", problems=("T1", "T2"), threshold=1.7,
          text="B1 fused with 2 threads >= 1.7x 1 thread"),
+    dict(id="T_load", device="cpu", kind="load_scaling", problem="T_load", threshold=1.3,
+         text="B1 with 2 threads beside a busy process >= 1.3x 1 thread, never slower, same bits"),
     dict(id="L1_memory", device="cpu", kind="train_peak", problem="L1", threshold=1.3,
          text="L1 train peak RSS <= 1.3x (data + weights + step workspace)"),
     dict(id="L1_tracking", device="cpu", kind="train_tracking", problem="L1", threshold=10.0,
@@ -165,6 +167,10 @@ def _evaluate(t: dict, result: dict) -> tuple:
         return "SKIP", None, f"{t['problem']} not run"
     if kind.startswith("train_"):
         return _evaluate_train(t, p)
+    if kind == "load_scaling":
+        from .load import evaluate
+
+        return evaluate(t, p)
     fused = p["candidates"].get("fused")
     if not _ok(fused) or "seconds" not in fused:
         return ("FAIL" if fused and fused.get("status") in ("failed", "mismatch") else "SKIP"), None, \
@@ -364,7 +370,8 @@ def format_report(result: dict) -> str:
                      + f"{extra} (the roof of %peak and of the roofline bounds of the speed-up targets)")
     head = (f"{'problem':9}{'candidate':14}{'s/step':>10}{'IQR':>9}{'GFLOP/s':>9}{'%GEMM':>7}{'peak MiB':>10}"
             f"{'peak/data':>10}{'fused x':>8}{'err W':>9}{'err dW':>9}")
-    steps = [p for p in result.get("problems", []) if p.get("kind", "step") != "train"]
+    steps = [p for p in result.get("problems", []) if p.get("kind", "step") == "step"]
+    loads = [p for p in result.get("problems", []) if p.get("kind") == "load"]
     trains = [p for p in result.get("problems", []) if p.get("kind") == "train"]
     if steps:
         lines += ["", head]
@@ -408,6 +415,12 @@ def format_report(result: dict) -> str:
                       "of a new step engine on the same arrays after the run"]
     for p in trains:
         lines += _train_lines(p)
+    if loads:
+        from .load import load_lines
+
+        lines.append("")
+        for p in loads:
+            lines += load_lines(p)
     for g, it in (result.get("interleaved") or {}).items():
         per = ", ".join(f"n1={n}: {v / int(n) * 1e6:.3g} us (IQR {it['iqr'][n] / int(n) * 1e6:.2g})"
                         for n, v in sorted(it["seconds"].items(), key=lambda kv: int(kv[0])))

@@ -595,6 +595,35 @@ def run_train_problem(problem: Problem, opts: Options, bar=None) -> dict:
     return res
 
 
+def run_load_problem(problem: Problem, opts: Options, bar=None) -> dict:
+    """Run the load problem (T_load, :mod:`pyrgd.bench.load`): the fused step with 1 and 2 threads beside a busy
+    process; returns the problem's JSON-ready result, its one row under ``candidates["load"]``."""
+    from .load import DESCRIPTION, measure_load
+
+    dtype = problem_dtype(problem, opts.dtype)
+    res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops":
+           useful_flops(problem.N, problem.d, problem.widths), "warmup": 1,
+           "schedule": "rounds alternating 1 and 2 threads, beside one busy process", "candidates": {}}
+    dbytes = data_bytes(problem.N, problem.d, problem.widths, dtype.itemsize)
+    res["data_bytes"], res["data_bytes_parts"] = dbytes["total"], dbytes
+    if bar is not None:
+        bar.set_description(f"{problem.name} beside a busy process")
+    rounds, steps = (2, 2) if opts.tiny else (5, 5)
+    res["repeats"] = rounds * steps
+    try:
+        data = make_data(problem, dtype, opts.seed)
+        row = measure_load(data, problem.activation, problem.lr, rounds=rounds, steps=steps,
+                           backend="cpu" if opts.backend in ("auto", "cpu") else opts.backend)
+    except Exception as e:  # noqa: BLE001 - reported in its row, the other problems go on
+        row = {"status": "failed", "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+               "description": DESCRIPTION}
+    res["candidates"] = {"load": row}
+    res["fused_backend"] = "cpu" if row.get("status") == "ok" else None
+    if bar is not None:
+        bar.update(1)
+    return res
+
+
 # ------------------------------------------------------------------------------------------------ facts
 def _cpu_model() -> str:
     try:
@@ -756,8 +785,9 @@ def run(problems, opts: Options, on_problem=None) -> dict:
                 result["fma_peak"][key] = fma_peak_cpu(t or None, dtype=dt)
         bar.update(1)
         for p in problems:
-            if p.kind == "train":
-                result["problems"].append(run_train_problem(p, opts, bar))
+            if p.kind in ("train", "load"):
+                run_other = run_train_problem if p.kind == "train" else run_load_problem
+                result["problems"].append(run_other(p, opts, bar))
                 if on_problem is not None:
                     on_problem({**result, "targets": evaluate_targets(result), "complete": False})
                 continue
