@@ -17,8 +17,9 @@ import numpy as np
 from . import spectrum
 from .errors import ResourceError
 
-#: the tracker may take at most this fraction of the run's wall time (:class:`pyrgd.tracker.Tracker`)
-TRACKING_TIME_FRACTION = 0.1
+#: the tracker may take at most this fraction of the steps' time (:class:`pyrgd.tracker.Tracker`): under 10% of the
+#: run's wall time, with room for the error of its cost prediction and the loop's own bookkeeping
+TRACKING_TIME_FRACTION = 0.08
 #: the tracker may use as much memory as the step itself (data, weights, the step's buffers), or this, if more
 TRACKING_MEMORY_FLOOR = 16 << 20
 #: a run is refused where its planned peak exceeds this fraction of the memory available

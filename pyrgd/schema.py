@@ -89,7 +89,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tol": Key("float", 0.0, "stop when the loss is <= tol", lo=0.0),
         "rel_tol": Key("float", 0.0, "stop when loss / initial loss <= rel_tol", lo=0.0),
         "track_every": Key("int_or_auto", "auto", "steps between two certificate evaluations: \"auto\" (as many as "
-                           "fit in 10% of the run's time), a number, or 0 (no tracking)", lo=0),
+                           "fit in 8% of the steps' time), a number, or 0 (no tracking)", lo=0),
         "checkpoint_every": Key("int_or_auto", "auto", "steps between checkpoints written to the run folder: "
                                 "\"auto\" (every 10 minutes of wall time), a number, or 0 (none)", lo=0),
         "track_route": Key("str", "auto", "how sigma_min(F_1) is tracked: exact (N x N Gram), certified (a certified "

@@ -90,7 +90,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     steps : int, the most GD steps.
     backend : "auto" | "cpu" | "reference" | "cuda".
     tol, rel_tol : stop as "converged" when Phi_k <= tol or Phi_k <= rel_tol * Phi_0.
-    track_every : "auto" (the default: a certificate whenever the time spent on certificates stays within 10% of
+    track_every : "auto" (the default: a certificate whenever the time spent on certificates stays within 8% of
         the steps' time, :class:`pyrgd.tracker.Tracker`), an int (every this many steps, from step 0), or 0 (never).
     track_route : "auto" | "exact" | "certified" | "estimate", how sigma_min(F_1) is obtained
         (:mod:`pyrgd.spectrum`): "auto" takes the exact N x N route where it needs no more memory than the step

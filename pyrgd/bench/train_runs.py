@@ -3,7 +3,11 @@ process, with its peak memory, its time by part and the time of one bare engine 
 
 What runs: ``pyrgd.train(net, X, Y, steps=problem.steps, backend=..., progress=False)``: every other argument at
 its default (lr="auto", track_every="auto", the tracking route, the method); ``backend`` is what ``pyrgd bench
---backend`` asks for ("auto" unless given); no progress bar (a display, not part of the computation). X (N, d),
+--backend`` asks for ("auto" unless given); no progress bar (a display, not part of the computation). One exception,
+:data:`GIVEN_LR`: B1_track runs with the benchmark's step size. Its random targets make lr="auto" (0.5 /
+lambda_max at initialization) unstable: the top eigenvalue grows by more than 4x within 150 steps and the run
+diverged at step 146, so it would not last the 200 steps whose tracking cost it measures (the rule's own cost is
+L2's). X (N, d),
 Y (N, n_L) and the initial weights are the benchmark's (:func:`pyrgd.bench.problems.make_data`), the net a
 :class:`pyrgd.PyramidalNet` of the problem's activation holding them.
 
@@ -70,12 +74,18 @@ def train_inputs(problem: Problem, dtype="float32", seed: int = 0):
     return net, data.X, data.Y
 
 
+#: train problems that run with the benchmark's step size (Problem.lr) instead of lr="auto" (module docstring)
+GIVEN_LR = ("B1_track",)
+
+
 def run_train(problem: Problem, net, X, Y, backend: str = "auto"):
-    """pyrgd.train with its defaults for ``problem.steps`` steps; returns (TrainResult, seconds of the call)."""
+    """pyrgd.train with its defaults for ``problem.steps`` steps (lr: see GIVEN_LR); returns (TrainResult, seconds
+    of the call)."""
     import pyrgd
 
+    lr = problem.lr if problem.name in GIVEN_LR else "auto"
     t0 = time.perf_counter()
-    res = pyrgd.train(net, X, Y, steps=problem.steps, backend=backend, progress=False)
+    res = pyrgd.train(net, X, Y, lr=lr, steps=problem.steps, backend=backend, progress=False)
     return res, time.perf_counter() - t0
 
 
