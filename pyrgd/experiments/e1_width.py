@@ -298,6 +298,10 @@ def _plot(path, p, rows, margin_rows, f):
         st = np.array([r["gd_threshold_strict"] or np.nan for r in rows], dtype=float)
         ax.plot(Ns, st, "D-", color="C2", ms=4, label=f"GD reaches {p['strict_rel_tol']:g} (measured), slope "
                                                       f"{f['slope_gd_threshold_strict']:.2f}")
+        miss = [i for i, r in enumerate(rows) if r["gd_threshold_strict"] is None]
+        if miss:
+            ax.plot(Ns[miss], p["n1_max_over_N"] * Ns[miss], "^", color="C2", mfc="none", ms=7,
+                    label=f"GD reaches {p['strict_rel_tol']:g}: at no width up to {p['n1_max_over_N']:g} N")
     for i, r in enumerate(rows):
         if r["gd_threshold"] is None:
             ax.plot(Ns[i], p["n1_max_over_N"] * Ns[i], "^", color="C0", mfc="none",
