@@ -1,0 +1,221 @@
+"""Neuron-sharded gradient descent over MPI (mpi4py): :class:`ShardedEngine` and the helpers of a distributed run.
+
+Rank r of a communicator of P ranks owns a contiguous run of the wide layer's neuron *groups* (groups of
+:data:`NEURON_GROUP` = 1024 neurons, the cpu kernels' second-level unit of the sums over neurons: 16 blocks of 64):
+its columns of W_1 and rows of W_2. X, Y and the tail (W_3..W_L) are on every rank. Per step:
+
+- each rank runs the cpu backend's fused wide-layer step on each of its groups (the update of its neurons, and the
+  group's part g_i (N, n_2) of the next H = Z_2);
+- the parts are combined in group order by an ordered chain: rank 0 sums its parts from zero, sends the running sum
+  (N x n_2) to rank 1, which adds its parts in order and passes it on; the last rank broadcasts H. These are the
+  additions, in the same order, that one process's ``forward`` does (H = ((0 + g_0) + g_1) + ...), so H, the
+  loss, the tail and every weight are the SAME BITS as one process running the "neurons" method, for any P;
+- the wide layer's squared gradient norms come from the kernel per group and are summed in group order (an
+  allgather of 2 doubles per group): the same for every P, but one process sums them per block of 64 neurons
+  without the group level, so they may differ from its norms in the last bits (the weights do not).
+
+Communication per step: (P - 1) messages of N n_2 values along the chain, a broadcast of N n_2 values, and an
+allgather of 2 doubles per group. Needs the cpu backend (NumPy arrays); GPU ranks are not implemented.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backends.engine import StepEngine, _host_copy
+from .errors import PyrgdError
+
+#: neurons per group: the cpu kernels' kBlock (64) x kSuperBlocks (16); a shard holds whole groups
+NEURON_GROUP = 1024
+
+
+def check_comm(comm):
+    """``comm`` if it looks like an mpi4py communicator (Get_rank, Get_size, Send, Recv, Bcast, allgather), else
+    PyrgdError naming the argument."""
+    for name in ("Get_rank", "Get_size", "Send", "Recv", "Bcast", "allgather"):
+        if not callable(getattr(comm, name, None)):
+            raise PyrgdError(f"comm: expected an mpi4py communicator (e.g. mpi4py.MPI.COMM_WORLD), got "
+                             f"{type(comm).__name__}")
+    return comm
+
+
+def groups_of(n1: int) -> list[tuple[int, int]]:
+    """The wide layer's neuron groups [(start, stop), ...] in order: NEURON_GROUP neurons each, the last shorter."""
+    return [(a, min(int(n1), a + NEURON_GROUP)) for a in range(0, int(n1), NEURON_GROUP)]
+
+
+def shard_groups(n1: int, size: int) -> list[range]:
+    """Which groups (indices into :func:`groups_of`) each of ``size`` ranks owns: contiguous, as even as can be.
+    PyrgdError when there are fewer groups than ranks."""
+    G = len(groups_of(n1))
+    if size > G:
+        raise PyrgdError(f"comm: {size} ranks but the wide layer has {G} group{'s' if G > 1 else ''} of "
+                         f"{NEURON_GROUP} neurons (n1 = {n1}); run on at most {G} rank{'s' if G > 1 else ''}")
+    return [range(r * G // size, (r + 1) * G // size) for r in range(size)]
+
+
+class ShardedEngine(StepEngine):
+    """The "neurons" method with the wide layer's neurons sharded over the ranks of ``comm`` (module docstring).
+
+    X (N, d) and Y (N, n_L): NumPy arrays, the same on every rank. ``W``: the FULL weights [W_1, ..., W_L] (the same
+    on every rank); the engine keeps its rank's shard: :attr:`weights` is the list of the arrays it updates in
+    place (one (d, <=1024) array per owned group of W_1, this rank's rows of W_2, then W_3..W_L), and
+    :meth:`full_weights` gathers the whole network on every rank. :meth:`state` holds the full weights, so a
+    checkpoint resumes on any number of ranks (or in one process with method 'neurons').
+    """
+
+    backend = "cpu"
+    method = "neurons"
+
+    def __init__(self, comm, X, Y, W, act, mult):
+        from .backends import cpu
+
+        super().__init__(X, Y, list(W), act, mult)
+        if not isinstance(X, np.ndarray):
+            raise PyrgdError("comm: a distributed run needs the cpu backend (NumPy arrays); GPU ranks are not "
+                             "implemented")
+        cpu._module()
+        self._be = cpu
+        self.comm = check_comm(comm)
+        self.rank, self.size = int(comm.Get_rank()), int(comm.Get_size())
+        n1 = W[0].shape[1]
+        self.groups = groups_of(n1)
+        self.owned = shard_groups(n1, self.size)[self.rank]
+        self.n_local = sum(self.groups[g][1] - self.groups[g][0] for g in self.owned)
+        self._lo = self.groups[self.owned[0]][0] if len(self.owned) else 0
+        N, n2 = X.shape[0], W[1].shape[1]
+        self._W1 = [np.empty((W[0].shape[0], b - a), dtype=X.dtype) for a, b in (self.groups[g] for g in self.owned)]
+        self._W2 = np.empty((self.n_local, n2), dtype=X.dtype)
+        self._W2g, off = [], 0
+        for w in self._W1:
+            self._W2g.append(self._W2[off:off + w.shape[1]])
+            off += w.shape[1]
+        self._tail = [np.ascontiguousarray(w).copy() for w in W[2:]]
+        self._parts = [np.empty((N, n2), dtype=X.dtype) for _ in self._W1]
+        self._H = self._G = self._tail_grads = None
+        self.W = self._W1 + [self._W2] + self._tail
+        self._set_full([np.asarray(w) for w in W])
+        #: bytes this rank sent and seconds it spent in communication (the chain, the broadcast, the allgathers)
+        self.comm_bytes, self.comm_seconds = 0, 0.0
+
+    # ----------------------------------------------------------------------------------------- the shard
+    def _set_full(self, full) -> None:
+        for w, (a, b) in zip(self._W1, (self.groups[g] for g in self.owned)):
+            w[...] = full[0][:, a:b]
+        self._W2[...] = full[1][self._lo:self._lo + self.n_local]
+        for w, f in zip(self._tail, full[2:]):
+            w[...] = f
+
+    @property
+    def weights(self) -> list:
+        """This rank's arrays, updated in place: W_1 by owned group, this rank's rows of W_2, W_3..W_L."""
+        return self.W
+
+    def full_weights(self) -> list:
+        """[W_1, ..., W_L] of the whole network (host copies), on every rank (collective: call it on every rank)."""
+        local_w1 = np.concatenate(self._W1, axis=1) if self._W1 else np.empty((self.X.shape[1], 0), self.X.dtype)
+        w1 = self.comm.allgather(local_w1)
+        w2 = self.comm.allgather(self._W2)
+        return [np.ascontiguousarray(np.concatenate(w1, axis=1)), np.ascontiguousarray(np.concatenate(w2, axis=0))] \
+            + [w.copy() for w in self._tail]
+
+    # ----------------------------------------------------------------------------------------- communication
+    def _chain(self, parts, out):
+        """H = ((0 + g_0) + g_1) + ... over every group in order, into ``out`` (N, n2), on every rank."""
+        import time
+
+        t0 = time.perf_counter()
+        if self.rank == 0:
+            out[...] = 0
+        else:
+            self.comm.Recv(out, source=self.rank - 1, tag=16)
+        t1 = time.perf_counter()
+        for p in parts:
+            out += p
+        t2 = time.perf_counter()
+        if self.rank < self.size - 1:
+            self.comm.Send(out, dest=self.rank + 1, tag=16)
+            self.comm_bytes += out.nbytes
+        if self.size > 1:
+            self.comm.Bcast(out, root=self.size - 1)
+            if self.rank == self.size - 1:
+                self.comm_bytes += out.nbytes
+        self.comm_seconds += (t1 - t0) + (time.perf_counter() - t2)
+        return out
+
+    def _forward(self):
+        N, n2 = self.X.shape[0], self._W2.shape[1]
+        for w1, w2, p in zip(self._W1, self._W2g, self._parts):
+            self._be.forward(self.X, w1, w2, self.act, self.mult[0], out=p)
+        return self._chain(self._parts, np.empty((N, n2), dtype=self.X.dtype))
+
+    # ----------------------------------------------------------------------------------------- the step
+    def _evaluate(self) -> float:
+        if self._H is None:
+            self._H = self._forward()
+        loss, self._G, self._tail_grads = self._be.tail(self._H, self.Y, self._tail, self.act, self.mult[1:],
+                                                        out=self._G)
+        return float(loss)
+
+    def _update(self, lr: float) -> list[float]:
+        import time
+
+        G = self._G
+        sq = np.empty((len(self._W1), 2), dtype=np.float64)
+        for i, (w1, w2, p) in enumerate(zip(self._W1, self._W2g, self._parts)):
+            res = self._be.step(self.X, w1, w2, G, lr, self.act, self.mult[0], True, out=p)
+            sq[i] = (res.grad_sq_w1, res.grad_sq_w2)
+        t0 = time.perf_counter()
+        every = self.comm.allgather(sq)  # per-group norms, in group order
+        self.comm_seconds += time.perf_counter() - t0
+        self.comm_bytes += sq.nbytes
+        t1 = t2 = 0.0
+        for part in every:
+            for a, b in part:
+                t1 += float(a)
+                t2 += float(b)
+        self._chain(self._parts, G)  # the next H over G, which every group's step has read
+        tail_grads, self._tail_grads = self._tail_grads, None
+        tail_sq = [(g * g).sum() for g in tail_grads]  # as NeuronsEngine: the same bits
+        for l, g in enumerate(tail_grads):
+            self._tail[l] -= lr * g
+        self._G, self._H = self._H, G
+        return [t1, t2] + [float(s) for s in tail_sq]
+
+    def gradients(self) -> list:
+        raise PyrgdError("gradients: not available on a sharded (distributed) engine")
+
+    def step_gradients(self) -> list:
+        raise PyrgdError("step_gradients: not available on a sharded (distributed) engine; use update='gd'")
+
+    def apply(self, direction, lr=1.0) -> None:
+        raise PyrgdError("apply: not available on a sharded (distributed) engine; use update='gd'")
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        """{'weights': the FULL weights, 'carry': {'H': ...} or {}, 'method': 'neurons'} (collective)."""
+        return {"weights": self.full_weights(), "carry": {} if self._H is None else {"H": _host_copy(self._H)},
+                "method": self.method}
+
+    def load_state(self, state: dict) -> None:
+        """Put back a :meth:`state` (the full weights, of any number of ranks): this rank takes its shard."""
+        ws = state.get("weights") if isinstance(state, dict) else None
+        L = 2 + len(self._tail)
+        if not isinstance(ws, (list, tuple)) or len(ws) != L:
+            raise PyrgdError(f"state: expected a dict with 'weights', a list of {L} arrays")
+        shapes = [(self.X.shape[1], sum(b - a for a, b in self.groups)), (sum(b - a for a, b in self.groups),
+                                                                           self._W2.shape[1])]
+        shapes += [w.shape for w in self._tail]
+        for l, (s, shape) in enumerate(zip(ws, shapes)):
+            if tuple(np.shape(s)) != tuple(shape):
+                raise PyrgdError(f"state: weights[{l}] has shape {tuple(np.shape(s))}, expected {tuple(shape)}")
+        self._set_full([np.asarray(w) for w in ws])
+        H = (state.get("carry") or {}).get("H")
+        self._G = self._tail_grads = None
+        if H is None:
+            self._H = None
+        else:
+            if tuple(H.shape) != (self.X.shape[0], self._W2.shape[1]):
+                raise PyrgdError(f"state: carry['H'] has shape {tuple(H.shape)}, expected "
+                                 f"{(self.X.shape[0], self._W2.shape[1])}")
+            self._H = np.ascontiguousarray(np.asarray(H, dtype=self.X.dtype)).copy()
+        self._evaluated = False
