@@ -2,8 +2,8 @@
 CUDA sources' package data.
 
 The C++ sources: csrc/cpu/*.cpp (the kernels and the pybind11 binding module.cpp) with their private headers
-(csrc/cpu/*.h, *.inc) and the public headers of pyrgd's C++ API, csrc/include/pyrgd/*.h (pyrgd.h includes them all).
-The C library (pyrgd/c_api.h): the kernels' objects of the extension (all but module.cpp's) and csrc/capi/*.cpp,
+(csrc/cpu/*.h, *.inc) and the public headers of pyrgd's C++ API, csrc/include/pyrgd/*.h (kernels.h includes them all).
+The C library (pyrgd/pyrgd.h): the kernels' objects of the extension (all but module.cpp's) and csrc/capi/*.cpp,
 linked into ``pyrgd/lib/libpyrgd.so`` (.dylib, .dll) beside the extension. The public headers and the CMake package
 config (csrc/cmake) are copied into the package as ``pyrgd/_csrc/include`` and ``pyrgd/_csrc/cmake``
 (:mod:`pyrgd.native` finds them, or the source tree's in an editable install).

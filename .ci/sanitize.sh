@@ -26,5 +26,5 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" UBSAN_OPTIONS="halt_on_err
 export PYTHONMALLOC=malloc
 # (test_no_n_by_n1_allocation sets an address-space limit, which ASan's shadow memory cannot live under)
 python -m pytest -q -p no:cacheprovider -m "not slow" tests/test_cpu_backend.py tests/test_network_grad.py \
-    tests/test_properties.py tests/test_engine.py tests/test_activations.py \
+    tests/test_properties.py tests/test_engine.py tests/test_activations.py tests/test_wide_grad.py \
     --deselect tests/test_cpu_backend.py::test_no_n_by_n1_allocation

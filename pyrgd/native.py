@@ -1,7 +1,7 @@
 """Where pyrgd's C library and its headers are, for programs in C, C++ or other languages (issue 15's C ABI).
 
-- :func:`get_include`: the folder to put on the include path; ``#include <pyrgd/c_api.h>`` (the C ABI) or
-  ``<pyrgd/pyrgd.h>`` (the C++ API of the kernels, header-only declarations: link with the library's objects).
+- :func:`get_include`: the folder to put on the include path; ``#include <pyrgd/pyrgd.h>`` (the C ABI) or
+  ``<pyrgd/kernels.h>`` (the C++ API of the kernels, header-only declarations: link with the library's objects).
 - :func:`get_library_dir`: the folder of the shared library ``libpyrgd`` (link with ``-L<dir> -lpyrgd`` and find it
   at run time, e.g. ``-Wl,-rpath,<dir>``); :func:`get_library` its path.
 - :func:`get_cmake_dir`: ``-Dpyrgd_DIR=<dir>`` for ``find_package(pyrgd CONFIG)``, target ``pyrgd::pyrgd``.
@@ -34,8 +34,8 @@ def library_name() -> str:
 
 
 def get_include() -> str:
-    """The include folder holding pyrgd/c_api.h and pyrgd/pyrgd.h."""
-    return _first(_PKG / "_csrc" / "include", _SRC / "include", must="pyrgd/c_api.h")
+    """The include folder holding pyrgd/pyrgd.h and pyrgd/kernels.h."""
+    return _first(_PKG / "_csrc" / "include", _SRC / "include", must="pyrgd/pyrgd.h")
 
 
 def get_library_dir() -> str:

@@ -1,4 +1,4 @@
-"""The load problem T_load (pyrgd.bench.load) and the OpenMP wait policy pyrgd sets (pyrgd._threads)."""
+"""The load problem T_load (pyrgd.bench.load) and the OpenMP wait policy pyrgd sets (pyrgd._omp)."""
 import os
 import subprocess
 import sys
@@ -70,7 +70,7 @@ def _child_policy(env_extra):
 
 
 def test_wait_policy_default_and_the_users_choice():
-    from pyrgd._threads import DEFAULT_SPINCOUNT
+    from pyrgd._omp import DEFAULT_SPINCOUNT
 
     policy, spin = _child_policy({})
     assert "pyrgd's default" in policy and spin == DEFAULT_SPINCOUNT
@@ -81,7 +81,7 @@ def test_wait_policy_default_and_the_users_choice():
 
 
 def test_wait_policy_is_left_alone_where_libgomp_is_loaded(monkeypatch):
-    from pyrgd import _threads
+    from pyrgd import _omp as _threads
 
     env = {}
     monkeypatch.setattr(_threads, "_libgomp_loaded", lambda: True)

@@ -1,4 +1,4 @@
-"""pyrgd's C ABI (pyrgd/c_api.h, libpyrgd): a C program compiled with `cc` and a C++ program built with CMake
+"""pyrgd's C ABI (pyrgd/pyrgd.h, libpyrgd): a C program compiled with `cc` and a C++ program built with CMake
 (find_package(pyrgd CONFIG), pyrgd::pyrgd) against the built package give pyrgd.ops' bits; errors are codes with a
 message."""
 import os
@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Reads X, W1, W2, G (raw, row-major) from argv[6], runs every function of the ABI, writes the results beside them.
 C_PROGRAM = r"""
-#include <pyrgd/c_api.h>
+#include <pyrgd/pyrgd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
 
 # Every kind of bad call: the code and the message of each.
 C_ERRORS = r"""
-#include <pyrgd/c_api.h>
+#include <pyrgd/pyrgd.h>
 #include <stdio.h>
 
 static void report(const char* what, int rc) { printf("%s|%d|%s\n", what, rc, pyrgd_last_error()); }
@@ -180,7 +180,7 @@ def test_c_errors_are_codes_with_messages(tmp_path):
 
 def test_native_paths_and_the_readme_c_example(tmp_path):
     """get_include / get_library_dir / get_cmake_dir point at the files; the README's C example builds and runs."""
-    assert (pathlib.Path(native.get_include()) / "pyrgd" / "c_api.h").is_file()
+    assert (pathlib.Path(native.get_include()) / "pyrgd" / "pyrgd.h").is_file()
     assert pathlib.Path(native.get_library()).is_file()
     assert (pathlib.Path(native.get_cmake_dir()) / "pyrgdConfig.cmake").is_file()
     readme = (ROOT / "README.md").read_text()
@@ -200,7 +200,7 @@ target_link_libraries(app PRIVATE pyrgd::pyrgd)
 """
 
 CPP_PROGRAM = r"""
-#include <pyrgd/c_api.h>
+#include <pyrgd/pyrgd.h>
 #include <cstdio>
 #include <fstream>
 #include <vector>

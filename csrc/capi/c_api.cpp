@@ -1,8 +1,8 @@
-// pyrgd's C ABI (pyrgd/c_api.h) over the C++ API (pyrgd/pyrgd.h): argument checks, the activation's name parsed as
+// pyrgd's C ABI (pyrgd/pyrgd.h) over the C++ API (pyrgd/kernels.h): argument checks, the activation's name parsed as
 // Python's pyrgd.parse_activation does, C++ exceptions turned into error codes and a per-thread message. Linked into
 // the shared library libpyrgd with the kernels' objects (setup.py), not into the Python extension.
-#include <pyrgd/c_api.h>
 #include <pyrgd/pyrgd.h>
+#include <pyrgd/kernels.h>
 
 #include <cctype>
 #include <cmath>

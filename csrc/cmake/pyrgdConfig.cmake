@@ -1,4 +1,4 @@
-# pyrgdConfig.cmake -- CMake package config of pyrgd's C library (pyrgd/c_api.h, libpyrgd), installed with the
+# pyrgdConfig.cmake -- CMake package config of pyrgd's C library (pyrgd/pyrgd.h, libpyrgd), installed with the
 # Python package:
 #   cmake -Dpyrgd_DIR="$(python -c 'import pyrgd.native as n; print(n.get_cmake_dir())')" ...
 #   find_package(pyrgd CONFIG REQUIRED)
@@ -10,9 +10,9 @@ get_filename_component(_pyrgd_here "${CMAKE_CURRENT_LIST_DIR}" ABSOLUTE)
 get_filename_component(pyrgd_INCLUDE_DIR "${_pyrgd_here}/../include" ABSOLUTE)
 find_library(pyrgd_LIBRARY NAMES pyrgd
              PATHS "${_pyrgd_here}/../../lib" "${_pyrgd_here}/../../pyrgd/lib" NO_DEFAULT_PATH)
-if(NOT EXISTS "${pyrgd_INCLUDE_DIR}/pyrgd/c_api.h" OR NOT pyrgd_LIBRARY)
+if(NOT EXISTS "${pyrgd_INCLUDE_DIR}/pyrgd/pyrgd.h" OR NOT pyrgd_LIBRARY)
   set(pyrgd_FOUND FALSE)
-  set(pyrgd_NOT_FOUND_MESSAGE "pyrgd: no libpyrgd or pyrgd/c_api.h near ${_pyrgd_here}; reinstall pyrgd from source")
+  set(pyrgd_NOT_FOUND_MESSAGE "pyrgd: no libpyrgd or pyrgd/pyrgd.h near ${_pyrgd_here}; reinstall pyrgd from source")
   return()
 endif()
 if(NOT TARGET pyrgd::pyrgd)

@@ -1,4 +1,4 @@
-// pybind11 binding of pyrgd's C++ API (pyrgd/pyrgd.h): the extension module pyrgd._cpu.
+// pybind11 binding of pyrgd's C++ API (pyrgd/kernels.h): the extension module pyrgd._cpu.
 //
 // The raw module checks its input itself (pyrgd.ops checks first, but calling pyrgd._cpu directly must never crash
 // the interpreter). Arrays are taken as plain objects and never converted or copied (a silent copy of W1 would not
@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include <pyrgd/pyrgd.h>
+#include <pyrgd/kernels.h>
 
 #include "fma_probe.h"
 

@@ -39,9 +39,9 @@ from .engine import NeuronsEngine, StepEngine
 
 name = "cpu"
 
-from .._threads import set_default_wait_policy
+from .._omp import set_default_wait_policy
 
-#: how the kernels' OpenMP threads wait at a barrier (see pyrgd._threads.DEFAULT_SPINCOUNT)
+#: how the kernels' OpenMP threads wait at a barrier (see pyrgd._omp.DEFAULT_SPINCOUNT)
 WAIT_POLICY = set_default_wait_policy()
 
 try:

@@ -1,7 +1,7 @@
 // pyrgd/grad.h -- the loss and every gradient of the whole network (wide layer and tail) on the CPU in one pass over
 // panels of rows, what a training step calls; the size of its workspace and of its panels; the weight update.
 //
-// Part of pyrgd's C++ API (pyrgd/pyrgd.h); implemented in csrc/cpu/grad_kernels.cpp. Namespace pyrgd::cpu.
+// Part of pyrgd's C++ API (pyrgd/kernels.h); implemented in csrc/cpu/grad_kernels.cpp. Namespace pyrgd::cpu.
 // Conventions as in pyrgd/wide.h: dense row-major arrays of one floating type T (float or double), owned by the
 // caller and passed as raw pointers, every dimension >= 1; X (N, d), W_1 (d, n1), W_2 (n1, n2); `act` a code of
 // pyrgd/activations.h, `gamma` its slope.

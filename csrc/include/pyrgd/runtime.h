@@ -1,7 +1,7 @@
 // pyrgd/runtime.h -- what every CPU kernel of pyrgd shares: the blocking constants that fix the order of the sums,
 // the activation codes, the number of threads and the instruction set.
 //
-// Part of pyrgd's C++ API (pyrgd/pyrgd.h includes it; the kernels are compiled into the extension pyrgd._cpu from
+// Part of pyrgd's C++ API (pyrgd/kernels.h includes it; the kernels are compiled into the extension pyrgd._cpu from
 // csrc/cpu/*.cpp, plain C++17 + OpenMP with no Python in them). Everything here lives in namespace pyrgd::cpu.
 // Errors are C++ exceptions (std::invalid_argument for an argument outside its documented range); no function here
 // allocates memory.

@@ -1,7 +1,7 @@
 // pyrgd/tail.h -- the pyramidal tail of the network (layers 2..L, docs/theory.md section 1) on the CPU: its loss and
 // gradients from the wide layer's output, streamed over chunks of rows.
 //
-// Part of pyrgd's C++ API (pyrgd/pyrgd.h); implemented in csrc/cpu/tail_kernels.cpp. Namespace pyrgd::cpu.
+// Part of pyrgd's C++ API (pyrgd/kernels.h); implemented in csrc/cpu/tail_kernels.cpp. Namespace pyrgd::cpu.
 // Conventions as in pyrgd/wide.h: dense row-major arrays of one floating type T (float or double), owned by the
 // caller and passed as raw pointers, every dimension >= 1; `act` a code of pyrgd/activations.h, `gamma` its slope.
 #ifndef PYRGD_TAIL_H

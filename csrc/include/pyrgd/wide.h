@@ -1,7 +1,7 @@
 // pyrgd/wide.h -- the fused operations of the wide first layer on the CPU (docs/theory.md section 2): forward,
 // one gradient-descent step, the Gram matrix of the layer's features, and the activation elementwise.
 //
-// Part of pyrgd's C++ API (pyrgd/pyrgd.h); implemented in csrc/cpu/wide_kernels.cpp. Namespace pyrgd::cpu.
+// Part of pyrgd's C++ API (pyrgd/kernels.h); implemented in csrc/cpu/wide_kernels.cpp. Namespace pyrgd::cpu.
 //
 // Conventions of every function here:
 //   Arrays: dense, row-major (C order), of one floating type T (float or double: both are instantiated), in the

@@ -1,7 +1,7 @@
 // pyrgd/wide_grad.h -- the gradients of the wide first layer on the CPU given the upstream gradient, nothing applied:
 // what an autograd system (PyTorch, JAX) calls for the layer's backward pass.
 //
-// Part of pyrgd's C++ API (pyrgd/pyrgd.h); implemented in csrc/cpu/wide_grad_kernels.cpp. Namespace pyrgd::cpu.
+// Part of pyrgd's C++ API (pyrgd/kernels.h); implemented in csrc/cpu/wide_grad_kernels.cpp. Namespace pyrgd::cpu.
 // Conventions as in pyrgd/wide.h: dense row-major arrays of one floating type T (float or double), owned by the
 // caller and passed as raw pointers, every dimension >= 1; X (N, d), W1 (d, n1), W2 (n1, n2), G (N, n2); `act` a
 // code of pyrgd/activations.h, `gamma` its slope, `a1` the layer's multiplier.
