@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pyrgd.bench.candidates import make_candidate
-from pyrgd.bench.problems import data_bytes, make_data, useful_flops
+from pyrgd.bench.problems import data_bytes, make_data, problem_dtype, useful_flops
 from pyrgd.bench.runner import UPDATE_TOLERANCE, step_errors
 
 SIZE = os.environ.get("PYRGD_BENCH_SIZE", "full").strip().lower()
@@ -79,7 +79,8 @@ def describe(benchmark, problem, name, errs):
     benchmark.group = f"{problem.name}: N={problem.N} d={problem.d} widths={list(problem.widths)} {problem.activation}"
     benchmark.extra_info.update(
         problem=problem.name, candidate=name, useful_flops=useful_flops(problem.N, problem.d, problem.widths),
-        data_bytes=data_bytes(problem.N, problem.d, problem.widths)["total"], threads=problem.threads,
+        data_bytes=data_bytes(problem.N, problem.d, problem.widths, problem_dtype(problem, "float32").itemsize)["total"],
+        threads=problem.threads,
         **{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in errs.items()})
 
 

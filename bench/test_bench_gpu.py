@@ -20,7 +20,7 @@ try:
 except Exception as e:  # noqa: BLE001
     pytest.skip(f"no CUDA device ({e})", allow_module_level=True)
 
-from pyrgd.bench.candidates import extra_bytes, torch_available  # noqa: E402
+from pyrgd.bench.candidates import extra_bytes, unavailable  # noqa: E402
 from pyrgd.bench.memory import release_gpu_memory  # noqa: E402
 from pyrgd.bench.runner import warm_up  # noqa: E402
 
@@ -29,14 +29,9 @@ CASES = [pytest.param(p, c, id=f"{p.name}-{c}") for p in PROBLEMS for c in p.can
 
 
 def _skip_reason(problem, name):
-    if name == "torch":
-        ok, why = torch_available()
-        if not ok:
-            return why
-        import torch
-
-        if not torch.cuda.is_available():
-            return "PyTorch has no CUDA device"
+    why = unavailable(name, "cuda")  # torch, torch.compile, JAX: installed and with a CUDA device?
+    if why:
+        return why
     release_gpu_memory()
     free = cp.cuda.runtime.memGetInfo()[0]
     need = extra_bytes(name, problem) + data_bytes(problem.N, problem.d, problem.widths)["total"]
