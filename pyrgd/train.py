@@ -78,7 +78,7 @@ def _versions(xp):
 def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.0, rel_tol=0.0, track_every="auto",
           time_budget=None, divergence_factor=1e6, progress=True, out=None, config=None,
           threads=None, method="auto", track_route="auto", checkpoint_every="auto", resume=None, callback=None,
-          update="gd", loss=None) -> TrainResult:
+          update="gd", loss=None, comm=None) -> TrainResult:
     """Train ``net`` in place by full-batch gradient descent on Phi = 1/2 ||F_L(X) - Y||_F^2 with a constant step.
 
     Parameters
@@ -121,6 +121,12 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         checkpoints. lr="auto" takes GD's rule.
     loss : None (the squared loss, in the backends' fused kernels) or a function fn(F_L, Y) -> (loss, dloss/dF_L)
         (:mod:`pyrgd.losses`; needs a numeric lr and method "auto").
+    comm : None, or an mpi4py communicator (e.g. ``MPI.COMM_WORLD``; call train on every rank with the same
+        arguments): the wide layer's neurons are sharded over its ranks (:mod:`pyrgd.distributed`), the cpu backend
+        with the neurons method, update "gd" and the squared loss; the weights are the bits of one process running
+        method "neurons", for any number of ranks. Rank 0 shows the progress bar and writes ``out``; the others
+        write nothing. An error on one rank ends every rank (:class:`pyrgd.distributed.RankError`). Tracking is off
+        (the summary's ``tracking`` says why). Checkpoints hold the full weights and resume on any number of ranks.
 
     With an update other than GD or a user loss, the certificates (which assume GD on the squared loss) do not
     apply: track_every="auto" takes none, a given track_every still records the tracked quantities but with
@@ -161,7 +167,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                          track_every=track_every, time_budget=time_budget, divergence_factor=divergence_factor,
                          progress=progress, out=out, config=config, method=method, track_route=track_route,
                          checkpoint_every=checkpoint_every, resume=resume, callback=callback, update=rule,
-                         loss=loss)
+                         loss=loss, comm=comm)
+    rank = 0
+    if comm is not None:
+        rank, method, track_every, progress = _distributed_args(comm, rule, loss, method, track_every, progress)
     if not (isinstance(lr, str) and lr == "auto"):
         if isinstance(lr, str):
             raise PyrgdError(f"lr: expected a positive number or 'auto', got {lr!r}")
@@ -182,6 +191,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     N = X_host.shape[0]
     Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
     backend, xp = ops.backend_for_arrays(backend, array_module(X_host) or np)
+    if comm is not None and backend != "cpu":
+        raise PyrgdError(f"comm: a distributed run needs the cpu backend, got backend {backend!r} (GPU ranks are not "
+                         "implemented)")
     net.warn_if_narrow(N)
     applies = isinstance(rule, GD) and loss is None  # the certificates assume GD on the squared loss
     if not applies and isinstance(track_every, str):
@@ -201,7 +213,16 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                 "update": rule.spec(), "loss": loss_label}
     saved = None
     if resume is not None:
-        saved = _load_resume(resume, identity, X_host, Y_host, lr)
+        if comm is None:
+            saved = _load_resume(resume, identity, X_host, Y_host, lr)
+        else:  # every rank reads it; a failure on one ends every rank
+            from .distributed import agree
+
+            try:
+                saved, err = _load_resume(resume, identity, X_host, Y_host, lr), None
+            except (PyrgdError, OSError) as e:
+                saved, err = None, e
+            agree(comm, None, err)
         lr = saved["meta"]["lr"]
     tracked = plan.tracking_route != "off"
     if saved is not None and tracked and "W0_1" in saved["arrays"]:
@@ -231,18 +252,27 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         timing["k"] = int(saved["meta"]["step"])
         timing["steps"] = float(saved["meta"]["step_seconds"])
     checkpoints = _Checkpointer(out, checkpoint_every, identity, X_host, Y_host, W0, lr, lr_rule,
-                                t_start - (saved["meta"].get("wall_seconds", 0.0) if saved else 0.0))
+                                t_start - (saved["meta"].get("wall_seconds", 0.0) if saved else 0.0),
+                                writer=rank == 0)
+    sync = None
+    if comm is not None:
+        from .distributed import agree
+
+        def sync(value, error=None):
+            return agree(comm, value, error)
     stepper = None
     bar = _progress_bar(steps, timing["k"]) if progress else None
     stop = StopFlag()
     with stop:  # until the run folder is written: no signal cuts a step, a checkpoint or a file in half
-        if out is not None and config is not None:  # first, so that a killed run's folder can be resumed
+        if out is not None and config is not None and rank == 0:  # first: a killed run's folder can be resumed
             from .runio import write_config
 
             write_config(out, config)
         try:
             with warnings.catch_warnings():
-                if loss is None:
+                if comm is not None:
+                    engine = _sharded_engine(comm, Xd, Yd, W, act, mult, saved)
+                elif loss is None:
                     engine = ops.step_engine(Xd, Yd, W, activation=act, multipliers=mult, backend=backend,
                                              method=method)
                 else:
@@ -254,14 +284,26 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                 if saved is not None:
                     _restore(saved, engine, hist, tracker, net.L)
                     stepper.load_state(saved["arrays"])
-                last_good = [w.copy() for w in W]  # the weights before the latest update (a diverged run keeps them)
-            status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing, checkpoints,
-                                    last_good, stepper, callback, applies)
+                # the weights before the latest update (a diverged run keeps them)
+                last_good = [w.copy() for w in engine.weights]
+            try:
+                status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing, checkpoints,
+                                        last_good, stepper, callback, applies, sync)
+            except Exception as e:  # distributed: one rank's error inside a step, where the others wait on it
+                from .distributed import RankError, abort
+
+                if comm is None or isinstance(e, RankError):
+                    raise
+                abort(comm, f"{type(e).__name__}: {e}")
             if status == "diverged" and timing["k"] > 0:
-                for w, g in zip(W, last_good):
+                for w, g in zip(engine.weights, last_good):
                     w[...] = g
                 message += f"; the net keeps the weights of step {timing['k'] - 1}, the last with a finite loss"
         except KeyboardInterrupt:  # a second signal, or not in the main thread: the last whole step is kept
+            if comm is not None:  # the ranks cannot agree on where they stopped
+                from .distributed import abort
+
+                abort(comm, "interrupted (a second signal) in a distributed run; resume from its last checkpoint")
             stop.finish()
             hist.repair()
             if engine is not None and len(hist) < timing["k"] + 1:  # the weights are a step past the last row
@@ -274,6 +316,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                     bar.set_postfix(loss=f"{hist.last_loss:.3e}", refresh=False)
                 bar.close()
 
+        if comm is not None and engine is not None:
+            W = engine.full_weights()
         net.weights = [np.ascontiguousarray(_to_host(w)) for w in W]
         h = hist.columns
         if not applies:  # the certified factors (and the envelope, nan) hold for GD on the squared loss only
@@ -312,6 +356,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         }
         summary["isa"] = identity["isa"]
         summary["source_commit"] = source_commit()
+        if comm is not None:
+            summary["tracking"]["why_off"] = ("tracking is not implemented in a distributed run (comm given): no "
+                                              "certificates or envelope")
+            summary["distributed"] = _distributed_summary(comm, engine)
         threads_now = ops.backend_threads(backend)
         if threads_now is not None:
             summary["threads"] = threads_now
@@ -321,7 +369,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                     (status in ("interrupted", "terminated") or checkpoint_every != 0):
                 checkpoints.save(engine, hist, tracker, timing)
                 summary["checkpoint"] = checkpoints.path
-            if out is not None:
+            if out is not None and rank == 0:
                 from .runio import write_run
 
                 write_run(out, result, config)
@@ -355,7 +403,7 @@ def _progress_bar(steps, initial=0):
 
 
 def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, lr, t_start, timing,
-          checkpoints=None, last_good=None, stepper=None, callback=None, certified=True):
+          checkpoints=None, last_good=None, stepper=None, callback=None, certified=True, sync=None):
     """Evaluate, record, check the stop rules, update; until a rule stops the run. Returns (status, message).
 
     timing["steps"] accumulates the seconds spent in the engine's evaluate and update, timing["k"] counts the updates
@@ -363,11 +411,14 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
     ``last_good``: arrays shaped like the weights that receive them before each update. ``stepper``: the update
     rule's (:mod:`pyrgd.update_rules`; None: the engine's GD update). ``callback``: called with the record of each
     step after its update; True or :class:`StopTraining` makes the next stop check end the run. ``certified``:
-    False where the certificates do not apply (the envelope column is then nan)."""
+    False where the certificates do not apply (the envelope column is then nan). ``sync``: None, or (distributed)
+    a function sync(value, error) -> rank 0's value on every rank, raising on every rank where a rank passes an
+    error: the stop decision, the checkpoint decision and a callback's error are agreed at each step boundary."""
     last_post = 0.0
     asked = None  # the callback's reason to stop (a string) once it asked
     k = timing["k"]
     phi0 = hist.columns["loss"][0] if len(hist) else None
+    pending = None  # distributed: this rank's error in the callback, raised on every rank at the next boundary
     while True:
         t0 = time.perf_counter()
         loss = engine.evaluate()
@@ -384,6 +435,8 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
                 hist.set_envelope(tracker.envelope)
         stopped = rules.check(k, loss, phi0, interrupted=stop.signal if stop.set else False,
                               elapsed=time.perf_counter() - t_start, callback=asked)
+        if sync is not None:  # rank 0's decision (its clock, its signals, its callback's answer) for every rank
+            stopped, pending = sync(stopped, pending), None
         if stopped is not None:
             stop.finish()  # no signal may now cut the writing of the run folder short
             hist.close()
@@ -398,7 +451,10 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
             timing["steps"] += time.perf_counter() - t0
             k += 1
             timing["k"] = k
-        if checkpoints is not None and checkpoints.due(k):
+        due = checkpoints is not None and checkpoints.due(k)
+        if sync is not None:
+            due = sync(due)
+        if due:
             checkpoints.save(engine, hist, tracker, timing)
         if callback is not None:
             try:
@@ -407,6 +463,10 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
                     asked = ""
             except StopTraining as e:
                 asked = str(e)
+            except Exception as e:
+                if sync is None:
+                    raise
+                pending = f"callback: {type(e).__name__}: {e}"
         if bar is not None:
             bar.update(1)
             now = time.perf_counter()
@@ -424,12 +484,13 @@ class _Checkpointer:
     every CHECKPOINT_SECONDS ('auto'); disabled without ``out`` or with every = 0 (a run stopped by a signal still
     writes one where out is given)."""
 
-    def __init__(self, out, every, identity, X, Y, W0, lr, lr_rule, t_start):
+    def __init__(self, out, every, identity, X, Y, W0, lr, lr_rule, t_start, writer=True):
         import os
 
         from .checkpoint import CHECKPOINT_FILE
 
         self.enabled = out is not None
+        self.writer = writer  # False on the ranks > 0 of a distributed run: they take part in state(), write nothing
         self.path = os.path.join(os.fspath(out), CHECKPOINT_FILE) if self.enabled else None
         self.every, self.identity, self.X, self.Y, self.W0 = every, identity, X, Y, W0
         self.lr, self.lr_rule = lr, lr_rule
@@ -454,7 +515,9 @@ class _Checkpointer:
         if self._digest is None:
             self._digest = data_digest(self.X, self.Y)
         s = int(timing["k"])
-        state = engine.state()
+        state = engine.state()  # collective in a distributed run
+        if not self.writer:
+            return
         arrays = {f"W_{l}": w for l, w in enumerate(state["weights"], start=1)}
         arrays.update({f"carry_{k}": v for k, v in state["carry"].items()})
         if self.W0 is not None:
@@ -502,3 +565,42 @@ def _restore(saved, engine, hist: History, tracker: Tracker, L: int) -> None:
         hist.columns[c] = [float("nan") if v is None else v for v in meta["history"].get(c, [])]
     hist.columns["step"] = [int(v) for v in hist.columns["step"]]
     tracker.restore(meta.get("tracker") or {}, meta.get("certificates") or {}, arrays.get("estimator_V"))
+
+
+def _distributed_args(comm, rule, loss, method, track_every, progress):
+    """Checks train's arguments for a distributed run: (rank, method, track_every, progress) to use."""
+    from .distributed import check_comm
+
+    check_comm(comm)
+    if not isinstance(rule, GD):
+        raise PyrgdError(f"update: a distributed run (comm given) supports 'gd' only, got {rule.spec()!r}")
+    if loss is not None:
+        raise PyrgdError("loss: a distributed run (comm given) supports the squared loss only; leave loss=None")
+    if method == "rows":
+        raise PyrgdError("method: a distributed run (comm given) shards the 'neurons' method; use 'neurons' or "
+                         "'auto'")
+    rank = int(comm.Get_rank())
+    return rank, "neurons", 0, bool(progress) and rank == 0
+
+
+def _sharded_engine(comm, X, Y, W, act, mult, saved):
+    """The distributed engine, built on every rank; an error on one rank (memory, a shard that cannot be made)
+    ends every rank with that rank's message."""
+    from .distributed import ShardedEngine, agree
+
+    try:
+        engine, err = ShardedEngine(comm, X, Y, W, act, mult), None
+    except (PyrgdError, MemoryError, ValueError) as e:
+        engine, err = None, e
+    agree(comm, None, err)
+    return engine
+
+
+def _distributed_summary(comm, engine) -> dict:
+    """The summary's 'distributed' entry: ranks, neurons per rank, this rank's communication (bytes, seconds)."""
+    d = {"ranks": int(comm.Get_size()), "engine": "pyrgd.distributed.ShardedEngine"}
+    if engine is not None:
+        n = comm.allgather(int(engine.n_local))
+        d.update({"neurons_per_rank": n, "comm_bytes_rank0": int(engine.comm_bytes),
+                  "comm_seconds_rank0": float(engine.comm_seconds)})
+    return d
