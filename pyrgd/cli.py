@@ -232,8 +232,42 @@ def _human_summary(s: dict, out: str) -> str:
 
 
 def _cmd_train(args) -> int:
+    from .distributed import launched_by_mpi
+
+    if launched_by_mpi():  # mpiexec -n P pyrgd train ...: the wide layer sharded over the ranks
+        return _cmd_train_mpi(args)
+    return _cmd_train_one(args)
+
+
+def _cmd_train_mpi(args) -> int:
+    """``pyrgd train`` on every rank of MPI's COMM_WORLD: rank 0 chooses and makes the run folder, prints; the others
+    print nothing (an error anywhere is one line from rank 0, :func:`pyrgd.distributed.agree`)."""
+    global _QUIET
+    from .distributed import agree, world
+
+    comm = world()
+    _QUIET = comm.Get_rank() != 0
+    try:
+        out, err = (_mpi_out(args) if comm.Get_rank() == 0 else None), None
+    except Exception as e:  # a bad --out, a folder not empty, ...: every rank ends with rank 0's message
+        out, err = None, e
+    out = agree(comm, out, err)
+    return _cmd_train_one(args, comm=comm, out=out)
+
+
+def _mpi_out(args) -> str:
+    if args.print_config or args.dry_run:
+        return ""
+    if args.resume:
+        return args.resume
+    return args.out if args.out else _default_out(args)
+
+
+def _cmd_train_one(args, comm=None, out=None) -> int:
     from . import config as C
     from .runio import json_safe
+
+    rank = 0 if comm is None else comm.Get_rank()
 
     if args.resume:
         if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
@@ -245,9 +279,12 @@ def _cmd_train(args) -> int:
             raise PyrgdError(f"--resume: {args.resume} has no config.toml (is it a pyrgd run folder?)")
     cfg = _resolved_config(args)
     if args.print_config:
-        sys.stdout.write(C.dump_config(cfg))
+        if rank == 0:
+            sys.stdout.write(C.dump_config(cfg))
         return 0
     if args.dry_run:
+        if rank != 0:
+            return 0
         plan = C.plan(cfg)
         if args.json:
             sys.stdout.write(json.dumps(json_safe(plan.as_dict()), indent=2) + "\n")
@@ -257,14 +294,24 @@ def _cmd_train(args) -> int:
         return 0
     C.plan(cfg, timing=False).check()  # refuse a run that would not fit before making its data
     net, X, Y, kwargs = C.build(cfg)
-    out = args.resume or (args.out if args.out else _default_out(args))
-    if not args.resume and not args.force and os.path.isdir(out) and os.listdir(out):
-        raise PyrgdError(f"--out: {out} is not empty; choose a new folder, continue its run with --resume {out}, or "
-                         "replace its files with --force")
-    created = _make_out(out)
+    if out is None:
+        out = args.resume or (args.out if args.out else _default_out(args))
+    created = False
+    if comm is None:
+        created = _check_and_make_out(args, out)
+    else:  # rank 0 makes the folder; an error there ends every rank
+        from .distributed import agree
+
+        try:
+            created, err = (_check_and_make_out(args, out) if rank == 0 else False), None
+        except Exception as e:
+            err = e
+        agree(comm, None, err)
     try:
         from .train import train
 
+        if comm is not None:
+            kwargs["comm"] = comm
         result = train(net, X, Y, progress=not args.no_progress, out=out, config=cfg, resume=args.resume,
                        **kwargs)
     except BaseException:  # nothing was trained (bad backend, ...): leave no empty run folder behind
@@ -272,6 +319,8 @@ def _cmd_train(args) -> int:
             _remove_if_empty(out)
         raise
     summary = dict(result.summary)
+    if rank != 0:
+        return EXIT_CODES.get(result.status, 1)
     if args.json:
         summary.setdefault("run_folder", out)
         sys.stdout.write(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
@@ -279,6 +328,13 @@ def _cmd_train(args) -> int:
         print(_human_summary(summary, out))
     sys.stdout.flush()
     return EXIT_CODES.get(result.status, 1)
+
+
+def _check_and_make_out(args, out) -> bool:
+    if not args.resume and not args.force and os.path.isdir(out) and os.listdir(out):
+        raise PyrgdError(f"--out: {out} is not empty; choose a new folder, continue its run with --resume {out}, or "
+                         "replace its files with --force")
+    return _make_out(out)
 
 
 def _resolved_config(args) -> dict:
@@ -366,9 +422,14 @@ def _cmd_info(args) -> int:
     return 0
 
 
+#: True on the ranks > 0 of `mpiexec -n P pyrgd train`: rank 0 alone prints errors (the ranks agree on them)
+_QUIET = False
+
+
 def _error(msg: str) -> int:
     msg = " ".join(str(msg).split())  # one line, whatever the message held
-    print(f"pyrgd: error: {msg}", file=sys.stderr)
+    if not _QUIET:
+        print(f"pyrgd: error: {msg}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
