@@ -265,7 +265,7 @@ def format_certificate(d: dict) -> str:
     if ng.get("eta") is not None:
         out.append(_row("lr < eta_max", _f(ng["eta_ok"])))
     out.append(_row("factor 1 - eta alpha_0^2 / 8", _f(ng["rate_factor"], ".10g")
-                    + (" (at eta_max)" if ng.get("eta") is None else f" (at lr)")))
+                    + (" (at eta_max)" if ng.get("eta") is None else " (at lr)")))
     out.append(_row("verdict", ng["verdict"]))
 
     nm = d["nm2020"]
