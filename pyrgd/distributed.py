@@ -219,3 +219,45 @@ class ShardedEngine(StepEngine):
                                  f"{(self.X.shape[0], self._W2.shape[1])}")
             self._H = np.ascontiguousarray(np.asarray(H, dtype=self.X.dtype)).copy()
         self._evaluated = False
+
+
+class RankError(PyrgdError):
+    """An error on one rank of a distributed run, raised on every rank with the same message."""
+
+
+def agree(comm, value, error=None):
+    """Rank 0's ``value`` on every rank (collective), or RankError on every rank when any rank passes an ``error``
+    (an exception or a message): "rank r: <message>" for the lowest such rank. The step boundary of a distributed
+    run calls it, so that every rank stops, checkpoints and fails together."""
+    msg = None if error is None else (str(error) or type(error).__name__)
+    every = comm.allgather((value, msg))
+    for r, (_, m) in enumerate(every):
+        if m is not None:
+            raise RankError(f"rank {r}: {m}" if comm.Get_size() > 1 else m)
+    return every[0][0]
+
+
+def abort(comm, message: str, code: int = 1) -> None:
+    """The last resort where the ranks cannot agree (an error inside a step's communication): print one line and
+    end every rank of ``comm`` (MPI_Abort)."""
+    import sys
+
+    print(f"pyrgd: error: rank {comm.Get_rank()}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    comm.Abort(code)
+
+
+def launched_by_mpi() -> bool:
+    """Whether this process was started by an MPI launcher (mpiexec/mpirun of MPICH or Open MPI, srun with PMI or
+    PMIx): its environment names a rank."""
+    import os
+
+    return any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"))
+
+
+def world():
+    """mpi4py's COMM_WORLD; PyrgdError when mpi4py is missing (``pip install "pyrgd[mpi]"``)."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise PyrgdError(f"mpi4py is needed to run on several processes (pip install \"pyrgd[mpi]\"): {e}") from None
+    return MPI.COMM_WORLD

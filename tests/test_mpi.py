@@ -1,0 +1,235 @@
+"""Neuron-sharded GD over MPI (pyrgd.distributed): `mpiexec -n P` runs in subprocesses against one process.
+
+The ranks' weights must be the bits of one process running the "neurons" method; a stopped run must resume on 1 and
+on 2 ranks to the bits of an uninterrupted run; an error on one rank must end every rank with one message (each
+launch has a timeout, so a hang fails the test instead of stalling the suite)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import pyrgd
+from pyrgd.errors import PyrgdError
+
+TIMEOUT = 120  # seconds per launch: a hang fails here
+
+# a small problem: 3 groups of 1024 neurons (the last one partial), a 3-layer tail, float32
+PROBLEM = textwrap.dedent("""
+    import numpy as np, pyrgd
+    def make():
+        rng = np.random.default_rng(3)
+        X = rng.standard_normal((96, 12)).astype(np.float32)
+        Y = rng.standard_normal((96, 2)).astype(np.float32)
+        net = pyrgd.PyramidalNet(12, [2300, 8, 4, 2], activation="smooth_leaky_relu(0.2)", dtype="float32", seed=5)
+        return net, X, Y
+""")
+
+
+def _problem():
+    ns = {}
+    exec(PROBLEM, ns)
+    return ns["make"]()
+
+
+@pytest.fixture
+def mpiexec():
+    pytest.importorskip("mpi4py")
+    exe = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return exe
+
+
+def _launch(mpiexec, n, args, cwd, timeout=TIMEOUT):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([mpiexec, "-n", str(n)] + args, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _script(tmp_path, body):
+    p = tmp_path / "run_ranks.py"
+    p.write_text(PROBLEM + textwrap.dedent(body))
+    return str(p)
+
+
+def _weights(path):
+    with np.load(path) as z:
+        return [z[k] for k in sorted(z.files) if k.startswith("W")]
+
+
+def _same_bits(a, b):
+    return len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x.view(np.uint8), y.view(np.uint8))
+                                    for x, y in zip(a, b))
+
+
+TRAIN = """
+    import sys
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    net, X, Y = make()
+    r = pyrgd.train(net, X, Y, lr=8e-5, steps=int(sys.argv[1]), progress=False, comm=comm)
+    if comm.Get_rank() == 0:
+        np.savez(sys.argv[2], **{f"W{l}": w for l, w in enumerate(net.weights, start=1)},
+                 loss=np.array(r.history["loss"]))
+"""
+
+
+def test_ranks_give_the_bits_of_one_process(mpiexec, tmp_path):
+    script = _script(tmp_path, TRAIN)
+    net, X, Y = _problem()
+    ref = pyrgd.train(net, X, Y, lr=8e-5, steps=25, method="neurons", progress=False, track_every=0)
+    assert ref.status == "max_steps" and ref.history["loss"][-1] < 0.9 * ref.history["loss"][0]
+    for n in (1, 2):
+        out = tmp_path / f"w{n}.npz"
+        p = _launch(mpiexec, n, [sys.executable, script, "25", str(out)], tmp_path)
+        assert p.returncode == 0, p.stderr
+        got = np.load(out)
+        assert _same_bits(_weights(out), net.weights), f"{n} ranks"
+        assert np.array_equal(got["loss"], np.array(ref.history["loss"]))
+
+
+def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp_path):
+    args = ["--preset", "quickstart", "--set", "train.steps=30", "--no-progress"]
+    p = _launch(mpiexec, 2, [sys.executable, "-m", "pyrgd", "train", *args, "--out", "two"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("status ") == 1  # rank 0 alone prints the summary
+    from pyrgd.cli import main
+
+    assert main(["train", *args, "--method", "neurons", "--out", str(tmp_path / "one")]) == 0
+    assert _same_bits(_weights(tmp_path / "two" / "weights.npz"), _weights(tmp_path / "one" / "weights.npz"))
+    import json
+
+    s = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s["distributed"]["ranks"] == 2 and s["distributed"]["neurons_per_rank"] == [1024, 1024]
+    assert "why_off" in s["tracking"]
+
+
+STOP_AND_RESUME = """
+    import sys
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    net, X, Y = make()
+    mode, folder = sys.argv[1], sys.argv[2]
+    if mode == "stop":  # stopped by its callback after 14 steps, a checkpoint every 5
+        r = pyrgd.train(net, X, Y, lr=8e-5, steps=30, progress=False, comm=comm, out=folder, checkpoint_every=5,
+                        callback=lambda rec: rec["step"] >= 14)
+    else:
+        r = pyrgd.train(net, X, Y, lr="auto", steps=30, progress=False, comm=comm, out=folder, resume=folder,
+                        checkpoint_every=5)
+    print("STATUS", comm.Get_rank(), r.status, len(r.history["loss"]) - 1)
+"""
+
+
+def test_a_stopped_two_rank_run_resumes_on_one_and_on_two_ranks(mpiexec, tmp_path):
+    script = _script(tmp_path, STOP_AND_RESUME)
+    net, X, Y = _problem()
+    pyrgd.train(net, X, Y, lr=8e-5, steps=30, method="neurons", progress=False, track_every=0)
+    for n in (1, 2):
+        run = tmp_path / f"run{n}"
+        p = _launch(mpiexec, 2, [sys.executable, script, "stop", str(run)], tmp_path)
+        assert p.returncode == 0, p.stderr
+        assert "STATUS 0 stopped_by_callback 15" in p.stdout and "STATUS 1 stopped_by_callback 15" in p.stdout
+        assert not _same_bits(_weights(run / "weights.npz"), net.weights)  # stopped short of the end
+        p = _launch(mpiexec, n, [sys.executable, script, "resume", str(run)], tmp_path)
+        assert p.returncode == 0, p.stderr
+        assert "STATUS 0 max_steps 30" in p.stdout
+        assert _same_bits(_weights(run / "weights.npz"), net.weights), f"resumed on {n} ranks"
+    # and in one process, the neurons method, from a checkpoint of 2 ranks
+    run = tmp_path / "run_one"
+    p = _launch(mpiexec, 2, [sys.executable, script, "stop", str(run)], tmp_path)
+    assert p.returncode == 0, p.stderr
+    net1, X, Y = _problem()
+    pyrgd.train(net1, X, Y, steps=30, method="neurons", progress=False, track_every=0, resume=str(run))
+    assert _same_bits(net1.weights, net.weights)
+
+
+CALLBACK_ERROR = """
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    net, X, Y = make()
+    def cb(rec):
+        if comm.Get_rank() == 1 and rec["step"] == 4:
+            raise ValueError("broken callback on this rank")
+    try:
+        pyrgd.train(net, X, Y, lr=8e-5, steps=1000, progress=False, comm=comm, callback=cb)
+    except pyrgd.PyrgdError as e:
+        if comm.Get_rank() == 0:
+            print("ERROR", e)
+        raise SystemExit(3)
+    print("FINISHED", comm.Get_rank())
+"""
+
+
+def test_an_error_on_one_rank_ends_both_with_one_message(mpiexec, tmp_path):
+    p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, CALLBACK_ERROR)], tmp_path)
+    assert p.returncode == 3
+    assert "FINISHED" not in p.stdout
+    assert p.stdout.count("ERROR") == 1
+    assert "ERROR rank 1: callback: ValueError: broken callback on this rank" in p.stdout
+
+
+STEP_ERROR = """
+    from mpi4py import MPI
+    from pyrgd.distributed import ShardedEngine
+    comm = MPI.COMM_WORLD
+    update = ShardedEngine._update
+    def failing(self, lr, _n=[0]):
+        _n[0] += 1
+        if comm.Get_rank() == 1 and _n[0] == 3:
+            raise RuntimeError("kernel failed on this rank")
+        return update(self, lr)
+    ShardedEngine._update = failing
+    net, X, Y = make()
+    pyrgd.train(net, X, Y, lr=8e-5, steps=1000, progress=False, comm=comm)
+    print("FINISHED", comm.Get_rank())
+"""
+
+
+def test_an_error_inside_a_step_aborts_every_rank(mpiexec, tmp_path):
+    p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, STEP_ERROR)], tmp_path)
+    assert p.returncode != 0
+    assert "FINISHED" not in p.stdout
+    assert p.stderr.count("pyrgd: error: rank 1: RuntimeError: kernel failed on this rank") == 1
+
+
+def test_cli_error_before_training_is_one_line_from_rank_zero(mpiexec, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    p = _launch(mpiexec, 2, [sys.executable, "-m", "pyrgd", "train", "--preset", "quickstart", "--out", "full",
+                             "--no-progress"], tmp_path)
+    assert p.returncode == 2
+    assert p.stderr.count("pyrgd: error:") == 1 and "is not empty" in p.stderr
+
+
+# ------------------------------------------------------------------------------------- without launching ranks
+def test_shards_are_whole_groups_and_too_many_ranks_are_refused():
+    from pyrgd.distributed import groups_of, shard_groups
+
+    assert groups_of(2300) == [(0, 1024), (1024, 2048), (2048, 2300)]
+    assert shard_groups(2300, 2) == [range(0, 1), range(1, 3)]
+    with pytest.raises(PyrgdError, match="comm: 3 ranks but the wide layer has 2 groups"):
+        shard_groups(2048, 3)
+
+
+def test_train_refuses_a_bad_comm_and_what_cannot_be_sharded():
+    net, X, Y = _problem()
+    with pytest.raises(PyrgdError, match="comm: expected an mpi4py communicator"):
+        pyrgd.train(net, X, Y, steps=1, progress=False, comm=object())
+
+    class OneRank:  # the parts of a communicator that train checks before anything runs
+        def Get_rank(self):
+            return 0
+
+        def Get_size(self):
+            return 1
+
+        Send = Recv = Bcast = allgather = Get_rank
+
+    with pytest.raises(PyrgdError, match="update: a distributed run"):
+        pyrgd.train(net, X, Y, steps=1, progress=False, comm=OneRank(), update="momentum")
+    with pytest.raises(PyrgdError, match="method: a distributed run"):
+        pyrgd.train(net, X, Y, steps=1, progress=False, comm=OneRank(), method="rows")
