@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 
 #: GOMP_SPINCOUNT pyrgd sets, unless the user set it or OMP_WAIT_POLICY, before its C++ extension loads libgomp:
-#: how long (in spins of a pause instruction) a thread that reaches a barrier early spins before it sleeps.
-#: libgomp's default (300000 spins, about a millisecond) is meant for a machine of one's own; on a shared one
-#: (another process on a core) the spinning thread holds its core while its partner, preempted, waits for one,
-#: and every barrier waits a scheduler's time slice: two threads ran B1 5x slower than one (docs/performance.md,
-#: "Under load"). A short spin covers the imbalance of a barrier on a quiet machine and gives the core up soon.
-DEFAULT_SPINCOUNT = "10000"
+#: how long (in pause instructions) a thread waiting at one of libgomp's barriers or for the next parallel region
+#: spins before it sleeps. libgomp's default (300000) holds a core for milliseconds: beside a busy process, two
+#: threads ran B1 at 0.78x one thread with it, 0.91-0.95x with 30000; 10000 and less made two threads no faster
+#: than one on a quiet machine (wake-ups from sleep cost more than the barriers' usual imbalance in a VM).
+#: docs/performance.md, "Under load", has the measurements. (The panels' barriers of network_grad are pyrgd's own,
+#: csrc/cpu/kernel_util.h: they spin, then yield.)
+DEFAULT_SPINCOUNT = "30000"
 
 
 def set_default_wait_policy(environ=None) -> str:
     """Set GOMP_SPINCOUNT to :data:`DEFAULT_SPINCOUNT` in ``environ`` (os.environ) unless GOMP_SPINCOUNT or
-    OMP_WAIT_POLICY is already there; returns the policy in force, e.g. 'GOMP_SPINCOUNT=10000 (pyrgd's default)'.
+    OMP_WAIT_POLICY is already there; returns the policy in force, e.g. 'GOMP_SPINCOUNT=30000 (pyrgd's default)'.
 
     libgomp reads the variables once, when it loads: this must run before the extension (or anything else using
     libgomp) is imported, and it changes nothing where libgomp is already loaded."""

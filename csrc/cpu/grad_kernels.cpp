@@ -248,6 +248,7 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
     claimA[li].store(0, std::memory_order_relaxed);
     claimB[li].store(0, std::memory_order_relaxed);
   }
+  util::PanelBarrier panel_barrier;  // the panels' barriers (kernel_util.h: why not omp barrier), sized below
   double loss = 0.0;
   T* const PB = Pb.data();
   T* const gcs = gsub.data();
@@ -266,6 +267,8 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
     const size_t nth = size_t(util::team_size()), me = size_t(thread_id());
     const size_t lane0 = me * nlanes / nth, lane1 = (me + 1) * nlanes / nth;
     size_t ranA[kGradLanes];
+#pragma omp single
+    panel_barrier.set_size(unsigned(nth));  // the team as it is (the runtime may give fewer than P threads)
 #pragma omp for schedule(dynamic)
     for (idx bi = 0; bi < idx(nblocks); ++bi) {  // W_2^T by blocks: W2[T, :]^T (n2 x kBlock) contiguous
       const size_t t0 = size_t(bi) * kBlock, t1 = std::min(n1, t0 + kBlock);
@@ -341,9 +344,9 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
             ranA[nran++] = li;
           }
       }
-#pragma omp barrier
+      panel_barrier.wait();
       // (T) Z_2 of the panel (the lanes in order), then the tail on its rows: the panel's G, loss, tail gradients
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(dynamic) nowait
       for (idx si = 0; si < idx(nsub); ++si) {
         const size_t rs = size_t(si) * kTailRows;
         if (rs >= rows) continue;
@@ -354,7 +357,8 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
         std::copy(first, first + cnt, f2);
         for (size_t l = nbR ? 0 : 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * R * n2 + rs * n2);
         lsub[si] = plan.run(ops, act, gamma, rr, f2, Y + (r0 + rs) * nL, Gp + rs * n2, gcs + size_t(si) * gsz, tb);
-      }  // implicit barrier: G of the panel is complete
+      }
+      panel_barrier.wait();  // G of the panel is complete
 #pragma omp single nowait
       {
         for (size_t si = 0; si * kTailRows < rows; ++si) {
@@ -404,7 +408,7 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
         if (take_lane(claimB.get(), ranA[k], epoch)) lane_B(ranA[k]);
       for (size_t li = 0; li < nlanes; ++li)
         if (take_lane(claimB.get(), li, epoch)) lane_B(li);
-#pragma omp barrier
+      panel_barrier.wait();
     }
     // the recomputed neurons' gradients, per block (one thread each) and tile of rows: Z = X W1[:, T] again,
     // S = a1 sigma(Z), D = a1 sigma'(Z), P = G W2[T, :]^T (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T P

@@ -4,11 +4,14 @@
 #define PYRGD_CPU_KERNEL_UTIL_H
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <stdexcept>
+
+#include <sched.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,6 +39,45 @@ inline int team_size() {
   return 1;
 #endif
 }
+
+// A barrier for the threads of one parallel region that waits by spinning, then by spinning with sched_yield(): the
+// panels' barriers of network_grad (several per panel, a hundred per step). libgomp's barrier spins, then sleeps:
+// on a quiet machine (a VM here) sleeping at once made two threads no faster than one (a sleeping thread's wake-up
+// costs more than the barrier's usual imbalance), and beside a busy process a long spin held a core that the
+// preempted partner needed (two threads 2 to 4x slower than one). A thread that yields gives its core to whatever
+// else is runnable there (the partner it waits for, or another process) and, on a quiet machine, returns at once.
+// (A futex sleep after the spin, tried instead of the yield, measured slightly slower beside a busy process.)
+// Sense by generation: wait() returns once each of the team's threads has called it; the writes before it are
+// visible after it (acquire/release).
+class PanelBarrier {
+ public:
+  // the team's size, set by one thread while no thread waits (e.g. in an omp single, whose barrier publishes it)
+  void set_size(unsigned n) { n_ = n; }
+  void wait() {
+    if (n_ <= 1) return;
+    const unsigned gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (unsigned i = 0; gen_.load(std::memory_order_acquire) == gen; ++i) {
+      if (i < kSpins) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        sched_yield();
+      }
+    }
+  }
+
+ private:
+  static constexpr unsigned kSpins = 2000;  // pause instructions before yielding: about 0.05 to 0.3 ms
+  unsigned n_ = 1;
+  std::atomic<unsigned> count_{0};
+  std::atomic<unsigned> gen_{0};
+};
 
 // a * b * c, or std::length_error (ValueError in Python) when it does not fit in size_t (buffer sizes).
 inline std::size_t checked_mul(std::size_t a, std::size_t b, std::size_t c = 1) {
