@@ -233,3 +233,22 @@ def test_train_refuses_a_bad_comm_and_what_cannot_be_sharded():
         pyrgd.train(net, X, Y, steps=1, progress=False, comm=OneRank(), update="momentum")
     with pytest.raises(PyrgdError, match="method: a distributed run"):
         pyrgd.train(net, X, Y, steps=1, progress=False, comm=OneRank(), method="rows")
+
+
+def test_bench_m1_tiny_times_two_ranks_with_the_same_bits(mpiexec):
+    from pyrgd.bench.problems import select_problems
+    from pyrgd.bench.report import evaluate_targets
+    from pyrgd.bench.runner import Options, run_mpi_problem
+
+    (p,) = select_problems("M1", tiny=True)
+    res = run_mpi_problem(p, Options(tiny=True, progress=False))
+    row = res["candidates"]["mpi"]
+    assert row["status"] == "ok", row.get("note")
+    assert row["same_bits"] and row["neurons_per_rank"] == [1024, 1024]
+    # rank 0 sends the running sum H (N x n2 float32) along the chain once per step (the last rank broadcasts it),
+    # and the two float64 squared norms of its one group to the allgather
+    assert row["comm_bytes_per_step"]["rank0"] == p.N * p.widths[1] * 4 + 2 * 8
+    assert row["seconds_ranks"] > 0 and row["speedup_vs_1"] == row["seconds_1"] / row["seconds_ranks"]
+    targets = {t["id"]: t for t in evaluate_targets({"device": "cpu", "problems": [res]})}
+    assert targets["M1_vs_1"]["status"] == ("PASS" if row["speedup_vs_1"] >= 1.8 else "FAIL")
+    assert targets["M1_vs_2"]["measured"] == row["speedup_vs_2"]

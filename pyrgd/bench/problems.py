@@ -7,7 +7,8 @@ about 1.
 
 Selectors accepted by ``--problems``: a problem's name (``B1``, ``B1d``, ``B4_2048``, ``T2``, ``L1``, ``G1``) or a
 group (``B4``: every n1 of the time-per-neuron sweep; ``T``: B1 with 1 and 2 threads, quiet and beside a busy
-process (T_load); ``D``: the float64 problems B1d and B2d; ``L``: the train problems).
+process (T_load); ``D``: the float64 problems B1d and B2d; ``L``: the train problems); ``M1``: B1 on ``mpiexec -n 2``
+(skipped without mpi4py).
 
 A new problem is one more entry in the list of :func:`_cpu_problems` (or :func:`_gpu_problems`): its name and group
 make it selectable, and :func:`default_selection` says whether a plain run includes it.
@@ -55,7 +56,7 @@ class Problem:
     kind: 'step' (candidates of one GD step, :mod:`pyrgd.bench.runner`) or 'train' (a :func:`pyrgd.train` run with
     its defaults for ``steps`` steps, :mod:`pyrgd.bench.train_runs`; ``max_repeats`` then bounds the bare engine
     steps timed after it) or 'load' (T_load: the fused step with 1 and 2 threads beside a busy process,
-    :mod:`pyrgd.bench.load`).
+    :mod:`pyrgd.bench.load`) or 'mpi' (M1: the step sharded over 2 MPI ranks, :mod:`pyrgd.bench.mpi_run`).
     dtype: the problem's own dtype ('float32' or 'float64'); None: the run's (``Options.dtype``).
     """
 
@@ -166,6 +167,10 @@ def _cpu_problems(tiny: bool) -> list[Problem]:
                            note=f"B1 with {t} thread{'s' if t > 1 else ''}"))
     out.append(Problem("T_load", **b1, group="T", candidates=("load",), kind="load",
                        note="B1 with 1 and 2 threads beside a busy process (pyrgd.bench.load)"))
+    # M1: B1 on 2 ranks, each owning whole groups of 1024 neurons (tiny: n1 = 2048, two groups, not B1's 512)
+    m1 = dict(b1, widths=(2048,) + tuple(b1["widths"][1:])) if tiny else b1
+    out.append(Problem("M1", **m1, group="M1", candidates=("mpi",), kind="mpi",
+                       note="B1 on mpiexec -n 2, 1 thread per rank (pyrgd.bench.mpi_run)"))
     return out + _train_problems(tiny, b1)
 
 
@@ -207,9 +212,9 @@ def all_problems(device: str = "cpu", tiny: bool = False) -> list[Problem]:
 
 
 def default_selection(device: str) -> str:
-    """What ``--problems`` runs when not given: every CPU problem (the float64 ones, group D, included) but the train
-    problems (group L), every GPU problem."""
-    return "B1,B2,D,B3,B4,T" if device == "cpu" else "G1,G2"
+    """What ``--problems`` runs when not given: every CPU problem (the float64 ones, group D, and M1 included) but the
+    train problems (group L), every GPU problem."""
+    return "B1,B2,D,B3,B4,T,M1" if device == "cpu" else "G1,G2"
 
 
 def select_problems(selection: str | None, device: str = "cpu", tiny: bool = False) -> list[Problem]:

@@ -81,6 +81,10 @@ TARGETS = (
          text="B1 fused with 2 threads >= 1.7x 1 thread"),
     dict(id="T_load", device="cpu", kind="load_scaling", problem="T_load", threshold=1.3,
          text="B1 with 2 threads beside a busy process >= 1.3x 1 thread, never slower, same bits"),
+    dict(id="M1_vs_1", device="cpu", kind="mpi_scaling", problem="M1", against="1", threshold=1.8,
+         text="M1 (B1 on mpiexec -n 2, 1 thread per rank) >= 1.8x one rank on 1 thread, same bits"),
+    dict(id="M1_vs_2", device="cpu", kind="mpi_scaling", problem="M1", against="2", threshold=0.9,
+         text="M1 (B1 on mpiexec -n 2, 1 thread per rank) >= 0.9x one process on 2 threads, same bits"),
     dict(id="L1_memory", device="cpu", kind="train_peak", problem="L1", threshold=1.3,
          text="L1 train peak RSS <= 1.3x (data + weights + step workspace)"),
     dict(id="L1_tracking", device="cpu", kind="train_tracking", problem="L1", threshold=10.0,
@@ -169,6 +173,10 @@ def _evaluate(t: dict, result: dict) -> tuple:
         return _evaluate_train(t, p)
     if kind == "load_scaling":
         from .load import evaluate
+
+        return evaluate(t, p)
+    if kind == "mpi_scaling":
+        from .mpi_run import evaluate
 
         return evaluate(t, p)
     fused = p["candidates"].get("fused")
@@ -372,6 +380,7 @@ def format_report(result: dict) -> str:
             f"{'peak/data':>10}{'fused x':>8}{'err W':>9}{'err dW':>9}")
     steps = [p for p in result.get("problems", []) if p.get("kind", "step") == "step"]
     loads = [p for p in result.get("problems", []) if p.get("kind") == "load"]
+    mpis = [p for p in result.get("problems", []) if p.get("kind") == "mpi"]
     trains = [p for p in result.get("problems", []) if p.get("kind") == "train"]
     if steps:
         lines += ["", head]
@@ -421,6 +430,12 @@ def format_report(result: dict) -> str:
         lines.append("")
         for p in loads:
             lines += load_lines(p)
+    if mpis:
+        from .mpi_run import mpi_lines
+
+        lines.append("")
+        for p in mpis:
+            lines += mpi_lines(p)
     for g, it in (result.get("interleaved") or {}).items():
         per = ", ".join(f"n1={n}: {v / int(n) * 1e6:.3g} us (IQR {it['iqr'][n] / int(n) * 1e6:.2g})"
                         for n, v in sorted(it["seconds"].items(), key=lambda kv: int(kv[0])))

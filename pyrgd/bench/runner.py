@@ -624,6 +624,39 @@ def run_load_problem(problem: Problem, opts: Options, bar=None) -> dict:
     return res
 
 
+def run_mpi_problem(problem: Problem, opts: Options, bar=None) -> dict:
+    """Run the MPI problem (M1, :mod:`pyrgd.bench.mpi_run`): B1's step on mpiexec -n 2 against one process;
+    returns the problem's JSON-ready result, its one row under ``candidates["mpi"]``."""
+    from .mpi_run import DESCRIPTION, measure_mpi
+
+    dtype = problem_dtype(problem, opts.dtype)
+    res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops":
+           useful_flops(problem.N, problem.d, problem.widths), "warmup": 1,
+           "schedule": "rounds alternating one process (1, 2 threads) and 2 ranks", "candidates": {}}
+    dbytes = data_bytes(problem.N, problem.d, problem.widths, dtype.itemsize)
+    res["data_bytes"], res["data_bytes_parts"] = dbytes["total"], dbytes
+    if bar is not None:
+        bar.set_description(f"{problem.name} on mpiexec -n 2")
+    rounds, steps = (2, 2) if opts.tiny else (5, 5)
+    res["repeats"] = rounds * steps
+    try:
+        import mpi4py  # noqa: F401  (a missing mpi4py is a skip, not a failure)
+    except ImportError:
+        row = {"status": "skipped", "note": "needs mpi4py (pip install \"pyrgd[mpi]\")", "description": DESCRIPTION}
+    else:
+        try:
+            data = make_data(problem, dtype, opts.seed)
+            row = measure_mpi(problem, data, problem.lr, rounds=rounds, steps=steps, seed=opts.seed)
+        except Exception as e:  # noqa: BLE001 - reported in its row, the other problems go on
+            row = {"status": "failed", "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                   "description": DESCRIPTION}
+    res["candidates"] = {"mpi": row}
+    res["fused_backend"] = "cpu" if row.get("status") == "ok" else None
+    if bar is not None:
+        bar.update(1)
+    return res
+
+
 # ------------------------------------------------------------------------------------------------ facts
 def _cpu_model() -> str:
     try:
@@ -785,8 +818,8 @@ def run(problems, opts: Options, on_problem=None) -> dict:
                 result["fma_peak"][key] = fma_peak_cpu(t or None, dtype=dt)
         bar.update(1)
         for p in problems:
-            if p.kind in ("train", "load"):
-                run_other = run_train_problem if p.kind == "train" else run_load_problem
+            if p.kind in ("train", "load", "mpi"):
+                run_other = {"train": run_train_problem, "load": run_load_problem, "mpi": run_mpi_problem}[p.kind]
                 result["problems"].append(run_other(p, opts, bar))
                 if on_problem is not None:
                     on_problem({**result, "targets": evaluate_targets(result), "complete": False})

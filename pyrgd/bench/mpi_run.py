@@ -1,0 +1,181 @@
+"""The MPI problem M1: B1's GD step sharded over 2 ranks (``mpiexec -n 2``, 1 thread per rank, pyrgd.distributed).
+
+What runs (:func:`measure_mpi`): ``rounds`` rounds, each timing ``steps`` steps (after one untimed step) of
+(a) one process, the neurons method, 1 thread; (b) one process, the neurons method, 2 threads; (c) one process,
+method auto (the fastest one-process step; shown, not a target); (d) ``mpiexec -n 2`` of this module's worker
+(:func:`worker`), :class:`pyrgd.distributed.ShardedEngine` with 1 thread per rank. The order alternates from round
+to round. Per configuration: the median over rounds of each round's median step time. The 2-rank weights after the
+timed steps are compared bit for bit with (a)'s. The worker also reports the communication per step: the bytes
+rank 0 and the last rank sent, and the seconds rank 0 spent in communication (waits included).
+
+Targets (pyrgd.bench.report, kind 'mpi_scaling'): 2 ranks >= 1.8x (a) and >= 0.9x (b), the same bits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+RANKS = 2
+DESCRIPTION = "B1's GD step (neurons method) on mpiexec -n 2, 1 thread per rank, against one process"
+#: seconds a 2-rank launch may take before it is killed (a hang fails the problem, not the run)
+TIMEOUT_S = 600
+
+
+def _one_process(data, activation, threads: int, steps: int, lr: float, method: str):
+    from .. import ops
+    from .._threads import thread_limits
+
+    W = [w.copy() for w in data.W]
+    with thread_limits(threads):
+        eng = ops.step_engine(data.X, data.Y, W, activation=activation, backend="cpu", method=method)
+        eng.evaluate()
+        eng.update(lr)
+        out = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            eng.evaluate()
+            eng.update(lr)
+            out.append(time.perf_counter() - t0)
+    return out, W
+
+
+def _launch(problem, dtype: str, seed: int, steps: int, lr: float, folder: str) -> dict:
+    spec = {"problem": problem.to_dict(), "dtype": dtype, "seed": seed, "steps": steps, "lr": lr, "out": folder}
+    path = os.path.join(folder, "spec.json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    exe = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([exe, "-n", str(RANKS), sys.executable, "-m", "pyrgd.bench.mpi_run", path], env=env,
+                       capture_output=True, text=True, timeout=TIMEOUT_S)
+    if p.returncode != 0:
+        raise RuntimeError(f"mpiexec -n {RANKS} exited with {p.returncode}: {' '.join(p.stderr.split())[-300:]}")
+    with open(os.path.join(folder, "result.json")) as f:
+        res = json.load(f)
+    with np.load(os.path.join(folder, "weights.npz")) as z:
+        res["weights"] = [z[f"W{l}"] for l in range(1, len(z.files) + 1)]
+    return res
+
+
+def measure_mpi(problem, data, lr: float, *, rounds: int = 3, steps: int = 5, seed: int = 0) -> dict:
+    """Time M1 (module docstring); returns the row ``candidates["mpi"]``: seconds_1 (one process, 1 thread),
+    seconds_2 (one process, 2 threads), seconds_auto_2 (method auto, 2 threads), seconds_ranks (2 ranks; medians),
+    speedup_vs_1, speedup_vs_2, same_bits, comm_bytes_per_step, comm_seconds_per_step, comm_share."""
+    per = {"1": [], "2": [], "auto2": [], "ranks": []}
+    comm = []
+    W1 = Wr = None
+    act = problem.activation
+    with tempfile.TemporaryDirectory(prefix="pyrgd_m1_") as tmp:
+        for r in range(int(rounds)):
+            order = ["1", "2", "auto2", "ranks"]
+            for what in (order if r % 2 == 0 else order[::-1]):
+                if what == "ranks":
+                    res = _launch(problem, data.dtype.name, seed, steps, lr, tmp)
+                    per["ranks"].append(float(np.median(res["seconds"])))
+                    comm.append(res)
+                    Wr = res["weights"]
+                else:
+                    t = 1 if what == "1" else 2
+                    secs, W = _one_process(data, act, t, steps, lr, "auto" if what == "auto2" else "neurons")
+                    per[what].append(float(np.median(secs)))
+                    if what == "1":
+                        W1 = W
+    med = {k: float(np.median(v)) for k, v in per.items()}
+    same = all(np.array_equal(a, b) for a, b in zip(W1, Wr))
+    last = comm[-1]
+    return {"status": "ok", "description": DESCRIPTION, "rounds": int(rounds), "steps": int(steps), "ranks": RANKS,
+            "seconds_1": med["1"], "seconds_2": med["2"], "seconds_auto_2": med["auto2"], "seconds_ranks": med["ranks"],
+            "seconds_by_round": per, "speedup_vs_1": med["1"] / med["ranks"], "speedup_vs_2": med["2"] / med["ranks"],
+            "same_bits": same, "comm_bytes_per_step": last["comm_bytes_per_step"],
+            "comm_seconds_per_step": float(np.median([c["comm_seconds_per_step"] for c in comm])),
+            "comm_share": float(np.median([c["comm_seconds_per_step"] for c in comm])) / med["ranks"],
+            "neurons_per_rank": last["neurons_per_rank"]}
+
+
+def worker(spec_path: str) -> None:
+    """One 2-rank timing (run under mpiexec by :func:`measure_mpi`): rank 0 writes result.json and weights.npz."""
+    from mpi4py import MPI
+
+    from .._threads import thread_limits
+    from ..activations import parse_activation
+    from ..distributed import ShardedEngine
+    from .problems import Problem, make_data
+
+    comm = MPI.COMM_WORLD
+    with open(spec_path) as f:
+        spec = json.load(f)
+    pd = dict(spec["problem"])
+    pd["widths"], pd["candidates"] = tuple(pd["widths"]), tuple(pd["candidates"])
+    problem = Problem(**pd)
+    data = make_data(problem, spec["dtype"], spec["seed"])
+    act = parse_activation(problem.activation)
+    mult = [1.0] * len(problem.widths[1:])  # as pyrgd.ops.step_engine's default, which (a)-(c) use
+    lr = float(spec["lr"])
+    with thread_limits(1):
+        eng = ShardedEngine(comm, data.X, data.Y, [w.copy() for w in data.W], act, mult)
+        eng.evaluate()
+        eng.update(lr)
+        b0, s0 = eng.comm_bytes, eng.comm_seconds
+        secs = []
+        for _ in range(int(spec["steps"])):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            eng.evaluate()
+            eng.update(lr)
+            secs.append(time.perf_counter() - t0)
+        n = int(spec["steps"])
+        sent = comm.allgather((eng.comm_bytes - b0) / n)
+        W = eng.full_weights()
+        if comm.Get_rank() == 0:
+            res = {"seconds": secs, "comm_bytes_per_step": {f"rank{r}": s for r, s in enumerate(sent)},
+                   "comm_seconds_per_step": (eng.comm_seconds - s0) / n,
+                   "neurons_per_rank": comm.allgather(eng.n_local)}
+        else:
+            comm.allgather(eng.n_local)
+            res = None
+    if res is not None:
+        np.savez(os.path.join(spec["out"], "weights.npz"), **{f"W{l}": w for l, w in enumerate(W, start=1)})
+        with open(os.path.join(spec["out"], "result.json"), "w") as f:
+            json.dump(res, f)
+
+
+def mpi_lines(p: dict) -> list[str]:
+    """The report's lines of M1's result ``p``."""
+    r = p["candidates"].get("mpi") or {}
+    head = (f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']} {p['activation']}; the neurons step on "
+            f"mpiexec -n {r.get('ranks', RANKS)}, 1 thread per rank")
+    if r.get("status") != "ok":
+        return [head, f"  {r.get('status', 'not run')}: {r.get('note', '')}"]
+    b = r["comm_bytes_per_step"]
+    return [head,
+            f"  one process 1 thread {r['seconds_1']:.4g} s/step, 2 threads {r['seconds_2']:.4g} s/step (method auto "
+            f"{r['seconds_auto_2']:.4g}); {r['ranks']} ranks {r['seconds_ranks']:.4g} s/step: {r['speedup_vs_1']:.2f}x "
+            f"1 thread, {r['speedup_vs_2']:.2f}x 2 threads (medians of {r['rounds']} rounds of {r['steps']} steps); "
+            f"same bits as one process: {'yes' if r['same_bits'] else 'NO'}",
+            f"  communication per step: sent {', '.join(f'{k} {v / 1e6:.3g} MB' for k, v in b.items())}; rank 0 "
+            f"{r['comm_seconds_per_step'] * 1e3:.3g} ms in communication ({100 * r['comm_share']:.1f}% of a step, "
+            f"waits included); neurons per rank {r['neurons_per_rank']}"]
+
+
+def evaluate(t: dict, p: dict) -> tuple:
+    """(status, measured, detail) of a target of kind 'mpi_scaling' (``against``: '1' or '2' threads of one
+    process, ``threshold``) on M1's result ``p``; the same bits are required too."""
+    r = p["candidates"].get("mpi")
+    if not r or r.get("status") != "ok":
+        return ("FAIL" if r and r.get("status") == "failed" else "SKIP"), None, (r or {}).get("note", "not run")
+    x = r["speedup_vs_1"] if t["against"] == "1" else r["speedup_vs_2"]
+    ok = x >= t["threshold"] and r["same_bits"]
+    detail = (f"one process {r['seconds_' + t['against']]:.4g} s/step on {t['against']} thread(s) (neurons), "
+              f"{r['ranks']} ranks {r['seconds_ranks']:.4g} s/step; same bits: {'yes' if r['same_bits'] else 'NO'}")
+    return ("PASS" if ok else "FAIL"), x, detail
+
+
+if __name__ == "__main__":  # pragma: no cover - run by measure_mpi under mpiexec
+    worker(sys.argv[1])
