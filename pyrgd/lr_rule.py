@@ -22,7 +22,7 @@ AUTO_LR_FRACTION = 0.5
 #: how ``lr="auto"`` chooses the step size (also stored in the summary)
 AUTO_LR_RULE = ("0.5/lambda_max of the empirical NTK J J^T at initialization (Lanczos on products through the "
                 "kernels, to a relative tolerance of 1e-2; past 512 samples extrapolated linearly in the sample "
-                "count from nested subsamples of 128 and 512 rows)")
+                "count from nested subsamples of 128 and 512 rows, each to 5e-2)")
 #: past this many samples lambda_max is extrapolated from subsamples of AUTO_LR_ROWS and AUTO_LR_ROWS // 4 rows
 AUTO_LR_ROWS = 512
 
@@ -33,11 +33,13 @@ def full_forward(X, W, act, mult, backend):
     return tail_forward(H, W, act, mult)
 
 
-def estimate_lambda_max(X, weights, act, multipliers, backend, iters=20, seed=0, rtol=1e-2,
+def estimate_lambda_max(X, weights, act, multipliers, backend, iters=20, seed=0, rtol=None,
                         rows=AUTO_LR_ROWS) -> float:
     """lambda_max of the NTK J J^T of all N samples: :func:`lanczos_lambda_max` on X itself when N <= ``rows``
     (or ``rows`` is None), else extrapolated from the samples' nested subsets S_1 of rows // 4 and S_2 of ``rows``
-    samples (drawn with ``seed``, so the same inputs give the same value).
+    samples (drawn with ``seed``, so the same inputs give the same value). ``rtol``: Lanczos' relative tolerance;
+    None: 1e-2 on all samples, 5e-2 on the subsets (the extrapolation's own error, about 15%, dominates: 5e-2 gave
+    the same values to 1% on the shapes below, with a fifth fewer products).
 
     Why it works: K_S, the NTK of a subset S, is a principal submatrix of K, and for the usual kernels its top
     eigenvalue grows linearly with the sample count, lambda_max(K_S) ~ c |S| + delta (a mean part c |S| over the
@@ -49,9 +51,11 @@ def estimate_lambda_max(X, weights, act, multipliers, backend, iters=20, seed=0,
     """
     N = int(X.shape[0])
     if rows is None or N <= int(rows):
+        rtol = 1e-2 if rtol is None else rtol
         return lanczos_lambda_max(X, weights, act, multipliers, backend, iters=iters, seed=seed, rtol=rtol)
     m2 = int(rows)
     m1 = max(1, m2 // 4)
+    rtol = 5e-2 if rtol is None else rtol
     xp = ops.get_backend(backend).array_namespace()
     perm = np.random.default_rng(seed).permutation(N)[:m2]
     lam = []
