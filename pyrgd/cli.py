@@ -292,6 +292,8 @@ def _cmd_train_one(args, comm=None, out=None) -> int:
             print(plan.format())
         plan.check()
         return 0
+    if comm is not None and cfg["train"].get("method") == "auto":
+        cfg["train"]["method"] = "neurons"  # what a distributed run runs: its config.toml then resumes in one process
     C.plan(cfg, timing=False).check()  # refuse a run that would not fit before making its data
     net, X, Y, kwargs = C.build(cfg)
     if out is None:

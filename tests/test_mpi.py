@@ -106,6 +106,8 @@ def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp
     s = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s["distributed"]["ranks"] == 2 and s["distributed"]["neurons_per_rank"] == [1024, 1024]
     assert "why_off" in s["tracking"]
+    # the folder's config says what ran, so that a plain `pyrgd train --resume` continues it in one process
+    assert 'method = "neurons"' in (tmp_path / "two" / "config.toml").read_text()
 
 
 STOP_AND_RESUME = """
@@ -252,3 +254,20 @@ def test_bench_m1_tiny_times_two_ranks_with_the_same_bits(mpiexec):
     targets = {t["id"]: t for t in evaluate_targets({"device": "cpu", "problems": [res]})}
     assert targets["M1_vs_1"]["status"] == ("PASS" if row["speedup_vs_1"] >= 1.8 else "FAIL")
     assert targets["M1_vs_2"]["measured"] == row["speedup_vs_2"]
+
+
+def test_projection_of_the_communication_share():
+    from pyrgd.bench.mpi_run import project_step
+
+    shape = dict(N=1 << 20, d=64, widths=[1 << 17, 64, 32, 10], rate=390e9)
+    share = [project_step(P=P, **shape)["comm_share"] for P in (2, 8, 64)]
+    assert share[0] < share[1] < share[2]  # strong scaling: the share grows with the nodes
+    # the documented threshold: on 64 nodes the ordered chain passes 10% of a step just below n1 = 94 P (P - 1 + 6)
+    n1 = 94 * 64 * 69
+    assert project_step(1 << 20, 64, [int(n1 * 0.95), 64, 32, 10], 64, 390e9)["comm_share"] > 0.10
+    assert project_step(1 << 20, 64, [int(n1 * 1.05), 64, 32, 10], 64, 390e9)["comm_share"] < 0.10
+    # pipelining the chain (same order, same bits) removes most of it; one node communicates nothing
+    assert project_step(P=64, chain="pipelined", **shape)["comm_share"] < share[2] / 10
+    assert project_step(P=1, **shape)["comm_s"] == 0.0
+    with pytest.raises(ValueError, match="chain"):
+        project_step(P=2, chain="tree", **shape)

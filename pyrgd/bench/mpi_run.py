@@ -13,6 +13,7 @@ Targets (pyrgd.bench.report, kind 'mpi_scaling'): 2 ranks >= 1.8x (a) and >= 0.9
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -179,3 +180,37 @@ def evaluate(t: dict, p: dict) -> tuple:
 
 if __name__ == "__main__":  # pragma: no cover - run by measure_mpi under mpiexec
     worker(sys.argv[1])
+
+
+# ------------------------------------------------------------------------------------------- the projection
+def project_step(N: int, d: int, widths, P: int, rate: float, bandwidth: float = 12.5e9, latency: float = 5e-6,
+                 itemsize: int = 4, chain: str = "ordered") -> dict:
+    """A model of one sharded step on ``P`` nodes: {'compute_s', 'comm_s', 'comm_share'}.
+
+    Compute: the neurons method's wide-layer flops (6 N n_1 (d + n_2), :func:`pyrgd.bench.problems.fused_flops`)
+    divided by P, plus the tail's (replicated), at ``rate`` flop/s per node. Communication of the N x n_2 partials,
+    M = N n_2 ``itemsize`` bytes, each message costing ``latency`` + M / ``bandwidth`` (bytes/s): ``chain`` =
+    'ordered' (what :class:`pyrgd.distributed.ShardedEngine` does: P - 1 hops, then a broadcast in ceil(log2 P)
+    rounds), 'pipelined' (the same order, the chain cut into P segments of rows: about 2 M / bandwidth + 2 P
+    latency, not implemented) or 'ring' (MPI's allreduce, not bit-reproducible: 2 M (P - 1) / P / bandwidth +
+    2 (P - 1) latency)."""
+    from .problems import fused_flops
+
+    widths = [int(w) for w in widths]
+    n1, n2 = widths[0], widths[1]
+    wide = 6 * N * n1 * (d + n2)
+    tail = fused_flops(N, d, widths, "neurons") - wide
+    compute = (wide / P + tail) / rate
+    M = N * n2 * itemsize
+    logp = math.ceil(math.log2(P)) if P > 1 else 0
+    if P == 1:
+        comm = 0.0
+    elif chain == "ordered":
+        comm = (P - 1 + logp) * (latency + M / bandwidth)
+    elif chain == "pipelined":
+        comm = 2 * M / bandwidth + 2 * P * latency
+    elif chain == "ring":
+        comm = 2 * M * (P - 1) / P / bandwidth + 2 * (P - 1) * latency
+    else:
+        raise ValueError(f"chain: expected 'ordered', 'pipelined' or 'ring', got {chain!r}")
+    return {"compute_s": compute, "comm_s": comm, "comm_share": comm / (compute + comm)}
