@@ -228,6 +228,12 @@ def _human_summary(s: dict, out: str) -> str:
         + (f", update {s['update']}" if s.get("update", "gd") != "gd" else ""),
         f"run folder    {out}",
     ]
+    dist = s.get("distributed")
+    if dist:  # mpiexec -n P pyrgd train
+        per = dist.get("neurons_per_rank")
+        lines.insert(-1, f"ranks         {dist.get('ranks')}" + (f" (neurons per rank {', '.join(map(str, per))})"
+                                                                 if per else "")
+                     + "; tracking is off in a distributed run")
     return "\n".join(lines)
 
 

@@ -97,6 +97,7 @@ def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp
     p = _launch(mpiexec, 2, [sys.executable, "-m", "pyrgd", "train", *args, "--out", "two"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("status ") == 1  # rank 0 alone prints the summary
+    assert "ranks         2 (neurons per rank 1024, 1024); tracking is off" in p.stdout
     from pyrgd.cli import main
 
     assert main(["train", *args, "--method", "neurons", "--out", str(tmp_path / "one")]) == 0
