@@ -272,3 +272,41 @@ def test_projection_of_the_communication_share():
     assert project_step(P=1, **shape)["comm_s"] == 0.0
     with pytest.raises(ValueError, match="chain"):
         project_step(P=2, chain="tree", **shape)
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_killed_by_sigterm_resumes_on_one_and_two_ranks(mpiexec, tmp_path):
+    import json
+    import signal
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    flags = ["--preset", "quickstart", "--set", "train.rel_tol=0", "--no-progress"]
+    proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, "-m", "pyrgd", "train", *flags, "--steps", "1000000",
+                             "--out", "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        t0 = time.monotonic()
+        while not (tmp_path / "run" / "config.toml").exists() and time.monotonic() - t0 < TIMEOUT:
+            time.sleep(0.1)
+        time.sleep(2.0)  # some steps
+        proc.send_signal(signal.SIGTERM)  # mpiexec passes it to every rank
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "terminated", (out, err)
+    k = s["steps"] + 20
+    shutil.copytree(tmp_path / "run", tmp_path / "run1")
+    for n, run in ((1, "run1"), (2, "run")):
+        p = _launch(mpiexec, n, [sys.executable, "-m", "pyrgd", "train", "--resume", run, "--steps", str(k),
+                                 "--no-progress"], tmp_path)
+        assert p.returncode == 0, p.stderr
+    from pyrgd.cli import main
+
+    assert main(["train", *flags, "--method", "neurons", "--steps", str(k), "--track-every", "0",
+                 "--out", str(tmp_path / "one")]) == 0
+    want = _weights(tmp_path / "one" / "weights.npz")
+    for run in ("run1", "run"):
+        assert json.loads((tmp_path / run / "summary.json").read_text())["steps"] == k
+        assert _same_bits(_weights(tmp_path / run / "weights.npz"), want), run
