@@ -131,22 +131,21 @@ def test_a_stopped_two_rank_run_resumes_on_one_and_on_two_ranks(mpiexec, tmp_pat
     script = _script(tmp_path, STOP_AND_RESUME)
     net, X, Y = _problem()
     pyrgd.train(net, X, Y, lr=8e-5, steps=30, method="neurons", progress=False, track_every=0)
-    for n in (1, 2):
-        run = tmp_path / f"run{n}"
-        p = _launch(mpiexec, 2, [sys.executable, script, "stop", str(run)], tmp_path)
-        assert p.returncode == 0, p.stderr
-        assert "STATUS 0 stopped_by_callback 15" in p.stdout and "STATUS 1 stopped_by_callback 15" in p.stdout
-        assert not _same_bits(_weights(run / "weights.npz"), net.weights)  # stopped short of the end
-        p = _launch(mpiexec, n, [sys.executable, script, "resume", str(run)], tmp_path)
-        assert p.returncode == 0, p.stderr
-        assert "STATUS 0 max_steps 30" in p.stdout
-        assert _same_bits(_weights(run / "weights.npz"), net.weights), f"resumed on {n} ranks"
-    # and in one process, the neurons method, from a checkpoint of 2 ranks
-    run = tmp_path / "run_one"
+    run = tmp_path / "run"
     p = _launch(mpiexec, 2, [sys.executable, script, "stop", str(run)], tmp_path)
     assert p.returncode == 0, p.stderr
+    assert "STATUS 0 stopped_by_callback 15" in p.stdout and "STATUS 1 stopped_by_callback 15" in p.stdout
+    assert not _same_bits(_weights(run / "weights.npz"), net.weights)  # stopped short of the end
+    for copy in ("run1", "run2", "run_one"):
+        shutil.copytree(run, tmp_path / copy)
+    for n in (1, 2):
+        p = _launch(mpiexec, n, [sys.executable, script, "resume", str(tmp_path / f"run{n}")], tmp_path)
+        assert p.returncode == 0, p.stderr
+        assert "STATUS 0 max_steps 30" in p.stdout
+        assert _same_bits(_weights(tmp_path / f"run{n}" / "weights.npz"), net.weights), f"resumed on {n} ranks"
+    # and in one process, the neurons method, from the checkpoint of 2 ranks
     net1, X, Y = _problem()
-    pyrgd.train(net1, X, Y, steps=30, method="neurons", progress=False, track_every=0, resume=str(run))
+    pyrgd.train(net1, X, Y, steps=30, method="neurons", progress=False, track_every=0, resume=str(tmp_path / "run_one"))
     assert _same_bits(net1.weights, net.weights)
 
 
