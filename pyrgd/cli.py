@@ -233,7 +233,7 @@ def _human_summary(s: dict, out: str) -> str:
         per = dist.get("neurons_per_rank")
         lines.insert(-1, f"ranks         {dist.get('ranks')}" + (f" (neurons per rank {', '.join(map(str, per))})"
                                                                  if per else "")
-                     + "; tracking is off in a distributed run")
+                     + "; certificates on rank 0")
     return "\n".join(lines)
 
 

@@ -125,8 +125,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         arguments): the wide layer's neurons are sharded over its ranks (:mod:`pyrgd.distributed`), the cpu backend
         with the neurons method, update "gd" and the squared loss; the weights are the bits of one process running
         method "neurons", for any number of ranks. Rank 0 shows the progress bar and writes ``out``; the others
-        write nothing. An error on one rank ends every rank (:class:`pyrgd.distributed.RankError`). Tracking is off
-        (the summary's ``tracking`` says why). Checkpoints hold the full weights and resume on any number of ranks.
+        write nothing. An error on one rank ends every rank (:class:`pyrgd.distributed.RankError`). Rank 0 takes
+        the certificates from the gathered weights (its result holds them). Checkpoints hold the full weights and
+        resume on any number of ranks.
 
     With an update other than GD or a user loss, the certificates (which assume GD on the squared loss) do not
     apply: track_every="auto" takes none, a given track_every still records the tracked quantities but with
@@ -288,7 +289,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                 last_good = [w.copy() for w in engine.weights]
             try:
                 status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing, checkpoints,
-                                        last_good, stepper, callback, applies, sync)
+                                        last_good, stepper, callback, applies, sync,
+                                        None if comm is None else _gather_into(engine, W), rank == 0)
             except Exception as e:  # distributed: one rank's error inside a step, where the others wait on it
                 from .distributed import RankError, abort
 
@@ -357,8 +359,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         summary["isa"] = identity["isa"]
         summary["source_commit"] = source_commit()
         if comm is not None:
-            summary["tracking"]["why_off"] = ("tracking is not implemented in a distributed run (comm given): no "
-                                              "certificates or envelope")
+            summary["tracking"]["distributed"] = ("the certificates are taken on rank 0 from the gathered weights "
+                                                  "(the other ranks wait); rank 0's result holds them")
             summary["distributed"] = _distributed_summary(comm, engine)
         threads_now = ops.backend_threads(backend)
         if threads_now is not None:
@@ -403,7 +405,8 @@ def _progress_bar(steps, initial=0):
 
 
 def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, lr, t_start, timing,
-          checkpoints=None, last_good=None, stepper=None, callback=None, certified=True, sync=None):
+          checkpoints=None, last_good=None, stepper=None, callback=None, certified=True, sync=None,
+          gather=None, records=True):
     """Evaluate, record, check the stop rules, update; until a rule stops the run. Returns (status, message).
 
     timing["steps"] accumulates the seconds spent in the engine's evaluate and update, timing["k"] counts the updates
@@ -413,7 +416,9 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
     step after its update; True or :class:`StopTraining` makes the next stop check end the run. ``certified``:
     False where the certificates do not apply (the envelope column is then nan). ``sync``: None, or (distributed)
     a function sync(value, error) -> rank 0's value on every rank, raising on every rank where a rank passes an
-    error: the stop decision, the checkpoint decision and a callback's error are agreed at each step boundary."""
+    error: the stop decision, the checkpoint decision and a callback's error are agreed at each step boundary.
+    ``gather``: None, or (distributed) a collective function putting the full weights where the tracker reads them,
+    called on every rank before a certificate; ``records``: whether this rank takes the certificates (rank 0)."""
     last_post = 0.0
     asked = None  # the callback's reason to stop (a string) once it asked
     k = timing["k"]
@@ -429,7 +434,12 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
         envelope = tracker.advance() if k > 0 else tracker.envelope
         factor = hist.add(k, loss, timing["steps"], envelope if certified else float("nan"))
         tracker.observe(k, factor)
-        if tracker.due(k, loss, timing["steps"], k):
+        due = tracker.due(k, loss, timing["steps"], k)
+        if sync is not None:  # rank 0's budget decides
+            due = sync(due)
+        if due and gather is not None:
+            gather()
+        if due and records:
             tracker.record(k, loss)
             if k == 0 and certified:
                 hist.set_envelope(tracker.envelope)
@@ -580,7 +590,7 @@ def _distributed_args(comm, rule, loss, method, track_every, progress):
         raise PyrgdError("method: a distributed run (comm given) shards the 'neurons' method; use 'neurons' or "
                          "'auto'")
     rank = int(comm.Get_rank())
-    return rank, "neurons", 0, bool(progress) and rank == 0
+    return rank, "neurons", track_every, bool(progress) and rank == 0
 
 
 def _sharded_engine(comm, X, Y, W, act, mult, saved):
@@ -604,3 +614,12 @@ def _distributed_summary(comm, engine) -> dict:
         d.update({"neurons_per_rank": n, "comm_bytes_rank0": int(engine.comm_bytes),
                   "comm_seconds_rank0": float(engine.comm_seconds)})
     return d
+
+
+def _gather_into(engine, W):
+    """A function copying a sharded engine's full weights into the arrays ``W`` (which the tracker reads);
+    collective."""
+    def gather():
+        for w, f in zip(W, engine.full_weights()):
+            w[...] = f
+    return gather

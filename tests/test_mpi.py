@@ -97,7 +97,7 @@ def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp
     p = _launch(mpiexec, 2, [sys.executable, "-m", "pyrgd", "train", *args, "--out", "two"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("status ") == 1  # rank 0 alone prints the summary
-    assert "ranks         2 (neurons per rank 1024, 1024); tracking is off" in p.stdout
+    assert "ranks         2 (neurons per rank 1024, 1024); certificates on rank 0" in p.stdout
     from pyrgd.cli import main
 
     assert main(["train", *args, "--method", "neurons", "--out", str(tmp_path / "one")]) == 0
@@ -106,7 +106,16 @@ def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp
 
     s = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s["distributed"]["ranks"] == 2 and s["distributed"]["neurons_per_rank"] == [1024, 1024]
-    assert "why_off" in s["tracking"]
+    assert "rank 0" in s["tracking"]["distributed"]
+    # the quickstart's certificate at step 0 (track_every 50), taken on rank 0: as one process's
+    import csv
+
+    def cert(folder):
+        with open(tmp_path / folder / "certificates.csv") as f:
+            rows = list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+    assert len(cert("two")) == 1 and cert("two") == cert("one")
     # the folder's config says what ran, so that a plain `pyrgd train --resume` continues it in one process
     assert 'method = "neurons"' in (tmp_path / "two" / "config.toml").read_text()
 
