@@ -18,7 +18,7 @@ defaults (lr="auto", track_every="auto", method and backend auto) for ``steps`` 
 by :mod:`pyrgd.bench.train_runs`: L1 (N = n1 = 20000, 20 steps: peak memory and the tracking's share of the time),
 L2 (N = n1 = 65536, one step: peak memory and the time against one bare engine step) and B1_track (B1's shapes, 200
 steps: the wall time against the steps' time). They are not in the default selection (L2 alone is minutes on two
-cores): ``--problems L`` runs them, ``--problems B1,B2,D,B3,B4,T,L`` everything.
+cores): ``--problems L`` runs them, ``--problems B1,B2,D,B3,B4,T,M1,L`` everything.
 """
 from __future__ import annotations
 
