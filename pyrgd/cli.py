@@ -251,6 +251,8 @@ def _cmd_train_mpi(args) -> int:
     global _QUIET
     from .distributed import agree, world
 
+    env_rank = next((os.environ[k] for k in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK") if k in os.environ), "0")
+    _QUIET = env_rank.strip() not in ("", "0")  # before world(): without mpi4py, one message from rank 0 too
     comm = world()
     _QUIET = comm.Get_rank() != 0
     try:
