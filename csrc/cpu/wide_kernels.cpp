@@ -12,6 +12,7 @@
 #include <pyrgd/runtime.h>
 #include <pyrgd/wide.h>
 
+#include "block_grad.h"
 #include "fma_probe.h"
 #include "kernel_util.h"
 #include "tile_ops.h"
@@ -152,16 +153,11 @@ void forward_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* 
 template <class T>
 void step_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, T* W1, T* W2, const T* G, T lr,
                 T gamma, T a1, T* H_next, double* grad_sq_w1, double* grad_sq_w2) {
-  const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
+  const size_t d = s.d, n1 = s.n1, n2 = s.n2;
   const size_t nblocks = ceil_div(n1, kBlock);
   const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nblocks)));
-  const size_t R = std::min(kRowChunk, N);
-
-  // Per thread: ZS and PD (R x kBlock: Z then S, P then D), W2[T, :]^T, dW1[:, T] and dW2[T, :]^T.
-  const size_t szZ = checked_mul(R, kBlock), szW2T = checked_mul(n2, kBlock), szG1 = checked_mul(d, kBlock);
-  const size_t per_thread = 2 * szZ + 2 * szW2T + szG1;
-  if (per_thread < szZ || per_thread < szG1) throw std::length_error("pyrgd._cpu: buffer size overflows size_t");
-  util::AlignedBuffer<T> buf(checked_mul(size_t(P), per_thread));  // zeros: the padding columns stay finite
+  const BlockGradScratch sc(s);  // per thread: ZS, PD, W2[T, :]^T, dW2[T, :]^T, dW1[:, T] (block_grad.h)
+  util::AlignedBuffer<T> buf(checked_mul(size_t(P), sc.per_thread));  // zeros: the padding columns stay finite
   std::vector<double> bsq1(nblocks), bsq2(nblocks);
   T* const base = buf.data();
   double* const q1 = bsq1.data();
@@ -169,30 +165,14 @@ void step_tiles(const WideShape& s, const TileOps<T>& ops, int act, const T* X, 
 
 #pragma omp parallel num_threads(P)
   {
-    T* ZS = base + size_t(thread_id()) * per_thread;
-    T* PD = ZS + szZ;
-    T* W2T = PD + szZ;
-    T* gW2T = W2T + szW2T;
-    T* gW1 = gW2T + szW2T;
+    T *ZS, *PD, *W2T, *gW2T, *gW1;
+    sc.parts(base + size_t(thread_id()) * sc.per_thread, ZS, PD, W2T, gW2T, gW1);
 #pragma omp for schedule(dynamic, 1)
     for (idx bi = 0; bi < idx(nblocks); ++bi) {
       const size_t blk = size_t(bi);
       const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
       T* const W2blk = W2 + t0 * n2;
-      for (size_t b = 0; b < nb; ++b)
-        for (size_t c = 0; c < n2; ++c) W2T[c * kBlock + b] = W2blk[b * n2 + c];
-      zero(gW1, szG1);
-      zero(gW2T, szW2T);
-      for (size_t r0 = 0; r0 < N; r0 += R) {
-        const size_t rows = std::min(R, N - r0);
-        const T* Xr = X + r0 * d;
-        const T* Gr = G + r0 * n2;
-        ops.gemm_nn(rows, nb, n2, Gr, n2, W2T, kBlock, PD, kBlock, false);  // P = G W2[T, :]^T
-        // Z = X W1[:, T], then S = a1 sigma(Z), D = (a1 P) sigma'(Z) row block by row block
-        ops.gemm_nn_act(rows, nb, d, Xr, d, W1 + t0, n1, ZS, kBlock, act, gamma, a1, PD, 0);
-        ops.gemm_tn(n2, nb, rows, Gr, n2, ZS, kBlock, gW2T, kBlock, true);  // dW2[T, :]^T += G^T S
-        ops.gemm_tn(d, nb, rows, Xr, d, PD, kBlock, gW1, kBlock, true);     // dW1[:, T] += X^T D
-      }
+      block_gradient<T>(s, sc, ops, act, X, W1, W2, G, gamma, a1, t0, nb, ZS, PD, W2T, gW2T, gW1);
       // Squared norms of this block's gradients, in double, then the update (it touches only W1[:, T], W2[T, :]).
       double a = 0.0, c2 = 0.0;
       for (size_t k = 0; k < d; ++k)
