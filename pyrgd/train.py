@@ -9,6 +9,7 @@ validates the arguments, runs the loop and writes the summary.
 """
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import sys
@@ -255,12 +256,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     checkpoints = _Checkpointer(out, checkpoint_every, identity, X_host, Y_host, W0, lr, lr_rule,
                                 t_start - (saved["meta"].get("wall_seconds", 0.0) if saved else 0.0),
                                 writer=rank == 0)
-    sync = None
-    if comm is not None:
-        from .distributed import agree
-
-        def sync(value, error=None):
-            return agree(comm, value, error)
+    sync = None if comm is None else functools.partial(_agree, comm)  # sync(value, error=None): rank 0's value
     stepper = None
     bar = _progress_bar(steps, timing["k"]) if progress else None
     stop = StopFlag()
@@ -623,3 +619,9 @@ def _gather_into(engine, W):
         for w, f in zip(W, engine.full_weights()):
             w[...] = f
     return gather
+
+
+def _agree(comm, value, error=None):
+    from .distributed import agree
+
+    return agree(comm, value, error)
