@@ -302,10 +302,10 @@ def _plot(path, p, rows, margin_rows, f):
         if miss:
             ax.plot(Ns[miss], p["n1_max_over_N"] * Ns[miss], "^", color="C2", mfc="none", ms=7,
                     label=f"GD reaches {p['strict_rel_tol']:g}: at no width up to {p['n1_max_over_N']:g} N")
-    for i, r in enumerate(rows):
-        if r["gd_threshold"] is None:
-            ax.plot(Ns[i], p["n1_max_over_N"] * Ns[i], "^", color="C0", mfc="none",
-                    label="GD: none up to the search's end" if i == 0 else None)
+    none = [i for i, r in enumerate(rows) if r["gd_threshold"] is None]
+    if none:
+        ax.plot(Ns[none], p["n1_max_over_N"] * Ns[none], "v", color="C0", mfc="none", ms=7,
+                label=f"GD reaches {p['rel_tol']:g}: at no width up to {p['n1_max_over_N']:g} N")
     ax.plot(Ns, Ns, ":", color="0.5", label="$n_1 = N$")
     lam = np.array([r["lambda_star"] for r in rows], dtype=float)
     if len(Ns) and np.isfinite(ct).all() and (lam > 0).all():
