@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backends.engine import StepEngine, _host_copy
-from .errors import PyrgdError
+from .errors import BackendUnavailable, PyrgdError
 
 #: neurons per group: the cpu kernels' kBlock (64) x kSuperBlocks (16); a shard holds whole groups
 NEURON_GROUP = 1024
@@ -73,7 +73,9 @@ class ShardedEngine(StepEngine):
         if not isinstance(X, np.ndarray):
             raise PyrgdError("comm: a distributed run needs the cpu backend (NumPy arrays); GPU ranks are not "
                              "implemented")
-        cpu._module()
+        ok, why = cpu.available()
+        if not ok:
+            raise BackendUnavailable(f"comm: a distributed run needs the cpu backend: {why}")
         self._be = cpu
         self.comm = check_comm(comm)
         self.rank, self.size = int(comm.Get_rank()), int(comm.Get_size())

@@ -99,7 +99,7 @@ def test_problem_specs():
     train = [p for p in full.values() if p.kind == "train"]
     assert sorted(p.name for p in train) == ["B1_track", "L1", "L2"]
     assert all(p.group == "L" and p.candidates == ("train",) for p in train)
-    assert all(p.kind == "step" and p.steps is None for p in full.values() if p.group != "L" and p.name != "T_load")
+    assert all(p.kind == "step" and p.steps is None for p in full.values() if p.group != "L" and p.name not in ("T_load", "M1"))
     assert full["T_load"].kind == "load" and full["T_load"].widths == full["B1"].widths  # B1 beside a busy process
     assert full["L2"].max_repeats == 1  # one bare engine step of L2 after its run
     tiny = {p.name: p for p in all_problems("cpu", tiny=True) if p.kind == "train"}
@@ -121,7 +121,7 @@ def test_select_problems():
     assert [p.name for p in select_problems("B1_track", "cpu")] == ["B1_track"]
     default = [p.name for p in select_problems(None, "cpu")]
     assert default == [p.name for p in all_problems("cpu") if p.group != "L"] and "B1" in default
-    assert [p.name for p in select_problems("B1,B2,D,B3,B4,T,L", "cpu")] == [p.name for p in all_problems("cpu")]
+    assert [p.name for p in select_problems("B1,B2,D,B3,B4,T,M1,L", "cpu")] == [p.name for p in all_problems("cpu")]
 
 
 def test_fused_candidate_runs_the_problems_method():
@@ -632,7 +632,9 @@ def test_train_problems_end_to_end_tiny(capsys):
         r = p["candidates"]["train"]
         assert r["status"] == "ok", r
         assert r["summary_missing"] == [] and r["steps"] == p["steps"] and p["kind"] == "train"
-        assert r["train_status"] == "max_steps" and r["lr_rule"] != "given" and r["lr"] == p["lr"] > 0
+        # lr="auto" but on B1_track (train_runs.GIVEN_LR: the benchmark's step size)
+        assert r["train_status"] == "max_steps" and r["lr"] == p["lr"] > 0
+        assert (r["lr_rule"] == "given") == (p["name"] == "B1_track")
         assert len(r["bare_times"]) == (1 if p["name"] == "L2" else 2) and r["bare_method"] == r["method"]
         assert 0 < r["steps_s"] <= r["summary_wall_s"] <= r["wall_s"]
         assert r["other_s"] == pytest.approx(r["wall_s"] - r["steps_s"] - r["tracking_s"] - r["lr_s"])
@@ -687,6 +689,9 @@ def _check_schema(res, problems):
     assert [p["name"] for p in res["problems"]] == problems
     for p in res["problems"]:
         assert p["useful_flops"] == useful_flops(p["N"], p["d"], p["widths"])
+        if p.get("kind", "step") != "step":  # T_load, M1: rows of their own (tests/test_bench_load.py, test_mpi.py)
+            assert all(row["status"] in ("ok", "skipped") for row in p["candidates"].values()), p["name"]
+            continue
         for name, row in p["candidates"].items():
             if row["status"] == "ok":
                 assert REQUIRED_ROW <= set(row), (p["name"], name, set(row))
