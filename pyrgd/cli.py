@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .experiments import EXPERIMENTS
 
-    e = sub.add_parser("experiment", help="run one of the experiments E1..E4 and draw its figure",
+    e = sub.add_parser("experiment", help="run one of the experiments E1..E5 and draw its figure",
                        description="Run an experiment from its TOML file (" + "; ".join(
                            f"{k}: {v[1]}" for k, v in EXPERIMENTS.items()) + "). Writes NAME.png, NAME.csv and "
                        "NAME.json into --out.")
