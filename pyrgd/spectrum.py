@@ -7,7 +7,7 @@ F_1 = a_1 sigma(X W_1) is N x n_1 (docs/theory.md section 4.1 uses lambda_min(K)
 - :func:`certified_lower_bound`: K in float64 over blocks of neurons and a Cholesky test of K - t I: when it
   succeeds, lambda_min(K) >= t minus a rounding margin, a certified LOWER bound (N x N in memory, several times
   cheaper than ``eigvalsh``);
-- :class:`LambdaMinEstimator`: matrix-free, K V = F_1 (F_1^T V) streamed over blocks of neurons (never N x N, never
+- :class:`LambdaMinEstimator`: matrix-free, K V = F_1 (F_1^T V) through the fused kernels (never N x N, never
   N x n_1), with LOBPCG (SciPy) warm-started from the previous call. A Rayleigh quotient is an UPPER estimate of
   lambda_min: never a certificate.
 
@@ -47,14 +47,20 @@ def _feature_blocks(X, W1, act, a1, block_bytes, dtype=None):
 
 
 def gram_matvec(X, W1, act, a1, V, block_bytes=BLOCK_BYTES):
-    """K V = F_1 (F_1^T V) for V (N, k), in float64 on V's host/device kind, streamed over blocks of neurons:
-    memory N x block, never N x n_1 or N x N. Sums over the blocks in a fixed order (the same bits run after run)."""
+    """K V = F_1 (F_1^T V) for V (N, k), returned in float64 on V's host/device kind, through the backend's fused
+    kernels in X's dtype: F_1^T V is the gradient of W_2 for the upstream gradient V (:func:`pyrgd.ops.wide_grad`
+    with W_2 = 0, whose other outputs are then 0) and F_1 M the layer's forward pass with W_2 = M
+    (:func:`pyrgd.ops.wide_forward`). Memory n_1 x k besides V, never N x n_1 or N x N; the kernels' fixed summation
+    order gives the same bits run after run. (On B1's shapes a product took 0.087 s this way against 0.22 s with the
+    activation evaluated in NumPy block by block, four fifths of that in the activation.) ``block_bytes`` is
+    accepted for the callers' sake and unused: the kernels choose their own blocks."""
+    from . import ops
+
     xp = _xp(X)
-    Vd = xp.asarray(V, dtype=X.dtype)
-    out = xp.zeros((X.shape[0], Vd.shape[1]), dtype=np.float64)
-    for _, F in _feature_blocks(X, W1, act, a1, block_bytes):
-        out += (F @ (F.T @ Vd)).astype(np.float64, copy=False)
-    return out
+    Vd = xp.ascontiguousarray(xp.asarray(V, dtype=X.dtype))
+    zero_w2 = xp.zeros((W1.shape[1], Vd.shape[1]), dtype=X.dtype)
+    _, M = ops.wide_grad(X, W1, zero_w2, Vd, activation=act, a1=a1)  # F_1^T V, (n1, k)
+    return ops.wide_forward(X, W1, M, activation=act, a1=a1).astype(np.float64)
 
 
 def exact_lambda_min(X, W1, act, a1, backend) -> float:

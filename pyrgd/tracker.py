@@ -102,7 +102,9 @@ class Tracker:
         iters = int(room / cost) - 2  # two more products: the start block and the residual
         if iters < MIN_ESTIMATE_ITERS:
             return False
-        self._iters = min(iters, 50)
+        # until one cost is measured, the fewest iterations: a prediction from flops was seen 2x off on B1 (the
+        # certificate's fixed part, the tail's norms and sigma_min, is not in it), and the overrun is the budget's
+        self._iters = MIN_ESTIMATE_ITERS if self._last_cost is None else min(iters, 50)
         return True
 
     # --------------------------------------------------------------------------------------- a certificate

@@ -142,6 +142,17 @@ def test_auto_estimate_route_sizes_its_iterations_to_the_room():
     assert t.due(3, 1.0, 1.0, 3) and t._iters == 8
 
 
+def test_first_estimate_runs_the_fewest_iterations():
+    """Before any cost is measured the estimate route takes MIN_ESTIMATE_ITERS iterations, however much room the
+    prediction leaves; afterwards the measured cost sizes them."""
+    from pyrgd.tracker import MIN_ESTIMATE_ITERS
+
+    t = _tracker(route="estimate")
+    assert t.due(100, 1.0, 10.0, 100) and t._iters == MIN_ESTIMATE_ITERS
+    t._last_cost = 0.01
+    assert t.due(100, 1.0, 10.0, 100) and t._iters > MIN_ESTIMATE_ITERS
+
+
 @pytest.mark.parametrize("rows", [None, 512])
 def test_auto_lr_copies_no_x(rows):
     """lr='auto' runs in the working dtype, on all rows or on subsets: its peak allocation stays far below one copy
