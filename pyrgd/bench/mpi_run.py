@@ -53,9 +53,15 @@ def _launch(problem, dtype: str, seed: int, steps: int, lr: float, folder: str) 
     with open(path, "w") as f:
         json.dump(spec, f)
     exe = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    import pyrgd
+
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyrgd.__file__)))  # the pyrgd under test
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # run in the spec's folder: `python -m` puts the working folder first on sys.path, and a source checkout there
+    # (CI runs from one, with pyrgd installed elsewhere) would shadow the pyrgd under test
     p = subprocess.run([exe, "-n", str(RANKS), sys.executable, "-m", "pyrgd.bench.mpi_run", path], env=env,
-                       capture_output=True, text=True, timeout=TIMEOUT_S)
+                       capture_output=True, text=True, timeout=TIMEOUT_S, cwd=folder)
     if p.returncode != 0:
         raise RuntimeError(f"mpiexec -n {RANKS} exited with {p.returncode}: {' '.join(p.stderr.split())[-300:]}")
     with open(os.path.join(folder, "result.json")) as f:
