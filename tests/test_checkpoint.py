@@ -133,7 +133,7 @@ def _wait_for(path, proc, timeout=120):
         time.sleep(0.02)
 
 
-ARGS = ["train", "--N", "64", "--widths", "512,8,1", "--steps", "1200", "--lr", "0.001", "--no-progress",
+ARGS = ["train", "--N", "64", "--widths", "512,8,1", "--steps", "6000", "--lr", "0.001", "--no-progress",
         "--track-every", "100", "--checkpoint-every", "25"]
 
 
@@ -146,11 +146,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path):
     assert full.returncode == 0, full.stderr
     p = _run_cli([*ARGS, "--out", "r"], tmp_path)
     _wait_for(tmp_path / "r" / CHECKPOINT_FILE, p)
-    time.sleep(random.uniform(0.0, 1.0))
+    # a random moment within the first part of the run (1200 steps took under a second here: kill early enough that
+    # the run is still going, or the test would resume a finished run)
+    time.sleep(random.uniform(0.0, 0.2))
+    assert p.poll() is None, "the run ended before the kill: make it longer"
     p.send_signal(signal.SIGKILL)
     p.communicate()
     step = load_checkpoint(tmp_path / "r")[1]["step"]
-    assert 0 < step < 1200
+    assert 0 < step < 6000
     res = subprocess.run([sys.executable, "-m", "pyrgd", "train", "--resume", "r", "--no-progress"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
