@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 
-from .errors import BackendUnavailable, PyrgdError, ResourceError
+from .errors import BackendUnavailable, PyrgdError, ResourceError, Terminated
 
 __all__ = ["main", "build_parser", "EXIT_CODES"]
 
@@ -479,6 +479,9 @@ def _main(argv) -> int:
     except KeyboardInterrupt:
         print("pyrgd: interrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
+    except Terminated as e:
+        print(f"pyrgd: {e}", file=sys.stderr)
+        return EXIT_CODES["terminated"]
     except BrokenPipeError:  # e.g. `pyrgd info | head -1`
         try:  # silence the flush at exit, as the Python docs advise
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -261,6 +261,29 @@ def test_interrupted_sweep_resumes_only_missing_cells(tmp_path, monkeypatch):
     assert len(calls) == 4 and {c[2] for c in calls} == {2}
 
 
+@pytest.mark.parametrize("status, error", [("terminated", "Terminated"), ("interrupted", "KeyboardInterrupt")])
+def test_a_signal_in_a_cell_ends_the_sweep_keeping_the_finished_cells(tmp_path, monkeypatch, status, error):
+    """A cell stopped by SIGTERM (or Ctrl-C) ends the sweep: the cells before it stay on disk, no further cell runs,
+    and the sweep raises Terminated (KeyboardInterrupt); the CLI maps them to 143 and 130."""
+    from pyrgd.errors import Terminated
+
+    real = sweep.run_cell
+    calls = []
+
+    def stopping(cfg, **kw):
+        row = real(cfg, **kw)
+        calls.append(cfg["model"]["seed"])
+        if len(calls) == 3:
+            row = {**row, "status": status, "_stopped": status}
+        return row
+
+    monkeypatch.setattr(sweep.runner, "run_cell", stopping)
+    with pytest.raises({"Terminated": Terminated, "KeyboardInterrupt": KeyboardInterrupt}[error]):
+        sweep.run_sweep(tiny_grid(), tmp_path / "s")
+    assert len(calls) == 3  # nothing ran after the stopped cell
+    assert len(sweep.read_results(tmp_path / "s" / "results.csv")) == 2  # the stopped cell is not a finished one
+
+
 def test_progress_bar_counts_cells_with_time_left_and_starts_at_the_finished_ones(tmp_path, capsys):
     out = tmp_path / "p"
     sweep.run_sweep(tiny_grid(N=[6], seed=[0]), out, progress=True)  # 2 cells
@@ -323,3 +346,15 @@ def test_cli_sweep_bad_grid_key(tmp_path, capsys):
     assert cli.main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "o")]) == 2
     assert_one_line_error(capsys.readouterr().err, "grid.width")
     assert not os.path.exists(tmp_path / "o" / "results.csv")
+
+
+@pytest.mark.skipif(tomli_w is None, reason="needs tomli-w")
+def test_cli_sweep_terminated_exits_143(tmp_path, capsys, monkeypatch):
+    grid = tmp_path / "g.toml"
+    grid.write_text(tomli_w.dumps(tiny_grid(N=[6], seed=[0])))
+    real = sweep.run_cell
+    monkeypatch.setattr(sweep.runner, "run_cell",
+                        lambda cfg, **kw: {**real(cfg, **kw), "status": "terminated", "_stopped": "terminated"})
+    assert cli.main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "o"), "--no-progress"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "terminated" in err[0] and "--resume" in err[0]

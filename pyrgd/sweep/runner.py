@@ -58,7 +58,7 @@ def run_cell(cfg: dict, *, C=1.0) -> dict:
         "nguyen_margin_initW": ng.conditions["initW"].margin, "nguyen_margin_initF": ng.conditions["initF"].margin,
         "nguyen_margin_initS": ng.conditions["initS"].margin, "nguyen_eta_max": ng.eta_max,
         "nguyen_eta_ok": ng.eta_ok, "nguyen_rate_factor": ng.rate_factor,
-        "_interrupted": res.status == "interrupted",
+        "_stopped": res.status if res.status in ("interrupted", "terminated") else None,
     }
 
 
@@ -74,7 +74,8 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) 
     resume: skip the cells already in ``out/results.csv`` (their base config must be the same); False starts over
     (an existing results.csv is replaced). progress: a tqdm bar over the cells (stderr) with the time left.
     C: Nguyen 2021's constants. plots: draw heatmap.png and final_loss.png.
-    If a cell is interrupted (Ctrl-C), the finished cells stay on disk and KeyboardInterrupt is raised.
+    If a cell is interrupted (Ctrl-C) or terminated (SIGTERM), the finished cells stay on disk, no further cell runs
+    and KeyboardInterrupt (Ctrl-C) or :class:`pyrgd.errors.Terminated` (SIGTERM) is raised.
     """
     from ..runio import atomic_write, json_safe
 
@@ -117,15 +118,15 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) 
 
         bar = tqdm(total=len(grid), initial=len(grid) - len(todo), unit="cell", desc="sweep", file=sys.stderr,
                    dynamic_ncols=True, leave=True)
-    interrupted = False
+    stopped = None  # "interrupted" or "terminated": the cell that was running when a signal came
     try:
         for cid, params, cfg in todo:
             if bar is not None:
                 bar.set_postfix_str(f"N={params['N']} n1={params['n1']} seed={params['seed']}", refresh=True)
             t0 = time.perf_counter()
             result = run_cell(cfg, C=C)
-            if result.pop("_interrupted"):
-                interrupted = True
+            stopped = result.pop("_stopped")
+            if stopped:
                 break
             row = {"cell": cid, **params, **result, "cell_time_s": time.perf_counter() - t0}
             done_rows.append(row)
@@ -146,8 +147,12 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) 
         except Exception as e:  # the numbers matter more than the pictures
             warnings.warn(f"pyrgd sweep: could not draw the plots in {out}: {type(e).__name__}: {e}", RuntimeWarning,
                           stacklevel=2)
-    if interrupted:
+    if stopped == "interrupted":
         raise KeyboardInterrupt
+    if stopped == "terminated":
+        from ..errors import Terminated
+
+        raise Terminated(f"sweep: terminated (SIGTERM); the finished cells are in {out}, --resume continues")
     return rows
 
 
