@@ -193,7 +193,7 @@ def _gd_search(p, N, bar, gd_rows) -> tuple:
         for i, seed in enumerate(p["seeds"]):
             bar.set_postfix_str(f"N={N} n1={n1} seed={seed}")
             r = run_cell(gd_config(p, N, n1, seed), C=p["C"])
-            if r.pop("_interrupted") or r.get("status") == "terminated":  # Ctrl-C or SIGTERM
+            if r.pop("_stopped"):  # Ctrl-C or SIGTERM
                 raise KeyboardInterrupt
             rel = r["relative_loss"]
             r["converged_strict"] = bool(r["converged"]) if strict else None
