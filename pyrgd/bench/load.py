@@ -54,14 +54,15 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def _timed_steps(data, activation, threads: int, steps: int, lr: float, backend: str):
-    """(seconds of each of ``steps`` timed steps, the weights after them) with ``threads`` threads."""
+def timed_steps(data, activation, threads: int, steps: int, lr: float, backend: str = "cpu", method: str = "auto"):
+    """(seconds of each of ``steps`` timed GD steps of a new step engine on copies of ``data``'s weights, the weights
+    after them) with ``threads`` threads, after one untimed step. Also M1's one-process timing (mpi_run)."""
     from .. import ops
     from .._threads import thread_limits
 
     W = [w.copy() for w in data.W]
     with thread_limits(threads):
-        eng = ops.step_engine(data.X, data.Y, W, activation=activation, backend=backend)
+        eng = ops.step_engine(data.X, data.Y, W, activation=activation, backend=backend, method=method)
         eng.evaluate()
         eng.update(lr)  # untimed: the workspace, the first touch of the pages
         out = []
@@ -87,7 +88,7 @@ def measure_load(data, activation: str, lr: float, *, rounds: int = 5, steps: in
         c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
         for r in range(int(rounds)):
             for t in (THREADS if r % 2 == 0 else THREADS[::-1]):
-                secs, W = _timed_steps(data, activation, t, int(steps), lr, backend)
+                secs, W = timed_steps(data, activation, t, int(steps), lr, backend)
                 per[t].append(float(np.median(secs)))
                 final[t] = W
         c1, t1 = cpu_seconds(proc.pid), time.perf_counter()

@@ -30,21 +30,9 @@ TIMEOUT_S = 600
 
 
 def _one_process(data, activation, threads: int, steps: int, lr: float, method: str):
-    from .. import ops
-    from .._threads import thread_limits
+    from .load import timed_steps
 
-    W = [w.copy() for w in data.W]
-    with thread_limits(threads):
-        eng = ops.step_engine(data.X, data.Y, W, activation=activation, backend="cpu", method=method)
-        eng.evaluate()
-        eng.update(lr)
-        out = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            eng.evaluate()
-            eng.update(lr)
-            out.append(time.perf_counter() - t0)
-    return out, W
+    return timed_steps(data, activation, threads, steps, lr, backend="cpu", method=method)
 
 
 def _launch(problem, dtype: str, seed: int, steps: int, lr: float, folder: str) -> dict:
