@@ -469,7 +469,8 @@ def test_rows_step_reuses_its_buffers():
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert gd.method == "rows"
-    assert gd._work.size == cpu.grad_workspace_size(N, dims[0], dims[1], dims[2], act, 8, kept_neurons=gd.kept)
+    assert gd._work.size == cpu.grad_workspace_size(N, dims[0], dims[1], dims[2], act, 8, kept_neurons=gd.kept,
+                                                    threads=cpu.get_num_threads())
     assert max(peaks[1:]) < 0.1 * N * dims[2] * 8, peaks
     assert peaks[0] >= sum(w.nbytes for w in W)  # the first step allocates the gradients: the measurement sees them
 

@@ -53,7 +53,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <cstdlib>
+#include <mutex>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
@@ -133,13 +136,44 @@ size_t grad_panel_rows(size_t N, size_t n1, size_t n2, size_t itemsize, int act)
 namespace {
 
 // The large work arrays of network_grad, in elements of T, laid out one after the other in one workspace (each
-// start rounded up to 64 bytes); what the shapes, the activation, panel_rows and kept decide, nothing else.
+// start rounded up to 64 bytes); what the shapes, the activation, panel_rows, kept and the slots decide, nothing
+// else. A slot is one panel's arrays (S, D, the lanes' Z_2, Z_2, G): one per thread that runs groups of its own.
 struct GradLayout {
-  size_t nblocks, nbK, nbR, nK, bpl, nlanes, R;
-  size_t w2t, w1b, g1b, sp, dp, hl, f2, gb, hr, total;  // offsets; total: the elements needed
+  size_t nblocks, nbK, nbR, nK, bpl, nlanes, R, npanels, groups, slots;
+  size_t w2t, w1b, g1b, g1x, g2x, hr;  // offsets of the shared arrays
+  size_t sp, dp, hl, f2, gb;           // offsets of slot 0's arrays; slot k's at + k * slot
+  size_t slot, total;                  // elements of a slot; elements needed
 };
 
-GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept) {
+// Row groups: the panels split into `groups` runs of consecutive panels (fixed by the shapes alone), each with its
+// own accumulators of the gradients, added in group order at the end. Several per thread let threads run whole
+// groups without meeting at the panels' barriers; several in all let a slowed-down thread leave groups to others.
+inline size_t grad_groups(size_t npanels, size_t nbR, size_t d, size_t n2, size_t nK, size_t itemsize) {
+  if (nbR || npanels < 2) return 1;  // recomputed neurons: their passes need G of every row, one group
+  const size_t per = checked_mul(d + n2, std::max<size_t>(nK, 1), itemsize);  // one group's extra accumulators
+  const size_t g = std::min({kGradGroupsMax, npanels, 1 + kGradGroupBytes / per});
+  return g >= 4 ? g : 1;  // fewer than two groups for each of two threads: no thread could run groups of its own
+}
+
+// The first panel of row group g of `groups` over `npanels` panels (g = groups: npanels): sizes falling from about
+// 1.5 to 0.5 times the mean (a "guided" split: the groups taken last are the smallest, so that a thread slowed down
+// that takes one of them holds up the others less), each at least one panel.
+inline size_t group_begin(size_t g, size_t groups, size_t npanels) {
+  if (g == 0) return 0;
+  if (g >= groups) return npanels;
+  const double x = double(g) / double(groups);
+  const double f = 0.5 * x + 0.5 * (1.0 - (1.0 - x) * (1.0 - x));  // half uniform, half linearly falling sizes
+  const size_t b = size_t(double(npanels) * f + 0.5);
+  return std::min(npanels - (groups - g), std::max(g, b));
+}
+
+// Slots worth having for `threads` threads: one per thread where each thread can run groups of its own (at least
+// two groups per thread, so that one slowed down leaves work to the others), else one (the team runs each panel).
+inline size_t grad_slots(size_t groups, size_t threads) {
+  return threads >= 2 && 2 * threads <= groups ? threads : 1;
+}
+
+GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept, size_t threads) {
   GradLayout L{};
   const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
   L.nblocks = ceil_div(n1, kBlock);
@@ -150,31 +184,106 @@ GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t pane
   L.bpl = L.nbK ? ceil_div(L.nbK, kGradLanes) : 1;
   L.nlanes = grad_lanes(L.nbK);  // ceil(nbK / bpl)
   L.R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, L.nK, n2, itemsize, act);
+  L.npanels = ceil_div(N, L.R);
+  L.groups = grad_groups(L.npanels, L.nbR, d, n2, L.nK, itemsize);
+  L.slots = grad_slots(L.groups, std::max<size_t>(threads, 1));
   const size_t align = std::max<size_t>(1, 64 / itemsize);  // each array starts on a cache line
-  size_t at = 0;
-  const auto take = [&](size_t count) {
-    const size_t o = at;
-    if (count > SIZE_MAX - o - align) throw std::length_error("network_grad: the work arrays exceed the address space");
-    at = ceil_div(o + count, align) * align;
-    return o;
+  const auto taker = [align](size_t& at) {
+    return [&at, align](size_t count) {
+      const size_t o = at;
+      if (count > SIZE_MAX - o - align)
+        throw std::length_error("network_grad: the work arrays exceed the address space");
+      at = ceil_div(o + count, align) * align;
+      return o;
+    };
   };
+  size_t at = 0, in_slot = 0;
+  const auto take = taker(at);
+  const auto take_slot = taker(in_slot);
   const size_t szPanel = checked_mul(L.nbK, L.R, kBlock);
-  L.w2t = take(checked_mul(L.nblocks, n2, kBlock));  // W2[T, :]^T block by block
-  L.w1b = take(checked_mul(L.nblocks, d, kBlock));   // W1[:, T] block by block (contiguous)
-  L.g1b = take(checked_mul(L.nblocks, d, kBlock));   // dW1[:, T] block by block
-  L.sp = take(szPanel);                              // S of the panel, by blocks
-  // ReLU: D is read off S in (B) (relu'(z) = [a1 relu(z) != 0]), so the panel holds S alone
-  L.dp = take(act == pyrgd::act::Relu::code ? 0 : szPanel);
-  L.hl = take(checked_mul(L.nlanes, L.R, n2));  // each lane's part of Z_2
-  L.f2 = take(checked_mul(L.R, n2));            // Z_2 of the panel
-  // G of the panel, or of all rows where some neurons are recomputed (their pass needs it)
-  L.gb = take(checked_mul(L.nbR ? N : L.R, n2));
-  L.hr = take(L.nbR ? checked_mul(N, n2) : 0);  // the recomputed neurons' part of Z_2, all rows
+  // one slot: S of the panel by blocks; D (ReLU: read off S in (B), relu'(z) = [a1 relu(z) != 0], so none); each
+  // lane's part of Z_2; Z_2 of the panel; G of the panel, or of all rows where some neurons are recomputed
+  const size_t sp = take_slot(szPanel);
+  const size_t dp = take_slot(act == pyrgd::act::Relu::code ? 0 : szPanel);
+  const size_t hl = take_slot(checked_mul(L.nlanes, L.R, n2));
+  const size_t f2 = take_slot(checked_mul(L.R, n2));
+  const size_t gb = take_slot(checked_mul(L.nbR ? N : L.R, n2));
+  L.slot = in_slot;
+  L.w2t = take(checked_mul(L.nblocks, n2, kBlock));                 // W2[T, :]^T block by block
+  L.w1b = take(checked_mul(L.nblocks, d, kBlock));                  // W1[:, T] block by block (contiguous)
+  L.g1b = take(checked_mul(L.nblocks, d, kBlock));                  // dW1[:, T] block by block (group 0's)
+  L.g1x = take(checked_mul(L.groups - 1, L.nbK * d, kBlock));       // groups 1..: their dW1 blocks
+  L.g2x = take(checked_mul(L.groups - 1, L.nK, n2));                // groups 1..: their dW2 rows
+  L.hr = take(L.nbR ? checked_mul(N, n2) : 0);                      // the recomputed neurons' part of Z_2, all rows
+  const size_t base = take(checked_mul(L.slots, L.slot));
+  L.sp = base + sp;
+  L.dp = base + dp;
+  L.hl = base + hl;
+  L.f2 = base + f2;
+  L.gb = base + gb;
   L.total = at;
   return L;
 }
 
+// Which schedule a call runs where it may run either (a slot per thread): both give the same bits, so the choice
+// is one of speed alone. On a quiet machine the team is faster (each thread keeps its lanes' share of the weights,
+// gradients and panel in its own cache, and one set of gradient accumulators stays there: about 10% on B1 with two
+// threads); beside another process whole groups per thread are (a preempted thread holds no barrier: 1.4x). What
+// the machine is doing is not known in advance, so under kGradScheduleAuto each call is timed, the last time of
+// each schedule kept for the call's shapes and threads, and the faster one run, the other again once it has not
+// run for kProbeEvery calls (the load may have changed) or where one has never run (first the team, then groups).
+class ScheduleChooser {
+ public:
+  static constexpr int kProbeEvery = 10;
+  // true: run groups; for the call's key (shapes, itemsize, threads, groups)
+  bool groups(const size_t (&key)[6]) {
+    std::lock_guard<std::mutex> lock(m_);
+    if (!std::equal(key, key + 6, key_)) {
+      std::copy(key, key + 6, key_);
+      last_[0] = last_[1] = -1.0;
+      since_[0] = since_[1] = 0;
+    }
+    if (last_[0] < 0) return false;
+    if (last_[1] < 0) return true;
+    const int faster = last_[1] < last_[0] ? 1 : 0, other = 1 - faster;
+    return (since_[other] >= kProbeEvery ? other : faster) == 1;
+  }
+  void record(const size_t (&key)[6], bool groups, double seconds) {
+    std::lock_guard<std::mutex> lock(m_);
+    if (!std::equal(key, key + 6, key_)) return;
+    const int k = groups ? 1 : 0;
+    last_[k] = seconds;
+    since_[k] = 0;
+    ++since_[1 - k];
+  }
+
+ private:
+  std::mutex m_;
+  size_t key_[6] = {};
+  double last_[2] = {-1.0, -1.0};
+  int since_[2] = {0, 0};
+};
+
+ScheduleChooser& schedule_chooser() {
+  static ScheduleChooser c;
+  return c;
+}
+
+std::atomic<int> g_schedule{kGradScheduleAuto};  // set_grad_schedule
+std::atomic<int> g_last_schedule{-1};           // what the last call ran (last_grad_schedule)
+
 }  // namespace
+
+void set_grad_schedule(int schedule) {
+  if (schedule != kGradScheduleAuto && schedule != kGradScheduleTeam && schedule != kGradScheduleGroups)
+    throw std::invalid_argument("grad schedule: expected 0 (auto), 1 (team) or 2 (groups), got " +
+                                std::to_string(schedule));
+  g_schedule.store(schedule, std::memory_order_relaxed);
+}
+
+int get_grad_schedule() { return g_schedule.load(std::memory_order_relaxed); }
+
+int last_grad_schedule() { return g_last_schedule.load(std::memory_order_relaxed); }
 
 // Elements of slack so that the layout can start at the first 64-byte boundary of any workspace of T (NumPy's large
 // arrays start 16 bytes past one, and a vector that straddles two cache lines costs two accesses).
@@ -186,8 +295,13 @@ T* align64(T* p) {
   return reinterpret_cast<T*>((a + 63) / 64 * 64);
 }
 
-size_t grad_workspace_elems(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept) {
-  return grad_layout(s, act, itemsize, panel_rows, kept).total + align_slack(itemsize);
+size_t grad_workspace_elems(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept,
+                            size_t threads) {
+  return grad_layout(s, act, itemsize, panel_rows, kept, threads).total + align_slack(itemsize);
+}
+
+size_t grad_row_groups(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept) {
+  return grad_layout(s, act, itemsize, panel_rows, kept, 1).groups;
 }
 
 template <class T>
@@ -198,13 +312,28 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   const TileOps<T>& ops = active_tile_ops<T>();
   const size_t tr = size_t(ops.tile_rows);  // rows of a register tile: the products are split at multiples of it
   const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
-  const GradLayout L = grad_layout(s, act, sizeof(T), panel_rows, kept);
+  const size_t nthreads = size_t(std::max(1, get_num_threads()));
+  // the schedule: groups of its own for each thread where the workspace has a slot per thread (grad_slots), else
+  // the team on each panel; the same bits either way (the groups and lanes are fixed by the shapes)
+  GradLayout L = grad_layout(s, act, sizeof(T), panel_rows, kept, nthreads);
+  const size_t need1 = grad_layout(s, act, sizeof(T), panel_rows, kept, 1).total + align_slack(sizeof(T));
+  if (work && L.slots > 1 && work_elems < L.total + align_slack(sizeof(T)))
+    L = grad_layout(s, act, sizeof(T), panel_rows, kept, 1);  // a workspace with one slot: the team schedule
   const size_t nblocks = L.nblocks, nbK = L.nbK, nbR = L.nbR, bpl = L.bpl, nlanes = L.nlanes, R = L.R;
+  const size_t ngroups = L.groups, npanels = L.npanels;
+  // the schedule (ScheduleChooser): the team where there is one slot or the team is asked for
+  const int asked = get_grad_schedule();
+  const size_t key[6] = {N, d, n1, n2, sizeof(T) * 1000 + ngroups, nthreads};
+  const bool by_groups = L.slots > 1 && (asked == kGradScheduleGroups ||
+                                         (asked == kGradScheduleAuto && schedule_chooser().groups(key)));
+  const size_t nslots = by_groups ? L.slots : 1;
+  const auto t_start = std::chrono::steady_clock::now();
   const T a1 = mult[0];
   const size_t nsub = ceil_div(R, kTailRows);  // the tail runs on sub-chunks of kTailRows rows of a panel
   const TailPlan<T> plan(nt, tdims, Wt, mult + 1, std::min(R, kTailRows));
   const size_t gsz = plan.grad_size(), nL = tdims[nt];
-  const int P = int(std::max<size_t>(1, std::min<size_t>(size_t(get_num_threads()), nbR ? nblocks : nlanes)));
+  const int P = by_groups ? int(nslots)
+                          : int(std::max<size_t>(1, std::min<size_t>(nthreads, nbR ? nblocks : nlanes)));
 
   // The large arrays live in the caller's workspace (`work`, kept from call to call: no page faults and no
   // clearing per step), or in one allocated here; the small ones here. All outside the parallel region. The large
@@ -215,8 +344,8 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   if (!work) {
     own.reset(new util::AlignedBuffer<T>(need, false));
     work = own->data();
-  } else if (work_elems < need) {
-    throw std::invalid_argument("workspace: expected at least " + std::to_string(need) + " elements, got " +
+  } else if (work_elems < need1) {
+    throw std::invalid_argument("workspace: expected at least " + std::to_string(need1) + " elements, got " +
                                 std::to_string(work_elems));
   }
   work = align64(work);  // every array of the layout starts on a cache line
@@ -225,22 +354,24 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   T* const W2Tp = work + L.w2t;
   T* const W1Bp = work + L.w1b;
   T* const G1Bp = work + L.g1b;
-  T* const SP = work + L.sp;
-  T* const DP = relu ? nullptr : work + L.dp;
-  T* const HL = work + L.hl;
-  T* const F2p = work + L.f2;
-  T* const Gall = work + L.gb;
+  T* const G1X = work + L.g1x;
+  T* const G2X = work + L.g2x;
   T* const HR = work + L.hr;
   util::AlignedBuffer<T> Hgv(nbR ? checked_mul(size_t(P), kRecRows, n2) : 0);
   const size_t pbw = std::max(R, nbR ? kRecRows : 0) * kBlock;  // per thread: P (and S, D of the recomputed)
   util::AlignedBuffer<T> Pb(checked_mul(size_t(P), pbw * (nbR ? 3 : 1)));  // zero-filled: finite past column nb
-  if (nbK == nblocks && n1 % kBlock) {
-    std::fill(SP + (nblocks - 1) * R * kBlock, SP + szPanel, T(0));
-    if (!relu) std::fill(DP + (nblocks - 1) * R * kBlock, DP + szPanel, T(0));
-  }
+  if (nbK == nblocks && n1 % kBlock)
+    for (size_t k = 0; k < nslots; ++k) {
+      T* const SPk = work + L.sp + k * L.slot;
+      std::fill(SPk + (nblocks - 1) * R * kBlock, SPk + szPanel, T(0));
+      T* const DPk = work + L.dp + k * L.slot;
+      if (!relu) std::fill(DPk + (nblocks - 1) * R * kBlock, DPk + szPanel, T(0));
+    }
   util::AlignedBuffer<T> tbuf(checked_mul(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
-  util::AlignedBuffer<T> gsub(checked_mul(nsub, gsz));  // each sub-chunk's tail gradients
-  std::vector<double> tacc(gsz, 0.0), lsubv(nsub), q1(nblocks), q2(nblocks);
+  util::AlignedBuffer<T> gsub(checked_mul(nslots, nsub, gsz));  // each slot's sub-chunks' tail gradients
+  // per group: the loss and the tail's gradients (in double); per slot: its sub-chunks' losses
+  std::vector<double> tacc(checked_mul(ngroups, gsz), 0.0), lossg(ngroups, 0.0), lsubv(nslots * nsub), q1(nblocks),
+      q2(nblocks);
   // the lanes' claims in (A) and (B) (take_lane), all free before the first panel
   std::unique_ptr<std::atomic<size_t>[]> claimA(new std::atomic<size_t>[kGradLanes]),
       claimB(new std::atomic<size_t>[kGradLanes]);
@@ -248,12 +379,14 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
     claimA[li].store(0, std::memory_order_relaxed);
     claimB[li].store(0, std::memory_order_relaxed);
   }
-  util::PanelBarrier panel_barrier;  // the panels' barriers (kernel_util.h: why not omp barrier), sized below
-  double loss = 0.0;
+  std::atomic<size_t> next_group{0};  // the groups' claims (by_groups)
+  const util::CpuSet allowed;  // the CPUs this thread may run on: pin the groups' threads where P uses them all
+  // (not where the user binds threads himself: OMP_PROC_BIND set)
+  const bool pin_cpus = by_groups && allowed.count() == P && std::getenv("OMP_PROC_BIND") == nullptr;
+  util::PanelBarrier panel_barrier;   // the panels' barriers (kernel_util.h: why not omp barrier), sized below
   T* const PB = Pb.data();
-  T* const gcs = gsub.data();
-  double* const lsub = lsubv.data();
   double* const ta = tacc.data();
+  double* const lg = lossg.data();
   double* const q1p = q1.data();
   double* const q2p = q2.data();
 
@@ -299,12 +432,24 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
         }
       }  // implicit barrier
     }
-    for (size_t r0 = 0; r0 < N; r0 += R) {
-      const size_t rows = std::min(R, N - r0);
-      const bool acc = r0 > 0;
+    // One panel, rows [r0, r0 + rows) (the p-th), of row group g into slot k's arrays; `first`: the group's first
+    // panel (its accumulators start there). team: every thread of the team calls it and they share the lanes (with
+    // barriers between the phases); else the calling thread runs all of it alone.
+    const auto run_panel = [&](size_t p, size_t g, bool first, size_t k, bool team) {
+      const size_t r0 = p * R, rows = std::min(R, N - r0);
+      const bool acc = !first;
       const T* const Xr = X + r0 * d;
+      T* const SP = work + L.sp + k * L.slot;
+      T* const DP = relu ? nullptr : work + L.dp + k * L.slot;
+      T* const HL = work + L.hl + k * L.slot;
+      T* const F2p = work + L.f2 + k * L.slot;
+      T* const Gall = work + L.gb + k * L.slot;
       T* const Gp = nbR ? Gall + r0 * n2 : Gall;
-      const size_t epoch = r0 / R + 1;
+      T* const gcs = gsub.data() + k * nsub * gsz;
+      double* const lsub = lsubv.data() + k * nsub;
+      T* const G1acc = g ? G1X + (g - 1) * nbK * d * kBlock : G1Bp;  // the group's accumulators
+      T* const G2acc = g ? G2X + (g - 1) * L.nK * n2 : gW2;
+      const size_t epoch = p + 1;
       // (A) per block: Z = X W1[:, T], S = a1 sigma(Z), D = a1 sigma'(Z); the lane's Z_2 += S W2[T, :]
       const auto lane_A = [&](size_t li) {
         const size_t b0 = li * bpl, b1 = std::min(nbK, b0 + bpl);
@@ -330,47 +475,28 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
           });
         }
       };
-      size_t nran = 0;
-      for (size_t li = lane0; li < lane1; ++li)  // its own range, front to back
-        if (take_lane(claimA.get(), li, epoch)) {
-          lane_A(li);
-          ranA[nran++] = li;
-        }
-      for (size_t k = 1; k < nth; ++k) {  // then what the others have not started, from the back of their ranges
-        const size_t o = (me + k) % nth, o0 = o * nlanes / nth, o1 = (o + 1) * nlanes / nth;
-        for (size_t li = o1; li-- > o0;)
-          if (take_lane(claimA.get(), li, epoch)) {
-            lane_A(li);
-            ranA[nran++] = li;
-          }
-      }
-      panel_barrier.wait();
-      // (T) Z_2 of the panel (the lanes in order), then the tail on its rows: the panel's G, loss, tail gradients
-#pragma omp for schedule(dynamic) nowait
-      for (idx si = 0; si < idx(nsub); ++si) {
-        const size_t rs = size_t(si) * kTailRows;
-        if (rs >= rows) continue;
+      // (T) on sub-chunk si: Z_2 of its rows (the lanes in order), then the tail: G, loss, tail gradients
+      const auto tail_sub = [&](size_t si) {
+        const size_t rs = si * kTailRows;
+        if (rs >= rows) return;
         const size_t rr = std::min(kTailRows, rows - rs), cnt = rr * n2;
         T* const f2 = F2p + rs * n2;
         // the recomputed neurons' part first (where there are some), then the lanes in order
-        const T* const first = nbR ? HR + (r0 + rs) * n2 : HL + rs * n2;
-        std::copy(first, first + cnt, f2);
+        const T* const first_part = nbR ? HR + (r0 + rs) * n2 : HL + rs * n2;
+        std::copy(first_part, first_part + cnt, f2);
         for (size_t l = nbR ? 0 : 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * R * n2 + rs * n2);
-        lsub[si] = plan.run(ops, act, gamma, rr, f2, Y + (r0 + rs) * nL, Gp + rs * n2, gcs + size_t(si) * gsz, tb);
-      }
-      panel_barrier.wait();  // G of the panel is complete
-#pragma omp single nowait
-      {
+        lsub[si] = plan.run(ops, act, gamma, rr, f2, Y + (r0 + rs) * nL, Gp + rs * n2, gcs + si * gsz, tb);
+      };
+      // the panel's loss and tail gradients into the group's, in double, sub-chunk by sub-chunk in order
+      const auto add_tail = [&]() {
+        double* const tg = ta + g * gsz;
         for (size_t si = 0; si * kTailRows < rows; ++si) {
-          loss += lsub[si];
-          const T* g = gcs + si * gsz;
-          for (size_t e = 0; e < gsz; ++e) ta[e] += double(g[e]);
+          lg[g] += lsub[si];
+          const T* gs = gcs + si * gsz;
+          for (size_t e = 0; e < gsz; ++e) tg[e] += double(gs[e]);
         }
-      }
-      // (B) per block, the lanes this thread ran in (A) in the reverse order, so that the S and D written last,
-      // still in this core's cache, are read first, then any lane not yet started: P = G W2[T, :]^T,
-      // D = P (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T D. A barrier after it: the next panel's (A)
-      // rewrites S, D and G, and a block's gradients must take this panel's share before the next one's.
+      };
+      // (B) per block: P = G W2[T, :]^T, D = P (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T D (the group's)
       const auto lane_B = [&](size_t li) {
         const size_t b0 = li * bpl, b1 = std::min(nbK, b0 + bpl);
         for (size_t blk = b1; blk-- > b0;) {
@@ -378,8 +504,8 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
           const T* const S = SP + blk * R * kBlock;
           const T* const D = relu ? nullptr : DP + blk * R * kBlock;
           const T* const W2Tb = W2Tp + blk * n2 * kBlock;
-          T* const G2b = gW2 + t0 * n2;
-          T* const G1b = G1Bp + blk * d * kBlock;
+          T* const G2b = G2acc + t0 * n2;
+          T* const G1b = G1acc + blk * d * kBlock;
           const int gf = (acc ? kAccumulate : 0) | kPrefetchC;  // the gradient blocks: from memory past the cache
           // while P is computed, S and dW2[T, :] of the next product; while dW2 is, dW1[:, T]; while dW1 is, the
           // next block's W2^T and D (or S)
@@ -404,15 +530,62 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
           });
         }
       };
-      for (size_t k = nran; k-- > 0;)
-        if (take_lane(claimB.get(), ranA[k], epoch)) lane_B(ranA[k]);
+      if (!team) {  // one thread, no barrier: the lanes in order, the tail, the lanes backwards (freshest S first)
+        for (size_t li = 0; li < nlanes; ++li) lane_A(li);
+        for (size_t si = 0; si < nsub; ++si) tail_sub(si);
+        add_tail();
+        for (size_t li = nlanes; li-- > 0;) lane_B(li);
+        return;
+      }
+      // The team: each thread starts on its own contiguous range of lanes, front to back, then takes what the
+      // others have not started, from the back of their ranges
+      size_t nran = 0;
+      for (size_t li = lane0; li < lane1; ++li)
+        if (take_lane(claimA.get(), li, epoch)) {
+          lane_A(li);
+          ranA[nran++] = li;
+        }
+      for (size_t o_ = 1; o_ < nth; ++o_) {
+        const size_t o = (me + o_) % nth, o0 = o * nlanes / nth, o1 = (o + 1) * nlanes / nth;
+        for (size_t li = o1; li-- > o0;)
+          if (take_lane(claimA.get(), li, epoch)) {
+            lane_A(li);
+            ranA[nran++] = li;
+          }
+      }
+      panel_barrier.wait();
+#pragma omp for schedule(dynamic) nowait
+      for (idx si = 0; si < idx(nsub); ++si) tail_sub(size_t(si));
+      panel_barrier.wait();  // G of the panel is complete
+#pragma omp single nowait
+      add_tail();
+      // (B): the lanes this thread ran in (A) in the reverse order, so that the S and D written last, still in
+      // this core's cache, are read first, then any lane not yet started. A barrier after it: the next panel's (A)
+      // rewrites S, D and G, and a block's gradients must take this panel's share before the next one's.
+      for (size_t k2 = nran; k2-- > 0;)
+        if (take_lane(claimB.get(), ranA[k2], epoch)) lane_B(ranA[k2]);
       for (size_t li = 0; li < nlanes; ++li)
         if (take_lane(claimB.get(), li, epoch)) lane_B(li);
       panel_barrier.wait();
+    };
+    if (by_groups) {  // each thread takes whole groups, each into its own slot, with no barrier until the last
+      // a team that uses every CPU it may run on is pinned one thread per CPU for the groups (CpuPin)
+      const util::CpuPin pin(pin_cpus ? allowed.cpu(int(me) % allowed.count()) : -1);
+      for (size_t g; (g = next_group.fetch_add(1, std::memory_order_relaxed)) < ngroups;) {
+        const size_t p0 = group_begin(g, ngroups, npanels), p1 = group_begin(g + 1, ngroups, npanels);
+        for (size_t p = p0; p < p1; ++p) run_panel(p, g, p == p0, me, false);
+      }
+#pragma omp barrier
+    } else {
+      for (size_t g = 0; g < ngroups; ++g) {
+        const size_t p0 = group_begin(g, ngroups, npanels), p1 = group_begin(g + 1, ngroups, npanels);
+        for (size_t p = p0; p < p1; ++p) run_panel(p, g, p == p0, 0, true);
+      }
     }
     // the recomputed neurons' gradients, per block (one thread each) and tile of rows: Z = X W1[:, T] again,
     // S = a1 sigma(Z), D = a1 sigma'(Z), P = G W2[T, :]^T (.) D, dW2[T, :] (+)= S^T G, dW1[:, T] (+)= X^T P
     if (nbR) {
+      const T* const Gall = work + L.gb;
 #pragma omp for schedule(dynamic)
       for (idx bi = idx(nbK); bi < idx(nblocks); ++bi) {
         const size_t blk = size_t(bi), t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
@@ -433,12 +606,18 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
         }
       }  // implicit barrier
     }
-    // squared norms of the wide layer's gradients, per block in double
+    // the groups' gradients added in group order (group 0's are G1B and gW2 themselves), then written out with
+    // their squared norms, per block in double
 #pragma omp for schedule(dynamic)
     for (idx bi = 0; bi < idx(nblocks); ++bi) {
       const size_t t0 = size_t(bi) * kBlock, nb = std::min(kBlock, n1 - t0);
       double a = 0.0, c = 0.0;
-      const T* const gb = G1Bp + size_t(bi) * d * kBlock;
+      T* const gb = G1Bp + size_t(bi) * d * kBlock;
+      for (size_t gi = 1; gi < ngroups; ++gi) {  // group by group: each element's sum in group order
+        const T* const xb = G1X + ((gi - 1) * nbK + size_t(bi)) * d * kBlock;
+        for (size_t k = 0; k < d; ++k) ops.add_into(nb, gb + k * kBlock, xb + k * kBlock);
+        ops.add_into(nb * n2, gW2 + t0 * n2, G2X + (gi - 1) * L.nK * n2 + t0 * n2);
+      }
       for (size_t k = 0; k < d; ++k)
         for (size_t b = 0; b < nb; ++b) {
           const T g = gb[k * kBlock + b];
@@ -453,19 +632,27 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
       q2p[bi] = c;
     }
   }
-  double t1 = 0.0, t2 = 0.0;
+  double t1 = 0.0, t2 = 0.0, loss = 0.0;
   for (size_t blk = 0; blk < nblocks; ++blk) {
     t1 += q1p[blk];
     t2 += q2p[blk];
   }
+  for (size_t g = 0; g < ngroups; ++g) loss += lg[g];
+  if (L.slots > 1 && asked == kGradScheduleAuto)
+    schedule_chooser().record(key, by_groups,
+                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+  g_last_schedule.store(by_groups ? kGradScheduleGroups : kGradScheduleTeam, std::memory_order_relaxed);
   grad_sq[0] = t1;
   grad_sq[1] = t2;
   for (size_t j = 0; j < nt; ++j) {
     double sq = 0.0;
     for (size_t e = 0; e < plan.grad_count(j); ++e) {
-      const T g = T(ta[plan.grad_offset(j) + e]);
-      gWt[j][e] = g;
-      sq += double(g) * double(g);
+      const size_t o = plan.grad_offset(j) + e;
+      double v = ta[o];
+      for (size_t g = 1; g < ngroups; ++g) v += ta[g * gsz + o];
+      const T gv = T(v);
+      gWt[j][e] = gv;
+      sq += double(gv) * double(gv);
     }
     grad_sq[2 + j] = sq;
   }

@@ -79,6 +79,61 @@ class PanelBarrier {
   std::atomic<unsigned> gen_{0};
 };
 
+// The CPUs the calling thread may run on (its affinity mask), for CpuPin; empty where unknown (not Linux).
+class CpuSet {
+ public:
+  CpuSet() {
+#ifdef __linux__
+    CPU_ZERO(&set_);
+    if (sched_getaffinity(0, sizeof(set_), &set_) == 0)
+      for (int c = 0; c < CPU_SETSIZE; ++c)
+        if (CPU_ISSET(c, &set_)) cpus_[n_ < kMax ? n_++ : n_] = c;
+#endif
+  }
+  int count() const { return n_; }
+  int cpu(int i) const { return cpus_[i]; }
+
+ private:
+  static constexpr int kMax = 1024;
+  int n_ = 0;
+  int cpus_[kMax + 1] = {};
+#ifdef __linux__
+  cpu_set_t set_;
+#endif
+};
+
+// Pins the calling thread to one CPU for its lifetime, then gives it back its previous affinity mask: what a team
+// that uses every CPU it may run on does for the length of one kernel call (network_grad's row groups), so that the
+// scheduler cannot put two of its threads on one CPU while another process has a CPU to itself (seen here: a third
+// of the time, which left two threads no faster than one). Does nothing where the call fails or off Linux.
+class CpuPin {
+ public:
+  explicit CpuPin(int cpu) {
+#ifdef __linux__
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof(old_), &old_) != 0) return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pinned_ = sched_setaffinity(0, sizeof(one), &one) == 0;
+#else
+    (void)cpu;
+#endif
+  }
+  ~CpuPin() {
+#ifdef __linux__
+    if (pinned_) sched_setaffinity(0, sizeof(old_), &old_);
+#endif
+  }
+  CpuPin(const CpuPin&) = delete;
+  CpuPin& operator=(const CpuPin&) = delete;
+
+ private:
+  bool pinned_ = false;
+#ifdef __linux__
+  cpu_set_t old_;
+#endif
+};
+
 // a * b * c, or std::length_error (ValueError in Python) when it does not fit in size_t (buffer sizes).
 inline std::size_t checked_mul(std::size_t a, std::size_t b, std::size_t c = 1) {
   const std::size_t mx = std::numeric_limits<std::size_t>::max();

@@ -708,18 +708,66 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "grad_workspace_size",
       [](std::size_t N, std::size_t d, std::size_t n1, std::size_t n2, int act_code, std::size_t itemsize,
-         std::size_t panel_rows, ssize kept_neurons) {
+         std::size_t panel_rows, ssize kept_neurons, ssize threads) {
         if (N < 1 || d < 1 || n1 < 1 || n2 < 1 || (itemsize != 4 && itemsize != 8))
           value_error("grad_workspace_size", "expected N, d, n1, n2 >= 1 and itemsize 4 or 8");
         check_act(act_code);
         check_range("kept_neurons", kept_neurons, -1, ssize(n1), "-1 (all) or 0..n1 = " + std::to_string(n1));
+        check_range("threads", threads, 1, ssize(1) << 16, "1..65536 threads");
         const WideShape s{N, d, n1, n2};
         return pyrgd::cpu::grad_workspace_elems(s, act_code, itemsize, panel_rows,
-                                                kept_neurons < 0 ? n1 : std::size_t(kept_neurons));
+                                                kept_neurons < 0 ? n1 : std::size_t(kept_neurons),
+                                                std::size_t(threads));
+      },
+      py::arg("N"), py::arg("d"), py::arg("n1"), py::arg("n2"), py::arg("act_code"), py::arg("itemsize"),
+      py::arg("panel_rows") = 0, py::arg("kept_neurons") = -1, py::arg("threads") = 1,
+      "The elements network_grad's `workspace` must hold for these shapes (of its dtype, itemsize 4 or 8) and "
+      "threads (where they run row groups of their own, a panel's arrays for each; 1: the least it accepts).");
+  m.def(
+      "set_grad_schedule",
+      [](const std::string& name) {
+        int code = -1;
+        if (name == "auto") code = pyrgd::cpu::kGradScheduleAuto;
+        if (name == "team") code = pyrgd::cpu::kGradScheduleTeam;
+        if (name == "groups") code = pyrgd::cpu::kGradScheduleGroups;
+        if (code < 0) value_error("schedule", "expected 'auto', 'team' or 'groups', got '" + name + "'");
+        pyrgd::cpu::set_grad_schedule(code);
+      },
+      py::arg("schedule"),
+      "How network_grad's threads share a step where its workspace has a panel per thread: 'team' (all on each "
+      "panel), 'groups' (whole row groups per thread) or 'auto' (the faster, measured call by call). Same bits.");
+  m.def(
+      "get_grad_schedule",
+      [] {
+        const int c = pyrgd::cpu::get_grad_schedule();
+        return std::string(c == pyrgd::cpu::kGradScheduleTeam ? "team"
+                           : c == pyrgd::cpu::kGradScheduleGroups ? "groups" : "auto");
+      },
+      "The schedule set by set_grad_schedule ('auto' by default).");
+  m.def(
+      "last_grad_schedule",
+      []() -> py::object {
+        const int c = pyrgd::cpu::last_grad_schedule();
+        if (c < 0) return py::none();
+        return py::str(c == pyrgd::cpu::kGradScheduleGroups ? "groups" : "team");
+      },
+      "What the last network_grad call ran: 'team' or 'groups' (None before any call).");
+  m.def(
+      "grad_row_groups",
+      [](std::size_t N, std::size_t d, std::size_t n1, std::size_t n2, int act_code, std::size_t itemsize,
+         std::size_t panel_rows, ssize kept_neurons) {
+        if (N < 1 || d < 1 || n1 < 1 || n2 < 1 || (itemsize != 4 && itemsize != 8))
+          value_error("grad_row_groups", "expected N, d, n1, n2 >= 1 and itemsize 4 or 8");
+        check_act(act_code);
+        check_range("kept_neurons", kept_neurons, -1, ssize(n1), "-1 (all) or 0..n1 = " + std::to_string(n1));
+        const WideShape s{N, d, n1, n2};
+        return pyrgd::cpu::grad_row_groups(s, act_code, itemsize, panel_rows,
+                                           kept_neurons < 0 ? n1 : std::size_t(kept_neurons));
       },
       py::arg("N"), py::arg("d"), py::arg("n1"), py::arg("n2"), py::arg("act_code"), py::arg("itemsize"),
       py::arg("panel_rows") = 0, py::arg("kept_neurons") = -1,
-      "The elements network_grad's `workspace` must hold for these shapes (of its dtype, itemsize 4 or 8).");
+      "The row groups of network_grad for these shapes (each accumulates its own share of the gradients; the sum "
+      "over them in order is fixed by the shapes: the bits do not depend on the threads).");
   m.def(
       "grad_panel_rows",
       [](std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize, int act_code) {

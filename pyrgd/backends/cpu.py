@@ -174,9 +174,19 @@ def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept
     return float(loss), list(g), [float(v) for v in sq]
 
 
-def grad_workspace_size(N, d, n1, n2, act, itemsize, panel_rows=0, kept_neurons=None) -> int:
-    """The elements of the ``workspace`` of :func:`network_grad` for these shapes and activation (parsed)."""
+def grad_workspace_size(N, d, n1, n2, act, itemsize, panel_rows=0, kept_neurons=None, threads=1) -> int:
+    """The elements of the ``workspace`` of :func:`network_grad` for these shapes and activation (parsed), when it
+    runs on ``threads`` threads (where they can take row groups of their own, :func:`grad_row_groups`, a panel's
+    arrays for each; with less, network_grad runs the threads together on each panel, with the same bits)."""
     return int(_call(_module().grad_workspace_size, int(N), int(d), int(n1), int(n2), act.code, int(itemsize),
+                     int(panel_rows), -1 if kept_neurons is None else int(kept_neurons), int(threads)))
+
+
+def grad_row_groups(N, d, n1, n2, act, itemsize, panel_rows=0, kept_neurons=None) -> int:
+    """The row groups of :func:`network_grad` for these shapes: runs of consecutive panels, each accumulating its own
+    share of the gradients, added in group order (fixed by the shapes, so the bits do not depend on the threads;
+    the threads take whole groups where there are at least two per thread, docs/performance.md "Under load")."""
+    return int(_call(_module().grad_row_groups, int(N), int(d), int(n1), int(n2), act.code, int(itemsize),
                      int(panel_rows), -1 if kept_neurons is None else int(kept_neurons)))
 
 
@@ -185,6 +195,32 @@ def grad_panel_rows(N, n1, n2, itemsize, act=None) -> int:
     ReLU panel holds sigma alone, so it gets more rows; None: any other activation)."""
     code = -1 if act is None else int(act.code)
     return int(_call(_module().grad_panel_rows, int(N), int(n1), int(n2), int(itemsize), code))
+
+
+#: how network_grad's threads may share a step (:func:`set_grad_schedule`)
+GRAD_SCHEDULES = ("auto", "team", "groups")
+
+
+def set_grad_schedule(schedule: str) -> None:
+    """How :func:`network_grad`'s threads share a step where its workspace has a panel per thread (two or more
+    threads with at least two row groups each, :func:`grad_row_groups`), process-wide: 'team' (all threads on each
+    panel, its lanes of neurons shared: the faster on a quiet machine), 'groups' (whole row groups per thread, no
+    barrier until the end: the faster beside another process) or 'auto' (the default: every call timed, the faster
+    of the two for its shapes and threads run, the other again every 10 calls). The bits are the same under all
+    three; only the speed differs (docs/performance.md, "Under load")."""
+    if schedule not in GRAD_SCHEDULES:
+        raise PyrgdError(f"schedule: expected one of {', '.join(GRAD_SCHEDULES)}, got {schedule!r}")
+    _call(_module().set_grad_schedule, schedule)
+
+
+def get_grad_schedule() -> str:
+    """The schedule :func:`set_grad_schedule` set ('auto' by default)."""
+    return str(_module().get_grad_schedule())
+
+
+def last_grad_schedule():
+    """What the last :func:`network_grad` call of this process ran: 'team' or 'groups' (None before any)."""
+    return _module().last_grad_schedule()
 
 
 def sgd_update(weights, grads, lr) -> None:
@@ -312,10 +348,25 @@ class RowsEngine(StepEngine):
         n1, n2 = W[0].shape[1], W[1].shape[1]
         self.kept = rows_kept(N, d, n1, n2, X.dtype, act) if kept is None else int(kept)
         self._grads = self._sq = None
-        n = grad_workspace_size(N, d, n1, n2, act, X.dtype.itemsize, kept_neurons=self.kept)
-        self._work = np.empty(max(n, 1), dtype=X.dtype)
+        self._work = np.empty(0, dtype=X.dtype)
+        self._work_threads = 0
+        self._size_workspace()
+
+    def _size_workspace(self) -> None:
+        """Grow the workspace to what network_grad wants on the kernels' current thread count (row groups of
+        their own need a panel's arrays per thread); kept from step to step, so checked only when it changes."""
+        threads = get_num_threads()
+        if threads == self._work_threads:
+            return
+        (N, d), n1, n2 = self.X.shape, self.W[0].shape[1], self.W[1].shape[1]
+        n = grad_workspace_size(N, d, n1, n2, self.act, self.X.dtype.itemsize, kept_neurons=self.kept,
+                                threads=threads)
+        if n > self._work.size:
+            self._work = np.empty(max(n, 1), dtype=self.X.dtype)
+        self._work_threads = threads
 
     def _evaluate(self) -> float:
+        self._size_workspace()
         loss, self._grads, self._sq = network_grad(self.X, self.Y, self.W, self.act, self.mult, grads=self._grads,
                                                    kept_neurons=self.kept, workspace=self._work)
         return loss
@@ -342,7 +393,7 @@ def plan_step(N, d, widths, dtype, act, method="auto") -> dict:
         kept = rows_kept(N, d, n1, n2, dtype, act)
         dims = [d] + [int(w) for w in widths]
         grads = sum(a * b for a, b in zip(dims, dims[1:])) * item
-        work = grad_workspace_size(N, d, n1, n2, act, item, kept_neurons=kept) * item
+        work = grad_workspace_size(N, d, n1, n2, act, item, kept_neurons=kept, threads=get_num_threads()) * item
         return {"method": "rows", "kept": kept, "bytes": grads + work}
     from .engine import neurons_step_bytes
 

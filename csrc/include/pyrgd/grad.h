@@ -22,6 +22,10 @@ constexpr std::size_t kGradPanelBytes = std::size_t(16) << 20;
 constexpr std::size_t kGradPanelTarget = std::size_t(4) << 20;
 constexpr std::size_t kGradPanelRowsMin = 96, kGradPanelRowsMax = 240;
 constexpr std::size_t kGradPanelRowsStep = 48;  // whole 6-row register tiles and 16-row tail sub-chunks
+// Row groups of network_grad: the panels split into at most kGradGroupsMax runs of consecutive panels, each with its
+// own gradient accumulators (the extra ones, all groups but the first, at most kGradGroupBytes together).
+constexpr std::size_t kGradGroupsMax = 8;
+constexpr std::size_t kGradGroupBytes = std::size_t(32) << 20;
 
 // The loss Phi = 1/2 ||F_L - Y||_F^2 (returned, accumulated in double) and every gradient dPhi/dW_l at the current
 // weights, in one pass over panels of R rows: per panel, Z_1 of the kept neurons, S = a1 sigma(Z_1) and
@@ -39,14 +43,20 @@ constexpr std::size_t kGradPanelRowsStep = 48;  // whole 6-row register tiles an
 //   others are recomputed (X W_1 twice for them, as in step; G and their part of Z_2 for all N rows, two N x n2
 //   arrays of the workspace). kept >= n1: every neuron kept.
 //   Memory: work, when not null, is the caller's workspace of work_elems elements of T, at any alignment, at least
-//   grad_workspace_elems(...) for the same arguments, sharing no memory with the other arrays; its content on entry
-//   is ignored and on return is undefined. work == nullptr: the kernel allocates the same amount itself, once per
-//   call. Besides it, only per-thread buffers of a few rows and the tail's gradients are allocated; never N x n1
+//   grad_workspace_elems(...) for the same arguments (threads = 1), sharing no memory with the other arrays; its
+//   content on entry is ignored and on return is undefined. work == nullptr: the kernel allocates what
+//   grad_workspace_elems gives for the threads it runs on, once per call. Besides it, only per-thread buffers of a few rows and the tail's gradients are allocated; never N x n1
 //   values unless a panel of that size is asked for.
 //   Errors: an unknown `act`, or a workspace smaller than needed, is std::invalid_argument (before anything is
 //   written); std::length_error when the work arrays' size overflows; std::bad_alloc.
-//   Determinism: bit-identical for any number of threads (the panels and lanes are fixed by the shapes, R and kept;
-//   see grad_kernels.cpp).
+//   Row groups and threads: the panels form grad_row_groups(...) groups of consecutive panels, each accumulating its
+//   own share of the gradients, added in group order at the end. Where the workspace has a slot per thread
+//   (grad_workspace_elems with threads = get_num_threads(), at least two groups per thread), each thread may run
+//   whole groups on its own, meeting the others only at the end (a thread slowed down by another process leaves
+//   groups to the others; set_grad_schedule below says when); else the team runs each panel together, its lanes of
+//   neurons shared.
+//   Determinism: bit-identical for any number of threads and either schedule (the panels, groups and lanes are
+//   fixed by the shapes, R and kept; see grad_kernels.cpp).
 template <class T>
 double network_grad(const WideShape& s, std::size_t nt, const std::size_t* tdims, const T* X, const T* Y,
                     const T* W1, const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2,
@@ -56,10 +66,17 @@ double network_grad(const WideShape& s, std::size_t nt, const std::size_t* tdims
 // The elements of T that network_grad's `work` must hold for these shapes, activation, itemsize = sizeof(T),
 // panel_rows and kept: W_2^T, W_1 and its gradient by blocks, the panel, the lanes' Z_2, G and, with recomputed
 // neurons, their Z_2 of all rows, plus slack to align them to 64 bytes. A caller that keeps the workspace from step
-// to step saves their allocation (page faults and the clearing of fresh pages) on every call.
+// to step saves their allocation (page faults and the clearing of fresh pages) on every call. threads: the threads
+// it will run on; where they can run groups of their own, one panel's arrays per thread (a slot each), else one.
 // Pure; std::length_error when the size overflows size_t.
 std::size_t grad_workspace_elems(const WideShape& s, int act, std::size_t itemsize, std::size_t panel_rows,
-                                 std::size_t kept);
+                                 std::size_t kept, std::size_t threads = 1);
+
+// The row groups of network_grad for these arguments: 1 where some neurons are recomputed or there is one panel,
+// else g = min(kGradGroupsMax, panels, 1 + kGradGroupBytes / (one group's gradients of the kept neurons)) where
+// g >= 4 (two groups for each of two threads), else 1. Pure.
+std::size_t grad_row_groups(const WideShape& s, int act, std::size_t itemsize, std::size_t panel_rows,
+                            std::size_t kept);
 
 // R of network_grad for N rows, n1 kept neurons, n2 and itemsize bytes per value: the largest multiple of
 // kGradPanelRowsStep rows whose panel (S and D, or S alone when `act` is ReLU's code, and the lanes' Z_2) fits in
@@ -70,6 +87,16 @@ std::size_t grad_workspace_elems(const WideShape& s, int act, std::size_t itemsi
 // fit, at least 1; at most N. The panel is thus at most max(kGradPanelBytes, one row), never N x n1 unless N is that
 // small. `act` is only compared with ReLU's code (any other value: the panel holds S and D). Pure, never throws.
 std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize, int act);
+
+// The schedule of network_grad's threads where the workspace lets it choose (a slot per thread, see network_grad):
+// kGradScheduleTeam (all threads on each panel), kGradScheduleGroups (whole row groups per thread) or
+// kGradScheduleAuto (the default: each call timed, the faster of the two for the call's shapes and threads run,
+// the other tried again every few calls). Process-wide; the bits do not depend on it. set_grad_schedule throws
+// std::invalid_argument on another value; last_grad_schedule: what the last call ran (-1 before any).
+constexpr int kGradScheduleAuto = 0, kGradScheduleTeam = 1, kGradScheduleGroups = 2;
+void set_grad_schedule(int schedule);
+int get_grad_schedule();
+int last_grad_schedule();
 
 // W[e] -= lr G[e] for e < count (the product rounded, then the difference: the bits of NumPy's W -= lr * G), in
 // parallel over chunks. W and G (count values each, the caller's) must not overlap. Never throws.
