@@ -28,21 +28,31 @@
 // misses overlap the previous product (the measured effect is in the benchmark docs, bench/README.md). Splitting a
 // product by its rows changes no bit.
 //
-// Threads: in (A) and (B) over lanes of consecutive blocks of kBlock neurons. In (A) each thread starts on its own
-// contiguous range of lanes, front to back, and when done takes the lanes the other threads have not started, from
-// the back of their ranges; in (B) it runs the lanes it did in (A) backwards (the freshest S and D first, still in
-// its cache), then takes any lane not yet started. A lane is claimed by one atomic compare-and-swap of its panel
-// number, so on a quiet machine each thread keeps its own range (as with a static split), and on a shared one
-// (another process on a core, a laptop's slow core) a thread slowed down leaves its lanes to the others instead
-// of holding up the whole team at the barrier. The tail, the recomputed neurons' passes and the small loops take
-// their items dynamically too. None of this changes a bit: every lane's work and every sum is the same whoever
-// runs it (see Determinism).
+// Row groups: the panels form at most kGradGroupsMax groups of consecutive panels (sizes falling from about 1.5 to
+// 0.5 times the mean, fixed by the shapes), each accumulating its own share of the gradients (group 0 in the
+// outputs, the others in the workspace), added in group order at the end.
+// Threads, two schedules with the same bits (ScheduleChooser says which runs):
+// - the team: all threads on each panel, over lanes of consecutive blocks of kBlock neurons. In (A) each thread
+//   starts on its own contiguous range of lanes, front to back, and when done takes the lanes the other threads
+//   have not started, from the back of their ranges; in (B) it runs the lanes it did in (A) backwards (the
+//   freshest S and D first, still in its cache), then takes any lane not yet started. A lane is claimed by one
+//   atomic compare-and-swap of its panel number, so on a quiet machine each thread keeps its own range (each keeps
+//   its share of the weights, gradients and panel in its cache). Three barriers per panel.
+// - groups: where the workspace has a slot (one panel's arrays) per thread and there are at least two groups per
+//   thread, each thread takes whole groups (an atomic counter) and runs their panels alone, meeting the others only
+//   at the end. Beside another process a preempted thread then holds up nobody (in the team it holds its partner
+//   at every barrier until the scheduler gives it its CPU back, milliseconds), and a thread slowed down leaves the
+//   remaining groups to the others; the smaller last groups bound the wait at the end. A team that uses every CPU
+//   it may run on is pinned one thread per CPU for the call (util::CpuPin; the scheduler otherwise put both threads
+//   on one CPU a third of the time beside a busy process).
+// The tail, the recomputed neurons' passes and the small loops take their items dynamically.
 // Determinism: Z_2 of a panel is the recomputed neurons' part (per row tile, sums over groups of kSuperBlocks blocks
 // added in order), then the sum over lanes, in lane order, of each lane's sum over its blocks in order (one FMA chain
-// per block); the lanes and the panel rows are fixed by the shapes and `kept` alone; each gradient element is a sum
-// over panels (or row tiles), in order, of one FMA chain over their rows, written by one thread; the tail's gradients
-// and the loss are added in double, panel by panel in order. So every output is bit-identical for any number of
-// threads.
+// per block); each gradient element is, per row group, a sum over its panels (or row tiles), in order, of one FMA
+// chain over their rows, then the sum over the groups in order; the lanes, panel rows and groups are fixed by the
+// shapes and `kept` alone; the tail's gradients and the loss are added in double, panel by panel in order within a
+// group, then over the groups in order. So every output is bit-identical for any number of threads and either
+// schedule, whoever runs a lane or a group.
 #include <pyrgd/activations.h>
 #include <pyrgd/grad.h>
 #include <pyrgd/runtime.h>
@@ -229,38 +239,49 @@ GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t pane
 // is one of speed alone. On a quiet machine the team is faster (each thread keeps its lanes' share of the weights,
 // gradients and panel in its own cache, and one set of gradient accumulators stays there: about 10% on B1 with two
 // threads); beside another process whole groups per thread are (a preempted thread holds no barrier: 1.4x). What
-// the machine is doing is not known in advance, so under kGradScheduleAuto each call is timed, the last time of
-// each schedule kept for the call's shapes and threads, and the faster one run, the other again once it has not
-// run for kProbeEvery calls (the load may have changed) or where one has never run (first the team, then groups).
+// the machine is doing is not known in advance, so under kGradScheduleAuto each call is timed and, for the call's
+// shapes and threads, the schedule with the least of its last kWindow times run, the other again once it has not
+// run for kProbeEvery calls (the load may have changed); the first four calls alternate, the team first. (The
+// least of a few times, not the last: a call slowed down by another library's threads still spinning, as in the
+// benchmark's mixed runs, would otherwise send the choice the wrong way for ten calls.)
 class ScheduleChooser {
  public:
-  static constexpr int kProbeEvery = 10;
-  // true: run groups; for the call's key (shapes, itemsize, threads, groups)
+  static constexpr int kProbeEvery = 10;  // calls of one schedule before the other is timed again
+  static constexpr int kWindow = 3;       // a schedule's estimate: the least of its last kWindow times
+  // true: run groups; for the call's key (shapes, itemsize, groups, threads)
   bool groups(const size_t (&key)[6]) {
     std::lock_guard<std::mutex> lock(m_);
     if (!std::equal(key, key + 6, key_)) {
       std::copy(key, key + 6, key_);
-      last_[0] = last_[1] = -1.0;
-      since_[0] = since_[1] = 0;
+      for (int k = 0; k < 2; ++k) {
+        count_[k] = since_[k] = 0;
+        std::fill(times_[k], times_[k] + kWindow, 0.0);
+      }
     }
-    if (last_[0] < 0) return false;
-    if (last_[1] < 0) return true;
-    const int faster = last_[1] < last_[0] ? 1 : 0, other = 1 - faster;
+    // the first calls alternate, team first, until each has two times (one slowed down by chance is outvoted)
+    if (count_[0] < 2 || count_[1] < 2) return count_[1] < count_[0];
+    const int faster = estimate(1) < estimate(0) ? 1 : 0, other = 1 - faster;
     return (since_[other] >= kProbeEvery ? other : faster) == 1;
   }
   void record(const size_t (&key)[6], bool groups, double seconds) {
     std::lock_guard<std::mutex> lock(m_);
     if (!std::equal(key, key + 6, key_)) return;
     const int k = groups ? 1 : 0;
-    last_[k] = seconds;
+    times_[k][count_[k] % kWindow] = seconds;
+    ++count_[k];
     since_[k] = 0;
     ++since_[1 - k];
   }
 
  private:
+  double estimate(int k) const {
+    const int n = std::min(count_[k], kWindow);
+    return *std::min_element(times_[k], times_[k] + n);
+  }
   std::mutex m_;
   size_t key_[6] = {};
-  double last_[2] = {-1.0, -1.0};
+  double times_[2][kWindow] = {};
+  int count_[2] = {0, 0};
   int since_[2] = {0, 0};
 };
 
@@ -269,7 +290,9 @@ ScheduleChooser& schedule_chooser() {
   return c;
 }
 
-std::atomic<int> g_schedule{kGradScheduleAuto};  // set_grad_schedule
+// set_grad_schedule; -1 until the first get_grad_schedule reads PYRGD_GRAD_SCHEDULE (auto, team or groups; another
+// value or none: auto)
+std::atomic<int> g_schedule{-1};
 std::atomic<int> g_last_schedule{-1};           // what the last call ran (last_grad_schedule)
 
 }  // namespace
@@ -281,7 +304,16 @@ void set_grad_schedule(int schedule) {
   g_schedule.store(schedule, std::memory_order_relaxed);
 }
 
-int get_grad_schedule() { return g_schedule.load(std::memory_order_relaxed); }
+int get_grad_schedule() {
+  int v = g_schedule.load(std::memory_order_relaxed);
+  if (v >= 0) return v;
+  const char* e = std::getenv("PYRGD_GRAD_SCHEDULE");
+  const std::string name = e ? e : "";
+  v = name == "team" ? kGradScheduleTeam : name == "groups" ? kGradScheduleGroups : kGradScheduleAuto;
+  int expected = -1;
+  g_schedule.compare_exchange_strong(expected, v, std::memory_order_relaxed);  // a concurrent set wins
+  return g_schedule.load(std::memory_order_relaxed);
+}
 
 int last_grad_schedule() { return g_last_schedule.load(std::memory_order_relaxed); }
 

@@ -205,7 +205,8 @@ def set_grad_schedule(schedule: str) -> None:
     """How :func:`network_grad`'s threads share a step where its workspace has a panel per thread (two or more
     threads with at least two row groups each, :func:`grad_row_groups`), process-wide: 'team' (all threads on each
     panel, its lanes of neurons shared: the faster on a quiet machine), 'groups' (whole row groups per thread, no
-    barrier until the end: the faster beside another process) or 'auto' (the default: every call timed, the faster
+    barrier until the end: the faster beside another process) or 'auto' (the default, or the environment variable
+    ``PYRGD_GRAD_SCHEDULE``: every call timed, the faster
     of the two for its shapes and threads run, the other again every 10 calls). The bits are the same under all
     three; only the speed differs (docs/performance.md, "Under load")."""
     if schedule not in GRAD_SCHEDULES:

@@ -1,8 +1,9 @@
 """The load problem T_load: B1's fused GD step with 1 and with 2 threads while another process keeps a core busy.
 
 Clusters and laptops are shared machines: the target is that two threads stay faster than one there too (at least
-1.3x, and never slower in any round), with the same bits. Under a fair scheduler two threads can at best get 4/3 of a
-core-pair's time against one busy process (three runnable threads on two cores), against one core for one thread.
+1.3x, and never slower in any round), with the same bits. Under a fair scheduler two threads beside one busy process
+get one core (both on one CPU), 4/3 (rotated) or 3/2 (one CPU each, the busy process sharing one), against one core for
+one thread; network_grad's row groups and pinning (docs/performance.md, "Under load") aim at the 3/2.
 
 What runs (:func:`measure_load`): the busy process is a child Python spinning on the clock for at most
 ``BUSY_SECONDS`` (it ends by itself even if this process is killed) and is killed at the end; after

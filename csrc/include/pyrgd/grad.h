@@ -91,7 +91,8 @@ std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::
 // The schedule of network_grad's threads where the workspace lets it choose (a slot per thread, see network_grad):
 // kGradScheduleTeam (all threads on each panel), kGradScheduleGroups (whole row groups per thread) or
 // kGradScheduleAuto (the default: each call timed, the faster of the two for the call's shapes and threads run,
-// the other tried again every few calls). Process-wide; the bits do not depend on it. set_grad_schedule throws
+// the other tried again every few calls). Process-wide; the default is the environment variable
+// PYRGD_GRAD_SCHEDULE ('auto', 'team' or 'groups'; unset or another value: auto). The bits do not depend on it. set_grad_schedule throws
 // std::invalid_argument on another value; last_grad_schedule: what the last call ran (-1 before any).
 constexpr int kGradScheduleAuto = 0, kGradScheduleTeam = 1, kGradScheduleGroups = 2;
 void set_grad_schedule(int schedule);
