@@ -27,9 +27,10 @@ from pyrgd._threads import thread_limits  # noqa: E402
 
 # (N, [d, n1, n2, ..., nL], activation, dtype, panel_rows, kept): several panels each, so that there are groups
 CASES = [
-    (1500, [16, 1024, 32, 10], "smooth_leaky_relu(0.2)", np.float32, 0, None),
+    (3000, [16, 1024, 32, 10], "smooth_leaky_relu(0.2)", np.float32, 0, None),
     (1000, [7, 300, 5, 1], "relu", np.float64, 48, None),
     (777, [5, 130, 3, 2], "softplus", np.float32, 16, None),
+    (500, [3, 70, 4, 1], "erf", np.float32, 96, None),  # 6 panels: one group
     (1001, [6, 200, 9, 4, 2], "tanh", np.float64, 96, None),
     (2000, [9, 2048, 8, 1], "relu", np.float32, 64, 1024),  # neurons recomputed: one group
 ]
@@ -95,9 +96,9 @@ def test_row_groups_rule():
     assert cpu.grad_row_groups(50, 8, 256, 8, act, 4) == 1
     # neurons recomputed (kept below n1): one group (their passes need G of every row)
     assert cpu.grad_row_groups(2000, 9, 2048, 8, act, 4, 64, 1024) == 1
-    # four panels: four groups; three: one (no two groups for each of two threads)
-    assert cpu.grad_row_groups(400, 8, 256, 8, act, 4, 100) == 4
-    assert cpu.grad_row_groups(300, 8, 256, 8, act, 4, 100) == 1
+    # eight panels: four groups of two; seven: one (no two groups of two panels for each of two threads)
+    assert cpu.grad_row_groups(800, 8, 256, 8, act, 4, 100) == 4
+    assert cpu.grad_row_groups(700, 8, 256, 8, act, 4, 100) == 1
     # gradients of 32 MiB per group (d + n2 = 2, n1 = 2^21, float64): the budget allows one extra group only -> 1
     assert cpu.grad_row_groups(64, 1, 1 << 21, 1, act, 8, 1) == 1
     # 4 MiB per group (d + n2 = 128, n1 = 4096, float64): 1 + 32 / 4 = 9 -> 8
@@ -116,15 +117,15 @@ def test_workspace_has_a_slot_per_thread_only_where_groups_can_run():
     # 8 groups: 5 threads cannot have two each -> one slot
     assert cpu.grad_workspace_size(4096, 64, 4096, 64, act, 4, threads=5) == one
     # one group: never a second slot
-    assert (cpu.grad_workspace_size(300, 8, 256, 8, act, 4, 100, threads=2)
-            == cpu.grad_workspace_size(300, 8, 256, 8, act, 4, 100, threads=1))
+    assert (cpu.grad_workspace_size(700, 8, 256, 8, act, 4, 100, threads=2)
+            == cpu.grad_workspace_size(700, 8, 256, 8, act, 4, 100, threads=1))
     with pytest.raises((PyrgdError, ValueError), match="threads"):
         cpu.grad_workspace_size(4096, 64, 4096, 64, act, 4, threads=0)
 
 
 def test_a_workspace_with_one_slot_runs_the_team():
     act = parse_activation("smooth_leaky_relu(0.2)")
-    X, Y, W = make(1500, [16, 1024, 32, 10], np.float32)
+    X, Y, W = make(3000, [16, 1024, 32, 10], np.float32)
     cpu.set_grad_schedule("groups")
     _, what = run(X, Y, W, act, 0, None, 2, 1)
     assert what == "team"
@@ -134,7 +135,7 @@ def test_a_workspace_with_one_slot_runs_the_team():
 
 def test_auto_tries_the_team_then_groups_then_keeps_the_faster():
     act = parse_activation("softplus")
-    X, Y, W = make(777, [5, 136, 3, 2], np.float32, seed=3)  # shapes of their own: the chooser starts afresh
+    X, Y, W = make(1777, [5, 136, 3, 2], np.float32, seed=3)  # shapes of their own: the chooser starts afresh
     cpu.set_grad_schedule("auto")
     seen = [run(X, Y, W, act, 16, None, 2, 2)[1] for _ in range(24)]
     assert seen[:2] == ["team", "groups"]
@@ -152,7 +153,7 @@ def test_set_grad_schedule_checks_its_argument():
 
 
 def test_rows_engine_grows_its_workspace_with_the_threads():
-    X, Y, W = make(1500, [16, 1024, 32, 10], np.float32)
+    X, Y, W = make(3000, [16, 1024, 32, 10], np.float32)
     with thread_limits(1):
         eng = ops.step_engine(X, Y, [w.copy() for w in W], activation="tanh", method="rows")
         eng.evaluate()
@@ -162,7 +163,7 @@ def test_rows_engine_grows_its_workspace_with_the_threads():
         eng.evaluate()
         assert eng._work.size > small
     act = parse_activation("tanh")
-    assert eng._work.size == cpu.grad_workspace_size(1500, 16, 1024, 32, act, 4, threads=2)
+    assert eng._work.size == cpu.grad_workspace_size(3000, 16, 1024, 32, act, 4, threads=2)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
@@ -187,10 +188,10 @@ def test_affinity_is_restored_after_pinned_groups():
                         out[t] = line.split()[1]
             return out
         rng = np.random.default_rng(0)
-        X = rng.standard_normal((1500, 16)).astype(np.float32); Y = rng.standard_normal((1500, 10)).astype(np.float32)
+        X = rng.standard_normal((3000, 16)).astype(np.float32); Y = rng.standard_normal((3000, 10)).astype(np.float32)
         W = [rng.standard_normal(s).astype(np.float32) * 0.1 for s in ((16, 1024), (1024, 32), (32, 10))]
         act = parse_activation("tanh")
-        work = np.empty(cpu.grad_workspace_size(1500, 16, 1024, 32, act, 4, threads=2), np.float32)
+        work = np.empty(cpu.grad_workspace_size(3000, 16, 1024, 32, act, 4, threads=2), np.float32)
         cpu.network_grad(X, Y, W, act, [1.0, 1.0], workspace=work)  # starts the OpenMP workers
         assert cpu.last_grad_schedule() == "groups"
         before = masks()

@@ -161,7 +161,7 @@ struct GradLayout {
 inline size_t grad_groups(size_t npanels, size_t nbR, size_t d, size_t n2, size_t nK, size_t itemsize) {
   if (nbR || npanels < 2) return 1;  // recomputed neurons: their passes need G of every row, one group
   const size_t per = checked_mul(d + n2, std::max<size_t>(nK, 1), itemsize);  // one group's extra accumulators
-  const size_t g = std::min({kGradGroupsMax, npanels, 1 + kGradGroupBytes / per});
+  const size_t g = std::min({kGradGroupsMax, npanels / 2, 1 + kGradGroupBytes / per});  // two panels a group at least
   return g >= 4 ? g : 1;  // fewer than two groups for each of two threads: no thread could run groups of its own
 }
 
@@ -240,14 +240,15 @@ GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t pane
 // gradients and panel in its own cache, and one set of gradient accumulators stays there: about 10% on B1 with two
 // threads); beside another process whole groups per thread are (a preempted thread holds no barrier: 1.4x). What
 // the machine is doing is not known in advance, so under kGradScheduleAuto each call is timed and, for the call's
-// shapes and threads, the schedule with the least of its last kWindow times run, the other again once it has not
-// run for kProbeEvery calls (the load may have changed); the first four calls alternate, the team first. (The
-// least of a few times, not the last: a call slowed down by another library's threads still spinning, as in the
-// benchmark's mixed runs, would otherwise send the choice the wrong way for ten calls.)
+// shapes and threads, the schedule with the lower median of its last kWindow times run, the other again once it
+// has not run for kProbeEvery calls (the load may have changed); the first four calls alternate, the team first.
+// (The median, not the last time: one call slowed down by another library's threads still spinning, as in the
+// benchmark's mixed runs, would send the choice the wrong way for ten calls; not the least either, which took three
+// slow calls to notice that another process had started.)
 class ScheduleChooser {
  public:
   static constexpr int kProbeEvery = 10;  // calls of one schedule before the other is timed again
-  static constexpr int kWindow = 3;       // a schedule's estimate: the least of its last kWindow times
+  static constexpr int kWindow = 3;       // a schedule's estimate: the median of its last kWindow times
   // true: run groups; for the call's key (shapes, itemsize, groups, threads)
   bool groups(const size_t (&key)[6]) {
     std::lock_guard<std::mutex> lock(m_);
@@ -274,9 +275,12 @@ class ScheduleChooser {
   }
 
  private:
-  double estimate(int k) const {
+  double estimate(int k) const {  // the median of the last three times (of two: the less)
     const int n = std::min(count_[k], kWindow);
-    return *std::min_element(times_[k], times_[k] + n);
+    double t[kWindow];
+    std::copy(times_[k], times_[k] + n, t);
+    std::sort(t, t + n);
+    return n == 3 ? t[1] : t[0];
   }
   std::mutex m_;
   size_t key_[6] = {};
@@ -347,7 +351,8 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   const size_t nthreads = size_t(std::max(1, get_num_threads()));
   // the schedule: groups of its own for each thread where the workspace has a slot per thread (grad_slots), else
   // the team on each panel; the same bits either way (the groups and lanes are fixed by the shapes)
-  GradLayout L = grad_layout(s, act, sizeof(T), panel_rows, kept, nthreads);
+  // (a call without a workspace allocates one slot: a one-off call, e.g. lr="auto"'s products, stays lean)
+  GradLayout L = grad_layout(s, act, sizeof(T), panel_rows, kept, work ? nthreads : 1);
   const size_t need1 = grad_layout(s, act, sizeof(T), panel_rows, kept, 1).total + align_slack(sizeof(T));
   if (work && L.slots > 1 && work_elems < L.total + align_slack(sizeof(T)))
     L = grad_layout(s, act, sizeof(T), panel_rows, kept, 1);  // a workspace with one slot: the team schedule

@@ -44,8 +44,8 @@ constexpr std::size_t kGradGroupBytes = std::size_t(32) << 20;
 //   arrays of the workspace). kept >= n1: every neuron kept.
 //   Memory: work, when not null, is the caller's workspace of work_elems elements of T, at any alignment, at least
 //   grad_workspace_elems(...) for the same arguments (threads = 1), sharing no memory with the other arrays; its
-//   content on entry is ignored and on return is undefined. work == nullptr: the kernel allocates what
-//   grad_workspace_elems gives for the threads it runs on, once per call. Besides it, only per-thread buffers of a few rows and the tail's gradients are allocated; never N x n1
+//   content on entry is ignored and on return is undefined. work == nullptr: the kernel allocates
+//   grad_workspace_elems(..., threads = 1) itself, once per call (one slot: the team schedule). Besides it, only per-thread buffers of a few rows and the tail's gradients are allocated; never N x n1
 //   values unless a panel of that size is asked for.
 //   Errors: an unknown `act`, or a workspace smaller than needed, is std::invalid_argument (before anything is
 //   written); std::length_error when the work arrays' size overflows; std::bad_alloc.
@@ -72,8 +72,8 @@ double network_grad(const WideShape& s, std::size_t nt, const std::size_t* tdims
 std::size_t grad_workspace_elems(const WideShape& s, int act, std::size_t itemsize, std::size_t panel_rows,
                                  std::size_t kept, std::size_t threads = 1);
 
-// The row groups of network_grad for these arguments: 1 where some neurons are recomputed or there is one panel,
-// else g = min(kGradGroupsMax, panels, 1 + kGradGroupBytes / (one group's gradients of the kept neurons)) where
+// The row groups of network_grad for these arguments: 1 where some neurons are recomputed, else
+// g = min(kGradGroupsMax, panels / 2, 1 + kGradGroupBytes / (one group's gradients of the kept neurons)) where
 // g >= 4 (two groups for each of two threads), else 1. Pure.
 std::size_t grad_row_groups(const WideShape& s, int act, std::size_t itemsize, std::size_t panel_rows,
                             std::size_t kept);
