@@ -166,6 +166,11 @@ def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept
     does): the large work arrays (W_2^T, the
     blocks of W_1 and its gradient, the panel, G) live there instead of being allocated, page-faulted and cleared by
     the kernel on every call. The same bits for any number of threads, with or without it.
+
+    Row groups (:func:`grad_row_groups`): the panels form up to 8 groups, each accumulating its own share of the
+    gradients (the extra copies at most 32 MiB), added in group order. With a workspace sized for the thread count
+    (``grad_workspace_size(..., threads=)``: a panel per thread), the threads may run whole groups each instead of
+    sharing every panel, which keeps two threads faster than one beside another process (:func:`set_grad_schedule`).
     """
     m = _module()
     loss, g, sq = _call(m.network_grad, X, Y, list(weights), act.code, float(act.gamma),
