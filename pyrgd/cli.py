@@ -61,6 +61,14 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _ranks_arg(text: str) -> int:
+    """``--ranks``: a positive integer (argparse names the argument in its message)."""
+    t = str(text).strip()
+    if not (t.isascii() and t.isdigit()) or int(t) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (the number of MPI ranks), got {text!r}")
+    return int(t)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
 
@@ -88,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="write into a non-empty --out folder (files are replaced)")
     t.add_argument("--dry-run", action="store_true",
                    help="print the plan (memory and time per part) without running; exit 3 if it would not fit")
+    t.add_argument("--ranks", metavar="P", type=_ranks_arg,
+                   help="with --dry-run: plan a run on P MPI ranks (mpiexec -n P): the memory and time of one rank, "
+                        "the rank that needs the most (under mpiexec the plan is per rank without it)")
     _add_flag_shortcuts(t)
 
     i = sub.add_parser("info", help="versions and which backends work on this machine")
@@ -285,15 +296,30 @@ def _cmd_train_one(args, comm=None, out=None) -> int:
         args.config = os.path.join(args.resume, "config.toml")
         if not os.path.isfile(args.config):
             raise PyrgdError(f"--resume: {args.resume} has no config.toml (is it a pyrgd run folder?)")
+    if args.ranks is not None and not args.dry_run:
+        raise PyrgdError(f"--ranks: plans a run on {args.ranks} ranks with --dry-run; to run on {args.ranks} ranks, "
+                         f"launch it: mpiexec -n {args.ranks} pyrgd train ...")
     cfg = _resolved_config(args)
     if args.print_config:
         if rank == 0:
             sys.stdout.write(C.dump_config(cfg))
         return 0
     if args.dry_run:
+        ranks, sharing = args.ranks, 1
+        if ranks is None and comm is not None:  # under mpiexec: this run's ranks, and those sharing rank 0's host
+            from .distributed import ranks_on_this_host
+
+            ranks, sharing = comm.Get_size(), ranks_on_this_host(comm)  # collective: before the others return
         if rank != 0:
             return 0
         plan = C.plan(cfg)
+        if ranks is not None:
+            try:
+                plan = plan.for_ranks(ranks, sharing=sharing)
+            except PyrgdError as e:
+                if args.ranks is None or not str(e).startswith("ranks: "):
+                    raise
+                raise PyrgdError(f"--{e}") from None
         if args.json:
             sys.stdout.write(json.dumps(json_safe(plan.as_dict()), indent=2) + "\n")
         else:
@@ -302,7 +328,12 @@ def _cmd_train_one(args, comm=None, out=None) -> int:
         return 0
     if comm is not None and cfg["train"].get("method") == "auto":
         cfg["train"]["method"] = "neurons"  # what a distributed run runs: its config.toml then resumes in one process
-    C.plan(cfg, timing=False).check()  # refuse a run that would not fit before making its data
+    if comm is None:
+        C.plan(cfg, timing=False).check()  # refuse a run that would not fit before making its data
+    else:  # each rank its own plan, against its share of its host's memory; every rank refuses together
+        from .distributed import ranks_on_this_host
+
+        C.plan(cfg, timing=False).for_ranks(comm.Get_size(), rank=rank, sharing=ranks_on_this_host(comm)).check(comm)
     net, X, Y, kwargs = C.build(cfg)
     if out is None:
         out = args.resume or (args.out if args.out else _default_out(args))

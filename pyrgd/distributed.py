@@ -53,6 +53,49 @@ def shard_groups(n1: int, size: int) -> list[range]:
     return [range(r * G // size, (r + 1) * G // size) for r in range(size)]
 
 
+def shard_bytes(N: int, d: int, widths, itemsize: int, size: int, rank: int) -> dict:
+    """What rank ``rank`` of ``size`` holds in a :class:`ShardedEngine` on these shapes, in bytes; nothing is
+    allocated (the planner's per-rank figures, :func:`pyrgd.plan.plan_run` with ``ranks``). The rank owns the groups
+    of :func:`shard_groups` (``size`` may not exceed the groups). Returns {'groups', 'neurons', 'shard', 'buffers',
+    'gather'}:
+
+    - shard: its columns of W_1 (d x n_r), its rows of W_2 (n_r x n_2) and its copy of the tail W_3..W_L;
+    - buffers: one N x n_2 part of Z_2 per owned group (kept from the step until the running sum reaches the rank),
+      H and G (N x n_2 each; the next H is written over G) and the tail's gradients (held from evaluate to update);
+    - gather: the most :meth:`ShardedEngine.full_weights` holds at once besides these: this rank's W_1 made
+      contiguous, mpi4py's pickled messages (sent and received) and the gathered arrays of W_1 and W_2, then the
+      whole W_1 and W_2 and a copy of the tail (the largest of the three phases).
+    """
+    N, d, item = int(N), int(d), int(itemsize)
+    widths = [int(w) for w in widths]
+    n1, n2 = widths[0], widths[1]
+    G = -(-n1 // NEURON_GROUP)
+    lo, hi = int(rank) * G // int(size), (int(rank) + 1) * G // int(size)
+    n_r = min(n1, hi * NEURON_GROUP) - lo * NEURON_GROUP
+    tail = sum(a * b for a, b in zip(widths[1:], widths[2:]))
+    a, b, A, B = d * n_r, n_r * n2, d * n1, n1 * n2
+    gather = max(2 * a + 2 * A, a + A + b + 2 * B, a + 2 * A + 2 * B + tail)
+    return {"groups": hi - lo, "neurons": n_r, "shard": (a + b + tail) * item,
+            "buffers": ((hi - lo + 2) * N * n2 + tail) * item, "gather": gather * item}
+
+
+def ranks_on_this_host(comm) -> int:
+    """How many ranks of ``comm`` share this rank's host, and so its memory: the size of MPI's shared-memory split
+    (collective: call it on every rank); 1 where ``comm`` cannot tell (not an mpi4py communicator)."""
+    if not callable(getattr(comm, "Split_type", None)):
+        return 1
+    try:
+        from mpi4py import MPI
+
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    except Exception:
+        return 1
+    try:
+        return max(1, int(local.Get_size()))
+    finally:
+        local.Free()
+
+
 class ShardedEngine(StepEngine):
     """The "neurons" method with the wide layer's neurons sharded over the ranks of ``comm`` (module docstring).
 

@@ -6,6 +6,12 @@ need), ``step`` (the step engine's own memory: :func:`pyrgd.backends.cpu.plan_st
 (the certificates' route: :mod:`pyrgd.spectrum`), ``lr`` (the ``lr="auto"`` rule's power iteration). Memory is in
 bytes on the device the run computes on (host RAM for cpu/reference, GPU memory for cuda); times are estimates
 from the flop counts and this machine's measured floating-point rate.
+
+A distributed run (``mpiexec -n P``, :mod:`pyrgd.distributed`) is planned per rank (``plan_run(..., ranks=P)``):
+``data`` (X and Y, whole on every rank), ``weights`` (the full weights, and the initial ones, on every rank),
+``shard`` (the rank's neurons of W_1 and W_2 and its tail, and their last finite copy), ``step`` (its parts of Z_2,
+one N x n_2 array per group of neurons it owns, H, G and the tail's gradients), ``gather`` (the full weights
+gathered for the certificates, the checkpoints and the end of the run), ``tracking`` (on rank 0 only) and ``lr``.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import spectrum
-from .errors import ResourceError
+from .errors import PyrgdError, ResourceError
 
 #: the tracker may take at most this fraction of the steps' time (:class:`pyrgd.tracker.Tracker`): under 10% of the
 #: run's wall time, with room for the error of its cost prediction and the loop's own bookkeeping
@@ -58,6 +64,17 @@ class Plan:
     parts: list = field(default_factory=list)
     estimate_block: int = 16
     estimate_block_bytes: int = spectrum.BLOCK_BYTES
+    #: a distributed run: None (one process), or the ranks P; the parts are then those of rank ``rank`` (the rank
+    #: that needs the most, unless one was asked for), owning ``rank_neurons`` neurons in ``rank_groups`` groups;
+    #: ``per_rank_bytes``: every rank's total; ``sharing``: ranks sharing the host, whose ``available`` is this
+    #: rank's share of the host's memory
+    ranks: int | None = None
+    rank: int | None = None
+    rank_neurons: int | None = None
+    rank_groups: int | None = None
+    per_rank_bytes: list = field(default_factory=list)
+    sharing: int = 1
+    _inputs: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def total_bytes(self) -> int:
@@ -66,37 +83,75 @@ class Plan:
     def part(self, name: str) -> Part:
         return next(p for p in self.parts if p.name == name)
 
-    def check(self) -> None:
+    def check(self, comm=None) -> None:
         """ResourceError naming the largest part, its estimate, the memory available and the setting to change, where
-        the total exceeds MEMORY_FRACTION of the memory available."""
+        the total exceeds MEMORY_FRACTION of the memory available (per rank in a distributed plan).
+
+        ``comm``: None, or (distributed, collective) the run's communicator: every rank checks its own plan and every
+        rank raises the lowest refusing rank's ResourceError, so that no rank goes on to wait for the others."""
+        if comm is None:
+            return self._check()
+        try:
+            self._check()
+            err = None
+        except ResourceError as e:
+            err = str(e)
+        refused = next((m for m in comm.allgather(err) if m is not None), None)
+        if refused is not None:
+            raise ResourceError(refused)
+
+    def _check(self) -> None:
         if self.available is None or self.total_bytes <= MEMORY_FRACTION * self.available:
             return
         big = max(self.parts, key=lambda p: p.bytes)
+        if self.ranks is None:
+            who = f"it needs about {_fmt_bytes(self.total_bytes)} on the {self.device}, " \
+                  f"{_fmt_bytes(self.available)} are available"
+        else:
+            shared = f" (its share: {self.sharing} ranks share the host's memory)" if self.sharing > 1 else ""
+            who = f"rank {self.rank} of {self.ranks} needs about {_fmt_bytes(self.total_bytes)} on its " \
+                  f"{self.device}, {_fmt_bytes(self.available)} are available to it{shared}"
         raise ResourceError(
-            f"the run does not fit in memory: it needs about {_fmt_bytes(self.total_bytes)} on the {self.device}, "
-            f"{_fmt_bytes(self.available)} are available; the largest part is {big.name} "
+            f"the run does not fit in memory: {who}; the largest part is {big.name} "
             f"({_fmt_bytes(big.bytes)}: {big.what}); to change it: {big.setting}")
+
+    def for_ranks(self, ranks: int, rank: int | None = None, sharing: int = 1) -> "Plan":
+        """The plan of the same run distributed over ``ranks`` ranks (:func:`plan_run` with ``ranks``)."""
+        return plan_run(**self._inputs, ranks=ranks, rank=rank, sharing=sharing)
 
     def as_dict(self) -> dict:
         return {"N": self.N, "d": self.d, "widths": list(self.widths), "dtype": self.dtype, "backend": self.backend,
                 "method": self.method, "kept_neurons": self.kept, "tracking_route": self.tracking_route,
                 "available_bytes": self.available, "device": self.device, "total_bytes": self.total_bytes,
                 "parts": [{"name": p.name, "bytes": p.bytes, "seconds": p.seconds, "what": p.what,
-                           "setting": p.setting} for p in self.parts]}
+                           "setting": p.setting} for p in self.parts]} | ({} if self.ranks is None else {
+                "ranks": self.ranks, "rank": self.rank, "rank_neurons": self.rank_neurons,
+                "rank_groups": self.rank_groups, "per_rank_bytes": list(self.per_rank_bytes),
+                "ranks_sharing_host": self.sharing})
 
     def format(self) -> str:
         """The plan as a table (what ``pyrgd train --dry-run`` prints)."""
         lines = [f"plan: N = {self.N}, d = {self.d}, widths = {list(self.widths)}, {self.dtype}, backend "
                  f"{self.backend}, method {self.method}" + (f" ({self.kept} neurons kept)" if self.kept is not None
-                                                            and self.kept < self.widths[0] else ""),
-                 f"{'part':<10} {'memory':>10} {'time':>10}  what"]
+                                                            and self.kept < self.widths[0] else "")]
+        if self.ranks is not None:
+            lo, hi = min(self.per_rank_bytes), max(self.per_rank_bytes)
+            lines.append(
+                f"per rank, on {self.ranks} rank{'s' if self.ranks > 1 else ''}: rank {self.rank} "
+                f"({self.rank_neurons} neurons in {self.rank_groups} group{'s' if self.rank_groups > 1 else ''})"
+                + (", the rank that needs the most" if self.ranks > 1 else "")
+                + ("" if lo == hi else f"; the ranks need {_fmt_bytes(lo)} to {_fmt_bytes(hi)}"))
+        lines.append(f"{'part':<10} {'memory':>10} {'time':>10}  what")
         for p in self.parts:
             t = "" if p.seconds is None else _fmt_seconds(p.seconds)
             lines.append(f"{p.name:<10} {_fmt_bytes(p.bytes):>10} {t:>10}  {p.what}")
         avail = "unknown" if self.available is None else _fmt_bytes(self.available)
         secs = [p.seconds for p in self.parts if p.seconds is not None]
+        where = f"on the {self.device}" if self.ranks is None else (
+            f"to this rank: 1/{self.sharing} of its {self.device}'s" if self.sharing > 1 else
+            f"on the {self.device}; ranks on one {self.device} share it")
         lines.append(f"{'total':<10} {_fmt_bytes(self.total_bytes):>10} {_fmt_seconds(sum(secs)):>10}  "
-                     f"({avail} available on the {self.device})")
+                     f"({avail} available {where})")
         return "\n".join(lines)
 
 
@@ -204,11 +259,108 @@ def estimate_block(N: int, budget_bytes: int) -> int:
 
 
 def plan_run(N, d, widths, dtype, activation, backend="cpu", method="auto", lr="auto", track_every="auto",
-             steps=1000, route="auto", timing=True) -> Plan:
+             steps=1000, route="auto", timing=True, ranks=None, rank=None, sharing=1) -> Plan:
     """The plan of :func:`pyrgd.train` on these shapes (see the module docstring); nothing large is allocated.
 
     backend: a concrete backend name; activation: a parsed activation; track_every: an int (0: no tracking) or
-    'auto'; route: the tracking route asked for ('auto', 'exact' or 'estimate')."""
+    'auto'; route: the tracking route asked for ('auto', 'exact' or 'estimate').
+
+    ranks: None (one process), or the P ranks of a distributed run (``train(..., comm=...)``, ``mpiexec -n P``): the
+    plan of one rank (module docstring), the rank that needs the most unless ``rank`` names one; ``sharing``: how
+    many ranks share this host's memory (the memory available to the rank is that share). A distributed plan keeps
+    one process's 'neurons' plan of the tracking route and its parts (the certificates are taken on rank 0)."""
+    inputs = dict(N=N, d=d, widths=widths, dtype=dtype, activation=activation, backend=backend, method=method, lr=lr,
+                  track_every=track_every, steps=steps, route=route, timing=timing)
+    if ranks is None:
+        plan = _plan_one(**inputs)
+    else:
+        plan = _plan_ranks(inputs, ranks, rank, sharing)
+    plan._inputs = inputs
+    return plan
+
+
+def _count(name, v, low=1) -> int:
+    import numbers
+
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+        raise PyrgdError(f"{name}: expected an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
+    """The plan of rank ``rank`` (None: the rank that needs the most) of a run distributed over ``ranks`` ranks."""
+    from .distributed import NEURON_GROUP, shard_bytes
+
+    ranks, sharing = _count("ranks", ranks), _count("sharing", sharing)
+    if inputs["backend"] != "cpu":
+        raise PyrgdError(f"ranks: a distributed run needs the cpu backend, got backend {inputs['backend']!r} (GPU "
+                         "ranks are not implemented)")
+    if inputs["method"] == "rows":
+        raise PyrgdError("method: a distributed run shards the 'neurons' method; use 'neurons' or 'auto'")
+    N, d, widths = int(inputs["N"]), int(inputs["d"]), [int(w) for w in inputs["widths"]]
+    G = -(-widths[0] // NEURON_GROUP)
+    if ranks > G:
+        raise PyrgdError(f"ranks: {ranks} ranks but the wide layer has {G} group{'s' if G > 1 else ''} of "
+                         f"{NEURON_GROUP} neurons (n1 = {widths[0]}); a run needs at most {G} "
+                         f"rank{'s' if G > 1 else ''}")
+    if rank is not None and (_count("rank", rank, 0) >= ranks):
+        raise PyrgdError(f"rank: expected 0 to {ranks - 1} (of {ranks} ranks), got {rank!r}")
+    # one process's neurons plan: the data, the tracking route and its parts, lr = 'auto', as a distributed run has
+    one = _plan_one(**{**inputs, "method": "neurons"})
+    item = np.dtype(inputs["dtype"]).itemsize
+    dims = [d] + widths
+    weight_bytes = sum(a * b for a, b in zip(dims, dims[1:])) * item
+    certified = one.tracking_route != "off"
+    rate = flop_rate("cpu", inputs["dtype"]) if inputs["timing"] else None
+    steps = int(inputs["steps"])
+    track = one.part("tracking")
+
+    common = [one.part("data"),
+              Part("weights", weight_bytes * (2 if certified else 1), None,
+                   "the full weights, on every rank (gathered for the certificates and the result)" +
+                   (" and the initial ones (the certificates' distances)" if certified else ""),
+                   "model.widths" + ("; train.track_every = 0 drops the initial ones" if certified else ""))]
+    lr_part = [p for p in one.parts if p.name == "lr"]  # every rank runs lr = 'auto' on the full weights
+
+    def own(r):
+        """Rank r's own parts: its shard, its step's buffers, the gather, the tracking (rank 0's)."""
+        s = shard_bytes(N, d, widths, item, ranks, r)
+        secs = None if rate is None else step_flops(N, d, [s["neurons"]] + widths[1:], "neurons") / rate * steps
+        t_secs = None if track.seconds is None or secs is None else TRACKING_TIME_FRACTION * secs
+        many = "s" if s["groups"] > 1 else ""
+        return s, [
+            Part("shard", 2 * s["shard"], None,
+                 f"this rank's {s['neurons']} neurons of W_1 and W_2 and the tail W_3..W_L, and their last finite "
+                 "copy", "more ranks (fewer neurons each)"),
+            Part("step", s["buffers"], secs,
+                 f"{s['groups']} N x n_2 part{many} of Z_2 (one per group it owns), H, G and the tail's gradients; "
+                 f"at most {steps} steps of this rank's neurons (communication not counted)",
+                 "more ranks (fewer groups each), or a smaller data.N"),
+            Part("gather", s["gather"], None,
+                 "the full W_1 and W_2 gathered from every rank (certificates, checkpoints, the end of the run)",
+                 "model.widths (every rank gathers the whole W_1 and W_2)"),
+            Part("tracking", track.bytes, t_secs, track.what + ("; on rank 0" if track.bytes else ""), track.setting)
+            if r == 0 or track.bytes == 0 else
+            Part("tracking", 0, t_secs, "on rank 0 only (this rank waits)", track.setting),
+        ]
+
+    held = sum(p.bytes for p in common + lr_part)
+    totals = [held + sum(p.bytes for p in own(r)[1]) for r in range(ranks)]
+    if rank is None:  # the rank that needs the most (the lowest of equals)
+        rank = max(range(ranks), key=lambda r: (totals[r], -r))
+    s, parts = own(rank)
+    parts = common + parts + lr_part
+    avail, device = available_memory("cpu")
+    if avail is not None:
+        avail //= sharing
+    plan = Plan(N, d, widths, one.dtype, "cpu", "neurons", None, one.tracking_route, avail, device, parts,
+                one.estimate_block, one.estimate_block_bytes, ranks=ranks, rank=rank, rank_neurons=s["neurons"],
+                rank_groups=s["groups"], per_rank_bytes=totals, sharing=sharing)
+    return plan
+
+
+def _plan_one(N, d, widths, dtype, activation, backend="cpu", method="auto", lr="auto", track_every="auto",
+              steps=1000, route="auto", timing=True) -> Plan:
     from .ops import get_backend
 
     N, d, widths = int(N), int(d), [int(w) for w in widths]

@@ -128,7 +128,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         method "neurons", for any number of ranks. Rank 0 shows the progress bar and writes ``out``; the others
         write nothing. An error on one rank ends every rank (:class:`pyrgd.distributed.RankError`). Rank 0 takes
         the certificates from the gathered weights (its result holds them). Checkpoints hold the full weights and
-        resume on any number of ranks.
+        resume on any number of ranks. Each rank checks its own memory before allocating (:func:`pyrgd.plan.plan_run`
+        with ``ranks``: its share of its host's memory); where one would not fit, every rank raises that rank's
+        ResourceError.
 
     With an update other than GD or a user loss, the certificates (which assume GD on the squared loss) do not
     apply: track_every="auto" takes none, a given track_every still records the tracked quantities but with
@@ -203,9 +205,16 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     loss_label = "squared" if loss is None else _loss_name(loss)
 
     act, mult = net.activation, net.multipliers
-    plan = plan_run(N, net.d, net.widths, net.dtype, act, backend, method, lr, track_every, steps, track_route,
-                    timing=False)
-    plan.check()  # refuse, naming the part, before allocating anything large
+    if comm is None:
+        plan = plan_run(N, net.d, net.widths, net.dtype, act, backend, method, lr, track_every, steps, track_route,
+                        timing=False)
+        plan.check()  # refuse, naming the part, before allocating anything large
+    else:  # this rank's plan against its share of its host's memory; every rank refuses with the lowest rank's
+        from .distributed import ranks_on_this_host
+
+        plan = plan_run(N, net.d, net.widths, net.dtype, act, backend, method, lr, track_every, steps, track_route,
+                        timing=False, ranks=int(comm.Get_size()), rank=rank, sharing=ranks_on_this_host(comm))
+        plan.check(comm)
     Xd, Yd = xp.asarray(_to_host(X_host) if xp is np else X_host), xp.asarray(_to_host(Y_host) if xp is np
                                                                              else Y_host)
     W = [xp.ascontiguousarray(xp.asarray(w)) for w in net.weights]

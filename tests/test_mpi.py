@@ -158,6 +158,52 @@ def test_a_stopped_two_rank_run_resumes_on_one_and_on_two_ranks(mpiexec, tmp_pat
     assert _same_bits(net1.weights, net.weights)
 
 
+MEMORY_PER_RANK = """
+    import sys
+    from mpi4py import MPI
+    from pyrgd import plan as P
+    from pyrgd.distributed import ranks_on_this_host
+    from pyrgd.errors import ResourceError
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    share = ranks_on_this_host(comm)  # the ranks on this host split its memory
+    net, X, Y = make()
+    need = P.plan_run(96, 12, net.widths, "float32", net.activation, "cpu", "neurons", 8e-5, 0, 5, timing=False,
+                      ranks=comm.Get_size(), rank=rank).total_bytes
+    # rank 1 alone lacks the memory: every rank refuses, with rank 1's message, and none waits on the others
+    room = need // 2 if rank == 1 else 100 * need
+    P.available_memory = lambda backend: (share * room, "host")
+    lines = []
+    try:
+        pyrgd.train(net, X, Y, lr=8e-5, steps=5, progress=False, comm=comm, track_every=0)
+    except ResourceError as e:
+        lines.append(f"REFUSED {rank} {e}")
+    # room for each rank's own share, not for the sum of the ranks: the run goes on
+    P.available_memory = lambda backend: (share * int(need / P.MEMORY_FRACTION * 1.05), "host")
+    r = pyrgd.train(net, X, Y, lr=8e-5, steps=5, progress=False, comm=comm, track_every=0)
+    plan = r.summary["plan"]
+    lines.append(f"PLAN {rank} {plan['ranks']} {plan['rank']} {plan['ranks_sharing_host'] == share} "
+                 f"{plan['total_bytes'] == need}")
+    every = comm.gather(lines)  # rank 0 prints every rank's lines: no interleaved output
+    if rank == 0:
+        print("\\n".join(line for rank_lines in every for line in rank_lines))
+        np.savez(sys.argv[1], **{f"W{l}": w for l, w in enumerate(net.weights, start=1)})
+"""
+
+
+def test_memory_is_checked_per_rank_and_refused_on_every_rank(mpiexec, tmp_path):
+    p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, MEMORY_PER_RANK), str(tmp_path / "w.npz")], tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stdout.splitlines() if line.startswith("REFUSED")]
+    assert sorted(line.split()[1] for line in lines) == ["0", "1"]
+    for line in lines:  # rank 1's message on both ranks
+        assert "the run does not fit in memory: rank 1 of 2 needs about" in line and "the largest part is" in line
+    assert "PLAN 0 2 0 True True" in p.stdout and "PLAN 1 2 1 True True" in p.stdout
+    net, X, Y = _problem()
+    pyrgd.train(net, X, Y, lr=8e-5, steps=5, method="neurons", progress=False, track_every=0)
+    assert _same_bits(_weights(tmp_path / "w.npz"), net.weights)
+
+
 CALLBACK_ERROR = """
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
