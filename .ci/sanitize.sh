@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The C++ extension built with AddressSanitizer + UndefinedBehaviorSanitizer, run over the tests that drive it
-# (bad input, fuzzing, every ISA, the bits across threads). A copy of the source in a temporary folder, so that the
+# (bad input, fuzzing, every ISA, the bits across threads and network_grad's schedules). A copy of the source in a temporary folder, so that the
 # normal build is untouched. Any sanitizer report fails the run (halt_on_error / abort_on_error).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +27,5 @@ export PYTHONMALLOC=malloc
 # (test_no_n_by_n1_allocation sets an address-space limit, which ASan's shadow memory cannot live under)
 python -m pytest -q -p no:cacheprovider -m "not slow" tests/test_cpu_backend.py tests/test_network_grad.py \
     tests/test_properties.py tests/test_engine.py tests/test_activations.py tests/test_wide_grad.py \
+    tests/test_grad_schedule.py \
     --deselect tests/test_cpu_backend.py::test_no_n_by_n1_allocation
