@@ -266,6 +266,240 @@ class ShardedEngine(StepEngine):
         self._evaluated = False
 
 
+def rows_geometry(N, d, n1, n2, dtype, act) -> dict | None:
+    """The whole layer's geometry of the cpu rows method (:func:`pyrgd.backends.cpu.network_grad`) that a
+    :class:`ShardedRowsEngine` reproduces: {'panel_rows', 'groups', 'lane_blocks', 'lanes'}; None where the rows
+    method would recompute some neurons (a panel cannot keep them all: :func:`pyrgd.backends.cpu.rows_kept`), which a
+    shard cannot do with the same bits."""
+    from .backends import cpu
+
+    N, d, n1, n2 = int(N), int(d), int(n1), int(n2)
+    item = np.dtype(dtype).itemsize
+    blocks = -(-n1 // 64)
+    if -(-min(cpu.rows_kept(N, d, n1, n2, dtype, act), n1) // 64) < blocks:
+        return None
+    lane_blocks = cpu.grad_lane_blocks(n1)
+    return {"panel_rows": cpu.grad_panel_rows(N, n1, n2, item, act),
+            "groups": cpu.grad_row_groups(N, d, n1, n2, act, item), "lane_blocks": lane_blocks,
+            "lanes": -(-blocks // lane_blocks)}
+
+
+def shard_lanes(lanes: int, size: int) -> list[range]:
+    """Which lanes each of ``size`` ranks owns in a :class:`ShardedRowsEngine`: contiguous, as even as can be;
+    PyrgdError when there are fewer lanes than ranks."""
+    if size > lanes:
+        raise PyrgdError(f"comm: {size} ranks but the rows method's wide layer has {lanes} lane"
+                         f"{'s' if lanes > 1 else ''} of neurons; run on at most {lanes} rank"
+                         f"{'s' if lanes > 1 else ''}, or use method 'neurons'")
+    return [range(r * lanes // size, (r + 1) * lanes // size) for r in range(size)]
+
+
+def distributed_method(N, d, widths, dtype, act, method, size) -> str:
+    """The method a run over ``size`` ranks shards: 'rows' (:class:`ShardedRowsEngine`) or 'neurons'
+    (:class:`ShardedEngine`). 'auto' takes what one process would (``pyrgd.backends.cpu.auto_method``), so that the
+    run gives one process's bits, where the rows method can be sharded (every neuron kept in its panels, at most one
+    rank per lane), else 'neurons'; 'rows' where it cannot be sharded is a PyrgdError saying why."""
+    from .backends import cpu
+
+    N, d, n1, n2 = int(N), int(d), int(widths[0]), int(widths[1])
+    if method == "neurons":
+        return "neurons"
+    if method not in ("auto", "rows"):
+        raise PyrgdError(f"method: expected 'auto', 'rows' or 'neurons', got {method!r}")
+    geo = rows_geometry(N, d, n1, n2, dtype, act)
+    if method == "auto":
+        if cpu.auto_method(N, d, n1, n2, dtype, act) != "rows" or geo is None or geo["lanes"] < size:
+            return "neurons"
+        return "rows"
+    if geo is None:
+        raise PyrgdError("method: 'rows' over ranks needs every neuron kept in the rows method's panels, and these "
+                         "shapes recompute some (pyrgd.backends.cpu.rows_kept); use 'neurons'")
+    shard_lanes(geo["lanes"], size)  # raises where there are more ranks than lanes
+    return "rows"
+
+
+def rows_shard_bytes(N, d, widths, dtype, act, size, rank) -> dict:
+    """What rank ``rank`` of ``size`` holds in a :class:`ShardedRowsEngine` on these shapes, in bytes (nothing is
+    allocated): {'neurons', 'shard', 'buffers', 'gather'} as :func:`shard_bytes` gives them for the neurons method;
+    'buffers' is the gradients of its shard and of the tail and network_grad's workspace (one panel of its lanes)."""
+    from .backends import cpu
+
+    N, d = int(N), int(d)
+    widths = [int(w) for w in widths]
+    n1, n2 = widths[0], widths[1]
+    item = np.dtype(dtype).itemsize
+    geo = rows_geometry(N, d, n1, n2, dtype, act)
+    if geo is None:
+        raise PyrgdError("method: 'rows' cannot be sharded on these shapes (some neurons recomputed); use 'neurons'")
+    lanes = shard_lanes(geo["lanes"], int(size))[int(rank)]
+    per_lane = geo["lane_blocks"] * 64
+    n_r = min(n1, lanes.stop * per_lane) - lanes.start * per_lane
+    tail = sum(a * b for a, b in zip(widths[1:], widths[2:]))
+    a, b, A, B = d * n_r, n_r * n2, d * n1, n1 * n2
+    work = cpu.grad_shard_workspace_size(N, d, n_r, n2, act, item, geo["panel_rows"], geo["lane_blocks"],
+                                         geo["groups"])
+    gather = max(2 * a + 2 * A, a + A + b + 2 * B, a + 2 * A + 2 * B + tail)
+    return {"lanes": len(lanes), "neurons": n_r, "shard": (a + b + tail) * item,
+            "buffers": (a + b + tail + work) * item, "gather": gather * item}
+
+
+class ShardedRowsEngine(StepEngine):
+    """The "rows" method with the wide layer's neurons sharded over the ranks of ``comm`` by whole lanes: the SAME
+    BITS as one process running the rows method (``pyrgd train``'s default where it keeps every neuron), for any
+    number of ranks up to the lanes (at most 16).
+
+    The rows method (``pyrgd.backends.cpu.network_grad``) forms Z_2 of a panel of rows as the sum, in lane order, of
+    each lane's part (a lane: ``lane_blocks`` consecutive blocks of 64 neurons), and each gradient element as a sum
+    over the panels of its row group, then over the groups. Rank r owns consecutive whole lanes (its columns of W_1,
+    rows of W_2); per step one :func:`pyrgd.backends.cpu.network_grad_shard` call runs the whole layer's panels and
+    groups on its lanes, and for each panel ``combine`` completes Z_2 along an ordered chain (rank 0 copies its
+    first lane and adds its others, sends the running sum of the panel's rows to rank 1, which adds its lanes in
+    order, ...; the last rank broadcasts the panel's Z_2), the very additions one process does. The tail then runs
+    on every rank on identical Z_2, and each rank's gradients are one process's for its neurons; the squared norms
+    are summed over all blocks in block order (an allgather of 2 values per block). Each product is done once per
+    step (no recomputation), at the price of two messages of R x n_2 values per panel and rank.
+
+    X (N, d) and Y (N, n_L): NumPy arrays, the same on every rank; ``W`` the FULL weights, the same on every rank.
+    :attr:`weights`: this rank's arrays (its W_1 columns, W_2 rows, the tail); :meth:`full_weights` gathers them;
+    :meth:`state` holds the full weights (method 'rows'), so a checkpoint resumes on any number of ranks or in one
+    process.
+    """
+
+    backend = "cpu"
+    method = "rows"
+
+    def __init__(self, comm, X, Y, W, act, mult):
+        from .backends import cpu
+
+        super().__init__(X, Y, list(W), act, mult)
+        if not isinstance(X, np.ndarray):
+            raise PyrgdError("comm: a distributed run needs the cpu backend (NumPy arrays); GPU ranks are not "
+                             "implemented")
+        ok, why = cpu.available()
+        if not ok:
+            raise BackendUnavailable(f"comm: a distributed run needs the cpu backend: {why}")
+        self._be = cpu
+        self.comm = check_comm(comm)
+        self.rank, self.size = int(comm.Get_rank()), int(comm.Get_size())
+        (N, d), n1, n2 = X.shape, W[0].shape[1], W[1].shape[1]
+        geo = rows_geometry(N, d, n1, n2, X.dtype, act)
+        if geo is None:
+            raise PyrgdError("method: 'rows' over ranks needs every neuron kept in the rows method's panels, and "
+                             "these shapes recompute some; use 'neurons'")
+        self.geometry = geo
+        self.lanes = shard_lanes(geo["lanes"], self.size)[self.rank]
+        per_lane = geo["lane_blocks"] * 64
+        self._lo, self._hi = self.lanes.start * per_lane, min(n1, self.lanes.stop * per_lane)
+        self.n_local = self._hi - self._lo
+        self.kept = n1
+        self._n1 = n1
+        self.W = [np.empty((d, self.n_local), X.dtype), np.empty((self.n_local, n2), X.dtype)] + \
+            [np.ascontiguousarray(w).copy() for w in W[2:]]
+        self._set_full([np.asarray(w) for w in W])
+        self._grads = None
+        self._sq = None
+        self._block_sq = np.empty(2 * (-(-self.n_local // 64)))
+        self._work = np.empty(max(1, cpu.grad_shard_workspace_size(N, d, self.n_local, n2, act, X.dtype.itemsize,
+                                                                   geo["panel_rows"], geo["lane_blocks"],
+                                                                   geo["groups"])), X.dtype)
+        #: bytes this rank sent and seconds it spent in communication (the chains, the broadcasts, the allgathers)
+        self.comm_bytes, self.comm_seconds = 0, 0.0
+
+    def _set_full(self, full) -> None:
+        self.W[0][...] = full[0][:, self._lo:self._hi]
+        self.W[1][...] = full[1][self._lo:self._hi]
+        for w, f in zip(self.W[2:], full[2:]):
+            w[...] = f
+
+    def full_weights(self) -> list:
+        """[W_1, ..., W_L] of the whole network (host copies), on every rank (collective: call it on every rank)."""
+        w1 = self.comm.allgather(self.W[0])
+        w2 = self.comm.allgather(self.W[1])
+        return [np.ascontiguousarray(np.concatenate(w1, axis=1)), np.ascontiguousarray(np.concatenate(w2, axis=0))] \
+            + [w.copy() for w in self.W[2:]]
+
+    def _combine(self, r0, rows, lanes, f2) -> None:
+        """The panel's Z_2 (rows x n_2) into f2, from this rank's lanes and the other ranks' (the ordered chain)."""
+        import time
+
+        t0 = time.perf_counter()
+        if self.rank == 0:
+            np.copyto(f2, lanes[0])
+            own = lanes[1:]
+        else:
+            self.comm.Recv(f2, source=self.rank - 1, tag=17)
+            own = lanes
+        for part in own:
+            np.add(f2, part, out=f2)  # one IEEE addition per element, as the kernel's add_into
+        if self.rank < self.size - 1:
+            self.comm.Send(f2, dest=self.rank + 1, tag=17)
+            self.comm_bytes += f2.nbytes
+        if self.size > 1:
+            self.comm.Bcast(f2, root=self.size - 1)
+            if self.rank == self.size - 1:
+                self.comm_bytes += f2.nbytes
+        self.comm_seconds += time.perf_counter() - t0
+
+    def _evaluate(self) -> float:
+        geo = self.geometry
+        loss, self._grads, self._sq = self._be.network_grad_shard(
+            self.X, self.Y, self.W, self.act, self.mult, geo["panel_rows"], geo["lane_blocks"], geo["groups"],
+            self._combine, grads=self._grads, workspace=self._work, block_sq=self._block_sq)
+        return loss
+
+    def _update(self, lr: float) -> list[float]:
+        import time
+
+        t0 = time.perf_counter()
+        every = self.comm.allgather(self._block_sq)  # per-block squared norms, in block order
+        self.comm_seconds += time.perf_counter() - t0
+        self.comm_bytes += self._block_sq.nbytes
+        t1 = t2 = 0.0
+        for q in every:  # the sums one process forms: block by block, in block order
+            nb = q.size // 2
+            for v in q[:nb]:
+                t1 += float(v)
+            for v in q[nb:]:
+                t2 += float(v)
+        self._be.sgd_update(self.W, self._grads, lr)
+        return [t1, t2] + list(self._sq[2:])
+
+    def gradients(self) -> list:
+        raise PyrgdError("gradients: not available on a sharded (distributed) engine")
+
+    def step_gradients(self) -> list:
+        raise PyrgdError("step_gradients: not available on a sharded (distributed) engine; use update='gd'")
+
+    def apply(self, direction, lr=1.0) -> None:
+        raise PyrgdError("apply: not available on a sharded (distributed) engine; use update='gd'")
+
+    def state(self) -> dict:
+        """{'weights': the FULL weights, 'carry': {}, 'method': 'rows'} (collective)."""
+        return {"weights": self.full_weights(), "carry": {}, "method": self.method}
+
+    def load_state(self, state: dict) -> None:
+        """Put back a :meth:`state` (the full weights, of any number of ranks): this rank takes its shard."""
+        ws = state.get("weights") if isinstance(state, dict) else None
+        L = len(self.W)
+        if not isinstance(ws, (list, tuple)) or len(ws) != L:
+            raise PyrgdError(f"state: expected a dict with 'weights', a list of {L} arrays")
+        shapes = [(self.X.shape[1], self._n1), (self._n1, self.W[1].shape[1])] + [w.shape for w in self.W[2:]]
+        for l, (w, shape) in enumerate(zip(ws, shapes)):
+            if tuple(np.shape(w)) != tuple(shape):
+                raise PyrgdError(f"state: weights[{l}] has shape {tuple(np.shape(w))}, expected {tuple(shape)}")
+        self._set_full([np.asarray(w) for w in ws])
+        self._evaluated = False
+
+
+def sharded_engine(comm, X, Y, W, act, mult, method="auto"):
+    """The distributed engine of ``method`` (:func:`distributed_method`): :class:`ShardedRowsEngine` or
+    :class:`ShardedEngine`."""
+    N, d = X.shape
+    widths = [w.shape[1] for w in W]
+    m = distributed_method(N, d, widths, X.dtype, act, method, int(comm.Get_size()))
+    return (ShardedRowsEngine if m == "rows" else ShardedEngine)(comm, X, Y, W, act, mult)
+
+
 class RankError(PyrgdError):
     """An error on one rank of a distributed run, raised on every rank with the same message."""
 

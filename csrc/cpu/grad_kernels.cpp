@@ -68,6 +68,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -183,7 +184,9 @@ inline size_t grad_slots(size_t groups, size_t threads) {
   return threads >= 2 && 2 * threads <= groups ? threads : 1;
 }
 
-GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept, size_t threads) {
+// lane_blocks, groups: a shard's (GradShard) lanes and row groups, those of the whole layer; 0: from these shapes.
+GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t kept, size_t threads,
+                       size_t lane_blocks = 0, size_t groups = 0) {
   GradLayout L{};
   const size_t N = s.N, d = s.d, n1 = s.n1, n2 = s.n2;
   L.nblocks = ceil_div(n1, kBlock);
@@ -191,12 +194,12 @@ GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t pane
   L.nbK = std::min(L.nblocks, ceil_div(std::min(kept, n1), kBlock));
   L.nbR = L.nblocks - L.nbK;
   L.nK = std::min(n1, L.nbK * kBlock);
-  L.bpl = L.nbK ? ceil_div(L.nbK, kGradLanes) : 1;
-  L.nlanes = grad_lanes(L.nbK);  // ceil(nbK / bpl)
+  L.bpl = lane_blocks ? lane_blocks : L.nbK ? ceil_div(L.nbK, kGradLanes) : 1;
+  L.nlanes = lane_blocks ? ceil_div(L.nbK, lane_blocks) : grad_lanes(L.nbK);  // ceil(nbK / bpl)
   L.R = panel_rows ? std::min(panel_rows, N) : grad_panel_rows(N, L.nK, n2, itemsize, act);
   L.npanels = ceil_div(N, L.R);
-  L.groups = grad_groups(L.npanels, L.nbR, d, n2, L.nK, itemsize);
-  L.slots = grad_slots(L.groups, std::max<size_t>(threads, 1));
+  L.groups = groups ? groups : grad_groups(L.npanels, L.nbR, d, n2, L.nK, itemsize);
+  L.slots = lane_blocks ? 1 : grad_slots(L.groups, std::max<size_t>(threads, 1));  // a shard: the team
   const size_t align = std::max<size_t>(1, 64 / itemsize);  // each array starts on a cache line
   const auto taker = [align](size_t& at) {
     return [&at, align](size_t count) {
@@ -340,10 +343,37 @@ size_t grad_row_groups(const WideShape& s, int act, size_t itemsize, size_t pane
   return grad_layout(s, act, itemsize, panel_rows, kept, 1).groups;
 }
 
+size_t grad_lane_blocks(size_t n1) { return std::max<size_t>(1, ceil_div(ceil_div(n1, kBlock), kGradLanes)); }
+
+namespace {
+// A shard's lanes and groups, checked: std::invalid_argument naming what is wrong
+void check_shard(const WideShape& s, size_t panel_rows, size_t lane_blocks, size_t groups) {
+  if (panel_rows < 1 || panel_rows > s.N)
+    throw std::invalid_argument("panel_rows: a shard needs the whole layer's panel rows, 1..N = " +
+                                std::to_string(s.N) + ", got " + std::to_string(panel_rows));
+  if (lane_blocks < 1) throw std::invalid_argument("lane_blocks: expected at least 1 (grad_lane_blocks)");
+  const size_t npanels = ceil_div(s.N, panel_rows);
+  if (groups < 1 || groups > npanels)
+    throw std::invalid_argument("groups: expected 1..panels = " + std::to_string(npanels) + ", got " +
+                                std::to_string(groups));
+}
+}  // namespace
+
+size_t grad_shard_workspace_elems(const WideShape& s, int act, size_t itemsize, size_t panel_rows, size_t lane_blocks,
+                                  size_t groups) {
+  check_shard(s, panel_rows, lane_blocks, groups);
+  return grad_layout(s, act, itemsize, panel_rows, s.n1, 1, lane_blocks, groups).total + align_slack(itemsize);
+}
+
+namespace {
+
+// network_grad, and with `shard` one rank's share of it (network_grad_shard): its own lanes, the whole layer's
+// panels and groups, the panel's Z_2 from shard->combine.
 template <class T>
-double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T* X, const T* Y, const T* W1,
-                    const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2, T* const* gWt,
-                    double* grad_sq, size_t panel_rows, size_t kept, T* work, size_t work_elems) {
+double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, const T* X, const T* Y, const T* W1,
+                         const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2,
+                         T* const* gWt, double* grad_sq, size_t panel_rows, size_t kept, T* work, size_t work_elems,
+                         const GradShard<T>* shard) {
   if (!is_activation_code(act)) throw std::invalid_argument("act_code: unknown activation code " + std::to_string(act));
   const TileOps<T>& ops = active_tile_ops<T>();
   const size_t tr = size_t(ops.tile_rows);  // rows of a register tile: the products are split at multiples of it
@@ -352,8 +382,16 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   // the schedule: groups of its own for each thread where the workspace has a slot per thread (grad_slots), else
   // the team on each panel; the same bits either way (the groups and lanes are fixed by the shapes)
   // (a call without a workspace allocates one slot: a one-off call, e.g. lr="auto"'s products, stays lean)
-  GradLayout L = grad_layout(s, act, sizeof(T), panel_rows, kept, work ? nthreads : 1);
-  const size_t need1 = grad_layout(s, act, sizeof(T), panel_rows, kept, 1).total + align_slack(sizeof(T));
+  // A shard: every neuron kept, the whole layer's lanes and groups, the team (combine is called in panel order).
+  const size_t sh_bpl = shard ? shard->lane_blocks : 0, sh_groups = shard ? shard->groups : 0;
+  if (shard) {
+    check_shard(s, panel_rows, sh_bpl, sh_groups);
+    if (!shard->combine) throw std::invalid_argument("combine: a shard needs the function that completes Z_2");
+    kept = n1;
+  }
+  GradLayout L = grad_layout(s, act, sizeof(T), panel_rows, kept, work ? nthreads : 1, sh_bpl, sh_groups);
+  const size_t need1 = grad_layout(s, act, sizeof(T), panel_rows, kept, 1, sh_bpl, sh_groups).total +
+                       align_slack(sizeof(T));
   if (work && L.slots > 1 && work_elems < L.total + align_slack(sizeof(T)))
     L = grad_layout(s, act, sizeof(T), panel_rows, kept, 1);  // a workspace with one slot: the team schedule
   const size_t nblocks = L.nblocks, nbK = L.nbK, nbR = L.nbR, bpl = L.bpl, nlanes = L.nlanes, R = L.R;
@@ -417,6 +455,8 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
     claimB[li].store(0, std::memory_order_relaxed);
   }
   std::atomic<size_t> next_group{0};  // the groups' claims (by_groups)
+  std::atomic<bool> failed{false};    // a shard's combine threw (failure): the remaining panels are skipped
+  std::exception_ptr failure;
   const util::CpuSet allowed;  // the CPUs this thread may run on: pin the groups' threads where P uses them all
   // (not where the user binds threads himself: OMP_PROC_BIND set)
   const bool pin_cpus = by_groups && allowed.count() == P && std::getenv("OMP_PROC_BIND") == nullptr;
@@ -473,6 +513,7 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
     // panel (its accumulators start there). team: every thread of the team calls it and they share the lanes (with
     // barriers between the phases); else the calling thread runs all of it alone.
     const auto run_panel = [&](size_t p, size_t g, bool first, size_t k, bool team) {
+      if (failed.load(std::memory_order_relaxed)) return;  // set before a barrier every thread has passed
       const size_t r0 = p * R, rows = std::min(R, N - r0);
       const bool acc = !first;
       const T* const Xr = X + r0 * d;
@@ -518,10 +559,13 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
         if (rs >= rows) return;
         const size_t rr = std::min(kTailRows, rows - rs), cnt = rr * n2;
         T* const f2 = F2p + rs * n2;
-        // the recomputed neurons' part first (where there are some), then the lanes in order
-        const T* const first_part = nbR ? HR + (r0 + rs) * n2 : HL + rs * n2;
-        std::copy(first_part, first_part + cnt, f2);
-        for (size_t l = nbR ? 0 : 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * R * n2 + rs * n2);
+        // the recomputed neurons' part first (where there are some), then the lanes in order (a shard: combine
+        // has written the whole Z_2 of the panel)
+        if (!shard) {
+          const T* const first_part = nbR ? HR + (r0 + rs) * n2 : HL + rs * n2;
+          std::copy(first_part, first_part + cnt, f2);
+          for (size_t l = nbR ? 0 : 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * R * n2 + rs * n2);
+        }
         lsub[si] = plan.run(ops, act, gamma, rr, f2, Y + (r0 + rs) * nL, Gp + rs * n2, gcs + si * gsz, tb);
       };
       // the panel's loss and tail gradients into the group's, in double, sub-chunk by sub-chunk in order
@@ -591,6 +635,18 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
           }
       }
       panel_barrier.wait();
+      if (shard) {  // one thread completes the panel's Z_2 (the other ranks' lanes), the others wait for it
+        if (me == 0) {
+          try {
+            shard->combine(r0, rows, HL, nlanes, R * n2, F2p);
+          } catch (...) {
+            failure = std::current_exception();
+            failed.store(true, std::memory_order_relaxed);
+          }
+        }
+        panel_barrier.wait();
+        if (failed.load(std::memory_order_relaxed)) return;  // every thread, after the same barrier
+      }
 #pragma omp for schedule(dynamic) nowait
       for (idx si = 0; si < idx(nsub); ++si) tail_sub(size_t(si));
       panel_barrier.wait();  // G of the panel is complete
@@ -669,6 +725,11 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
       q2p[bi] = c;
     }
   }
+  if (failure) std::rethrow_exception(failure);
+  if (shard && shard->block_sq) {
+    std::copy(q1p, q1p + nblocks, shard->block_sq);
+    std::copy(q2p, q2p + nblocks, shard->block_sq + nblocks);
+  }
   double t1 = 0.0, t2 = 0.0, loss = 0.0;
   for (size_t blk = 0; blk < nblocks; ++blk) {
     t1 += q1p[blk];
@@ -696,6 +757,25 @@ double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T*
   return loss;
 }
 
+}  // namespace
+
+template <class T>
+double network_grad(const WideShape& s, size_t nt, const size_t* tdims, const T* X, const T* Y, const T* W1,
+                    const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2, T* const* gWt,
+                    double* grad_sq, size_t panel_rows, size_t kept, T* work, size_t work_elems) {
+  return network_grad_impl<T>(s, nt, tdims, X, Y, W1, W2, Wt, mult, act, gamma, gW1, gW2, gWt, grad_sq, panel_rows,
+                              kept, work, work_elems, nullptr);
+}
+
+template <class T>
+double network_grad_shard(const WideShape& s, size_t nt, const size_t* tdims, const T* X, const T* Y, const T* W1,
+                          const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1, T* gW2,
+                          T* const* gWt, double* grad_sq, size_t panel_rows, const GradShard<T>& shard, T* work,
+                          size_t work_elems) {
+  return network_grad_impl<T>(s, nt, tdims, X, Y, W1, W2, Wt, mult, act, gamma, gW1, gW2, gWt, grad_sq, panel_rows,
+                              s.n1, work, work_elems, &shard);
+}
+
 template <class T>
 void sgd_update(size_t count, T* W, const T* G, T lr) {
   constexpr size_t kChunk = size_t(1) << 15;
@@ -717,6 +797,14 @@ template double network_grad<float>(const WideShape&, size_t, const size_t*, con
 template double network_grad<double>(const WideShape&, size_t, const size_t*, const double*, const double*,
                                      const double*, const double*, const double* const*, const double*, int, double,
                                      double*, double*, double* const*, double*, size_t, size_t, double*, size_t);
+template double network_grad_shard<float>(const WideShape&, size_t, const size_t*, const float*, const float*,
+                                          const float*, const float*, const float* const*, const float*, int, float,
+                                          float*, float*, float* const*, double*, size_t, const GradShard<float>&,
+                                          float*, size_t);
+template double network_grad_shard<double>(const WideShape&, size_t, const size_t*, const double*, const double*,
+                                           const double*, const double*, const double* const*, const double*, int,
+                                           double, double*, double*, double* const*, double*, size_t,
+                                           const GradShard<double>&, double*, size_t);
 
 }  // namespace cpu
 }  // namespace pyrgd

@@ -434,9 +434,14 @@ py::tuple tail(const py::object& H_obj, const py::object& Y_obj, const py::objec
 
 // The loss and every gradient of the network in one pass over panels of rows: (loss, [dPhi/dW_1, ...,
 // dPhi/dW_L], [||dPhi/dW_l||^2]); see pyrgd/grad.h (network_grad).
+// With `combine` (not None): one rank's share, network_grad_shard (pyrgd/grad.h): weights[0], weights[1] the
+// shard's; lane_blocks, groups and panel_rows the whole layer's; combine(r0, rows, lanes, f2) a Python function
+// writing the panel's whole Z_2 into f2 (rows, n2) from its lanes' parts `lanes` (nlanes, rows, n2, read-only);
+// block_sq: None or a float64 array of 2 x (the shard's blocks of 64) receiving the per-block squared norms.
 py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::object& W_obj, int act_code,
                        double gamma, const py::object& m_obj, const py::object& g_obj, ssize panel_rows,
-                       ssize kept_neurons, const py::object& work_obj) {
+                       ssize kept_neurons, const py::object& work_obj, ssize lane_blocks, ssize groups,
+                       const py::object& combine, const py::object& block_sq_obj) {
   const py::sequence ws = check_list("weights", W_obj, "a list of the weights [W_1, ..., W_L]");
   const py::sequence ms = check_list("multipliers", m_obj, "a list of floats [a_1, ..., a_{L-1}]");
   const std::size_t L = std::size_t(py::len(ws));
@@ -455,6 +460,24 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
   check_range("panel_rows", panel_rows, 0, ssize(1) << 20, "0 (automatic) or 1..2^20 rows");
   check_range("kept_neurons", kept_neurons, -1, ssize(w.s.n1), "-1 (all) or 0..n1 = " + std::to_string(w.s.n1));
   const std::size_t kept = kept_neurons < 0 ? w.s.n1 : std::size_t(kept_neurons);
+  const bool sharded = !combine.is_none();
+  if (sharded && !PyCallable_Check(combine.ptr())) type_error("combine", "expected None or a callable");
+  if (sharded) {
+    check_range("lane_blocks", lane_blocks, 1, ssize(1) << 40, "the whole layer's blocks per lane (>= 1)");
+    check_range("groups", groups, 1, ssize(1) << 20, "the whole layer's row groups (>= 1)");
+  }
+  py::array block_sq;  // (a default py::array is an empty array, not None: has_block_sq says whether one was given)
+  const bool has_block_sq = !block_sq_obj.is_none();
+  const std::size_t nblocks = (w.s.n1 + 63) / 64;
+  if (has_block_sq) {
+    if (!sharded) value_error("block_sq", "expected None unless combine is given (a shard)");
+    block_sq = py::array::ensure(block_sq_obj);
+    if (!block_sq || !block_sq.dtype().is(py::dtype::of<double>()) || block_sq.ndim() != 1 ||
+        std::size_t(block_sq.shape(0)) != 2 * nblocks || !(block_sq.flags() & py::array::c_style) ||
+        !block_sq.writeable())
+      value_error("block_sq", "expected None or a writeable contiguous float64 array of " +
+                                  std::to_string(2 * nblocks) + " values (2 x the shard's blocks of 64)");
+  }
   std::vector<py::array> G;
   if (g_obj.is_none()) {
     for (const auto& a : Ws) G.push_back(new_matrix(call.t, std::size_t(a.shape(0)), std::size_t(a.shape(1))));
@@ -477,8 +500,13 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
   const bool has_work = !work_obj.is_none();
   if (has_work) {
     work = check_array(call, "workspace", work_obj, 1, nullptr, Access::write);
-    const std::size_t need = pyrgd::cpu::grad_workspace_elems(w.s, act_code, call.t == DType::f32 ? 4 : 8,
-                                                              std::size_t(panel_rows), kept);
+    const std::size_t isz = call.t == DType::f32 ? 4 : 8;
+    const std::size_t need = sharded ? pyrgd::cpu::grad_shard_workspace_elems(w.s, act_code, isz,
+                                                                             std::size_t(panel_rows),
+                                                                             std::size_t(lane_blocks),
+                                                                             std::size_t(groups))
+                                     : pyrgd::cpu::grad_workspace_elems(w.s, act_code, isz, std::size_t(panel_rows),
+                                                                        kept);
     if (std::size_t(work.size()) < need)
       value_error("workspace", "expected at least " + std::to_string(need) + " elements (grad_workspace_size), got " +
                                    num(work.size()));
@@ -504,9 +532,47 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
     const T *x = in<T>(w.X), *y = in<T>(Y), *w1 = in<T>(w.W1), *w2 = in<T>(w.W2);
     T *g1 = out<T>(G[0]), *g2 = out<T>(G[1]), *wk = has_work ? out<T>(work) : nullptr;
     const std::size_t wn = has_work ? std::size_t(work.size()) : 0;
-    py::gil_scoped_release nogil;
-    loss = pyrgd::cpu::network_grad<T>(w.s, nt, tdims.data(), x, y, w1, w2, wt.data(), mt.data(), act_code, T(gamma),
-                                       g1, g2, gt.data(), sq.data(), std::size_t(panel_rows), kept, wk, wn);
+    if (!sharded) {
+      py::gil_scoped_release nogil;
+      loss = pyrgd::cpu::network_grad<T>(w.s, nt, tdims.data(), x, y, w1, w2, wt.data(), mt.data(), act_code,
+                                         T(gamma), g1, g2, gt.data(), sq.data(), std::size_t(panel_rows), kept, wk, wn);
+      return;
+    }
+    // a shard: combine runs Python (with the GIL) between the panels' phases, on the calling thread; a Python
+    // exception it raises is kept and raised again here, as it was
+    pyrgd::cpu::GradShard<T> shard;
+    shard.lane_blocks = std::size_t(lane_blocks);
+    shard.groups = std::size_t(groups);
+    shard.block_sq = has_block_sq ? static_cast<double*>(block_sq.mutable_data()) : nullptr;
+    py::object py_error;  // the exception combine raised (set and dropped with the GIL held)
+    const std::size_t n2 = w.s.n2;
+    shard.combine = [&](std::size_t r0, std::size_t rows, const T* lanes, std::size_t nl, std::size_t stride, T* f2) {
+      py::gil_scoped_acquire gil;
+      try {
+        const py::capsule keep(lanes, [](void*) {});  // a base: the arrays view the kernel's memory, no copy
+        py::array L(py::dtype::of<T>(), {nl, rows, n2}, {stride * sizeof(T), n2 * sizeof(T), sizeof(T)}, lanes, keep);
+        L.attr("flags").attr("writeable") = false;
+        py::array F(py::dtype::of<T>(), {rows, n2}, {n2 * sizeof(T), sizeof(T)}, f2, keep);
+        combine(r0, rows, L, F);
+      } catch (py::error_already_set& e) {
+        py_error = e.value();
+      }
+      if (py_error) throw std::runtime_error("combine raised an exception");
+    };
+    {
+      py::gil_scoped_release nogil;
+      try {
+        loss = pyrgd::cpu::network_grad_shard<T>(w.s, nt, tdims.data(), x, y, w1, w2, wt.data(), mt.data(), act_code,
+                                                 T(gamma), g1, g2, gt.data(), sq.data(), std::size_t(panel_rows),
+                                                 shard, wk, wn);
+      } catch (const std::runtime_error&) {
+        if (!py_error) throw;
+      }
+    }
+    if (py_error) {
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(py_error.ptr())), py_error.ptr());
+      throw py::error_already_set();
+    }
   });
   py::list grads, sql;
   for (std::size_t l = 0; l < L; ++l) {
@@ -695,6 +761,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("network_grad", &network_grad, py::arg("X"), py::arg("Y"), py::arg("weights"), py::arg("act_code"),
         py::arg("gamma") = 0.0, py::arg("multipliers") = py::list(), py::arg("grads") = py::none(),
         py::arg("panel_rows") = 0, py::arg("kept_neurons") = -1, py::arg("workspace") = py::none(),
+        py::arg("lane_blocks") = 0, py::arg("groups") = 0, py::arg("combine") = py::none(),
+        py::arg("block_sq") = py::none(),
         "The loss and every gradient of the whole network at the current weights in one pass over panels of rows: "
         "returns (loss, grads, grad_sq) with loss = 1/2 ||F_L - Y||^2, grads = [dPhi/dW_1, ..., dPhi/dW_L] (written "
         "into `grads` when given: L writeable arrays shaped like the weights that share no memory with the inputs "
@@ -704,7 +772,9 @@ PYBIND11_MODULE(_cpu, m) {
         "block of 64) whose sigma, sigma' the panels hold (-1: all); the others are recomputed, in a pass over the "
         "rows before the panels and one over their blocks after. workspace: None, or a 1-D array of the dtype with "
         "at least grad_workspace_size(...) elements, kept from call to call (the large work arrays live there "
-        "instead of being allocated per call). Bit-identical for any number of threads.");
+        "instead of being allocated per call). Bit-identical for any number of threads. With combine (a function "
+        "(r0, rows, lanes, f2)): one rank's share of a neuron-sharded run (pyrgd/grad.h, network_grad_shard), its "
+        "lanes of whole-layer geometry lane_blocks, groups and panel_rows; block_sq receives per-block norms.");
   m.def(
       "grad_workspace_size",
       [](std::size_t N, std::size_t d, std::size_t n1, std::size_t n2, int act_code, std::size_t itemsize,
@@ -723,6 +793,29 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("panel_rows") = 0, py::arg("kept_neurons") = -1, py::arg("threads") = 1,
       "The elements network_grad's `workspace` must hold for these shapes (of its dtype, itemsize 4 or 8) and "
       "threads (where they run row groups of their own, a panel's arrays for each; 1: the least it accepts).");
+  m.def(
+      "grad_lane_blocks",
+      [](ssize n1) {
+        check_range("n1", n1, 1, ssize(1) << 40, "1..2^40 neurons");
+        return pyrgd::cpu::grad_lane_blocks(std::size_t(n1));
+      },
+      py::arg("n1"),
+      "Blocks of 64 neurons per lane of network_grad for a wide layer of n1 neurons (all kept): Z_2 of a panel is "
+      "the lanes' parts added in lane order, so a shard of a distributed run holds whole lanes.");
+  m.def(
+      "grad_shard_workspace_size",
+      [](std::size_t N, std::size_t d, std::size_t n1, std::size_t n2, int act_code, std::size_t itemsize,
+         std::size_t panel_rows, std::size_t lane_blocks, std::size_t groups) {
+        if (N < 1 || d < 1 || n1 < 1 || n2 < 1 || (itemsize != 4 && itemsize != 8))
+          value_error("grad_shard_workspace_size", "expected N, d, n1 (the shard's), n2 >= 1 and itemsize 4 or 8");
+        check_act(act_code);
+        return pyrgd::cpu::grad_shard_workspace_elems(WideShape{N, d, n1, n2}, act_code, itemsize, panel_rows,
+                                                      lane_blocks, groups);
+      },
+      py::arg("N"), py::arg("d"), py::arg("n1"), py::arg("n2"), py::arg("act_code"), py::arg("itemsize"),
+      py::arg("panel_rows"), py::arg("lane_blocks"), py::arg("groups"),
+      "The elements network_grad's `workspace` must hold for a shard (n1: its neurons; panel_rows, lane_blocks, "
+      "groups: the whole layer's).");
   m.def(
       "set_grad_schedule",
       [](const std::string& name) {

@@ -179,6 +179,41 @@ def network_grad(X, Y, weights, act, multipliers, grads=None, panel_rows=0, kept
     return float(loss), list(g), [float(v) for v in sq]
 
 
+def network_grad_shard(X, Y, weights, act, multipliers, panel_rows, lane_blocks, groups, combine, grads=None,
+                       workspace=None, block_sq=None):
+    """One rank's share of :func:`network_grad` in a run whose wide layer is sharded by lanes of neurons
+    (:class:`pyrgd.distributed.ShardedRowsEngine`): returns (loss, grads, grad_sq) as network_grad does, with
+    weights[0] (d, n_r) and weights[1] (n_r, n2) the shard's neurons (whole lanes of the layer) and grads[0], grads[1]
+    their gradients; the loss, the tail's gradients and grad_sq[2:] are the whole network's, grad_sq[0:2] the
+    shard's.
+
+    ``panel_rows``, ``lane_blocks`` and ``groups``: the whole layer's :func:`grad_panel_rows`, :func:`grad_lane_blocks`
+    and :func:`grad_row_groups` (every neuron kept). ``combine(r0, rows, lanes, f2)`` is called once per panel in
+    panel order, on the calling thread: ``lanes`` (n_lanes, rows, n2; read-only) holds the shard's lanes' parts of
+    Z_2 for rows [r0, r0 + rows), and it must write the panel's whole Z_2 into ``f2`` (rows, n2): every lane of the
+    layer added in lane order, from a copy of lane 0 (what network_grad does, so that the gradients are its bits). An
+    exception it raises ends the call and is raised again. ``block_sq``: None or a float64 array of 2 x (the shard's
+    blocks of 64) that receives ||dW_1 block||^2 per block, then ||dW_2 block||^2."""
+    m = _module()
+    loss, g, sq = _call(m.network_grad, X, Y, list(weights), act.code, float(act.gamma),
+                        [float(a) for a in multipliers], None if grads is None else list(grads), int(panel_rows), -1,
+                        workspace, int(lane_blocks), int(groups), combine, block_sq)
+    return float(loss), list(g), [float(v) for v in sq]
+
+
+def grad_lane_blocks(n1) -> int:
+    """Blocks of 64 neurons per lane of :func:`network_grad` for a wide layer of ``n1`` neurons, all kept (at most 16
+    lanes; the lanes' parts of Z_2 are added in lane order)."""
+    return int(_call(_module().grad_lane_blocks, int(n1)))
+
+
+def grad_shard_workspace_size(N, d, n1, n2, act, itemsize, panel_rows, lane_blocks, groups) -> int:
+    """The elements of the ``workspace`` of :func:`network_grad_shard` for a shard of ``n1`` neurons (the other
+    arguments as there)."""
+    return int(_call(_module().grad_shard_workspace_size, int(N), int(d), int(n1), int(n2), act.code, int(itemsize),
+                     int(panel_rows), int(lane_blocks), int(groups)))
+
+
 def grad_workspace_size(N, d, n1, n2, act, itemsize, panel_rows=0, kept_neurons=None, threads=1) -> int:
     """The elements of the ``workspace`` of :func:`network_grad` for these shapes and activation (parsed), when it
     runs on ``threads`` threads (where they can take row groups of their own, :func:`grad_row_groups`, a panel's

@@ -9,6 +9,7 @@
 #define PYRGD_GRAD_H
 
 #include <cstddef>
+#include <functional>
 
 #include "pyrgd/runtime.h"
 #include "pyrgd/wide.h"
@@ -88,6 +89,45 @@ std::size_t grad_row_groups(const WideShape& s, int act, std::size_t itemsize, s
 // small. `act` is only compared with ReLU's code (any other value: the panel holds S and D). Pure, never throws.
 std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::size_t itemsize, int act);
 
+// Blocks of kBlock neurons per lane of network_grad for a wide layer of n1 neurons, every one kept: Z_2 of a panel
+// is the sum, in lane order, of each lane's part (a lane: this many consecutive blocks, at most 16 lanes), so a
+// shard of a distributed run holds whole lanes (network_grad_shard). Pure.
+std::size_t grad_lane_blocks(std::size_t n1);
+
+// One rank's share of network_grad in a run whose wide layer is sharded over ranks by lanes of neurons
+// (pyrgd.distributed.ShardedRowsEngine). The rank holds consecutive whole lanes of the layer, its columns of W_1 and
+// rows of W_2 (the shard: s.n1 of its neurons); X, Y and the tail are the whole run's. The panels (panel_rows) and
+// row groups are the whole layer's, so each gradient element of the shard is the sum network_grad forms for it.
+template <class T>
+struct GradShard {
+  std::size_t lane_blocks = 0;  // grad_lane_blocks(n1 of the whole layer)
+  std::size_t groups = 0;       // grad_row_groups(shapes of the whole layer, every neuron kept)
+  // Called by one thread, once per panel in panel order, when the shard's lanes' parts of Z_2 for rows
+  // [r0, r0 + rows) are ready (lane l of nlanes: rows x n2 values, row-major, at lanes + l * lane_stride): writes the
+  // panel's whole Z_2 (rows x n2, row-major) into f2, i.e. every lane of the layer added in lane order, starting
+  // from a copy of lane 0. It may throw: the call then stops at the next panel boundary and rethrows it.
+  std::function<void(std::size_t r0, std::size_t rows, const T* lanes, std::size_t nlanes, std::size_t lane_stride,
+                     T* f2)>
+      combine;
+  double* block_sq = nullptr;   // null, or 2 x (the shard's blocks): ||dW_1 block||^2 per block, then ||dW_2 block||^2
+};
+
+// network_grad on a shard (GradShard): s = (N, d, the shard's n1, n2), W1 (d, s.n1) and W2 (s.n1, n2) its neurons'
+// weights, gW1 and gW2 their gradients; the loss, the tail's gradients and grad_sq[2..] are the whole network's (the
+// same on every rank); grad_sq[0], grad_sq[1] the shard's (block_sq gives them per block, for a sum in block order
+// across the ranks). panel_rows: the whole layer's R (grad_panel_rows). Runs the threads as a team. work: at least
+// grad_shard_workspace_elems(...) elements, or null. std::invalid_argument for a bad shard (before any write).
+template <class T>
+double network_grad_shard(const WideShape& s, std::size_t nt, const std::size_t* tdims, const T* X, const T* Y,
+                          const T* W1, const T* W2, const T* const* Wt, const T* mult, int act, T gamma, T* gW1,
+                          T* gW2, T* const* gWt, double* grad_sq, std::size_t panel_rows, const GradShard<T>& shard,
+                          T* work, std::size_t work_elems);
+
+// The workspace elements of network_grad_shard for the shard's shapes s, the whole layer's panel_rows, lane_blocks
+// and groups; std::invalid_argument where these do not describe a shard, std::length_error on overflow.
+std::size_t grad_shard_workspace_elems(const WideShape& s, int act, std::size_t itemsize, std::size_t panel_rows,
+                                       std::size_t lane_blocks, std::size_t groups);
+
 // The schedule of network_grad's threads where the workspace lets it choose (a slot per thread, see network_grad):
 // kGradScheduleTeam (all threads on each panel), kGradScheduleGroups (whole row groups per thread) or
 // kGradScheduleAuto (the default: each call timed, the faster of the two for the call's shapes and threads run,
@@ -112,6 +152,15 @@ extern template double network_grad<double>(const WideShape&, std::size_t, const
                                              const double*, const double*, const double*, const double* const*,
                                              const double*, int, double, double*, double*, double* const*, double*,
                                              std::size_t, std::size_t, double*, std::size_t);
+extern template double network_grad_shard<float>(const WideShape&, std::size_t, const std::size_t*, const float*,
+                                                  const float*, const float*, const float*, const float* const*,
+                                                  const float*, int, float, float*, float*, float* const*, double*,
+                                                  std::size_t, const GradShard<float>&, float*, std::size_t);
+extern template double network_grad_shard<double>(const WideShape&, std::size_t, const std::size_t*, const double*,
+                                                   const double*, const double*, const double*, const double* const*,
+                                                   const double*, int, double, double*, double*, double* const*,
+                                                   double*, std::size_t, const GradShard<double>&, double*,
+                                                   std::size_t);
 extern template void sgd_update<float>(std::size_t, float*, const float*, float);
 extern template void sgd_update<double>(std::size_t, double*, const double*, double);
 
