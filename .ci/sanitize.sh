@@ -27,5 +27,5 @@ export PYTHONMALLOC=malloc
 # (test_no_n_by_n1_allocation sets an address-space limit, which ASan's shadow memory cannot live under)
 python -m pytest -q -p no:cacheprovider -m "not slow" tests/test_cpu_backend.py tests/test_network_grad.py \
     tests/test_properties.py tests/test_engine.py tests/test_activations.py tests/test_wide_grad.py \
-    tests/test_grad_schedule.py \
+    tests/test_grad_schedule.py tests/test_grad_shard.py \
     --deselect tests/test_cpu_backend.py::test_no_n_by_n1_allocation

@@ -326,14 +326,16 @@ def _cmd_train_one(args, comm=None, out=None) -> int:
             print(plan.format())
         plan.check()
         return 0
-    if comm is not None and cfg["train"].get("method") == "auto":
-        cfg["train"]["method"] = "neurons"  # what a distributed run runs: its config.toml then resumes in one process
     if comm is None:
         C.plan(cfg, timing=False).check()  # refuse a run that would not fit before making its data
     else:  # each rank its own plan, against its share of its host's memory; every rank refuses together
         from .distributed import ranks_on_this_host
 
-        C.plan(cfg, timing=False).for_ranks(comm.Get_size(), rank=rank, sharing=ranks_on_this_host(comm)).check(comm)
+        rank_plan = C.plan(cfg, timing=False).for_ranks(comm.Get_size(), rank=rank,
+                                                        sharing=ranks_on_this_host(comm))
+        if cfg["train"].get("method") == "auto":  # the method the ranks shard: config.toml then resumes in one
+            cfg["train"]["method"] = rank_plan.method  # process with the same bits
+        rank_plan.check(comm)
     net, X, Y, kwargs = C.build(cfg)
     if out is None:
         out = args.resume or (args.out if args.out else _default_out(args))

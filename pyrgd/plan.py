@@ -65,7 +65,8 @@ class Plan:
     estimate_block: int = 16
     estimate_block_bytes: int = spectrum.BLOCK_BYTES
     #: a distributed run: None (one process), or the ranks P; the parts are then those of rank ``rank`` (the rank
-    #: that needs the most, unless one was asked for), owning ``rank_neurons`` neurons in ``rank_groups`` groups;
+    #: that needs the most, unless one was asked for), owning ``rank_neurons`` neurons in ``rank_groups`` groups of
+    #: 1024 (method 'neurons') or lanes (method 'rows', pyrgd.distributed.ShardedRowsEngine);
     #: ``per_rank_bytes``: every rank's total; ``sharing``: ranks sharing the host, whose ``available`` is this
     #: rank's share of the host's memory
     ranks: int | None = None
@@ -138,7 +139,8 @@ class Plan:
             lo, hi = min(self.per_rank_bytes), max(self.per_rank_bytes)
             lines.append(
                 f"per rank, on {self.ranks} rank{'s' if self.ranks > 1 else ''}: rank {self.rank} "
-                f"({self.rank_neurons} neurons in {self.rank_groups} group{'s' if self.rank_groups > 1 else ''})"
+                f"({self.rank_neurons} neurons in {self.rank_groups} "
+                f"{'lane' if self.method == 'rows' else 'group'}{'s' if self.rank_groups > 1 else ''})"
                 + (", the rank that needs the most" if self.ranks > 1 else "")
                 + ("" if lo == hi else f"; the ranks need {_fmt_bytes(lo)} to {_fmt_bytes(hi)}"))
         lines.append(f"{'part':<10} {'memory':>10} {'time':>10}  what")
@@ -289,24 +291,30 @@ def _count(name, v, low=1) -> int:
 
 def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
     """The plan of rank ``rank`` (None: the rank that needs the most) of a run distributed over ``ranks`` ranks."""
-    from .distributed import NEURON_GROUP, shard_bytes
+    from .activations import parse_activation
+    from .distributed import NEURON_GROUP, distributed_method, rows_shard_bytes, shard_bytes
 
     ranks, sharing = _count("ranks", ranks), _count("sharing", sharing)
     if inputs["backend"] != "cpu":
         raise PyrgdError(f"ranks: a distributed run needs the cpu backend, got backend {inputs['backend']!r} (GPU "
                          "ranks are not implemented)")
-    if inputs["method"] == "rows":
-        raise PyrgdError("method: a distributed run shards the 'neurons' method; use 'neurons' or 'auto'")
     N, d, widths = int(inputs["N"]), int(inputs["d"]), [int(w) for w in inputs["widths"]]
+    act = parse_activation(inputs["activation"])
+    try:
+        method = distributed_method(N, d, widths, inputs["dtype"], act, inputs["method"], ranks)
+    except PyrgdError as e:  # "comm: P ranks but ..." is, in a plan, about its argument ranks
+        msg = str(e)
+        raise PyrgdError("ranks: " + msg[len("comm: "):] if msg.startswith("comm: ") else msg) from None
     G = -(-widths[0] // NEURON_GROUP)
-    if ranks > G:
+    if method == "neurons" and ranks > G:
         raise PyrgdError(f"ranks: {ranks} ranks but the wide layer has {G} group{'s' if G > 1 else ''} of "
                          f"{NEURON_GROUP} neurons (n1 = {widths[0]}); a run needs at most {G} "
                          f"rank{'s' if G > 1 else ''}")
     if rank is not None and (_count("rank", rank, 0) >= ranks):
         raise PyrgdError(f"rank: expected 0 to {ranks - 1} (of {ranks} ranks), got {rank!r}")
-    # one process's neurons plan: the data, the tracking route and its parts, lr = 'auto', as a distributed run has
-    one = _plan_one(**{**inputs, "method": "neurons"})
+    # one process's plan of the method: the data, the tracking route and its parts, lr = 'auto', as a distributed
+    # run has them
+    one = _plan_one(**{**inputs, "method": method})
     item = np.dtype(inputs["dtype"]).itemsize
     dims = [d] + widths
     weight_bytes = sum(a * b for a, b in zip(dims, dims[1:])) * item
@@ -324,18 +332,23 @@ def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
 
     def own(r):
         """Rank r's own parts: its shard, its step's buffers, the gather, the tracking (rank 0's)."""
-        s = shard_bytes(N, d, widths, item, ranks, r)
-        secs = None if rate is None else step_flops(N, d, [s["neurons"]] + widths[1:], "neurons") / rate * steps
+        s = shard_bytes(N, d, widths, item, ranks, r) if method == "neurons" else \
+            rows_shard_bytes(N, d, widths, inputs["dtype"], act, ranks, r)
+        secs = None if rate is None else step_flops(N, d, [s["neurons"]] + widths[1:], method,
+                                                    s["neurons"]) / rate * steps
         t_secs = None if track.seconds is None or secs is None else TRACKING_TIME_FRACTION * secs
-        many = "s" if s["groups"] > 1 else ""
+        many = "s" if s.get("groups", 1) > 1 else ""
         return s, [
             Part("shard", 2 * s["shard"], None,
                  f"this rank's {s['neurons']} neurons of W_1 and W_2 and the tail W_3..W_L, and their last finite "
                  "copy", "more ranks (fewer neurons each)"),
             Part("step", s["buffers"], secs,
-                 f"{s['groups']} N x n_2 part{many} of Z_2 (one per group it owns), H, G and the tail's gradients; "
-                 f"at most {steps} steps of this rank's neurons (communication not counted)",
-                 "more ranks (fewer groups each), or a smaller data.N"),
+                 (f"{s['groups']} N x n_2 part{many} of Z_2 (one per group it owns), H, G and the tail's gradients"
+                  if method == "neurons" else
+                  "the gradients of its neurons and of the tail, and the rows method's workspace (a panel of its "
+                  "lanes)") + f"; at most {steps} steps of this rank's neurons (communication not counted)",
+                 "more ranks (fewer groups each), or a smaller data.N" if method == "neurons" else
+                 "more ranks (fewer neurons each), or train.method = neurons"),
             Part("gather", s["gather"], None,
                  "the full W_1 and W_2 gathered from every rank (certificates, checkpoints, the end of the run)",
                  "model.widths (every rank gathers the whole W_1 and W_2)"),
@@ -353,9 +366,10 @@ def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
     avail, device = available_memory("cpu")
     if avail is not None:
         avail //= sharing
-    plan = Plan(N, d, widths, one.dtype, "cpu", "neurons", None, one.tracking_route, avail, device, parts,
-                one.estimate_block, one.estimate_block_bytes, ranks=ranks, rank=rank, rank_neurons=s["neurons"],
-                rank_groups=s["groups"], per_rank_bytes=totals, sharing=sharing)
+    plan = Plan(N, d, widths, one.dtype, "cpu", method, widths[0] if method == "rows" else None,
+                one.tracking_route, avail, device, parts, one.estimate_block, one.estimate_block_bytes, ranks=ranks,
+                rank=rank, rank_neurons=s["neurons"], rank_groups=s.get("groups", s.get("lanes")),
+                per_rank_bytes=totals, sharing=sharing)
     return plan
 
 

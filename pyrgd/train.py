@@ -123,9 +123,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     loss : None (the squared loss, in the backends' fused kernels) or a function fn(F_L, Y) -> (loss, dloss/dF_L)
         (:mod:`pyrgd.losses`; needs a numeric lr and method "auto").
     comm : None, or an mpi4py communicator (e.g. ``MPI.COMM_WORLD``; call train on every rank with the same
-        arguments): the wide layer's neurons are sharded over its ranks (:mod:`pyrgd.distributed`), the cpu backend
-        with the neurons method, update "gd" and the squared loss; the weights are the bits of one process running
-        method "neurons", for any number of ranks. Rank 0 shows the progress bar and writes ``out``; the others
+        arguments): the wide layer's neurons are sharded over its ranks (:mod:`pyrgd.distributed`), the cpu backend,
+        update "gd" and the squared loss; the weights are the bits of one process running the same method, for
+        any number of ranks (method "auto" takes one process's choice where the rows method can be sharded: every
+        neuron kept in its panels and at most one rank per lane of neurons; else "neurons"). Rank 0 shows the progress bar and writes ``out``; the others
         write nothing. An error on one rank ends every rank (:class:`pyrgd.distributed.RankError`). Rank 0 takes
         the certificates from the gathered weights (its result holds them). Checkpoints hold the full weights and
         resume on any number of ranks. Each rank checks its own memory before allocating (:func:`pyrgd.plan.plan_run`
@@ -277,7 +278,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         try:
             with warnings.catch_warnings():
                 if comm is not None:
-                    engine = _sharded_engine(comm, Xd, Yd, W, act, mult, saved)
+                    engine = _sharded_engine(comm, Xd, Yd, W, act, mult, plan.method)
                 elif loss is None:
                     engine = ops.step_engine(Xd, Yd, W, activation=act, multipliers=mult, backend=backend,
                                              method=method)
@@ -591,20 +592,17 @@ def _distributed_args(comm, rule, loss, method, track_every, progress):
         raise PyrgdError(f"update: a distributed run (comm given) supports 'gd' only, got {rule.spec()!r}")
     if loss is not None:
         raise PyrgdError("loss: a distributed run (comm given) supports the squared loss only; leave loss=None")
-    if method == "rows":
-        raise PyrgdError("method: a distributed run (comm given) shards the 'neurons' method; use 'neurons' or "
-                         "'auto'")
     rank = int(comm.Get_rank())
-    return rank, "neurons", track_every, bool(progress) and rank == 0
+    return rank, method, track_every, bool(progress) and rank == 0
 
 
-def _sharded_engine(comm, X, Y, W, act, mult, saved):
-    """The distributed engine, built on every rank; an error on one rank (memory, a shard that cannot be made)
-    ends every rank with that rank's message."""
-    from .distributed import ShardedEngine, agree
+def _sharded_engine(comm, X, Y, W, act, mult, method):
+    """The distributed engine of ``method`` ('rows' or 'neurons', the plan's), built on every rank; an error on
+    one rank (memory, a shard that cannot be made) ends every rank with that rank's message."""
+    from .distributed import agree, sharded_engine
 
     try:
-        engine, err = ShardedEngine(comm, X, Y, W, act, mult), None
+        engine, err = sharded_engine(comm, X, Y, W, act, mult, method), None
     except (PyrgdError, MemoryError, ValueError) as e:
         engine, err = None, e
     agree(comm, None, err)
@@ -613,7 +611,7 @@ def _sharded_engine(comm, X, Y, W, act, mult, saved):
 
 def _distributed_summary(comm, engine) -> dict:
     """The summary's 'distributed' entry: ranks, neurons per rank, this rank's communication (bytes, seconds)."""
-    d = {"ranks": int(comm.Get_size()), "engine": "pyrgd.distributed.ShardedEngine"}
+    d = {"ranks": int(comm.Get_size()), "engine": f"pyrgd.distributed.{type(engine).__name__}"}
     if engine is not None:
         n = comm.allgather(int(engine.n_local))
         d.update({"neurons_per_rank": n, "comm_bytes_rank0": int(engine.comm_bytes),

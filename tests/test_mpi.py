@@ -1,6 +1,7 @@
 """Neuron-sharded GD over MPI (pyrgd.distributed): `mpiexec -n P` runs in subprocesses against one process.
 
-The ranks' weights must be the bits of one process running the "neurons" method; a stopped run must resume on 1 and
+The ranks' weights must be the bits of one process running the same method (the rows method sharded by lanes, the
+default where it keeps every neuron, or the neurons method sharded by groups); a stopped run must resume on 1 and
 on 2 ranks to the bits of an uninterrupted run; an error on one rank must end every rank with one message (each
 launch has a timeout, so a hang fails the test instead of stalling the suite)."""
 from __future__ import annotations
@@ -71,25 +72,31 @@ TRAIN = """
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     net, X, Y = make()
-    r = pyrgd.train(net, X, Y, lr=8e-5, steps=int(sys.argv[1]), progress=False, comm=comm)
+    r = pyrgd.train(net, X, Y, lr=8e-5, steps=int(sys.argv[1]), progress=False, comm=comm, method=sys.argv[3])
     if comm.Get_rank() == 0:
         np.savez(sys.argv[2], **{f"W{l}": w for l, w in enumerate(net.weights, start=1)},
-                 loss=np.array(r.history["loss"]))
+                 loss=np.array(r.history["loss"]), grad_sq=np.array(r.history["grad_norm_1"]),
+                 engine=r.summary["distributed"]["engine"], method=r.summary["method"])
 """
 
 
-def test_ranks_give_the_bits_of_one_process(mpiexec, tmp_path):
+@pytest.mark.parametrize("method,engine,ranks", [("auto", "ShardedRowsEngine", (1, 2, 3)),
+                                                 ("neurons", "ShardedEngine", (1, 2))])
+def test_ranks_give_the_bits_of_one_process(mpiexec, tmp_path, method, engine, ranks):
     script = _script(tmp_path, TRAIN)
     net, X, Y = _problem()
-    ref = pyrgd.train(net, X, Y, lr=8e-5, steps=25, method="neurons", progress=False, track_every=0)
+    ref = pyrgd.train(net, X, Y, lr=8e-5, steps=25, method=method, progress=False, track_every=0)
     assert ref.status == "max_steps" and ref.history["loss"][-1] < 0.9 * ref.history["loss"][0]
-    for n in (1, 2):
+    for n in ranks:
         out = tmp_path / f"w{n}.npz"
-        p = _launch(mpiexec, n, [sys.executable, script, "25", str(out)], tmp_path)
+        p = _launch(mpiexec, n, [sys.executable, script, "25", str(out), method], tmp_path)
         assert p.returncode == 0, p.stderr
         got = np.load(out)
+        assert str(got["engine"]) == f"pyrgd.distributed.{engine}" and str(got["method"]) == ref.summary["method"]
         assert _same_bits(_weights(out), net.weights), f"{n} ranks"
         assert np.array_equal(got["loss"], np.array(ref.history["loss"]))
+        if method == "auto":  # the rows engine sums the squared norms over the blocks as one process does
+            assert np.array_equal(got["grad_sq"], np.array(ref.history["grad_norm_1"]), equal_nan=True)
 
 
 def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp_path):
@@ -100,12 +107,13 @@ def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp
     assert "ranks         2 (neurons per rank 1024, 1024); certificates on rank 0" in p.stdout
     from pyrgd.cli import main
 
-    assert main(["train", *args, "--method", "neurons", "--out", str(tmp_path / "one")]) == 0
+    assert main(["train", *args, "--out", str(tmp_path / "one")]) == 0  # one process, its default method
     assert _same_bits(_weights(tmp_path / "two" / "weights.npz"), _weights(tmp_path / "one" / "weights.npz"))
     import json
 
     s = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s["distributed"]["ranks"] == 2 and s["distributed"]["neurons_per_rank"] == [1024, 1024]
+    assert s["distributed"]["engine"] == "pyrgd.distributed.ShardedRowsEngine" and s["method"] == "rows"
     assert "rank 0" in s["tracking"]["distributed"]
     # the quickstart's certificate at step 0 (track_every 50), taken on rank 0: as one process's
     import csv
@@ -117,7 +125,7 @@ def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp
 
     assert len(cert("two")) == 1 and cert("two") == cert("one")
     # the folder's config says what ran, so that a plain `pyrgd train --resume` continues it in one process
-    assert 'method = "neurons"' in (tmp_path / "two" / "config.toml").read_text()
+    assert 'method = "rows"' in (tmp_path / "two" / "config.toml").read_text()
 
 
 STOP_AND_RESUME = """
@@ -125,36 +133,37 @@ STOP_AND_RESUME = """
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     net, X, Y = make()
-    mode, folder = sys.argv[1], sys.argv[2]
+    mode, folder, method = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "stop":  # stopped by its callback after 14 steps, a checkpoint every 5
         r = pyrgd.train(net, X, Y, lr=8e-5, steps=30, progress=False, comm=comm, out=folder, checkpoint_every=5,
-                        callback=lambda rec: rec["step"] >= 14)
+                        callback=lambda rec: rec["step"] >= 14, method=method)
     else:
         r = pyrgd.train(net, X, Y, lr="auto", steps=30, progress=False, comm=comm, out=folder, resume=folder,
-                        checkpoint_every=5)
+                        checkpoint_every=5, method=method)
     print("STATUS", comm.Get_rank(), r.status, len(r.history["loss"]) - 1)
 """
 
 
-def test_a_stopped_two_rank_run_resumes_on_one_and_on_two_ranks(mpiexec, tmp_path):
+@pytest.mark.parametrize("method", ["auto", "neurons"])
+def test_a_stopped_two_rank_run_resumes_on_one_and_on_two_ranks(mpiexec, tmp_path, method):
     script = _script(tmp_path, STOP_AND_RESUME)
     net, X, Y = _problem()
-    pyrgd.train(net, X, Y, lr=8e-5, steps=30, method="neurons", progress=False, track_every=0)
+    pyrgd.train(net, X, Y, lr=8e-5, steps=30, method=method, progress=False, track_every=0)
     run = tmp_path / "run"
-    p = _launch(mpiexec, 2, [sys.executable, script, "stop", str(run)], tmp_path)
+    p = _launch(mpiexec, 2, [sys.executable, script, "stop", str(run), method], tmp_path)
     assert p.returncode == 0, p.stderr
     assert "STATUS 0 stopped_by_callback 15" in p.stdout and "STATUS 1 stopped_by_callback 15" in p.stdout
     assert not _same_bits(_weights(run / "weights.npz"), net.weights)  # stopped short of the end
     for copy in ("run1", "run2", "run_one"):
         shutil.copytree(run, tmp_path / copy)
     for n in (1, 2):
-        p = _launch(mpiexec, n, [sys.executable, script, "resume", str(tmp_path / f"run{n}")], tmp_path)
+        p = _launch(mpiexec, n, [sys.executable, script, "resume", str(tmp_path / f"run{n}"), method], tmp_path)
         assert p.returncode == 0, p.stderr
         assert "STATUS 0 max_steps 30" in p.stdout
         assert _same_bits(_weights(tmp_path / f"run{n}" / "weights.npz"), net.weights), f"resumed on {n} ranks"
-    # and in one process, the neurons method, from the checkpoint of 2 ranks
+    # and in one process, the same method, from the checkpoint of 2 ranks
     net1, X, Y = _problem()
-    pyrgd.train(net1, X, Y, steps=30, method="neurons", progress=False, track_every=0, resume=str(tmp_path / "run_one"))
+    pyrgd.train(net1, X, Y, steps=30, method=method, progress=False, track_every=0, resume=str(tmp_path / "run_one"))
     assert _same_bits(net1.weights, net.weights)
 
 
@@ -168,7 +177,7 @@ MEMORY_PER_RANK = """
     rank = comm.Get_rank()
     share = ranks_on_this_host(comm)  # the ranks on this host split its memory
     net, X, Y = make()
-    need = P.plan_run(96, 12, net.widths, "float32", net.activation, "cpu", "neurons", 8e-5, 0, 5, timing=False,
+    need = P.plan_run(96, 12, net.widths, "float32", net.activation, "cpu", "auto", 8e-5, 0, 5, timing=False,
                       ranks=comm.Get_size(), rank=rank).total_bytes
     # rank 1 alone lacks the memory: every rank refuses, with rank 1's message, and none waits on the others
     room = need // 2 if rank == 1 else 100 * need
@@ -200,7 +209,7 @@ def test_memory_is_checked_per_rank_and_refused_on_every_rank(mpiexec, tmp_path)
         assert "the run does not fit in memory: rank 1 of 2 needs about" in line and "the largest part is" in line
     assert "PLAN 0 2 0 True True" in p.stdout and "PLAN 1 2 1 True True" in p.stdout
     net, X, Y = _problem()
-    pyrgd.train(net, X, Y, lr=8e-5, steps=5, method="neurons", progress=False, track_every=0)
+    pyrgd.train(net, X, Y, lr=8e-5, steps=5, progress=False, track_every=0)
     assert _same_bits(_weights(tmp_path / "w.npz"), net.weights)
 
 
@@ -229,25 +238,31 @@ def test_an_error_on_one_rank_ends_both_with_one_message(mpiexec, tmp_path):
     assert "ERROR rank 1: callback: ValueError: broken callback on this rank" in p.stdout
 
 
+# rank 1 fails inside a step: in the neurons engine's update, or in the rows engine's combine (called by the kernel
+# between two panels, while rank 0 waits for its part of Z_2)
 STEP_ERROR = """
+    import sys
     from mpi4py import MPI
-    from pyrgd.distributed import ShardedEngine
+    from pyrgd.distributed import ShardedEngine, ShardedRowsEngine
     comm = MPI.COMM_WORLD
-    update = ShardedEngine._update
-    def failing(self, lr, _n=[0]):
+    method = sys.argv[1]
+    cls, name = (ShardedEngine, "_update") if method == "neurons" else (ShardedRowsEngine, "_combine")
+    original = getattr(cls, name)
+    def failing(self, *args, _n=[0]):
         _n[0] += 1
         if comm.Get_rank() == 1 and _n[0] == 3:
             raise RuntimeError("kernel failed on this rank")
-        return update(self, lr)
-    ShardedEngine._update = failing
+        return original(self, *args)
+    setattr(cls, name, failing)
     net, X, Y = make()
-    pyrgd.train(net, X, Y, lr=8e-5, steps=1000, progress=False, comm=comm)
+    pyrgd.train(net, X, Y, lr=8e-5, steps=1000, progress=False, comm=comm, method=method)
     print("FINISHED", comm.Get_rank())
 """
 
 
-def test_an_error_inside_a_step_aborts_every_rank(mpiexec, tmp_path):
-    p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, STEP_ERROR)], tmp_path)
+@pytest.mark.parametrize("method", ["auto", "neurons"])
+def test_an_error_inside_a_step_aborts_every_rank(mpiexec, tmp_path, method):
+    p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, STEP_ERROR), method], tmp_path)
     assert p.returncode != 0
     assert "FINISHED" not in p.stdout
     assert p.stderr.count("pyrgd: error: rank 1: RuntimeError: kernel failed on this rank") == 1
@@ -288,8 +303,14 @@ def test_train_refuses_a_bad_comm_and_what_cannot_be_sharded():
 
     with pytest.raises(PyrgdError, match="update: a distributed run"):
         pyrgd.train(net, X, Y, steps=1, progress=False, comm=OneRank(), update="momentum")
-    with pytest.raises(PyrgdError, match="method: a distributed run"):
-        pyrgd.train(net, X, Y, steps=1, progress=False, comm=OneRank(), method="rows")
+    class ThirteenRanks(OneRank):  # more ranks than the rows method's 12 lanes (n1 = 2300: 36 blocks of 64, 3 a lane)
+        def Get_size(self):
+            return 13
+
+    with pytest.raises(PyrgdError, match="ranks: 13 ranks but the rows method's wide layer has 12 lanes"):
+        pyrgd.train(net, X, Y, steps=1, progress=False, comm=ThirteenRanks(), method="rows")
+    with pytest.raises(PyrgdError, match="method: expected one of auto, rows, neurons, got 'columns'"):
+        pyrgd.train(net, X, Y, steps=1, progress=False, comm=OneRank(), method="columns")
 
 
 def test_bench_m1_tiny_times_two_ranks_with_the_same_bits(mpiexec):
@@ -306,9 +327,16 @@ def test_bench_m1_tiny_times_two_ranks_with_the_same_bits(mpiexec):
     # and the two float64 squared norms of its one group to the allgather
     assert row["comm_bytes_per_step"]["rank0"] == p.N * p.widths[1] * 4 + 2 * 8
     assert row["seconds_ranks"] > 0 and row["speedup_vs_1"] == row["seconds_1"] / row["seconds_ranks"]
+    # the rows method (one process's default), sharded by lanes: the same bits as one process's rows method; per
+    # step each rank sends the running sum of every panel's rows, R x n2 float32 values each: N n2 values in all
+    assert row["same_bits_rows"] and row["neurons_per_rank_rows"] == [1024, 1024]
+    assert row["comm_bytes_per_step_rows"]["rank0"] == p.N * p.widths[1] * 4 + 2 * 16 * 8
+    assert row["speedup_rows_vs_2"] == row["seconds_rows_2"] / row["seconds_ranks_rows"]
     targets = {t["id"]: t for t in evaluate_targets({"device": "cpu", "problems": [res]})}
     assert targets["M1_vs_1"]["status"] == ("PASS" if row["speedup_vs_1"] >= 1.8 else "FAIL")
     assert targets["M1_vs_2"]["measured"] == row["speedup_vs_2"]
+    assert targets["M1r_vs_1"]["status"] == ("PASS" if row["speedup_rows_vs_1"] >= 1.8 else "FAIL")
+    assert targets["M1r_vs_2"]["measured"] == row["speedup_rows_vs_2"]
 
 
 def test_projection_of_the_communication_share():
@@ -358,7 +386,7 @@ def test_a_two_rank_run_killed_by_sigterm_resumes_on_one_and_two_ranks(mpiexec, 
         assert p.returncode == 0, p.stderr
     from pyrgd.cli import main
 
-    assert main(["train", *flags, "--method", "neurons", "--steps", str(k), "--track-every", "0",
+    assert main(["train", *flags, "--steps", str(k), "--track-every", "0",
                  "--out", str(tmp_path / "one")]) == 0
     want = _weights(tmp_path / "one" / "weights.npz")
     for run in ("run1", "run"):

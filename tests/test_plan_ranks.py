@@ -86,7 +86,7 @@ def test_rank_figures_are_what_the_sharded_engine_allocates(size, rank):
     assert abs(held - (want["shard"] + want["buffers"])) < 8 << 10, (held, want)
     assert peak - (want["shard"] + want["buffers"]) < 16 << 10, (peak, want)
     # and the plan of that rank carries these figures (the shard twice: the engine's and the last finite copy)
-    plan = P.plan_run(N, d, widths, "float32", ACT, "cpu", "auto", 1e-4, 0, 10, ranks=size, rank=rank,
+    plan = P.plan_run(N, d, widths, "float32", ACT, "cpu", "neurons", 1e-4, 0, 10, ranks=size, rank=rank,
                       timing=False)
     assert plan.method == "neurons" and plan.rank == rank and plan.rank_neurons == e.n_local
     assert plan.part("step").bytes == want["buffers"] and plan.part("shard").bytes == 2 * want["shard"]
@@ -118,7 +118,7 @@ def test_one_rank_is_one_process_plus_what_the_sharded_engine_adds():
     weights.)"""
     N, d, widths = 512, 16, [3000, 8, 4, 1]
     one = P.plan_run(N, d, widths, "float64", ACT, "cpu", "neurons", "auto", "auto", 100, timing=False)
-    r1 = P.plan_run(N, d, widths, "float64", ACT, "cpu", "auto", "auto", "auto", 100, timing=False, ranks=1)
+    r1 = P.plan_run(N, d, widths, "float64", ACT, "cpu", "neurons", "auto", "auto", 100, timing=False, ranks=1)
     assert r1.tracking_route == one.tracking_route and r1.estimate_block == one.estimate_block
     for name in ("data", "tracking", "lr"):
         assert r1.part(name).bytes == one.part(name).bytes, name
@@ -155,17 +155,17 @@ def test_an_uneven_split_plans_its_largest_rank():
     """3 groups on 2 ranks: rank 0 owns 1, rank 1 owns 2 (the last partial); without tracking rank 1 needs the
     most, and the plan says so; with rank 0's certificates large enough, rank 0 does."""
     N, d, widths = 1024, 12, [2 * NEURON_GROUP + 300, 16, 1]
-    p = P.plan_run(N, d, widths, "float32", ACT, "cpu", "auto", 0.01, 0, 10, timing=False, ranks=2)
+    p = P.plan_run(N, d, widths, "float32", ACT, "cpu", "neurons", 0.01, 0, 10, timing=False, ranks=2)
     assert p.rank == 1 and p.rank_groups == 2 and p.rank_neurons == NEURON_GROUP + 300
     assert p.per_rank_bytes[1] > p.per_rank_bytes[0] and p.total_bytes == p.per_rank_bytes[1]
     s1 = shard_bytes(N, d, widths, 4, 2, 1)
     assert p.part("step").bytes == s1["buffers"] == ((2 + 2) * N * 16 + 16) * 4
-    r0 = P.plan_run(N, d, widths, "float32", ACT, "cpu", "auto", 0.01, 0, 10, timing=False, ranks=2, rank=0)
+    r0 = P.plan_run(N, d, widths, "float32", ACT, "cpu", "neurons", 0.01, 0, 10, timing=False, ranks=2, rank=0)
     assert r0.rank_groups == 1 and r0.total_bytes == p.per_rank_bytes[0]
-    exact = P.plan_run(N, d, widths, "float32", ACT, "cpu", "auto", 0.01, 1, 10, timing=False, ranks=2,
+    exact = P.plan_run(N, d, widths, "float32", ACT, "cpu", "neurons", 0.01, 1, 10, timing=False, ranks=2,
                        route="exact")
     assert exact.rank == 0 and exact.part("tracking").bytes > 0  # the N x N Gram is rank 0's
-    assert P.plan_run(N, d, widths, "float32", ACT, "cpu", "auto", 0.01, 1, 10, timing=False, ranks=2, rank=1,
+    assert P.plan_run(N, d, widths, "float32", ACT, "cpu", "neurons", 0.01, 1, 10, timing=False, ranks=2, rank=1,
                       route="exact").part("tracking").bytes == 0
     assert "rank 0" in exact.format() and "the rank that needs the most" in exact.format()
 
@@ -176,11 +176,17 @@ def test_bad_ranks_are_refused_naming_the_argument(monkeypatch):
         with pytest.raises(PyrgdError, match=r"ranks: expected an integer >= 1, got"):
             P.plan_run(*args, timing=False, ranks=bad)
     with pytest.raises(PyrgdError, match=r"ranks: 3 ranks but the wide layer has 2 groups of 1024 neurons"):
-        P.plan_run(*args, timing=False, ranks=3)
+        P.plan_run(*args, "neurons", timing=False, ranks=3)
+    with pytest.raises(PyrgdError, match=r"ranks: 17 ranks but the rows method's wide layer has 16 lanes"):
+        P.plan_run(*args, "rows", timing=False, ranks=17)
     with pytest.raises(PyrgdError, match=r"rank: expected 0 to 1 \(of 2 ranks\), got 2"):
         P.plan_run(*args, timing=False, ranks=2, rank=2)
-    with pytest.raises(PyrgdError, match="method: a distributed run shards the 'neurons' method"):
-        P.plan_run(*args[:5], "cpu", "rows", timing=False, ranks=2)
+    # a layer whose panels cannot keep every neuron (the rows method recomputes some): 'rows' cannot be sharded,
+    # and 'auto' shards the neurons method
+    wide = (256, 8, [32768, 8, 1], "float32", ACT, "cpu")
+    with pytest.raises(PyrgdError, match="method: 'rows' over ranks needs every neuron kept"):
+        P.plan_run(*wide, "rows", timing=False, ranks=2)
+    assert P.plan_run(*wide, "auto", timing=False, ranks=2).method == "neurons"
     with pytest.raises(PyrgdError, match="ranks: a distributed run needs the cpu backend"):
         P.plan_run(*args[:5], "reference", timing=False, ranks=2)
     monkeypatch.setattr(P, "available_memory", lambda backend: (6 << 30, "host"))
@@ -194,7 +200,8 @@ def test_train_refuses_per_rank_naming_the_rank_and_the_part(monkeypatch):
     net, X, Y = _problem(N=256, widths=(3 * NEURON_GROUP, 8, 1))
     N, d = X.shape
     one = P.plan_run(N, d, net.widths, "float32", ACT, "cpu", "neurons", 1e-4, 0, 3, timing=False)
-    rank1 = P.plan_run(N, d, net.widths, "float32", ACT, "cpu", "neurons", 1e-4, 0, 3, timing=False, ranks=2, rank=1)
+    rank1 = P.plan_run(N, d, net.widths, "float32", ACT, "cpu", "neurons", 1e-4, 0, 3, timing=False, ranks=2,
+                       rank=1)
     avail = int((one.total_bytes + rank1.total_bytes) / 2 / P.MEMORY_FRACTION)
     assert one.total_bytes <= P.MEMORY_FRACTION * avail < rank1.total_bytes
     monkeypatch.setattr(P, "available_memory", lambda backend: (avail, "host"))
@@ -202,7 +209,8 @@ def test_train_refuses_per_rank_naming_the_rank_and_the_part(monkeypatch):
     monkeypatch.setattr(ShardedEngine, "__init__", lambda self, *a: built.append(a) or 1 / 0)
     before = [w.copy() for w in net.weights]
     with pytest.raises(ResourceError) as e:
-        pyrgd.train(net, X, Y, lr=1e-4, steps=3, track_every=0, progress=False, comm=FakeComm(1, 2))
+        pyrgd.train(net, X, Y, lr=1e-4, steps=3, track_every=0, progress=False, comm=FakeComm(1, 2),
+                    method="neurons")
     msg = str(e.value)
     assert msg.startswith("the run does not fit in memory: rank 1 of 2 needs about")
     assert "the largest part is" in msg and "to change it:" in msg
@@ -212,13 +220,14 @@ def test_train_refuses_per_rank_naming_the_rank_and_the_part(monkeypatch):
                                                                 "host"))
     assert 2 * rank1.total_bytes > rank1.total_bytes / P.MEMORY_FRACTION + 1
     with pytest.raises(ZeroDivisionError):
-        pyrgd.train(net, X, Y, lr=1e-4, steps=3, track_every=0, progress=False, comm=FakeComm(1, 2))
+        pyrgd.train(net, X, Y, lr=1e-4, steps=3, track_every=0, progress=False, comm=FakeComm(1, 2),
+                    method="neurons")
     assert len(built) == 1
 
 
 def test_cli_dry_run_ranks_prints_the_per_rank_plan(capsys):
     flags = ["train", "--N", "256", "--d", "8", "--widths", "3000,8,1", "--lr", "0.01", "--track-every", "0",
-             "--dry-run"]
+             "--dry-run", "--method", "neurons"]
     assert main(flags + ["--ranks", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("plan: N = 256") and "method neurons" in out
@@ -227,11 +236,16 @@ def test_cli_dry_run_ranks_prints_the_per_rank_plan(capsys):
         assert f"\n{name} " in out
     assert main(flags + ["--ranks", "2", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    want = P.plan_run(256, 8, [3000, 8, 1], "float64", ACT, "cpu", "auto", 0.01, 0, 20000, timing=False, ranks=2)
+    want = P.plan_run(256, 8, [3000, 8, 1], "float64", ACT, "cpu", "neurons", 0.01, 0, 20000, timing=False,
+                      ranks=2)
     assert d["ranks"] == 2 and d["rank"] == 1 and d["per_rank_bytes"] == want.per_rank_bytes
     assert d["total_bytes"] == want.total_bytes
     assert main(flags) == 0  # without --ranks: one process's plan, as before
     assert "per rank" not in capsys.readouterr().out
+    # the default method: one process's (rows), sharded by lanes of 3 blocks (47 blocks: 16 lanes, 8 a rank)
+    assert main(flags[:-2] + ["--ranks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "method rows" in out and "per rank, on 2 ranks: rank 0 (1536 neurons in 8 lanes)" in out
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "2.5", "x", ""])
@@ -244,5 +258,6 @@ def test_cli_bad_ranks_is_one_line_naming_the_argument(capsys, bad):
 def test_cli_ranks_needs_dry_run_and_enough_groups(capsys):
     assert main(["train", "--N", "64", "--widths", "2048,8,1", "--ranks", "2"]) == EXIT_BAD_INPUT
     assert "--ranks: plans a run on 2 ranks with --dry-run" in capsys.readouterr().err
-    assert main(["train", "--N", "64", "--widths", "2048,8,1", "--dry-run", "--ranks", "3"]) == EXIT_BAD_INPUT
+    assert main(["train", "--N", "64", "--widths", "2048,8,1", "--dry-run", "--ranks", "3", "--method",
+                 "neurons"]) == EXIT_BAD_INPUT
     assert "--ranks: 3 ranks but the wide layer has 2 groups" in capsys.readouterr().err

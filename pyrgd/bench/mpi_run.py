@@ -3,12 +3,16 @@
 What runs (:func:`measure_mpi`): ``rounds`` rounds, each timing ``steps`` steps (after one untimed step) of
 (a) one process, the neurons method, 1 thread; (b) one process, the neurons method, 2 threads; (c) one process,
 method auto (the fastest one-process step; shown, not a target); (d) ``mpiexec -n 2`` of this module's worker
-(:func:`worker`), :class:`pyrgd.distributed.ShardedEngine` with 1 thread per rank. The order alternates from round
-to round. Per configuration: the median over rounds of each round's median step time. The 2-rank weights after the
-timed steps are compared bit for bit with (a)'s. The worker also reports the communication per step: the bytes
-rank 0 and the last rank sent, and the seconds rank 0 spent in communication (waits included).
+(:func:`worker`), :class:`pyrgd.distributed.ShardedEngine` with 1 thread per rank; and the same for the rows method
+(the default of one process and of ``mpiexec pyrgd train`` where every neuron is kept): (e) one process, 1 thread;
+(f) one process, 2 threads; (g) 2 ranks of :class:`pyrgd.distributed.ShardedRowsEngine`, 1 thread each. The order
+alternates from round to round. Per configuration: the median over rounds of each round's median step time. The
+2-rank weights after the timed steps are compared bit for bit with (a)'s and (e)'s. The worker also reports the
+communication per step: the bytes rank 0 and the last rank sent, and the seconds rank 0 spent in communication
+(waits included).
 
-Targets (pyrgd.bench.report, kind 'mpi_scaling'): 2 ranks >= 1.8x (a) and >= 0.9x (b), the same bits.
+Targets (pyrgd.bench.report, kind 'mpi_scaling'): 2 ranks >= 1.8x one process on 1 thread and >= 0.9x on 2
+threads, the same bits; for each method.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import time
 import numpy as np
 
 RANKS = 2
-DESCRIPTION = "B1's GD step (neurons method) on mpiexec -n 2, 1 thread per rank, against one process"
+DESCRIPTION = ("B1's GD step (the neurons and the rows method) on mpiexec -n 2, 1 thread per rank, against one "
+               "process")
 #: seconds a 2-rank launch may take before it is killed (a hang fails the problem, not the run)
 TIMEOUT_S = 600
 
@@ -35,8 +40,9 @@ def _one_process(data, activation, threads: int, steps: int, lr: float, method: 
     return timed_steps(data, activation, threads, steps, lr, backend="cpu", method=method)
 
 
-def _launch(problem, dtype: str, seed: int, steps: int, lr: float, folder: str) -> dict:
-    spec = {"problem": problem.to_dict(), "dtype": dtype, "seed": seed, "steps": steps, "lr": lr, "out": folder}
+def _launch(problem, dtype: str, seed: int, steps: int, lr: float, folder: str, method: str = "neurons") -> dict:
+    spec = {"problem": problem.to_dict(), "dtype": dtype, "seed": seed, "steps": steps, "lr": lr, "out": folder,
+            "method": method}
     path = os.path.join(folder, "spec.json")
     with open(path, "w") as f:
         json.dump(spec, f)
@@ -62,36 +68,43 @@ def _launch(problem, dtype: str, seed: int, steps: int, lr: float, folder: str) 
 def measure_mpi(problem, data, lr: float, *, rounds: int = 3, steps: int = 5, seed: int = 0) -> dict:
     """Time M1 (module docstring); returns the row ``candidates["mpi"]``: seconds_1 (one process, 1 thread),
     seconds_2 (one process, 2 threads), seconds_auto_2 (method auto, 2 threads), seconds_ranks (2 ranks; medians),
-    speedup_vs_1, speedup_vs_2, same_bits, comm_bytes_per_step, comm_seconds_per_step, comm_share."""
-    per = {"1": [], "2": [], "auto2": [], "ranks": []}
-    comm = []
-    W1 = Wr = None
+    speedup_vs_1, speedup_vs_2, same_bits, comm_bytes_per_step, comm_seconds_per_step, comm_share, neurons_per_rank
+    (the neurons method), and the same keys with ``_rows`` for the rows method (seconds_rows_1, seconds_rows_2,
+    seconds_ranks_rows, speedup_rows_vs_1, ...)."""
+    per = {"1": [], "2": [], "auto2": [], "ranks": [], "rows1": [], "rows2": [], "ranks_rows": []}
+    comm = {"neurons": [], "rows": []}
+    ref, got = {}, {}
     act = problem.activation
     with tempfile.TemporaryDirectory(prefix="pyrgd_m1_") as tmp:
         for r in range(int(rounds)):
-            order = ["1", "2", "auto2", "ranks"]
+            order = ["1", "2", "auto2", "ranks", "rows1", "rows2", "ranks_rows"]
             for what in (order if r % 2 == 0 else order[::-1]):
-                if what == "ranks":
-                    res = _launch(problem, data.dtype.name, seed, steps, lr, tmp)
-                    per["ranks"].append(float(np.median(res["seconds"])))
-                    comm.append(res)
-                    Wr = res["weights"]
+                method = "rows" if what.startswith("rows") or what == "ranks_rows" else "neurons"
+                if what.startswith("ranks"):
+                    res = _launch(problem, data.dtype.name, seed, steps, lr, tmp, method)
+                    per[what].append(float(np.median(res["seconds"])))
+                    comm[method].append(res)
+                    got[method] = res["weights"]
                 else:
-                    t = 1 if what == "1" else 2
-                    secs, W = _one_process(data, act, t, steps, lr, "auto" if what == "auto2" else "neurons")
+                    t = 1 if what in ("1", "rows1") else 2
+                    secs, W = _one_process(data, act, t, steps, lr, "auto" if what == "auto2" else method)
                     per[what].append(float(np.median(secs)))
-                    if what == "1":
-                        W1 = W
+                    if t == 1:
+                        ref[method] = W
     med = {k: float(np.median(v)) for k, v in per.items()}
-    same = all(np.array_equal(a, b) for a, b in zip(W1, Wr))
-    last = comm[-1]
-    return {"status": "ok", "description": DESCRIPTION, "rounds": int(rounds), "steps": int(steps), "ranks": RANKS,
-            "seconds_1": med["1"], "seconds_2": med["2"], "seconds_auto_2": med["auto2"], "seconds_ranks": med["ranks"],
-            "seconds_by_round": per, "speedup_vs_1": med["1"] / med["ranks"], "speedup_vs_2": med["2"] / med["ranks"],
-            "same_bits": same, "comm_bytes_per_step": last["comm_bytes_per_step"],
-            "comm_seconds_per_step": float(np.median([c["comm_seconds_per_step"] for c in comm])),
-            "comm_share": float(np.median([c["comm_seconds_per_step"] for c in comm])) / med["ranks"],
-            "neurons_per_rank": last["neurons_per_rank"]}
+    row = {"status": "ok", "description": DESCRIPTION, "rounds": int(rounds), "steps": int(steps), "ranks": RANKS,
+           "seconds_auto_2": med["auto2"], "seconds_by_round": per}
+    for method, sfx, one1, one2, ranks in (("neurons", "", "1", "2", "ranks"),
+                                            ("rows", "_rows", "rows1", "rows2", "ranks_rows")):
+        c = comm[method]
+        comm_s = float(np.median([x["comm_seconds_per_step"] for x in c]))
+        row.update({f"seconds{sfx}_1": med[one1], f"seconds{sfx}_2": med[one2], f"seconds_ranks{sfx}": med[ranks],
+                    f"speedup{sfx}_vs_1": med[one1] / med[ranks], f"speedup{sfx}_vs_2": med[one2] / med[ranks],
+                    f"same_bits{sfx}": all(np.array_equal(a, b) for a, b in zip(ref[method], got[method])),
+                    f"comm_bytes_per_step{sfx}": c[-1]["comm_bytes_per_step"],
+                    f"comm_seconds_per_step{sfx}": comm_s, f"comm_share{sfx}": comm_s / med[ranks],
+                    f"neurons_per_rank{sfx}": c[-1]["neurons_per_rank"]})
+    return row
 
 
 def worker(spec_path: str) -> None:
@@ -100,7 +113,7 @@ def worker(spec_path: str) -> None:
 
     from .._threads import thread_limits
     from ..activations import parse_activation
-    from ..distributed import ShardedEngine
+    from ..distributed import ShardedEngine, ShardedRowsEngine
     from .problems import Problem, make_data
 
     comm = MPI.COMM_WORLD
@@ -114,7 +127,8 @@ def worker(spec_path: str) -> None:
     mult = [1.0] * len(problem.widths[1:])  # as pyrgd.ops.step_engine's default, which (a)-(c) use
     lr = float(spec["lr"])
     with thread_limits(1):
-        eng = ShardedEngine(comm, data.X, data.Y, [w.copy() for w in data.W], act, mult)
+        engine = ShardedRowsEngine if spec.get("method") == "rows" else ShardedEngine
+        eng = engine(comm, data.X, data.Y, [w.copy() for w in data.W], act, mult)
         eng.evaluate()
         eng.update(lr)
         b0, s0 = eng.comm_bytes, eng.comm_seconds
@@ -144,31 +158,45 @@ def worker(spec_path: str) -> None:
 def mpi_lines(p: dict) -> list[str]:
     """The report's lines of M1's result ``p``."""
     r = p["candidates"].get("mpi") or {}
-    head = (f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']} {p['activation']}; the neurons step on "
-            f"mpiexec -n {r.get('ranks', RANKS)}, 1 thread per rank")
+    head = (f"{p['name']}: N={p['N']} d={p['d']} widths={p['widths']} {p['activation']}; the GD step on "
+            f"mpiexec -n {r.get('ranks', RANKS)}, 1 thread per rank (one-process method auto on 2 threads: "
+            f"{r.get('seconds_auto_2', float('nan')):.4g} s/step)")
     if r.get("status") != "ok":
         return [head, f"  {r.get('status', 'not run')}: {r.get('note', '')}"]
-    b = r["comm_bytes_per_step"]
-    return [head,
-            f"  one process 1 thread {r['seconds_1']:.4g} s/step, 2 threads {r['seconds_2']:.4g} s/step (method auto "
-            f"{r['seconds_auto_2']:.4g}); {r['ranks']} ranks {r['seconds_ranks']:.4g} s/step: {r['speedup_vs_1']:.2f}x "
-            f"1 thread, {r['speedup_vs_2']:.2f}x 2 threads (medians of {r['rounds']} rounds of {r['steps']} steps); "
-            f"same bits as one process: {'yes' if r['same_bits'] else 'NO'}",
-            f"  communication per step: sent {', '.join(f'{k} {v / 1e6:.3g} MB' for k, v in b.items())}; rank 0 "
-            f"{r['comm_seconds_per_step'] * 1e3:.3g} ms in communication ({100 * r['comm_share']:.1f}% of a step, "
-            f"waits included); neurons per rank {r['neurons_per_rank']}"]
+    lines = [head]
+    for method, sfx in (("neurons", ""), ("rows", "_rows")):
+        if f"seconds_ranks{sfx}" not in r:
+            continue
+        b = r[f"comm_bytes_per_step{sfx}"]
+        lines += [
+            f"  {method}: one process 1 thread {r[f'seconds{sfx}_1']:.4g} s/step, 2 threads "
+            f"{r[f'seconds{sfx}_2']:.4g} s/step; {r['ranks']} ranks {r[f'seconds_ranks{sfx}']:.4g} s/step: "
+            f"{r[f'speedup{sfx}_vs_1']:.2f}x 1 thread, {r[f'speedup{sfx}_vs_2']:.2f}x 2 threads (medians of "
+            f"{r['rounds']} rounds of {r['steps']} steps); same bits as one process: "
+            f"{'yes' if r[f'same_bits{sfx}'] else 'NO'}",
+            f"    communication per step: sent {', '.join(f'{k} {v / 1e6:.3g} MB' for k, v in b.items())}; rank 0 "
+            f"{r[f'comm_seconds_per_step{sfx}'] * 1e3:.3g} ms in communication "
+            f"({100 * r[f'comm_share{sfx}']:.1f}% of a step, waits included); neurons per rank "
+            f"{r[f'neurons_per_rank{sfx}']}"]
+    return lines
 
 
 def evaluate(t: dict, p: dict) -> tuple:
     """(status, measured, detail) of a target of kind 'mpi_scaling' (``against``: '1' or '2' threads of one
-    process, ``threshold``) on M1's result ``p``; the same bits are required too."""
+    process, ``method``: 'neurons' (the default) or 'rows', ``threshold``) on M1's result ``p``; the same bits are
+    required too."""
     r = p["candidates"].get("mpi")
     if not r or r.get("status") != "ok":
         return ("FAIL" if r and r.get("status") == "failed" else "SKIP"), None, (r or {}).get("note", "not run")
-    x = r["speedup_vs_1"] if t["against"] == "1" else r["speedup_vs_2"]
-    ok = x >= t["threshold"] and r["same_bits"]
-    detail = (f"one process {r['seconds_' + t['against']]:.4g} s/step on {t['against']} thread(s) (neurons), "
-              f"{r['ranks']} ranks {r['seconds_ranks']:.4g} s/step; same bits: {'yes' if r['same_bits'] else 'NO'}")
+    method = t.get("method", "neurons")
+    sfx = "_rows" if method == "rows" else ""
+    if f"seconds_ranks{sfx}" not in r:
+        return "SKIP", None, f"the {method} method was not measured"
+    x = r[f"speedup{sfx}_vs_{t['against']}"]
+    same = r[f"same_bits{sfx}"]
+    ok = x >= t["threshold"] and same
+    detail = (f"one process {r[f'seconds{sfx}_' + t['against']]:.4g} s/step on {t['against']} thread(s) ({method}), "
+              f"{r['ranks']} ranks {r[f'seconds_ranks{sfx}']:.4g} s/step; same bits: {'yes' if same else 'NO'}")
     return ("PASS" if ok else "FAIL"), x, detail
 
 
