@@ -88,6 +88,8 @@ namespace {
 constexpr size_t kGradLanes = 16;  // at most this many lanes of blocks (the second-level sums of Z_2)
 constexpr size_t kTailRows = 16;   // rows of a sub-chunk of the tail (the tasks of its parallel loop)
 constexpr size_t kRecRows = 128;   // rows of a tile of the recomputed neurons' passes
+constexpr size_t kShardBatch = kGradShardBatch;  // panels per combine of a shard (pyrgd/grad.h)
+constexpr int kPhaseA = 1, kPhaseTB = 2;  // the phases of a panel: (A); the tail and (B)
 
 // A byte range the next product will read or write (prefetched while the current one computes).
 struct Ahead {
@@ -151,6 +153,7 @@ namespace {
 // else. A slot is one panel's arrays (S, D, the lanes' Z_2, Z_2, G): one per thread that runs groups of its own.
 struct GradLayout {
   size_t nblocks, nbK, nbR, nK, bpl, nlanes, R, npanels, groups, slots;
+  size_t batch;                        // panels a slot holds (a shard: kShardBatch; else 1)
   size_t w2t, w1b, g1b, g1x, g2x, hr;  // offsets of the shared arrays
   size_t sp, dp, hl, f2, gb;           // offsets of slot 0's arrays; slot k's at + k * slot
   size_t slot, total;                  // elements of a slot; elements needed
@@ -200,6 +203,7 @@ GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t pane
   L.npanels = ceil_div(N, L.R);
   L.groups = groups ? groups : grad_groups(L.npanels, L.nbR, d, n2, L.nK, itemsize);
   L.slots = lane_blocks ? 1 : grad_slots(L.groups, std::max<size_t>(threads, 1));  // a shard: the team
+  L.batch = lane_blocks ? std::min(kShardBatch, L.npanels) : 1;
   const size_t align = std::max<size_t>(1, 64 / itemsize);  // each array starts on a cache line
   const auto taker = [align](size_t& at) {
     return [&at, align](size_t count) {
@@ -215,12 +219,15 @@ GradLayout grad_layout(const WideShape& s, int act, size_t itemsize, size_t pane
   const auto take_slot = taker(in_slot);
   const size_t szPanel = checked_mul(L.nbK, L.R, kBlock);
   // one slot: S of the panel by blocks; D (ReLU: read off S in (B), relu'(z) = [a1 relu(z) != 0], so none); each
-  // lane's part of Z_2; Z_2 of the panel; G of the panel, or of all rows where some neurons are recomputed
-  const size_t sp = take_slot(szPanel);
-  const size_t dp = take_slot(act == pyrgd::act::Relu::code ? 0 : szPanel);
-  const size_t hl = take_slot(checked_mul(L.nlanes, L.R, n2));
-  const size_t f2 = take_slot(checked_mul(L.R, n2));
-  const size_t gb = take_slot(checked_mul(L.nbR ? N : L.R, n2));
+  // lane's part of Z_2; Z_2 of the panel; G of the panel, or of all rows where some neurons are recomputed. A
+  // shard's slot holds a batch of consecutive panels: their S, D one after the other, each lane's part of Z_2 of
+  // the batch's rows (batch R x n2, so that the batch's rows are one block per lane), and Z_2, G of those rows.
+  const size_t RB = checked_mul(L.batch, L.R);
+  const size_t sp = take_slot(checked_mul(L.batch, szPanel));
+  const size_t dp = take_slot(act == pyrgd::act::Relu::code ? 0 : checked_mul(L.batch, szPanel));
+  const size_t hl = take_slot(checked_mul(L.nlanes, RB, n2));
+  const size_t f2 = take_slot(checked_mul(RB, n2));
+  const size_t gb = take_slot(checked_mul(L.nbR ? N : RB, n2));
   L.slot = in_slot;
   L.w2t = take(checked_mul(L.nblocks, n2, kBlock));                 // W2[T, :]^T block by block
   L.w1b = take(checked_mul(L.nblocks, d, kBlock));                  // W1[:, T] block by block (contiguous)
@@ -436,12 +443,13 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
   const size_t pbw = std::max(R, nbR ? kRecRows : 0) * kBlock;  // per thread: P (and S, D of the recomputed)
   util::AlignedBuffer<T> Pb(checked_mul(size_t(P), pbw * (nbR ? 3 : 1)));  // zero-filled: finite past column nb
   if (nbK == nblocks && n1 % kBlock)
-    for (size_t k = 0; k < nslots; ++k) {
-      T* const SPk = work + L.sp + k * L.slot;
-      std::fill(SPk + (nblocks - 1) * R * kBlock, SPk + szPanel, T(0));
-      T* const DPk = work + L.dp + k * L.slot;
-      if (!relu) std::fill(DPk + (nblocks - 1) * R * kBlock, DPk + szPanel, T(0));
-    }
+    for (size_t k = 0; k < nslots; ++k)
+      for (size_t j = 0; j < L.batch; ++j) {
+        T* const SPk = work + L.sp + k * L.slot + j * szPanel;
+        std::fill(SPk + (nblocks - 1) * R * kBlock, SPk + szPanel, T(0));
+        T* const DPk = work + L.dp + k * L.slot + j * szPanel;
+        if (!relu) std::fill(DPk + (nblocks - 1) * R * kBlock, DPk + szPanel, T(0));
+      }
   util::AlignedBuffer<T> tbuf(checked_mul(size_t(P), plan.thread_buffer_size()));  // the tail's buffers, per thread
   util::AlignedBuffer<T> gsub(checked_mul(nslots, nsub, gsz));  // each slot's sub-chunks' tail gradients
   // per group: the loss and the tail's gradients (in double); per slot: its sub-chunks' losses
@@ -476,7 +484,7 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
     // this thread's own range of lanes, where it starts in (A); the lanes it ran in (A), in order
     const size_t nth = size_t(util::team_size()), me = size_t(thread_id());
     const size_t lane0 = me * nlanes / nth, lane1 = (me + 1) * nlanes / nth;
-    size_t ranA[kGradLanes];
+    size_t ranA[kShardBatch][kGradLanes], nranA[kShardBatch] = {};  // per panel of a batch
 #pragma omp single
     panel_barrier.set_size(unsigned(nth));  // the team as it is (the runtime may give fewer than P threads)
 #pragma omp for schedule(dynamic)
@@ -512,16 +520,21 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
     // One panel, rows [r0, r0 + rows) (the p-th), of row group g into slot k's arrays; `first`: the group's first
     // panel (its accumulators start there). team: every thread of the team calls it and they share the lanes (with
     // barriers between the phases); else the calling thread runs all of it alone.
-    const auto run_panel = [&](size_t p, size_t g, bool first, size_t k, bool team) {
+    // `j`: the panel's place in its slot's batch (a shard; else 0); `phases`: kPhaseA ((A) alone, a shard's batch
+    // then meets the other ranks), kPhaseTB (the tail and (B)) or both
+    const auto run_panel = [&](size_t p, size_t g, bool first, size_t k, bool team, size_t j, int phases) {
       if (failed.load(std::memory_order_relaxed)) return;  // set before a barrier every thread has passed
       const size_t r0 = p * R, rows = std::min(R, N - r0);
       const bool acc = !first;
       const T* const Xr = X + r0 * d;
-      T* const SP = work + L.sp + k * L.slot;
-      T* const DP = relu ? nullptr : work + L.dp + k * L.slot;
-      T* const HL = work + L.hl + k * L.slot;
-      T* const F2p = work + L.f2 + k * L.slot;
-      T* const Gall = work + L.gb + k * L.slot;
+      const size_t LS = L.batch * R * n2;  // from one lane's part of Z_2 to the next
+      T* const SP = work + L.sp + k * L.slot + j * szPanel;
+      T* const DP = relu ? nullptr : work + L.dp + k * L.slot + j * szPanel;
+      T* const HL = work + L.hl + k * L.slot + j * R * n2;
+      T* const F2p = work + L.f2 + k * L.slot + j * R * n2;
+      T* const Gall = work + L.gb + k * L.slot + (nbR ? 0 : j * R * n2);
+      size_t* const ran = ranA[j];
+      size_t& nran = nranA[j];
       T* const Gp = nbR ? Gall + r0 * n2 : Gall;
       T* const gcs = gsub.data() + k * nsub * gsz;
       double* const lsub = lsubv.data() + k * nsub;
@@ -531,7 +544,7 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
       // (A) per block: Z = X W1[:, T], S = a1 sigma(Z), D = a1 sigma'(Z); the lane's Z_2 += S W2[T, :]
       const auto lane_A = [&](size_t li) {
         const size_t b0 = li * bpl, b1 = std::min(nbK, b0 + bpl);
-        T* const H = HL + li * R * n2;
+        T* const H = HL + li * LS;
         for (size_t blk = b0; blk < b1; ++blk) {
           const size_t t0 = blk * kBlock, nb = std::min(kBlock, n1 - t0);
           T* const S = SP + blk * R * kBlock;
@@ -564,7 +577,7 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
         if (!shard) {
           const T* const first_part = nbR ? HR + (r0 + rs) * n2 : HL + rs * n2;
           std::copy(first_part, first_part + cnt, f2);
-          for (size_t l = nbR ? 0 : 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * R * n2 + rs * n2);
+          for (size_t l = nbR ? 0 : 1; l < nlanes; ++l) ops.add_into(cnt, f2, HL + l * LS + rs * n2);
         }
         lsub[si] = plan.run(ops, act, gamma, rr, f2, Y + (r0 + rs) * nL, Gp + rs * n2, gcs + si * gsz, tb);
       };
@@ -612,6 +625,7 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
         }
       };
       if (!team) {  // one thread, no barrier: the lanes in order, the tail, the lanes backwards (freshest S first)
+        // (the schedule of whole groups: never a shard, so both phases)
         for (size_t li = 0; li < nlanes; ++li) lane_A(li);
         for (size_t si = 0; si < nsub; ++si) tail_sub(si);
         add_tail();
@@ -620,33 +634,24 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
       }
       // The team: each thread starts on its own contiguous range of lanes, front to back, then takes what the
       // others have not started, from the back of their ranges
-      size_t nran = 0;
-      for (size_t li = lane0; li < lane1; ++li)
-        if (take_lane(claimA.get(), li, epoch)) {
-          lane_A(li);
-          ranA[nran++] = li;
-        }
-      for (size_t o_ = 1; o_ < nth; ++o_) {
-        const size_t o = (me + o_) % nth, o0 = o * nlanes / nth, o1 = (o + 1) * nlanes / nth;
-        for (size_t li = o1; li-- > o0;)
+      if (phases & kPhaseA) {
+        nran = 0;
+        for (size_t li = lane0; li < lane1; ++li)
           if (take_lane(claimA.get(), li, epoch)) {
             lane_A(li);
-            ranA[nran++] = li;
+            ran[nran++] = li;
           }
-      }
-      panel_barrier.wait();
-      if (shard) {  // one thread completes the panel's Z_2 (the other ranks' lanes), the others wait for it
-        if (me == 0) {
-          try {
-            shard->combine(r0, rows, HL, nlanes, R * n2, F2p);
-          } catch (...) {
-            failure = std::current_exception();
-            failed.store(true, std::memory_order_relaxed);
-          }
+        for (size_t o_ = 1; o_ < nth; ++o_) {
+          const size_t o = (me + o_) % nth, o0 = o * nlanes / nth, o1 = (o + 1) * nlanes / nth;
+          for (size_t li = o1; li-- > o0;)
+            if (take_lane(claimA.get(), li, epoch)) {
+              lane_A(li);
+              ran[nran++] = li;
+            }
         }
         panel_barrier.wait();
-        if (failed.load(std::memory_order_relaxed)) return;  // every thread, after the same barrier
       }
+      if (!(phases & kPhaseTB)) return;
 #pragma omp for schedule(dynamic) nowait
       for (idx si = 0; si < idx(nsub); ++si) tail_sub(size_t(si));
       panel_barrier.wait();  // G of the panel is complete
@@ -656,7 +661,7 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
       // this core's cache, are read first, then any lane not yet started. A barrier after it: the next panel's (A)
       // rewrites S, D and G, and a block's gradients must take this panel's share before the next one's.
       for (size_t k2 = nran; k2-- > 0;)
-        if (take_lane(claimB.get(), ranA[k2], epoch)) lane_B(ranA[k2]);
+        if (take_lane(claimB.get(), ran[k2], epoch)) lane_B(ran[k2]);
       for (size_t li = 0; li < nlanes; ++li)
         if (take_lane(claimB.get(), li, epoch)) lane_B(li);
       panel_barrier.wait();
@@ -666,13 +671,32 @@ double network_grad_impl(const WideShape& s, size_t nt, const size_t* tdims, con
       const util::CpuPin pin(pin_cpus ? allowed.cpu(int(me) % allowed.count()) : -1);
       for (size_t g; (g = next_group.fetch_add(1, std::memory_order_relaxed)) < ngroups;) {
         const size_t p0 = group_begin(g, ngroups, npanels), p1 = group_begin(g + 1, ngroups, npanels);
-        for (size_t p = p0; p < p1; ++p) run_panel(p, g, p == p0, me, false);
+        for (size_t p = p0; p < p1; ++p) run_panel(p, g, p == p0, me, false, 0, kPhaseA | kPhaseTB);
       }
 #pragma omp barrier
-    } else {
+    } else if (!shard) {
       for (size_t g = 0; g < ngroups; ++g) {
         const size_t p0 = group_begin(g, ngroups, npanels), p1 = group_begin(g + 1, ngroups, npanels);
-        for (size_t p = p0; p < p1; ++p) run_panel(p, g, p == p0, 0, true);
+        for (size_t p = p0; p < p1; ++p) run_panel(p, g, p == p0, 0, true, 0, kPhaseA | kPhaseTB);
+      }
+    } else {  // a shard: per batch of panels of a group, (A) of each, one combine for the batch, the tail and (B)
+      for (size_t g = 0; g < ngroups; ++g) {
+        const size_t p0 = group_begin(g, ngroups, npanels), p1 = group_begin(g + 1, ngroups, npanels);
+        for (size_t q0 = p0; q0 < p1; q0 += L.batch) {
+          const size_t q1 = std::min(p1, q0 + L.batch);
+          for (size_t p = q0; p < q1; ++p) run_panel(p, g, p == p0, 0, true, p - q0, kPhaseA);
+          if (me == 0 && !failed.load(std::memory_order_relaxed)) {  // one thread meets the other ranks
+            try {
+              const size_t r0 = q0 * R;
+              shard->combine(r0, std::min(N, q1 * R) - r0, work + L.hl, nlanes, L.batch * R * n2, work + L.f2);
+            } catch (...) {
+              failure = std::current_exception();
+              failed.store(true, std::memory_order_relaxed);
+            }
+          }
+          panel_barrier.wait();  // the batch's Z_2 is complete (or the call failed: every thread sees it here)
+          for (size_t p = q0; p < q1; ++p) run_panel(p, g, p == p0, 0, true, p - q0, kPhaseTB);
+        }
       }
     }
     // the recomputed neurons' gradients, per block (one thread each) and tile of rows: Z = X W1[:, T] again,

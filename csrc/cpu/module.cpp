@@ -892,5 +892,6 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("ACTIVATIONS") = activation_table();
   m.attr("BLOCK_SIZE") = int(pyrgd::cpu::kBlock);
   m.attr("GRAD_PANEL_BYTES") = std::size_t(pyrgd::cpu::kGradPanelBytes);
+  m.attr("GRAD_SHARD_BATCH") = std::size_t(pyrgd::cpu::kGradShardBatch);
   m.attr("GRAD_PANEL_ROWS_MIN") = std::size_t(pyrgd::cpu::kGradPanelRowsMin);
 }

@@ -94,6 +94,11 @@ std::size_t grad_panel_rows(std::size_t N, std::size_t n1, std::size_t n2, std::
 // shard of a distributed run holds whole lanes (network_grad_shard). Pure.
 std::size_t grad_lane_blocks(std::size_t n1);
 
+// Panels per call of a shard's combine (GradShard): the ranks meet once per batch of up to this many consecutive
+// panels of a row group rather than once per panel (each meeting costs the slowest rank's lag and two messages);
+// a shard's workspace then holds that many panels' S and sigma'.
+constexpr std::size_t kGradShardBatch = 4;
+
 // One rank's share of network_grad in a run whose wide layer is sharded over ranks by lanes of neurons
 // (pyrgd.distributed.ShardedRowsEngine). The rank holds consecutive whole lanes of the layer, its columns of W_1 and
 // rows of W_2 (the shard: s.n1 of its neurons); X, Y and the tail are the whole run's. The panels (panel_rows) and
@@ -102,10 +107,11 @@ template <class T>
 struct GradShard {
   std::size_t lane_blocks = 0;  // grad_lane_blocks(n1 of the whole layer)
   std::size_t groups = 0;       // grad_row_groups(shapes of the whole layer, every neuron kept)
-  // Called by one thread, once per panel in panel order, when the shard's lanes' parts of Z_2 for rows
-  // [r0, r0 + rows) are ready (lane l of nlanes: rows x n2 values, row-major, at lanes + l * lane_stride): writes the
-  // panel's whole Z_2 (rows x n2, row-major) into f2, i.e. every lane of the layer added in lane order, starting
-  // from a copy of lane 0. It may throw: the call then stops at the next panel boundary and rethrows it.
+  // Called by one thread, once per batch of consecutive panels of a row group (at most kGradShardBatch), in panel
+  // order, when the shard's lanes' parts of Z_2 for the batch's rows [r0, r0 + rows) are ready (lane l of nlanes:
+  // rows x n2 values, row-major, at lanes + l * lane_stride): writes their whole Z_2 (rows x n2, row-major) into
+  // f2, i.e. every lane of the layer added in lane order, starting from a copy of lane 0. It may throw: the call
+  // then stops at the next batch and rethrows it.
   std::function<void(std::size_t r0, std::size_t rows, const T* lanes, std::size_t nlanes, std::size_t lane_stride,
                      T* f2)>
       combine;
