@@ -1,21 +1,28 @@
-"""Neuron-sharded gradient descent over MPI (mpi4py): :class:`ShardedEngine` and the helpers of a distributed run.
+"""Neuron-sharded gradient descent over MPI (mpi4py): two engines and the helpers of a distributed run.
 
-Rank r of a communicator of P ranks owns a contiguous run of the wide layer's neuron *groups* (groups of
-:data:`NEURON_GROUP` = 1024 neurons, the cpu kernels' second-level unit of the sums over neurons: 16 blocks of 64):
-its columns of W_1 and rows of W_2. X, Y and the tail (W_3..W_L) are on every rank. Per step:
+The wide layer's neurons are sharded over the P ranks of a communicator: each rank holds its columns of W_1 and rows
+of W_2; X, Y and the tail (W_3..W_L) are on every rank. Each engine reproduces one process's method bit for bit,
+for any P, by making the ranks add the parts of Z_2 in the order one process's kernel does (an ordered chain:
+rank 0 starts the running sum, each rank adds its parts in order and passes it on, the last rank broadcasts it;
+MPI's own reductions have an implementation-defined order):
 
-- each rank runs the cpu backend's fused wide-layer step on each of its groups (the update of its neurons, and the
-  group's part g_i (N, n_2) of the next H = Z_2);
-- the parts are combined in group order by an ordered chain: rank 0 sums its parts from zero, sends the running sum
-  (N x n_2) to rank 1, which adds its parts in order and passes it on; the last rank broadcasts H. These are the
-  additions, in the same order, that one process's ``forward`` does (H = ((0 + g_0) + g_1) + ...), so H, the
-  loss, the tail and every weight are the SAME BITS as one process running the "neurons" method, for any P;
-- the wide layer's squared gradient norms come from the kernel per group and are summed in group order (an
-  allgather of 2 doubles per group): the same for every P, but one process sums them per block of 64 neurons
-  without the group level, so they may differ from its norms in the last bits (the weights do not).
+- :class:`ShardedRowsEngine`, the "rows" method (one process's default where its panels keep every neuron): rank r
+  owns whole *lanes* of neurons (the rows method's second-level unit of the sums over neurons,
+  ``pyrgd.backends.cpu.grad_lane_blocks`` blocks of 64; at most 16 lanes). Per step one
+  ``pyrgd.backends.cpu.network_grad_shard`` call runs the whole layer's panels of rows on the rank's lanes; for
+  each batch of panels the chain completes Z_2 of their rows (R x n_2 values per panel), the tail runs on every
+  rank, and each rank accumulates its neurons' gradients, which are one process's. The gradient norms are summed
+  over the blocks in block order (an allgather of 2 doubles per block): one process's bits too.
+- :class:`ShardedEngine`, the "neurons" method: rank r owns whole groups of :data:`NEURON_GROUP` = 1024 neurons.
+  Per step each rank runs the fused wide-layer step on each of its groups (its neurons' update and the group's part
+  g_i (N, n_2) of the next H = Z_2), and the chain forms H = ((0 + g_0) + g_1) + ... as one process's ``forward``
+  does. The norms are summed per group (an allgather of 2 doubles per group) and may differ from one process's in
+  the last bits (the weights do not).
 
-Communication per step: (P - 1) messages of N n_2 values along the chain, a broadcast of N n_2 values, and an
-allgather of 2 doubles per group. Needs the cpu backend (NumPy arrays); GPU ranks are not implemented.
+:func:`distributed_method` says which a run takes ("auto": one process's choice where the rows method can be
+sharded). Communication per step: about N n_2 values sent by each rank along the chain (in messages of one batch
+of panels' rows, or one N x n_2 message), the broadcast of as many, and the allgather of the norms. Needs the cpu
+backend (NumPy arrays); GPU ranks are not implemented.
 """
 from __future__ import annotations
 
