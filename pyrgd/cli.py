@@ -414,15 +414,32 @@ def _cmd_certify(args) -> int:
 
 # --------------------------------------------------------------------------------------------- sweep
 def _cmd_sweep(args) -> int:
+    global _QUIET
+    from .distributed import launched_by_mpi
     from .runio import json_safe
     from .sweep import format_summary, load_grid, run_sweep, summarize
 
+    comm = None
+    if launched_by_mpi():  # mpiexec -n P pyrgd sweep: the cells farmed out over the ranks, rank 0 prints
+        from .distributed import world
+
+        comm = world()
+        _QUIET = comm.Get_rank() != 0
     grid_cfg = load_grid(args.grid)
     out = args.out or os.path.join("runs", "sweeps", os.path.splitext(os.path.basename(args.grid))[0])
+    err = None
     if not args.resume and os.path.exists(os.path.join(out, "results.csv")):
-        raise PyrgdError(f"--out: {out} already holds a sweep (results.csv); pass --resume to continue it, or "
+        err = PyrgdError(f"--out: {out} already holds a sweep (results.csv); pass --resume to continue it, or "
                          "choose another --out")
-    rows = run_sweep(grid_cfg, out, resume=args.resume, progress=not args.no_progress)
+    if comm is not None:
+        from .distributed import agree
+
+        agree(comm, None, err if comm.Get_rank() == 0 else None)  # rank 0's view of the folder decides
+    elif err is not None:
+        raise err
+    rows = run_sweep(grid_cfg, out, resume=args.resume, progress=not args.no_progress, comm=comm)
+    if comm is not None and comm.Get_rank() != 0:
+        return 0
     summary = summarize(rows)
     if args.json:
         sys.stdout.write(json.dumps(json_safe({"out": out, "cells": len(rows), "summary": summary}), indent=2,

@@ -277,6 +277,79 @@ def test_cli_error_before_training_is_one_line_from_rank_zero(mpiexec, tmp_path)
     assert p.stderr.count("pyrgd: error:") == 1 and "is not empty" in p.stderr
 
 
+SWEEP_GRID = """
+[grid]
+N = [16, 32]
+n1_over_N = [1, 2]
+seed = [0, 1, 2]
+[data]
+d = 8
+inputs = "sphere"
+[model]
+activation = "relu"
+[train]
+steps = 300
+rel_tol = 1e-3
+"""
+
+
+def _rows_without_times(path):
+    import csv
+
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k not in ("wall_time_s", "cell_time_s")} for r in csv.DictReader(f)]
+
+
+def test_sweep_farms_its_cells_over_ranks_with_one_process_results(mpiexec, tmp_path):
+    (tmp_path / "g.toml").write_text(SWEEP_GRID)
+    p = _launch(mpiexec, 2, [sys.executable, "-m", "pyrgd", "sweep", "--grid", "g.toml", "--out", "two",
+                             "--no-progress"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("12 cells; results.csv") == 1  # rank 0 alone prints
+    from pyrgd.sweep import run_sweep
+
+    run_sweep(str(tmp_path / "g.toml"), tmp_path / "one", resume=False, plots=False)
+    two, one = _rows_without_times(tmp_path / "two" / "results.csv"), _rows_without_times(tmp_path / "one" /
+                                                                                      "results.csv")
+    assert len(two) == 12 and two == one  # the same cells, results and order as one process
+    assert (tmp_path / "two" / "summary.csv").read_text() == (tmp_path / "one" / "summary.csv").read_text()
+    # a folder that holds a sweep is refused on every rank with rank 0's message, one line
+    p = _launch(mpiexec, 2, [sys.executable, "-m", "pyrgd", "sweep", "--grid", "g.toml", "--out", "two",
+                             "--no-progress"], tmp_path)
+    assert p.returncode == 2 and p.stderr.count("pyrgd: error:") == 1 and "already holds a sweep" in p.stderr
+
+
+SWEEP_ERROR = """
+    import sys
+    from mpi4py import MPI
+    from pyrgd.sweep import run_sweep, runner
+    comm = MPI.COMM_WORLD
+    cell = runner.run_cell
+    def failing(cfg, C=1.0, _n=[0]):
+        _n[0] += 1
+        if comm.Get_rank() == 1 and _n[0] == 2:
+            raise ValueError("a cell failed on this rank")
+        return cell(cfg, C=C)
+    runner.run_cell = failing
+    try:
+        run_sweep(sys.argv[1], sys.argv[2], resume=False, plots=False, comm=comm)
+    except pyrgd.PyrgdError as e:
+        print("ERROR", comm.Get_rank(), e)
+        raise SystemExit(3)
+"""
+
+
+def test_a_failing_cell_on_one_rank_ends_the_sweep_on_every_rank(mpiexec, tmp_path):
+    (tmp_path / "g.toml").write_text(SWEEP_GRID)
+    p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, SWEEP_ERROR), str(tmp_path / "g.toml"),
+                             str(tmp_path / "out")], tmp_path)
+    assert p.returncode == 3
+    for r in (0, 1):
+        assert f"ERROR {r} rank 1: ValueError: a cell failed on this rank" in p.stdout
+    # the first round's cells (one per rank) were written before the failure
+    assert len(_rows_without_times(tmp_path / "out" / "results.csv")) == 2
+
+
 # ------------------------------------------------------------------------------------- without launching ranks
 def test_shards_are_whole_groups_and_too_many_ranks_are_refused():
     from pyrgd.distributed import groups_of, shard_groups

@@ -67,7 +67,7 @@ def _base_fingerprint(base: dict) -> str:
     return json.dumps(base, sort_keys=True)
 
 
-def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) -> list:
+def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True, comm=None) -> list:
     """Run every cell of a grid (a dict or a TOML path) into the folder ``out``; returns the rows of all the grid's
     cells (those run now and those found finished), in grid order.
 
@@ -76,10 +76,42 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) 
     C: Nguyen 2021's constants. plots: draw heatmap.png and final_loss.png.
     If a cell is interrupted (Ctrl-C) or terminated (SIGTERM), the finished cells stay on disk, no further cell runs
     and KeyboardInterrupt (Ctrl-C) or :class:`pyrgd.errors.Terminated` (SIGTERM) is raised.
+
+    comm: None, or an mpi4py communicator (call run_sweep on every rank with the same arguments): the cells are
+    farmed out over its ranks, one process per cell, in rounds (round k: rank r runs the (k P + r)-th cell still to
+    run); after each round rank 0 writes every finished cell to results.csv, in the order one process would, and
+    alone writes files and shows the bar. A cell's result does not depend on the rank that ran it. A cell whose
+    config leaves ``train.threads`` at 0 runs on the CPUs of its host divided among the ranks on that host. An
+    error on one rank ends every rank with that rank's message (:class:`pyrgd.distributed.RankError`); a signal
+    that stops a cell on one rank stops the sweep after that round.
     """
+    grid = parse_grid(grid_cfg)
+    if comm is None:
+        done_rows = _prepare(grid, out, resume, C)
+        return _run_cells(grid, os.fspath(out), done_rows, progress, C, plots, None)
+    from ..distributed import agree, check_comm, ranks_on_this_host
+
+    check_comm(comm)
+    per_host = ranks_on_this_host(comm)  # collective
+    done_rows, err = None, None
+    if comm.Get_rank() == 0:
+        try:
+            done_rows = _prepare(grid, out, resume, C)
+        except (PyrgdError, OSError) as e:
+            err = e
+    done_rows = agree(comm, done_rows, err)
+    threads = max(1, len(os.sched_getaffinity(0)) // per_host) if hasattr(os, "sched_getaffinity") else 1
+    for _, _, cfg in grid.cells:
+        if not cfg["train"].get("threads"):
+            cfg["train"]["threads"] = threads
+    return _run_cells(grid, os.fspath(out), done_rows, progress and comm.Get_rank() == 0, C, plots, comm)
+
+
+def _prepare(grid, out, resume, C) -> list:
+    """Make the folder ``out``, check a resumed sweep's base config, write sweep.json and grid.toml; returns the
+    rows already finished (resume) or []."""
     from ..runio import atomic_write, json_safe
 
-    grid = parse_grid(grid_cfg)
     if not isinstance(out, (str, os.PathLike)):
         raise PyrgdError(f"out: expected a folder path, got {out!r}")
     out = os.fspath(out)
@@ -109,7 +141,14 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) 
     meta = {"base_fingerprint": fp, "base": grid.base, "axes": grid.axes, "cells": len(grid), "C": C}
     atomic_write(meta_path, lambda f: f.write(json.dumps(json_safe(meta), indent=2) + "\n"))
     _write_grid_file(os.path.join(out, _GRID_FILE), grid.source)
+    return done_rows
 
+
+def _run_cells(grid, out, done_rows, progress, C, plots, comm) -> list:
+    """The cells of ``grid`` not in ``done_rows``, in rounds of one cell per rank (one round: one cell without
+    ``comm``); results.csv rewritten after each round (rank 0), then summary.csv and the plots."""
+    rank, size = (0, 1) if comm is None else (int(comm.Get_rank()), int(comm.Get_size()))
+    res_path = os.path.join(out, _RESULTS)
     by_id = {r["cell"]: r for r in done_rows}
     todo = [c for c in grid.cells if c[0] not in by_id]
     bar = None
@@ -120,27 +159,54 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True) 
                    dynamic_ncols=True, leave=True)
     stopped = None  # "interrupted" or "terminated": the cell that was running when a signal came
     try:
-        for cid, params, cfg in todo:
+        for k in range(0, len(todo), size):
+            batch = todo[k:k + size]
             if bar is not None:
-                bar.set_postfix_str(f"N={params['N']} n1={params['n1']} seed={params['seed']}", refresh=True)
-            t0 = time.perf_counter()
-            result = run_cell(cfg, C=C)
-            stopped = result.pop("_stopped")
-            if stopped:
+                _, params, _ = batch[0]
+                bar.set_postfix_str(f"N={params['N']} n1={params['n1']} seed={params['seed']}" +
+                                    (f" (+{len(batch) - 1} on other ranks)" if len(batch) > 1 else ""), refresh=True)
+            row, stop, err = None, None, None
+            if rank < len(batch):
+                cid, params, cfg = batch[rank]
+                t0 = time.perf_counter()
+                try:
+                    result = run_cell(cfg, C=C)
+                    stop = result.pop("_stopped")
+                    if not stop:
+                        row = {"cell": cid, **params, **result, "cell_time_s": time.perf_counter() - t0}
+                except Exception as e:  # on one rank of several: every rank ends with its message
+                    if comm is None:
+                        raise
+                    err = e
+            if comm is None:
+                finished, stop_any = [row] if row else [], stop
+            else:
+                from ..distributed import RankError
+
+                every = comm.allgather((row, stop, None if err is None else f"{type(err).__name__}: {err}"))
+                for r, (_, _, msg) in enumerate(every):
+                    if msg is not None:
+                        raise RankError(f"rank {r}: {msg}")
+                finished = [r for r, _, _ in every if r is not None]
+                stop_any = next((s for _, s, _ in every if s), None)
+            for r in finished:  # in the order one process would have run them
+                done_rows.append(r)
+                by_id[r["cell"]] = r
+            if finished and rank == 0:
+                _write_rows(res_path, done_rows)
+            if bar is not None:
+                bar.update(len(finished))
+            if stop_any:
+                stopped = stop_any
                 break
-            row = {"cell": cid, **params, **result, "cell_time_s": time.perf_counter() - t0}
-            done_rows.append(row)
-            by_id[cid] = row
-            _write_rows(res_path, done_rows)
-            if bar is not None:
-                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     rows = [by_id[c[0]] for c in grid.cells if c[0] in by_id]
     summary = summarize(rows)
-    _write_rows(os.path.join(out, _SUMMARY), summary)
-    if plots and rows:
+    if rank == 0:
+        _write_rows(os.path.join(out, _SUMMARY), summary)
+    if plots and rows and rank == 0:
         try:
             plot_heatmap(os.path.join(out, "heatmap.png"), summary, rel_tol=grid.base["train"]["rel_tol"])
             plot_final_loss(os.path.join(out, "final_loss.png"), summary, rel_tol=grid.base["train"]["rel_tol"])
