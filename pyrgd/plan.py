@@ -425,12 +425,14 @@ def _plan_one(N, d, widths, dtype, activation, backend="cpu", method="auto", lr=
     parts.append(Part("tracking", int(t_bytes), t_seconds, what,
                       "train.track_every = 0 (off), or a smaller N for the exact route"))
     if isinstance(lr, str) and lr == "auto":
-        # the power iteration: two perturbed copies of the weights, J^T u (a weights-sized vector) and the forward
-        # caches of three passes (N x n_l for every layer from 2 on)
+        # the Lanczos products (pyrgd.lr_rule): the perturbed copy of the weights, J^T u (a weights-sized vector) and
+        # its workspace, the forward caches of three passes (N x n_l for every layer from 2 on); the time: about 20
+        # products of two passes each (an upper figure past 512 samples, where subsets of 128 and 512 rows serve)
         caches = 3 * N * sum(widths[1:]) * item
         lr_seconds = None if step_seconds is None else 20 * 2 * step_seconds
         parts.append(Part("lr", 4 * weight_bytes + caches, lr_seconds,
-                          "lr = 'auto': 20 power iterations on the NTK", "train.lr = a number"))
+                          "lr = 'auto': Lanczos on the NTK at initialization (about 20 products through the kernels)",
+                          "train.lr = a number"))
     avail, device = available_memory(backend)
     plan = Plan(N, d, widths, np.dtype(dtype).name, backend, step["method"], step["kept"], chosen, avail, device,
                 parts)
