@@ -103,18 +103,11 @@ def ranks_on_this_host(comm) -> int:
         local.Free()
 
 
-class ShardedEngine(StepEngine):
-    """The "neurons" method with the wide layer's neurons sharded over the ranks of ``comm`` (module docstring).
-
-    X (N, d) and Y (N, n_L): NumPy arrays, the same on every rank. ``W``: the FULL weights [W_1, ..., W_L] (the same
-    on every rank); the engine keeps its rank's shard: :attr:`weights` is the list of the arrays it updates in
-    place (one (d, <=1024) array per owned group of W_1, this rank's rows of W_2, then W_3..W_L), and
-    :meth:`full_weights` gathers the whole network on every rank. :meth:`state` holds the full weights, so a
-    checkpoint resumes on any number of ranks (or in one process with method 'neurons').
-    """
+class _Sharded(StepEngine):
+    """What both distributed engines share: the cpu backend on NumPy arrays, the communicator and its rank, and GD
+    alone (no gradients handed out, no other update rule)."""
 
     backend = "cpu"
-    method = "neurons"
 
     def __init__(self, comm, X, Y, W, act, mult):
         from .backends import cpu
@@ -129,6 +122,31 @@ class ShardedEngine(StepEngine):
         self._be = cpu
         self.comm = check_comm(comm)
         self.rank, self.size = int(comm.Get_rank()), int(comm.Get_size())
+
+    def gradients(self) -> list:
+        raise PyrgdError("gradients: not available on a sharded (distributed) engine")
+
+    def step_gradients(self) -> list:
+        raise PyrgdError("step_gradients: not available on a sharded (distributed) engine; use update='gd'")
+
+    def apply(self, direction, lr=1.0) -> None:
+        raise PyrgdError("apply: not available on a sharded (distributed) engine; use update='gd'")
+
+
+class ShardedEngine(_Sharded):
+    """The "neurons" method with the wide layer's neurons sharded over the ranks of ``comm`` (module docstring).
+
+    X (N, d) and Y (N, n_L): NumPy arrays, the same on every rank. ``W``: the FULL weights [W_1, ..., W_L] (the same
+    on every rank); the engine keeps its rank's shard: :attr:`weights` is the list of the arrays it updates in
+    place (one (d, <=1024) array per owned group of W_1, this rank's rows of W_2, then W_3..W_L), and
+    :meth:`full_weights` gathers the whole network on every rank. :meth:`state` holds the full weights, so a
+    checkpoint resumes on any number of ranks (or in one process with method 'neurons').
+    """
+
+    method = "neurons"
+
+    def __init__(self, comm, X, Y, W, act, mult):
+        super().__init__(comm, X, Y, W, act, mult)
         n1 = W[0].shape[1]
         self.groups = groups_of(n1)
         self.owned = shard_groups(n1, self.size)[self.rank]
@@ -233,14 +251,6 @@ class ShardedEngine(StepEngine):
         self._G, self._H = self._H, G
         return [t1, t2] + [float(s) for s in tail_sq]
 
-    def gradients(self) -> list:
-        raise PyrgdError("gradients: not available on a sharded (distributed) engine")
-
-    def step_gradients(self) -> list:
-        raise PyrgdError("step_gradients: not available on a sharded (distributed) engine; use update='gd'")
-
-    def apply(self, direction, lr=1.0) -> None:
-        raise PyrgdError("apply: not available on a sharded (distributed) engine; use update='gd'")
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -350,7 +360,7 @@ def rows_shard_bytes(N, d, widths, dtype, act, size, rank) -> dict:
             "buffers": (a + b + tail + work) * item, "gather": gather * item}
 
 
-class ShardedRowsEngine(StepEngine):
+class ShardedRowsEngine(_Sharded):
     """The "rows" method with the wide layer's neurons sharded over the ranks of ``comm`` by whole lanes: the SAME
     BITS as one process running the rows method (``pyrgd train``'s default where it keeps every neuron), for any
     number of ranks up to the lanes (at most 16).
@@ -372,22 +382,10 @@ class ShardedRowsEngine(StepEngine):
     process.
     """
 
-    backend = "cpu"
     method = "rows"
 
     def __init__(self, comm, X, Y, W, act, mult):
-        from .backends import cpu
-
-        super().__init__(X, Y, list(W), act, mult)
-        if not isinstance(X, np.ndarray):
-            raise PyrgdError("comm: a distributed run needs the cpu backend (NumPy arrays); GPU ranks are not "
-                             "implemented")
-        ok, why = cpu.available()
-        if not ok:
-            raise BackendUnavailable(f"comm: a distributed run needs the cpu backend: {why}")
-        self._be = cpu
-        self.comm = check_comm(comm)
-        self.rank, self.size = int(comm.Get_rank()), int(comm.Get_size())
+        super().__init__(comm, X, Y, W, act, mult)
         (N, d), n1, n2 = X.shape, W[0].shape[1], W[1].shape[1]
         geo = rows_geometry(N, d, n1, n2, X.dtype, act)
         if geo is None:
@@ -406,9 +404,9 @@ class ShardedRowsEngine(StepEngine):
         self._grads = None
         self._sq = None
         self._block_sq = np.empty(2 * (-(-self.n_local // 64)))
-        self._work = np.empty(max(1, cpu.grad_shard_workspace_size(N, d, self.n_local, n2, act, X.dtype.itemsize,
-                                                                   geo["panel_rows"], geo["lane_blocks"],
-                                                                   geo["groups"])), X.dtype)
+        work = self._be.grad_shard_workspace_size(N, d, self.n_local, n2, act, X.dtype.itemsize, geo["panel_rows"],
+                                                  geo["lane_blocks"], geo["groups"])
+        self._work = np.empty(max(1, work), X.dtype)
         #: bytes this rank sent and seconds it spent in communication (the chains, the broadcasts, the allgathers)
         self.comm_bytes, self.comm_seconds = 0, 0.0
 
@@ -471,14 +469,6 @@ class ShardedRowsEngine(StepEngine):
         self._be.sgd_update(self.W, self._grads, lr)
         return [t1, t2] + list(self._sq[2:])
 
-    def gradients(self) -> list:
-        raise PyrgdError("gradients: not available on a sharded (distributed) engine")
-
-    def step_gradients(self) -> list:
-        raise PyrgdError("step_gradients: not available on a sharded (distributed) engine; use update='gd'")
-
-    def apply(self, direction, lr=1.0) -> None:
-        raise PyrgdError("apply: not available on a sharded (distributed) engine; use update='gd'")
 
     def state(self) -> dict:
         """{'weights': the FULL weights, 'carry': {}, 'method': 'rows'} (collective)."""
@@ -523,12 +513,20 @@ def agree(comm, value, error=None):
     return every[0][0]
 
 
+#: seconds between the last line of an aborting rank and MPI_Abort (:func:`abort`)
+ABORT_GRACE_S = 0.5
+
+
 def abort(comm, message: str, code: int = 1) -> None:
     """The last resort where the ranks cannot agree (an error inside a step's communication): print one line and
     end every rank of ``comm`` (MPI_Abort)."""
     import sys
+    import time
 
     print(f"pyrgd: error: rank {comm.Get_rank()}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    # MPI_Abort makes the launcher kill every process at once; its forwarding of this rank's stderr can lose the
+    # line just written (seen once in 2 CI runs under load): give the launcher a moment to pass it on
+    time.sleep(ABORT_GRACE_S)
     comm.Abort(code)
 
 
