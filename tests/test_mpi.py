@@ -427,6 +427,13 @@ def test_projection_of_the_communication_share():
     assert project_step(P=1, **shape)["comm_s"] == 0.0
     with pytest.raises(ValueError, match="chain"):
         project_step(P=2, chain="tree", **shape)
+    # the rows engine: two thirds of the compute, the same bytes, the latency paid once per meeting (N / (4 x 96))
+    rows, neurons = project_step(P=64, method="rows", **shape), project_step(P=64, **shape)
+    assert rows["compute_s"] < neurons["compute_s"] and rows["comm_share"] > neurons["comm_share"]
+    meetings = -(-(1 << 20) // (4 * 96))
+    assert rows["comm_s"] - neurons["comm_s"] == pytest.approx((63 + 6) * (meetings - 1) * 5e-6)
+    with pytest.raises(ValueError, match="method"):
+        project_step(P=2, method="columns", **shape)
 
 
 @pytest.mark.slow

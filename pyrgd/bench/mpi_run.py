@@ -206,7 +206,8 @@ if __name__ == "__main__":  # pragma: no cover - run by measure_mpi under mpiexe
 
 # ------------------------------------------------------------------------------------------- the projection
 def project_step(N: int, d: int, widths, P: int, rate: float, bandwidth: float = 12.5e9, latency: float = 5e-6,
-                 itemsize: int = 4, chain: str = "ordered") -> dict:
+                 itemsize: int = 4, chain: str = "ordered", method: str = "neurons", panel_rows: int = 96,
+                 batch: int = 4) -> dict:
     """A model of one sharded step on ``P`` nodes: {'compute_s', 'comm_s', 'comm_share'}.
 
     Compute: the neurons method's wide-layer flops (6 N n_1 (d + n_2), :func:`pyrgd.bench.problems.fused_flops`)
@@ -215,20 +216,30 @@ def project_step(N: int, d: int, widths, P: int, rate: float, bandwidth: float =
     'ordered' (what :class:`pyrgd.distributed.ShardedEngine` does: P - 1 hops, then a broadcast in ceil(log2 P)
     rounds), 'pipelined' (the same order, the chain cut into P segments of rows: about 2 M / bandwidth + 2 P
     latency, not implemented) or 'ring' (MPI's allreduce, not bit-reproducible: 2 M (P - 1) / P / bandwidth +
-    2 (P - 1) latency)."""
+    2 (P - 1) latency).
+
+    ``method`` = 'rows' (:class:`pyrgd.distributed.ShardedRowsEngine`, chain 'ordered' only): the wide layer's flops
+    are 4 N n_1 (d + n_2) (each product once), and the same M bytes go along the chain in ceil(N / (``batch``
+    ``panel_rows``)) meetings per step, each paying the P - 1 + ceil(log2 P) latencies: the latency term is
+    multiplied by the meetings, which is what limits this engine on many nodes."""
     from .problems import fused_flops
 
     widths = [int(w) for w in widths]
     n1, n2 = widths[0], widths[1]
+    if method not in ("neurons", "rows"):
+        raise ValueError(f"method: expected 'neurons' or 'rows', got {method!r}")
+    if method == "rows" and chain != "ordered":
+        raise ValueError("chain: the rows engine's chain is 'ordered'")
     wide = 6 * N * n1 * (d + n2)
     tail = fused_flops(N, d, widths, "neurons") - wide
-    compute = (wide / P + tail) / rate
+    compute = ((wide if method == "neurons" else wide * 2 // 3) / P + tail) / rate
     M = N * n2 * itemsize
     logp = math.ceil(math.log2(P)) if P > 1 else 0
+    meetings = 1 if method == "neurons" else math.ceil(N / (int(batch) * int(panel_rows)))
     if P == 1:
         comm = 0.0
     elif chain == "ordered":
-        comm = (P - 1 + logp) * (latency + M / bandwidth)
+        comm = (P - 1 + logp) * (meetings * latency + M / bandwidth)
     elif chain == "pipelined":
         comm = 2 * M / bandwidth + 2 * P * latency
     elif chain == "ring":
