@@ -369,12 +369,12 @@ class ShardedRowsEngine(_Sharded):
     each lane's part (a lane: ``lane_blocks`` consecutive blocks of 64 neurons), and each gradient element as a sum
     over the panels of its row group, then over the groups. Rank r owns consecutive whole lanes (its columns of W_1,
     rows of W_2); per step one :func:`pyrgd.backends.cpu.network_grad_shard` call runs the whole layer's panels and
-    groups on its lanes, and for each panel ``combine`` completes Z_2 along an ordered chain (rank 0 copies its
-    first lane and adds its others, sends the running sum of the panel's rows to rank 1, which adds its lanes in
-    order, ...; the last rank broadcasts the panel's Z_2), the very additions one process does. The tail then runs
+    groups on its lanes, and for each batch of up to 4 panels ``combine`` completes Z_2 of their rows along an
+    ordered chain (rank 0 copies its first lane and adds its others, sends the running sum to rank 1, which adds its
+    lanes in order, ...; the last rank broadcasts the result), the very additions one process does. The tail then runs
     on every rank on identical Z_2, and each rank's gradients are one process's for its neurons; the squared norms
     are summed over all blocks in block order (an allgather of 2 values per block). Each product is done once per
-    step (no recomputation), at the price of two messages of R x n_2 values per panel and rank.
+    step (no recomputation), at the price of two messages of up to 4 R x n_2 values per batch and rank.
 
     X (N, d) and Y (N, n_L): NumPy arrays, the same on every rank; ``W`` the FULL weights, the same on every rank.
     :attr:`weights`: this rank's arrays (its W_1 columns, W_2 rows, the tail); :meth:`full_weights` gathers them;

@@ -345,8 +345,8 @@ def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
             Part("step", s["buffers"], secs,
                  (f"{s['groups']} N x n_2 part{many} of Z_2 (one per group it owns), H, G and the tail's gradients"
                   if method == "neurons" else
-                  "the gradients of its neurons and of the tail, and the rows method's workspace (a panel of its "
-                  "lanes)") + f"; at most {steps} steps of this rank's neurons (communication not counted)",
+                  "the gradients of its neurons and of the tail, and the rows method's workspace (a batch of up to "
+                  "4 panels of its lanes)") + f"; at most {steps} steps of this rank's neurons (communication not counted)",
                  "more ranks (fewer groups each), or a smaller data.N" if method == "neurons" else
                  "more ranks (fewer neurons each), or train.method = neurons"),
             Part("gather", s["gather"], None,

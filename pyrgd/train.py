@@ -603,7 +603,7 @@ def _sharded_engine(comm, X, Y, W, act, mult, method):
 
     try:
         engine, err = sharded_engine(comm, X, Y, W, act, mult, method), None
-    except (PyrgdError, MemoryError, ValueError) as e:
+    except Exception as e:  # any rank's failure (memory, a backend missing on one host) ends every rank
         engine, err = None, e
     agree(comm, None, err)
     return engine

@@ -113,6 +113,26 @@ def test_a_failing_combine_ends_the_call_with_its_exception():
     assert np.isfinite(cpu.network_grad(X, Y, W, act, [1.0, 1.0])[0])
 
 
+def test_views_kept_past_the_call_stay_valid():
+    """combine's arrays view the workspace; without one given, the call makes it a NumPy array that the views keep
+    alive, so a view kept past the call (by the callback, or in a traceback) still reads what it held."""
+    act = parse_activation("tanh")
+    X, Y, W = _problem()
+    geo = rows_geometry(X.shape[0], X.shape[1], W[0].shape[1], 7, X.dtype, act)
+    kept, copies = [], []
+
+    def combine(r0, rows, parts, f2):
+        f2[...] = parts[0]
+        kept.append((parts, f2))
+        copies.append((parts.copy(), f2.copy()))
+    cpu.network_grad_shard(X, Y, W, act, [1.0, 1.0], geo["panel_rows"], geo["lane_blocks"], geo["groups"], combine)
+    import gc
+
+    gc.collect()
+    parts, f2 = kept[-1]
+    assert np.array_equal(parts, copies[-1][0]) and np.array_equal(f2, copies[-1][1])
+
+
 def test_bad_shards_are_refused_naming_the_argument():
     act = parse_activation("tanh")
     X, Y, W = _problem(N=300)
@@ -126,6 +146,8 @@ def test_bad_shards_are_refused_naming_the_argument():
         call(0, B, G, ok)
     with pytest.raises(PyrgdError, match="lane_blocks: expected"):
         call(R, 0, G, ok)
+    with pytest.raises(PyrgdError, match="lane_blocks: 1 blocks a lane make 36 lanes"):  # more than 16 lanes
+        call(R, 1, G, ok)
     with pytest.raises(PyrgdError, match=r"groups: expected 1\.\.panels"):
         call(R, B, 10 ** 4, ok)
     with pytest.raises(PyrgdError, match="combine: expected None or a callable"):

@@ -327,8 +327,10 @@ SWEEP_ERROR = """
     cell = runner.run_cell
     def failing(cfg, C=1.0, _n=[0]):
         _n[0] += 1
-        if comm.Get_rank() == 1 and _n[0] == 2:
-            raise ValueError("a cell failed on this rank")
+        if comm.Get_rank() == 1 and _n[0] == 2:  # rank 1's second cell, before it trains
+            if sys.argv[3] == "error":
+                raise ValueError("a cell failed on this rank")
+            raise KeyboardInterrupt  # as a Ctrl-C outside train (building the cell, its certificates)
         return cell(cfg, C=C)
     runner.run_cell = failing
     try:
@@ -336,18 +338,26 @@ SWEEP_ERROR = """
     except pyrgd.PyrgdError as e:
         print("ERROR", comm.Get_rank(), e)
         raise SystemExit(3)
+    except KeyboardInterrupt:
+        print("STOPPED", comm.Get_rank())
+        raise SystemExit(130)
 """
 
 
-def test_a_failing_cell_on_one_rank_ends_the_sweep_on_every_rank(mpiexec, tmp_path):
+@pytest.mark.parametrize("mode", ["error", "signal"])
+def test_a_failing_cell_on_one_rank_ends_the_sweep_on_every_rank(mpiexec, tmp_path, mode):
     (tmp_path / "g.toml").write_text(SWEEP_GRID)
     p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, SWEEP_ERROR), str(tmp_path / "g.toml"),
-                             str(tmp_path / "out")], tmp_path)
-    assert p.returncode == 3
-    for r in (0, 1):
-        assert f"ERROR {r} rank 1: ValueError: a cell failed on this rank" in p.stdout
-    # the first round's cells (one per rank) were written before the failure
-    assert len(_rows_without_times(tmp_path / "out" / "results.csv")) == 2
+                             str(tmp_path / "out"), mode], tmp_path)
+    rows = _rows_without_times(tmp_path / "out" / "results.csv")
+    if mode == "error":
+        assert p.returncode == 3
+        for r in (0, 1):
+            assert f"ERROR {r} rank 1: ValueError: a cell failed on this rank" in p.stdout
+        assert len(rows) == 2  # the first round's cells (one per rank) were written before the failure
+    else:  # every rank stops after the round (none waits on rank 1); rank 0's cell of that round is kept
+        assert p.returncode == 130 and "STOPPED 0" in p.stdout and "STOPPED 1" in p.stdout
+        assert len(rows) == 3
 
 
 # ------------------------------------------------------------------------------------- without launching ranks

@@ -219,7 +219,7 @@ def test_train_refuses_per_rank_naming_the_rank_and_the_part(monkeypatch):
     monkeypatch.setattr(P, "available_memory", lambda backend: (int(rank1.total_bytes / P.MEMORY_FRACTION) + 1,
                                                                 "host"))
     assert 2 * rank1.total_bytes > rank1.total_bytes / P.MEMORY_FRACTION + 1
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(PyrgdError, match="division by zero"):  # the engine's failure, agreed by every rank
         pyrgd.train(net, X, Y, lr=1e-4, steps=3, track_every=0, progress=False, comm=FakeComm(1, 2),
                     method="neurons")
     assert len(built) == 1

@@ -359,6 +359,12 @@ void check_shard(const WideShape& s, size_t panel_rows, size_t lane_blocks, size
     throw std::invalid_argument("panel_rows: a shard needs the whole layer's panel rows, 1..N = " +
                                 std::to_string(s.N) + ", got " + std::to_string(panel_rows));
   if (lane_blocks < 1) throw std::invalid_argument("lane_blocks: expected at least 1 (grad_lane_blocks)");
+  const size_t lanes = ceil_div(ceil_div(s.n1, kBlock), lane_blocks);
+  if (lanes > kGradLanes)
+    throw std::invalid_argument("lane_blocks: " + std::to_string(lane_blocks) + " blocks a lane make " +
+                                std::to_string(lanes) + " lanes of the shard's " + std::to_string(s.n1) +
+                                " neurons; a layer has at most " + std::to_string(kGradLanes) +
+                                " (grad_lane_blocks of the whole layer)");
   const size_t npanels = ceil_div(s.N, panel_rows);
   if (groups < 1 || groups > npanels)
     throw std::invalid_argument("groups: expected 1..panels = " + std::to_string(npanels) + ", got " +

@@ -508,7 +508,8 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
                                      : pyrgd::cpu::grad_workspace_elems(w.s, act_code, isz, std::size_t(panel_rows),
                                                                         kept);
     if (std::size_t(work.size()) < need)
-      value_error("workspace", "expected at least " + std::to_string(need) + " elements (grad_workspace_size), got " +
+      value_error("workspace", "expected at least " + std::to_string(need) + " elements (" +
+                                   (sharded ? "grad_shard_workspace_size" : "grad_workspace_size") + "), got " +
                                    num(work.size()));
     check_disjoint(work, "workspace", w.X, "X");
     check_disjoint(work, "workspace", Y, "Y");
@@ -517,6 +518,17 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
       check_disjoint(work, "workspace", G[l], item("grads", l));
     }
   }
+  // a shard without a workspace gets one here, a NumPy array: combine's views of the kernel's memory keep it alive
+  // (a view kept past the call, in a traceback or by the callback, never points into freed memory)
+  bool own_work = false;
+  if (sharded && !has_work) {
+    const std::size_t n = pyrgd::cpu::grad_shard_workspace_elems(w.s, act_code, call.t == DType::f32 ? 4 : 8,
+                                                                 std::size_t(panel_rows), std::size_t(lane_blocks),
+                                                                 std::size_t(groups));
+    work = call.t == DType::f32 ? py::array(py::array_t<float>(ssize(n))) : py::array(py::array_t<double>(ssize(n)));
+    own_work = true;
+  }
+  const bool use_work = has_work || own_work;
   const std::size_t nt = L - 2;
   std::vector<double> sq(L, 0.0);
   double loss = 0.0;
@@ -530,8 +542,8 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
     }
     const std::vector<T> mt(mult.begin(), mult.end());
     const T *x = in<T>(w.X), *y = in<T>(Y), *w1 = in<T>(w.W1), *w2 = in<T>(w.W2);
-    T *g1 = out<T>(G[0]), *g2 = out<T>(G[1]), *wk = has_work ? out<T>(work) : nullptr;
-    const std::size_t wn = has_work ? std::size_t(work.size()) : 0;
+    T *g1 = out<T>(G[0]), *g2 = out<T>(G[1]), *wk = use_work ? out<T>(work) : nullptr;
+    const std::size_t wn = use_work ? std::size_t(work.size()) : 0;
     if (!sharded) {
       py::gil_scoped_release nogil;
       loss = pyrgd::cpu::network_grad<T>(w.s, nt, tdims.data(), x, y, w1, w2, wt.data(), mt.data(), act_code,
@@ -549,10 +561,10 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
     shard.combine = [&](std::size_t r0, std::size_t rows, const T* lanes, std::size_t nl, std::size_t stride, T* f2) {
       py::gil_scoped_acquire gil;
       try {
-        const py::capsule keep(lanes, [](void*) {});  // a base: the arrays view the kernel's memory, no copy
-        py::array L(py::dtype::of<T>(), {nl, rows, n2}, {stride * sizeof(T), n2 * sizeof(T), sizeof(T)}, lanes, keep);
+        // views of the workspace (no copy), based on it: they keep it alive however long they live
+        py::array L(py::dtype::of<T>(), {nl, rows, n2}, {stride * sizeof(T), n2 * sizeof(T), sizeof(T)}, lanes, work);
         L.attr("flags").attr("writeable") = false;
-        py::array F(py::dtype::of<T>(), {rows, n2}, {n2 * sizeof(T), sizeof(T)}, f2, keep);
+        py::array F(py::dtype::of<T>(), {rows, n2}, {n2 * sizeof(T), sizeof(T)}, f2, work);
         combine(r0, rows, L, F);
       } catch (py::error_already_set& e) {
         py_error = e.value();

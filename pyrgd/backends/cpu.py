@@ -188,11 +188,13 @@ def network_grad_shard(X, Y, weights, act, multipliers, panel_rows, lane_blocks,
     shard's.
 
     ``panel_rows``, ``lane_blocks`` and ``groups``: the whole layer's :func:`grad_panel_rows`, :func:`grad_lane_blocks`
-    and :func:`grad_row_groups` (every neuron kept). ``combine(r0, rows, lanes, f2)`` is called once per panel in
-    panel order, on the calling thread: ``lanes`` (n_lanes, rows, n2; read-only) holds the shard's lanes' parts of
-    Z_2 for rows [r0, r0 + rows), and it must write the panel's whole Z_2 into ``f2`` (rows, n2): every lane of the
-    layer added in lane order, from a copy of lane 0 (what network_grad does, so that the gradients are its bits). An
-    exception it raises ends the call and is raised again. ``block_sq``: None or a float64 array of 2 x (the shard's
+    and :func:`grad_row_groups` (every neuron kept). ``combine(r0, rows, lanes, f2)`` is called once per batch of
+    up to ``pyrgd._cpu.GRAD_SHARD_BATCH`` consecutive panels of a row group (so ``rows`` is up to that many times
+    ``panel_rows``), in panel order, on the calling thread: ``lanes`` (n_lanes, rows, n2; read-only) holds the
+    shard's lanes' parts of Z_2 for rows [r0, r0 + rows), and it must write their whole Z_2 into ``f2`` (rows, n2):
+    every lane of the layer added in lane order, from a copy of lane 0 (what network_grad does, so that the
+    gradients are its bits). Both are views of the workspace, valid during the call. An exception it raises ends the
+    call and is raised again. ``block_sq``: None or a float64 array of 2 x (the shard's
     blocks of 64) that receives ||dW_1 block||^2 per block, then ||dW_2 block||^2."""
     m = _module()
     loss, g, sq = _call(m.network_grad, X, Y, list(weights), act.code, float(act.gamma),

@@ -219,8 +219,8 @@ def project_step(N: int, d: int, widths, P: int, rate: float, bandwidth: float =
     2 (P - 1) latency).
 
     ``method`` = 'rows' (:class:`pyrgd.distributed.ShardedRowsEngine`, chain 'ordered' only): the wide layer's flops
-    are 4 N n_1 (d + n_2) (each product once), and the same M bytes go along the chain in ceil(N / (``batch``
-    ``panel_rows``)) meetings per step, each paying the P - 1 + ceil(log2 P) latencies: the latency term is
+    are 4 N n_1 (d + n_2) (each product once), and the same M bytes go along the chain in about ceil(N / (``batch``
+    ``panel_rows``)) meetings per step (batches do not cross the row groups: up to groups - 1 more), each paying the P - 1 + ceil(log2 P) latencies: the latency term is
     multiplied by the meetings, which is what limits this engine on many nodes."""
     from .problems import fused_flops
 

@@ -97,7 +97,7 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True, 
     if comm.Get_rank() == 0:
         try:
             done_rows = _prepare(grid, out, resume, C)
-        except (PyrgdError, OSError) as e:
+        except Exception as e:  # whatever rank 0 meets here ends every rank (none is left waiting)
             err = e
     done_rows = agree(comm, done_rows, err)
     threads = max(1, len(os.sched_getaffinity(0)) // per_host) if hasattr(os, "sched_getaffinity") else 1
@@ -174,10 +174,17 @@ def _run_cells(grid, out, done_rows, progress, C, plots, comm) -> list:
                     stop = result.pop("_stopped")
                     if not stop:
                         row = {"cell": cid, **params, **result, "cell_time_s": time.perf_counter() - t0}
-                except Exception as e:  # on one rank of several: every rank ends with its message
+                except BaseException as e:  # on one rank of several: every rank learns of it at the allgather
                     if comm is None:
                         raise
-                    err = e
+                    from ..errors import Terminated
+
+                    if isinstance(e, KeyboardInterrupt):  # a signal outside train (building, certificates)
+                        stop = "interrupted"
+                    elif isinstance(e, Terminated):
+                        stop = "terminated"
+                    else:
+                        err = e
             if comm is None:
                 finished, stop_any = [row] if row else [], stop
             else:
@@ -193,7 +200,18 @@ def _run_cells(grid, out, done_rows, progress, C, plots, comm) -> list:
                 done_rows.append(r)
                 by_id[r["cell"]] = r
             if finished and rank == 0:
-                _write_rows(res_path, done_rows)
+                if comm is None:
+                    _write_rows(res_path, done_rows)
+                else:  # a failure to write (a full disk) ends every rank, not rank 0 alone
+                    try:
+                        _write_rows(res_path, done_rows)
+                        werr = None
+                    except Exception as e:
+                        werr = e
+            if comm is not None and finished:
+                from ..distributed import agree
+
+                agree(comm, None, werr if rank == 0 else None)
             if bar is not None:
                 bar.update(len(finished))
             if stop_any:
