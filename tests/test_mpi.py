@@ -140,7 +140,9 @@ STOP_AND_RESUME = """
     else:
         r = pyrgd.train(net, X, Y, lr="auto", steps=30, progress=False, comm=comm, out=folder, resume=folder,
                         checkpoint_every=5, method=method)
-    print("STATUS", comm.Get_rank(), r.status, len(r.history["loss"]) - 1)
+    lines = comm.gather(f"STATUS {comm.Get_rank()} {r.status} {len(r.history['loss']) - 1}")
+    if comm.Get_rank() == 0:  # one writer: the ranks' lines cannot interleave
+        print("\\n".join(lines), flush=True)
 """
 
 
@@ -333,14 +335,17 @@ SWEEP_ERROR = """
             raise KeyboardInterrupt  # as a Ctrl-C outside train (building the cell, its certificates)
         return cell(cfg, C=C)
     runner.run_cell = failing
+    def report(line, code):  # rank 0 prints every rank's line (no interleaved output), every rank exits
+        lines = comm.gather(line)
+        if comm.Get_rank() == 0:
+            print("\\n".join(lines), flush=True)
+        raise SystemExit(code)
     try:
         run_sweep(sys.argv[1], sys.argv[2], resume=False, plots=False, comm=comm)
     except pyrgd.PyrgdError as e:
-        print("ERROR", comm.Get_rank(), e)
-        raise SystemExit(3)
+        report(f"ERROR {comm.Get_rank()} {e}", 3)
     except KeyboardInterrupt:
-        print("STOPPED", comm.Get_rank())
-        raise SystemExit(130)
+        report(f"STOPPED {comm.Get_rank()}", 130)
 """
 
 
