@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
+import pyrgd
 from pyrgd import PyramidalNet, cli, data, theory
 from pyrgd.activations import parse_activation
 from pyrgd.errors import PyrgdError
@@ -32,7 +33,7 @@ def write_exp(tmp_path, name, params, small=None):
 E1_TINY = {"N": [6, 12], "d": 3, "inputs": "gaussian", "targets": "gaussian", "data_seed": 0, "seeds": [0, 1],
            "steps": 300, "rel_tol": 1e-2, "strict_rel_tol": 0.0, "lr": "auto", "track_every": 300,
            "n1_min_over_N": 0.5, "n1_factor": 2.0,
-           "n1_max_over_N": 8.0, "C": 1.0, "exact_n1": [12, 96], "exact_seeds": [0]}
+           "n1_max_over_N": 8.0, "C": 1.0, "exact_n1": [12, 96], "exact_seeds": [0], "threads": 1}
 
 
 # --------------------------------------------------------------------------------------------- E1
@@ -58,6 +59,77 @@ def test_e1_tiny(tmp_path):
         assert r["lambda_star"] == pytest.approx(theory.lambda_star(X, "relu", w_var=1 / 3).value, rel=1e-12)
     margins = read_results(res["csv_margins"])
     assert {(m["N"], m["n1"]) for m in margins} == {(6, 12), (6, 96), (12, 12), (12, 96)}
+    for r in rows:  # the infinite-width reference: its steps, and each run compared after as many steps
+        X, Y = e1_width.make_data(e1_width.check(E1_TINY), r["N"])
+        lazy = e1_width.LazyLimit(e1_width.Predictor(X, Y, 1.0).gram, Y)
+        assert r["lazy_steps"] == lazy.steps_to(1e-2)
+        assert r["lazy_relative_loss_at_budget"] == pytest.approx(lazy.relative_loss(300), rel=1e-12)
+        for g in (g for g in gd if g["N"] == r["N"]):
+            want = lazy.relative_loss(g["steps"], g["lr"] * g["n1"])
+            assert g["lazy_relative_loss"] == pytest.approx(want, rel=1e-9)
+            assert g["faster_than_lazy"] == (g["relative_loss"] <= g["lazy_relative_loss"])
+
+
+def _explicit_lazy_loss(G, Y, step, k):
+    """Phi_k / Phi_0 of the linear map r -> (I - step G) r, averaged over r_0 = f - Y with f ~ N(0, G) per column:
+    (|A^k Y|^2 + n_2 tr(A^k G A^k)) / (|Y|^2 + n_2 tr G), A = I - step G, by explicit matrix powers."""
+    A = np.linalg.matrix_power(np.eye(len(G)) - step * G, k)
+    n2 = Y.shape[1]
+    return (np.sum((A @ Y) ** 2) + n2 * np.trace(A @ G @ A.T)) / (np.sum(Y ** 2) + n2 * np.trace(G))
+
+
+def test_lazy_limit_matches_explicit_matrix_powers():
+    rng = np.random.default_rng(3)
+    B = rng.standard_normal((9, 9))
+    G = B @ B.T / 9 + 0.05 * np.eye(9)
+    Y = rng.standard_normal((9, 2))
+    lazy = e1_width.LazyLimit(G, Y)
+    g = np.linalg.eigvalsh(G)
+    assert lazy.auto_step == pytest.approx(0.5 / g[-1], rel=1e-12)
+    assert lazy.condition == pytest.approx(g[-1] / g[0], rel=1e-9)
+    for k in (0, 1, 7, 40):
+        for step in (None, 0.3 / g[-1], 1.5 / g[-1]):
+            h = lazy.auto_step if step is None else step
+            assert lazy.relative_loss(k, step) == pytest.approx(_explicit_lazy_loss(G, Y, h, k), rel=1e-9)
+    r0 = rng.standard_normal((9, 2))
+    A = np.linalg.matrix_power(np.eye(9) - lazy.auto_step * G, 5)
+    assert lazy.relative_loss(5, residual=r0) == pytest.approx(np.sum((A @ r0) ** 2) / np.sum(r0 ** 2), rel=1e-9)
+    k = lazy.steps_to(1e-4)  # the fewest steps
+    assert lazy.relative_loss(k) <= 1e-4 < lazy.relative_loss(k - 1)
+    assert lazy.steps_to(1.0) == 0
+    assert lazy.steps_to(1e-4, step=2.5 / g[-1]) is None  # past the stability edge 2 / g_max
+    assert lazy.steps_to(1e-4, step=1e-9 / g[-1], k_max=10 ** 6) is None  # not within k_max
+
+
+def test_lazy_limit_predicts_gd_on_a_wide_net():
+    """GD on a wide LeCun ReLU net at lr = "auto" follows the infinite-width linear map r -> (I - lr n_1 G) r."""
+    from pyrgd.data import synthetic
+
+    N, d, n1 = 32, 16, 16384
+    X, Y = synthetic(N, d, 1, inputs="gaussian", targets="gaussian", seed=0)[:2]
+    lazy = e1_width.LazyLimit(theory.lambda_star(X, "relu", w_var=1 / d).gram, Y)
+    for k, rel in ((100, 0.1), (1000, 0.2)):
+        net = pyrgd.PyramidalNet(d, [n1, 1], activation="relu", init="lecun", seed=0, dtype="float64")
+        r0 = net.forward(X) - Y
+        res = pyrgd.train(net, X, Y, lr="auto", steps=k, rel_tol=0, tol=0, track_every=10 ** 6, progress=False,
+                          threads=1)
+        want = lazy.relative_loss(k, res.lr * n1, residual=r0)
+        assert res.summary["relative_loss"] == pytest.approx(want, rel=rel)
+    # a narrow net is not lazy: the same formula misses it by far more    net = pyrgd.PyramidalNet(d, [8, 1], activation="relu", init="lecun", seed=0, dtype="float64")
+    r0 = net.forward(X) - Y
+    with pytest.warns(UserWarning, match="n_1 = 8 < N = 32"):
+        res = pyrgd.train(net, X, Y, lr="auto", steps=1000, rel_tol=0, tol=0, track_every=10 ** 6, progress=False,
+                          threads=1)
+    want = lazy.relative_loss(1000, res.lr * 8, residual=r0)
+    assert not res.summary["relative_loss"] == pytest.approx(want, rel=0.5)
+
+
+def test_e1_threads_auto_uses_every_core_only_for_large_steps():
+    p = e1_width.check({**E1_TINY, "threads": "auto"})
+    assert e1_width.gd_threads(p, 64, 64) == 1
+    assert e1_width.gd_threads(p, 4096, 1024) == 0  # N n_1 = 2^22: the machine's default
+    assert e1_width.gd_threads(e1_width.check({**E1_TINY, "threads": 2}), 4096, 4096) == 2
+    assert e1_width.gd_config(p, 4096, 4096, 0)["train"]["threads"] == 0
 
 
 def test_e1_strict_tolerance_is_a_second_threshold_from_the_same_runs(tmp_path):
@@ -218,6 +290,8 @@ def test_committed_configs_are_valid(name, small):
     ({**E1_TINY, "n1_factor": 1.0}, "E1.params.n1_factor"),
     ({**E1_TINY, "lr": "fast"}, "train.lr"),
     ({**E1_TINY, "strict_rel_tol": 1e-2}, "E1.params.strict_rel_tol"),
+    ({**E1_TINY, "threads": 0}, "E1.params.threads: expected a positive integer or 'auto'"),
+    ({**E1_TINY, "threads": "many"}, "E1.params.threads"),
 ])
 def test_bad_params_name_the_key(tmp_path, params, fragment):
     with pytest.raises(PyrgdError) as e:

@@ -26,9 +26,20 @@ For every N the data (X, Y) are fixed (``data_seed``) and the network is F_2 = r
   the paper's N^2 when lambda_* stays bounded, faster when lambda_* falls with N (a fixed d).
 - **Exact margins**: the margins of real LeCun nets at the widths ``exact_n1`` (n_1 >= N), computed by
   :func:`pyrgd.theory.nguyen2021_certificate`, beside the predicted ones, to show where the prediction is reached.
+- **Infinite-width reference** (computed): GD on the net linearized at an infinitely wide initialization
+  (:class:`LazyLimit`). There the NTK is n_1 G (G the lambda_* Gram), so with a step eta n_1 the residual evolves
+  as r_k = (I - eta G)^k r_0 and, averaged over the initial outputs F_2(0) ~ N(0, G) independent of Y, the
+  relative loss is l(k) = sum_i (1 - eta g_i)^(2k) c_i / sum_i c_i with c_i = |u_i^T Y|^2 + n_2 g_i (g_i, u_i the
+  eigenpairs of G) [derived: docs/theory.md section 5, "the infinite-width limit"]. Per N: the steps it needs to
+  reach rel_tol and strict_rel_tol at lr = "auto"'s rule (eta = 0.5 / g_max) and its loss at the step budget; per
+  GD run: l(k) at the run's own step size and step count, so that each run is compared with an infinitely wide
+  net trained as long. Where even this limit needs more steps than the budget, no wide net can converge within it:
+  the measured threshold then measures the budget.
 
-Outputs: E1.csv (per N: both thresholds, lambda_*), E1_gd.csv (every GD run), E1_margins.csv (exact and predicted
-margins), E1.png (left: thresholds against N with fitted slopes; right: margins against n_1).
+Outputs: E1.csv (per N: both thresholds, lambda_*, the infinite-width steps), E1_gd.csv (every GD run, with the
+infinite-width loss after as many steps), E1_margins.csv (exact and predicted margins), E1.png (left: thresholds
+against N with fitted slopes; middle: margins against n_1; right: every GD run's loss at its last step against the
+infinite-width curves).
 """
 from __future__ import annotations
 
@@ -58,7 +69,11 @@ SPEC = {
     "C": Param("float", "Nguyen 2021's constants C_l (the paper's applications use 1)", lo=0.0),
     "exact_n1": Param("int_list", "widths of the real nets whose exact margins are computed", lo=1),
     "exact_seeds": Param("int_list", "seeds of those nets", lo=0),
+    "threads": Param("raw", "CPU threads of each GD run: a positive integer, or 'auto' (1 below N n_1 = 2^22, "
+                            "every core above)"),
 }
+#: with threads = "auto", GD runs with N n_1 below this use one thread (their steps are too short to share)
+AUTO_THREADS_SIZE = 2 ** 22
 CONDITIONS = ("initW", "initF", "initS")
 
 
@@ -79,6 +94,9 @@ def check(params) -> dict:
     if p["strict_rel_tol"] >= p["rel_tol"] and p["strict_rel_tol"] != 0:
         raise PyrgdError(f"E1.params.strict_rel_tol: expected 0 or below rel_tol = {p['rel_tol']:g}, got "
                          f"{p['strict_rel_tol']!r}")
+    th = p["threads"]
+    if th != "auto" and not (isinstance(th, int) and not isinstance(th, bool) and th >= 1):
+        raise PyrgdError(f"E1.params.threads: expected a positive integer or 'auto', got {th!r}")
     if p["n1_max_over_N"] < p["n1_min_over_N"]:
         raise PyrgdError(f"E1.params.n1_max_over_N: expected at least n1_min_over_N = {p['n1_min_over_N']:g}")
     return p
@@ -98,7 +116,15 @@ def gd_config(p, N, n1, seed) -> dict:
                  "targets": p["targets"], "seed": p["data_seed"]},
         "model": {"widths": [n1, 1], "activation": "relu", "init": "lecun", "seed": seed, "dtype": "float64"},
         "train": {"lr": p["lr"], "steps": p["steps"], "rel_tol": p["strict_rel_tol"] or p["rel_tol"], "tol": 0.0,
-                  "track_every": p["track_every"], "threads": 1}})  # small steps: one thread is fastest
+                  "track_every": p["track_every"], "threads": gd_threads(p, N, n1)}})
+
+
+def gd_threads(p, N, n1):
+    """Threads of one GD run (the config's train.threads): p["threads"], or with "auto" 1 for small steps (fastest)
+    and 0 (the machine's default: every core) for N n_1 >= AUTO_THREADS_SIZE."""
+    if p["threads"] != "auto":
+        return p["threads"]
+    return 1 if N * n1 < AUTO_THREADS_SIZE else 0
 
 
 # --------------------------------------------------------------------------------------------- Theorem 2.2
@@ -132,6 +158,7 @@ class Predictor:
         self.n2 = Y.shape[1]
         ls = lambda_star(X, "relu", w_var=1.0 / self.d)
         self.lambda_star = ls.value
+        self.gram = ls.gram
         self.trace_G = float(np.trace(ls.gram))
         self.norm_X = float(np.linalg.norm(X))
         self.norm_Y2 = float((Y.astype(np.float64) ** 2).sum())
@@ -169,6 +196,53 @@ class Predictor:
         return float(hi)
 
 
+class LazyLimit:
+    """GD on the two-layer ReLU net with LeCun init, linearized at an infinitely wide initialization (see the module
+    docstring; [derived: docs/theory.md section 5, "GD in the infinite-width limit"]).
+
+    gram: G (N, N) float64, the lambda_* Gram (:attr:`Predictor.gram`); Y: (N, n_2) targets. The relative losses are
+    averages over the random initial outputs F_2(0) ~ N(0, G) per column, independent of Y.
+    """
+
+    def __init__(self, gram, Y):
+        g, U = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
+        self.g = np.clip(g, 0.0, None)  # eigenvalues of G, ascending (rounding can leave tiny negatives)
+        self.U = U
+        Y = np.asarray(Y, dtype=np.float64).reshape(len(g), -1)
+        self.weights = ((U.T @ Y) ** 2).sum(axis=1) + Y.shape[1] * self.g  # c_i = |u_i^T Y|^2 + n_2 g_i
+        self.auto_step = 0.5 / self.g[-1]  # lr = "auto"'s rule on the limit's kernel: 0.5 / g_max
+        self.condition = self.g[-1] / self.g[0] if self.g[0] > 0 else math.inf
+
+    def relative_loss(self, k, step=None, residual=None) -> float:
+        """Phi_k / Phi_0 after k steps of size step / n_1 (step: eta n_1; None: the auto step 0.5 / g_max).
+        residual: None for the average over the initial outputs, or one net's r_0 = F_2(0) - Y (N, n_2)."""
+        h = self.auto_step if step is None else float(step)
+        c = self.weights
+        if residual is not None:
+            r0 = np.asarray(residual, dtype=np.float64).reshape(len(self.g), -1)
+            c = ((self.U.T @ r0) ** 2).sum(axis=1)
+        q = np.abs(1.0 - h * self.g) ** (2 * int(k))
+        return float(q @ c / c.sum())
+
+    def steps_to(self, rel_tol, step=None, k_max=10 ** 12):
+        """The fewest steps k with relative_loss(k) <= rel_tol (None if not within k_max, or if the step diverges)."""
+        h = self.auto_step if step is None else float(step)
+        if rel_tol >= 1.0:
+            return 0
+        if h * self.g[-1] >= 2.0 or (self.g[0] <= 0 and self.weights[0] > 0):
+            return None
+        hi = 1
+        while self.relative_loss(hi, h) > rel_tol:  # every factor |1 - h g_i| < 1: monotone in k
+            hi *= 2
+            if hi > k_max:
+                return None
+        lo = hi // 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.relative_loss(mid, h) > rel_tol else (lo, mid)
+        return hi if self.relative_loss(lo, h) > rel_tol else lo
+
+
 # --------------------------------------------------------------------------------------------- the run
 def gd_widths(p, N):
     out, x = [], p["n1_min_over_N"] * N
@@ -180,9 +254,10 @@ def gd_widths(p, N):
     return out
 
 
-def _gd_search(p, N, bar, gd_rows) -> tuple:
+def _gd_search(p, N, bar, gd_rows, lazy) -> tuple:
     """(threshold at rel_tol, threshold at strict_rel_tol or None): the GD search of the module docstring at N;
-    every GD run is appended to gd_rows."""
+    every GD run is appended to gd_rows, with the infinite-width net's relative loss (``lazy``, a
+    :class:`LazyLimit`) after as many steps of the same size (eta n_1)."""
     from ..sweep import run_cell
 
     strict = p["strict_rel_tol"] > 0
@@ -199,6 +274,9 @@ def _gd_search(p, N, bar, gd_rows) -> tuple:
             r["converged_strict"] = bool(r["converged"]) if strict else None
             if strict:  # the run trained to strict_rel_tol; rel_tol is judged on its loss at the end
                 r["converged"] = bool(r["converged"]) or (rel is not None and rel <= p["rel_tol"])
+            if r.get("lr") is not None and r.get("steps") is not None:
+                r["lazy_relative_loss"] = lazy.relative_loss(r["steps"], r["lr"] * n1)
+                r["faster_than_lazy"] = bool(rel is not None and rel <= r["lazy_relative_loss"])
             gd_rows.append({"N": N, "n1": n1, "seed": seed, **r})
             bar.update(1)
             budget -= 1
@@ -222,14 +300,16 @@ def run(p, out, progress=False) -> dict:
     from ..model import PyramidalNet
     from ..theory import nguyen2021_certificate
 
-    gd_rows, margin_rows, rows = [], [], []
+    gd_rows, margin_rows, rows, preds, lazies = [], [], [], {}, {}
     total = sum(len(gd_widths(p, N)) * len(p["seeds"]) for N in p["N"])
     bar = progress_bar(progress, total, "E1 GD", unit="run")
     try:
         for N in p["N"]:
             X, Y = make_data(p, N)
             pred = Predictor(X, Y, p["C"])
-            gd_thr, strict_thr = _gd_search(p, N, bar, gd_rows)
+            lazy = LazyLimit(pred.gram, Y)
+            preds[N], lazies[N] = pred, lazy
+            gd_thr, strict_thr = _gd_search(p, N, bar, gd_rows, lazy)
             for n1 in [m for m in p["exact_n1"] if m >= N]:
                 pc = pred.conditions(n1)
                 for seed in p["exact_seeds"]:
@@ -249,7 +329,11 @@ def run(p, out, progress=False) -> dict:
                          "gd_threshold_strict": strict_thr,
                          "certified_threshold": cert_thr, "certified_over_N2": cert_thr / N ** 2,
                          "lambda_star": pred.lambda_star, "last_condition": binding,
-                         "ratio_certified_to_gd": cert_thr / gd_thr if gd_thr else None})
+                         "ratio_certified_to_gd": cert_thr / gd_thr if gd_thr else None,
+                         "lazy_steps": lazy.steps_to(p["rel_tol"]),
+                         "lazy_steps_strict": lazy.steps_to(p["strict_rel_tol"]) if p["strict_rel_tol"] > 0 else None,
+                         "lazy_relative_loss_at_budget": lazy.relative_loss(p["steps"]),
+                         "lazy_condition": lazy.condition})
     finally:
         bar.close()
 
@@ -269,24 +353,30 @@ def run(p, out, progress=False) -> dict:
                 "slope_certified_times_lambda_star_sq": s_cl,
                 "thresholds": {str(r["N"]): {"gd": r["gd_threshold"], "gd_strict": r["gd_threshold_strict"],
                                              "certified": r["certified_threshold"],
-                                             "lambda_star": r["lambda_star"]}
+                                             "lambda_star": r["lambda_star"],
+                                             "lazy_steps": r["lazy_steps"],
+                                             "lazy_steps_strict": r["lazy_steps_strict"],
+                                             "lazy_relative_loss_at_budget": r["lazy_relative_loss_at_budget"]}
                                for r in rows},
-                "measured": "gd, gd_strict (GD runs)", "computed": "certified (from the large-width limits)",
+                "runs_faster_than_lazy": sum(bool(g.get("faster_than_lazy")) for g in gd_rows),
+                "runs": len(gd_rows),
+                "measured": "gd, gd_strict (GD runs)",
+                "computed": "certified (from the large-width limits); lazy_* (GD on the infinite-width linearized net)",
                 "tolerance": f"loss <= {p['rel_tol']:g} of the initial loss within {p['steps']} steps, every seed "
                              f"of {p['seeds']}",
                 "strict_tolerance": (f"loss <= {p['strict_rel_tol']:g} of the initial loss within {p['steps']} steps"
                                      if p["strict_rel_tol"] > 0 else None)}
-    _plot(files["figure"], p, rows, margin_rows, findings)
+    _plot(files["figure"], p, rows, margin_rows, gd_rows, findings, preds, lazies)
     return {**files, "findings": findings}
 
 
-def _plot(path, p, rows, margin_rows, f):
+def _plot(path, p, rows, margin_rows, gd_rows, f, preds, lazies):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    fig = Figure(figsize=(18, 5.2), layout="constrained")
     FigureCanvasAgg(fig)
-    ax, ax2 = fig.subplots(1, 2)
+    ax, ax2, ax3 = fig.subplots(1, 3)
     Ns = np.array([r["N"] for r in rows], dtype=float)
     gd = np.array([r["gd_threshold"] or np.nan for r in rows], dtype=float)
     ct = np.array([r["certified_threshold"] for r in rows], dtype=float)
@@ -324,8 +414,7 @@ def _plot(path, p, rows, margin_rows, f):
 
     grid = np.logspace(0, np.log10(max(np.nanmax(ct) * 4, 10.0)) if np.isfinite(ct).any() else 12, 200)
     for k, r in enumerate(rows):
-        X, Y = make_data(p, r["N"])
-        pred = Predictor(X, Y, p["C"])
+        pred = preds[r["N"]]
         g = grid[grid >= r["N"]]
         ax2.plot(g, [pred.min_margin(x) for x in g], "-", color=f"C{k % 10}", lw=1.2,
                  label=f"N = {r['N']}: predicted")
@@ -341,4 +430,38 @@ def _plot(path, p, rows, margin_rows, f):
     ax2.set_title("certified where the margin reaches 1 (lines: computed; circles: real nets)", fontsize=9)
     ax2.grid(True, which="major", alpha=0.3)
     ax2.legend(fontsize=7, ncol=2)
+
+    _plot_lazy(ax3, p, rows, gd_rows, lazies)
     save_figure(fig, path)
+
+
+def _plot_lazy(ax, p, rows, gd_rows, lazies):
+    """Every GD run's relative loss at its last step (filled: reached strict_rel_tol or rel_tol) against the
+    infinite-width curves l(k) at the auto step, one colour per N."""
+    k_end = max([p["steps"]] + [r["lazy_steps_strict"] or r["lazy_steps"] or 0 for r in rows])
+    ks = np.unique(np.logspace(0, np.log10(max(k_end, 10) * 1.5), 300).astype(np.int64))
+    for k, r in enumerate(rows):
+        lazy = lazies[r["N"]]
+        col = f"C{k % 10}"
+        ax.plot(ks, [max(lazy.relative_loss(x), 1e-300) for x in ks], "-", color=col, lw=1.2,
+                label=f"N = {r['N']}: infinite width, {p['rel_tol']:g} at k = {r['lazy_steps']}")
+        runs = [g for g in gd_rows if g["N"] == r["N"] and g.get("relative_loss") is not None]
+        for g in runs:
+            hit = bool(g.get("converged_strict")) or bool(g["converged"])
+            ax.plot(g["steps"], max(g["relative_loss"], 1e-300), "o" if g["n1"] <= g["N"] else "s", ms=4,
+                    color=col, mfc=col if hit else "none", alpha=0.8)
+    ax.axvline(p["steps"], color="k", lw=0.8, ls="--", label=f"step budget {p['steps']}")
+    ax.axhline(p["rel_tol"], color="0.4", lw=0.8, ls=":")
+    if p["strict_rel_tol"] > 0:
+        ax.axhline(p["strict_rel_tol"], color="0.4", lw=0.8, ls=":")
+    ax.plot([], [], "o", color="0.3", mfc="none", ms=4, label="GD run, $n_1 \\leq N$ (filled: reached the tolerance)")
+    ax.plot([], [], "s", color="0.3", mfc="none", ms=4, label="GD run, $n_1 > N$")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(max(min(p["strict_rel_tol"] or p["rel_tol"], p["rel_tol"]) / 30, 1e-12), 2.0)
+    ax.set_xlabel("GD steps k")
+    ax.set_ylabel("relative loss $\\Phi_k / \\Phi_0$")
+    ax.set_title("GD runs (markers, loss at their last step) against GD on the infinite-width\n"
+                 "linearized net (lines, lr = auto's rule): below a line, faster than infinitely wide", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7)
