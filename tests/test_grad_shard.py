@@ -14,6 +14,7 @@ cpu = pytest.importorskip("pyrgd.backends.cpu")
 pytest.importorskip("pyrgd._cpu", reason="the C++ extension pyrgd._cpu is not built")
 from pyrgd.distributed import (ShardedRowsEngine, distributed_method, rows_geometry,  # noqa: E402
                                rows_shard_bytes, shard_lanes)
+from _fake_comm import FakeComm  # noqa: E402
 
 
 def _problem(N=700, d=12, n1=2048 + 3 * 64 + 17, n2=7, nL=3, dtype=np.float64, seed=0):
@@ -172,31 +173,6 @@ def test_the_method_a_distributed_run_shards():
     assert rows_geometry(256, 8, 32768, 8, np.float32, tanh) is None
     assert distributed_method(256, 8, [32768, 8, 1], np.float32, tanh, "auto", 2) == "neurons"
     assert [list(r) for r in shard_lanes(12, 5)] == [[0, 1], [2, 3], [4, 5, 6], [7, 8], [9, 10, 11]]
-
-
-class FakeComm:
-    """Rank ``rank`` of ``size`` without MPI (what is received is zeros, what is sent goes nowhere)."""
-
-    def __init__(self, rank=0, size=1):
-        self.rank, self.size = rank, size
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
-
-    def Send(self, buf, dest, tag):
-        pass
-
-    def Recv(self, buf, source, tag):
-        buf[...] = 0
-
-    def Bcast(self, buf, root):
-        pass
-
-    def allgather(self, obj):
-        return [obj] * self.size
 
 
 def test_one_rank_engine_steps_as_the_rows_engine_and_resumes_from_its_state():

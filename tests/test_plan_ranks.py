@@ -13,35 +13,10 @@ from pyrgd.activations import parse_activation
 from pyrgd.cli import EXIT_BAD_INPUT, main
 from pyrgd.distributed import NEURON_GROUP, ShardedEngine, shard_bytes
 from pyrgd.errors import PyrgdError, ResourceError
+from _fake_comm import FakeComm
 
 pytest.importorskip("pyrgd._cpu", reason="the C++ extension pyrgd._cpu is not built")
 ACT = parse_activation("smooth_leaky_relu(0.2)")
-
-
-class FakeComm:
-    """Rank ``rank`` of ``size`` without MPI: what the engine receives is zeros and what it sends goes nowhere, so
-    the values are not a real run's, but every array the engine makes is the one it makes in a real run."""
-
-    def __init__(self, rank, size):
-        self.rank, self.size = rank, size
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
-
-    def Send(self, buf, dest, tag):
-        pass
-
-    def Recv(self, buf, source, tag):
-        buf[...] = 0
-
-    def Bcast(self, buf, root):
-        pass
-
-    def allgather(self, obj):
-        return [obj] * self.size
 
 
 def _problem(N=1024, d=12, widths=(2300, 16, 4, 2), dtype=np.float32):
