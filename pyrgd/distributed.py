@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import array_module
 from .backends.engine import StepEngine, _host_copy
 from .errors import BackendUnavailable, PyrgdError
 
@@ -43,6 +44,64 @@ def check_comm(comm):
             raise PyrgdError(f"comm: expected an mpi4py communicator (e.g. mpi4py.MPI.COMM_WORLD), got "
                              f"{type(comm).__name__}")
     return comm
+
+
+def rank_backend(X) -> str:
+    """'cpu' for NumPy arrays, 'cuda' for CuPy arrays: the backend a rank's engine runs on; PyrgdError otherwise."""
+    xp = array_module(X)
+    if xp is None:
+        raise PyrgdError(f"X: a distributed run needs NumPy or CuPy arrays, got {type(X).__name__}")
+    return "cpu" if xp is np else "cuda"
+
+
+def local_rank(comm) -> tuple[int, int]:
+    """(this rank's index among the ranks on its host, how many ranks share the host), from MPI's shared-memory
+    split (collective: call it on every rank); (0, 1) where ``comm`` cannot tell."""
+    if not callable(getattr(comm, "Split_type", None)):
+        return 0, 1
+    try:
+        from mpi4py import MPI
+
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    except Exception:
+        return 0, 1
+    try:
+        return int(local.Get_rank()), max(1, int(local.Get_size()))
+    finally:
+        local.Free()
+
+
+def use_rank_device(comm) -> tuple[int, int]:
+    """Make GPU (local rank mod the host's GPUs) CuPy's current device, so that the ranks of one host spread over
+    its GPUs (several ranks per GPU when there are more ranks than GPUs). Collective. Returns (the device id,
+    :func:`gpu_sharing`)."""
+    import cupy
+
+    rank, _ = local_rank(comm)
+    n = max(1, int(cupy.cuda.runtime.getDeviceCount()))
+    dev = rank % n
+    cupy.cuda.Device(dev).use()
+    return dev, gpu_sharing(comm)
+
+
+def gpu_sharing(comm) -> int:
+    """How many ranks of this host use this rank's current CuPy device (this rank included), and so share its
+    memory. Collective; 1 where ``comm`` cannot tell."""
+    import cupy
+
+    dev = int(cupy.cuda.Device().id)
+    if not callable(getattr(comm, "Split_type", None)):
+        return 1
+    try:
+        from mpi4py import MPI
+
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    except Exception:
+        return 1
+    try:
+        return max(1, sum(1 for d in local.allgather(dev) if d == dev))
+    finally:
+        local.Free()
 
 
 def groups_of(n1: int) -> list[tuple[int, int]]:
@@ -89,39 +148,34 @@ def shard_bytes(N: int, d: int, widths, itemsize: int, size: int, rank: int) -> 
 def ranks_on_this_host(comm) -> int:
     """How many ranks of ``comm`` share this rank's host, and so its memory: the size of MPI's shared-memory split
     (collective: call it on every rank); 1 where ``comm`` cannot tell (not an mpi4py communicator)."""
-    if not callable(getattr(comm, "Split_type", None)):
-        return 1
-    try:
-        from mpi4py import MPI
-
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    except Exception:
-        return 1
-    try:
-        return max(1, int(local.Get_size()))
-    finally:
-        local.Free()
+    return local_rank(comm)[1]
 
 
 class _Sharded(StepEngine):
-    """What both distributed engines share: the cpu backend on NumPy arrays, the communicator and its rank, and GD
-    alone (no gradients handed out, no other update rule)."""
+    """What both distributed engines share: the backend of the arrays (cpu for NumPy, cuda for CuPy), the
+    communicator and its rank, and GD alone (no gradients handed out, no other update rule)."""
 
     backend = "cpu"
 
     def __init__(self, comm, X, Y, W, act, mult):
-        from .backends import cpu
-
         super().__init__(X, Y, list(W), act, mult)
-        if not isinstance(X, np.ndarray):
-            raise PyrgdError("comm: a distributed run needs the cpu backend (NumPy arrays); GPU ranks are not "
-                             "implemented")
-        ok, why = cpu.available()
+        self.backend = rank_backend(X)
+        if self.backend == "cuda":
+            from .backends import cuda as be
+        else:
+            from .backends import cpu as be
+        ok, why = be.available()
         if not ok:
-            raise BackendUnavailable(f"comm: a distributed run needs the cpu backend: {why}")
-        self._be = cpu
+            raise BackendUnavailable(f"comm: a distributed run on {self.backend} arrays needs the {self.backend} "
+                                     f"backend: {why}")
+        self._be = be
+        self.xp = array_module(X)
         self.comm = check_comm(comm)
         self.rank, self.size = int(comm.Get_rank()), int(comm.Get_size())
+
+    def _put(self, dst, src) -> None:
+        """dst[...] = src, src a host or device array (copied to dst's device)."""
+        dst[...] = self.xp.asarray(src)
 
     def gradients(self) -> list:
         raise PyrgdError("gradients: not available on a sharded (distributed) engine")
@@ -153,27 +207,30 @@ class ShardedEngine(_Sharded):
         self.n_local = sum(self.groups[g][1] - self.groups[g][0] for g in self.owned)
         self._lo = self.groups[self.owned[0]][0] if len(self.owned) else 0
         N, n2 = X.shape[0], W[1].shape[1]
-        self._W1 = [np.empty((W[0].shape[0], b - a), dtype=X.dtype) for a, b in (self.groups[g] for g in self.owned)]
-        self._W2 = np.empty((self.n_local, n2), dtype=X.dtype)
+        xp = self.xp
+        self._W1 = [xp.empty((W[0].shape[0], b - a), dtype=X.dtype) for a, b in (self.groups[g] for g in self.owned)]
+        self._W2 = xp.empty((self.n_local, n2), dtype=X.dtype)
         self._W2g, off = [], 0
         for w in self._W1:
             self._W2g.append(self._W2[off:off + w.shape[1]])
             off += w.shape[1]
-        self._tail = [np.ascontiguousarray(w).copy() for w in W[2:]]
-        self._parts = [np.empty((N, n2), dtype=X.dtype) for _ in self._W1]
+        self._tail = [xp.ascontiguousarray(xp.asarray(w)).copy() for w in W[2:]]
+        self._parts = [xp.empty((N, n2), dtype=X.dtype) for _ in self._W1]
+        # GPU ranks: the chain's running sum, on the host
+        self._host_sum = None if xp is np else np.empty((N, n2), dtype=X.dtype)
         self._H = self._G = self._tail_grads = None
         self.W = self._W1 + [self._W2] + self._tail
-        self._set_full([np.asarray(w) for w in W])
+        self._set_full(list(W))
         #: bytes this rank sent and seconds it spent in communication (the chain, the broadcast, the allgathers)
         self.comm_bytes, self.comm_seconds = 0, 0.0
 
     # ----------------------------------------------------------------------------------------- the shard
     def _set_full(self, full) -> None:
         for w, (a, b) in zip(self._W1, (self.groups[g] for g in self.owned)):
-            w[...] = full[0][:, a:b]
-        self._W2[...] = full[1][self._lo:self._lo + self.n_local]
+            self._put(w, full[0][:, a:b])
+        self._put(self._W2, full[1][self._lo:self._lo + self.n_local])
         for w, f in zip(self._tail, full[2:]):
-            w[...] = f
+            self._put(w, f)
 
     @property
     def weights(self) -> list:
@@ -182,41 +239,47 @@ class ShardedEngine(_Sharded):
 
     def full_weights(self) -> list:
         """[W_1, ..., W_L] of the whole network (host copies), on every rank (collective: call it on every rank)."""
-        local_w1 = np.concatenate(self._W1, axis=1) if self._W1 else np.empty((self.X.shape[1], 0), self.X.dtype)
+        host = (lambda a: a) if self.xp is np else (lambda a: a.get())  # noqa: E731 (no copy on the cpu)
+        local_w1 = np.concatenate([host(w) for w in self._W1], axis=1) if self._W1 else \
+            np.empty((self.X.shape[1], 0), self.X.dtype)
         w1 = self.comm.allgather(local_w1)
-        w2 = self.comm.allgather(self._W2)
+        w2 = self.comm.allgather(host(self._W2))
         return [np.ascontiguousarray(np.concatenate(w1, axis=1)), np.ascontiguousarray(np.concatenate(w2, axis=0))] \
-            + [w.copy() for w in self._tail]
+            + [_host_copy(w) for w in self._tail]
 
     # ----------------------------------------------------------------------------------------- communication
     def _chain(self, parts, out):
-        """H = ((0 + g_0) + g_1) + ... over every group in order, into ``out`` (N, n2), on every rank."""
+        """H = ((0 + g_0) + g_1) + ... over every group in order, into ``out`` (N, n2), on every rank. GPU ranks
+        add on the host (the parts copied over one by one), then copy the sum to ``out`` on the device."""
         import time
 
+        host = out if self._host_sum is None else self._host_sum
         t0 = time.perf_counter()
         if self.rank == 0:
-            out[...] = 0
+            host[...] = 0
         else:
-            self.comm.Recv(out, source=self.rank - 1, tag=16)
+            self.comm.Recv(host, source=self.rank - 1, tag=16)
         t1 = time.perf_counter()
         for p in parts:
-            out += p
+            host += p if self._host_sum is None else p.get()
         t2 = time.perf_counter()
         if self.rank < self.size - 1:
-            self.comm.Send(out, dest=self.rank + 1, tag=16)
-            self.comm_bytes += out.nbytes
+            self.comm.Send(host, dest=self.rank + 1, tag=16)
+            self.comm_bytes += host.nbytes
         if self.size > 1:
-            self.comm.Bcast(out, root=self.size - 1)
+            self.comm.Bcast(host, root=self.size - 1)
             if self.rank == self.size - 1:
-                self.comm_bytes += out.nbytes
+                self.comm_bytes += host.nbytes
         self.comm_seconds += (t1 - t0) + (time.perf_counter() - t2)
+        if host is not out:
+            out.set(host)
         return out
 
     def _forward(self):
         N, n2 = self.X.shape[0], self._W2.shape[1]
         for w1, w2, p in zip(self._W1, self._W2g, self._parts):
             self._be.forward(self.X, w1, w2, self.act, self.mult[0], out=p)
-        return self._chain(self._parts, np.empty((N, n2), dtype=self.X.dtype))
+        return self._chain(self._parts, self.xp.empty((N, n2), dtype=self.X.dtype))
 
     # ----------------------------------------------------------------------------------------- the step
     def _evaluate(self) -> float:
@@ -245,11 +308,11 @@ class ShardedEngine(_Sharded):
                 t2 += float(b)
         self._chain(self._parts, G)  # the next H over G, which every group's step has read
         tail_grads, self._tail_grads = self._tail_grads, None
-        tail_sq = [(g * g).sum() for g in tail_grads]  # as NeuronsEngine: the same bits
+        tail_sq = [float((g * g).sum()) for g in tail_grads]  # as NeuronsEngine: the same bits
         for l, g in enumerate(tail_grads):
             self._tail[l] -= lr * g
         self._G, self._H = self._H, G
-        return [t1, t2] + [float(s) for s in tail_sq]
+        return [t1, t2] + tail_sq
 
 
     # ----------------------------------------------------------------------------------------- checkpoints
@@ -270,7 +333,7 @@ class ShardedEngine(_Sharded):
         for l, (s, shape) in enumerate(zip(ws, shapes)):
             if tuple(np.shape(s)) != tuple(shape):
                 raise PyrgdError(f"state: weights[{l}] has shape {tuple(np.shape(s))}, expected {tuple(shape)}")
-        self._set_full([np.asarray(w) for w in ws])
+        self._set_full(list(ws))
         H = (state.get("carry") or {}).get("H")
         self._G = self._tail_grads = None
         if H is None:
@@ -279,7 +342,8 @@ class ShardedEngine(_Sharded):
             if tuple(H.shape) != (self.X.shape[0], self._W2.shape[1]):
                 raise PyrgdError(f"state: carry['H'] has shape {tuple(H.shape)}, expected "
                                  f"{(self.X.shape[0], self._W2.shape[1])}")
-            self._H = np.ascontiguousarray(np.asarray(H, dtype=self.X.dtype)).copy()
+            xp = self.xp
+            self._H = xp.ascontiguousarray(xp.asarray(H, dtype=self.X.dtype)).copy()
         self._evaluated = False
 
 
@@ -311,11 +375,12 @@ def shard_lanes(lanes: int, size: int) -> list[range]:
     return [range(r * lanes // size, (r + 1) * lanes // size) for r in range(size)]
 
 
-def distributed_method(N, d, widths, dtype, act, method, size) -> str:
+def distributed_method(N, d, widths, dtype, act, method, size, backend="cpu") -> str:
     """The method a run over ``size`` ranks shards: 'rows' (:class:`ShardedRowsEngine`) or 'neurons'
     (:class:`ShardedEngine`). 'auto' takes what one process would (``pyrgd.backends.cpu.auto_method``), so that the
     run gives one process's bits, where the rows method can be sharded (every neuron kept in its panels, at most one
-    rank per lane), else 'neurons'; 'rows' where it cannot be sharded is a PyrgdError saying why."""
+    rank per lane), else 'neurons'; 'rows' where it cannot be sharded is a PyrgdError saying why. GPU ranks
+    (``backend`` 'cuda') take 'neurons'."""
     from .backends import cpu
 
     N, d, n1, n2 = int(N), int(d), int(widths[0]), int(widths[1])
@@ -323,6 +388,10 @@ def distributed_method(N, d, widths, dtype, act, method, size) -> str:
         return "neurons"
     if method not in ("auto", "rows"):
         raise PyrgdError(f"method: expected 'auto', 'rows' or 'neurons', got {method!r}")
+    if backend != "cpu":
+        if method == "rows":
+            raise PyrgdError(f"method: 'rows' runs on the cpu backend; ranks on {backend} take 'neurons'")
+        return "neurons"
     geo = rows_geometry(N, d, n1, n2, dtype, act)
     if method == "auto":
         if cpu.auto_method(N, d, n1, n2, dtype, act) != "rows" or geo is None or geo["lanes"] < size:
@@ -385,6 +454,8 @@ class ShardedRowsEngine(_Sharded):
     method = "rows"
 
     def __init__(self, comm, X, Y, W, act, mult):
+        if rank_backend(X) != "cpu":
+            raise PyrgdError("method: 'rows' runs on the cpu backend (NumPy arrays); GPU ranks take 'neurons'")
         super().__init__(comm, X, Y, W, act, mult)
         (N, d), n1, n2 = X.shape, W[0].shape[1], W[1].shape[1]
         geo = rows_geometry(N, d, n1, n2, X.dtype, act)
@@ -493,7 +564,7 @@ def sharded_engine(comm, X, Y, W, act, mult, method="auto"):
     :class:`ShardedEngine`."""
     N, d = X.shape
     widths = [w.shape[1] for w in W]
-    m = distributed_method(N, d, widths, X.dtype, act, method, int(comm.Get_size()))
+    m = distributed_method(N, d, widths, X.dtype, act, method, int(comm.Get_size()), rank_backend(X))
     return (ShardedRowsEngine if m == "rows" else ShardedEngine)(comm, X, Y, W, act, mult)
 
 

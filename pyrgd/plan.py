@@ -269,7 +269,8 @@ def plan_run(N, d, widths, dtype, activation, backend="cpu", method="auto", lr="
 
     ranks: None (one process), or the P ranks of a distributed run (``train(..., comm=...)``, ``mpiexec -n P``): the
     plan of one rank (module docstring), the rank that needs the most unless ``rank`` names one; ``sharing``: how
-    many ranks share this host's memory (the memory available to the rank is that share). A distributed plan keeps
+    many ranks share this host's memory, or with the cuda backend this rank's GPU (the memory available to the rank
+    is that share). A distributed plan keeps
     one process's 'neurons' plan of the tracking route and its parts (the certificates are taken on rank 0)."""
     inputs = dict(N=N, d=d, widths=widths, dtype=dtype, activation=activation, backend=backend, method=method, lr=lr,
                   track_every=track_every, steps=steps, route=route, timing=timing)
@@ -295,13 +296,13 @@ def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
     from .distributed import NEURON_GROUP, distributed_method, rows_shard_bytes, shard_bytes
 
     ranks, sharing = _count("ranks", ranks), _count("sharing", sharing)
-    if inputs["backend"] != "cpu":
-        raise PyrgdError(f"ranks: a distributed run needs the cpu backend, got backend {inputs['backend']!r} (GPU "
-                         "ranks are not implemented)")
+    backend = inputs["backend"]
+    if backend not in ("cpu", "cuda"):
+        raise PyrgdError(f"ranks: a distributed run needs the cpu or the cuda backend, got backend {backend!r}")
     N, d, widths = int(inputs["N"]), int(inputs["d"]), [int(w) for w in inputs["widths"]]
     act = parse_activation(inputs["activation"])
     try:
-        method = distributed_method(N, d, widths, inputs["dtype"], act, inputs["method"], ranks)
+        method = distributed_method(N, d, widths, inputs["dtype"], act, inputs["method"], ranks, backend)
     except PyrgdError as e:  # "comm: P ranks but ..." is, in a plan, about its argument ranks
         msg = str(e)
         raise PyrgdError("ranks: " + msg[len("comm: "):] if msg.startswith("comm: ") else msg) from None
@@ -319,7 +320,7 @@ def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
     dims = [d] + widths
     weight_bytes = sum(a * b for a, b in zip(dims, dims[1:])) * item
     certified = one.tracking_route != "off"
-    rate = flop_rate("cpu", inputs["dtype"]) if inputs["timing"] else None
+    rate = flop_rate(backend, inputs["dtype"]) if inputs["timing"] else None
     steps = int(inputs["steps"])
     track = one.part("tracking")
 
@@ -363,10 +364,10 @@ def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
         rank = max(range(ranks), key=lambda r: (totals[r], -r))
     s, parts = own(rank)
     parts = common + parts + lr_part
-    avail, device = available_memory("cpu")
+    avail, device = available_memory(backend)
     if avail is not None:
         avail //= sharing
-    plan = Plan(N, d, widths, one.dtype, "cpu", method, widths[0] if method == "rows" else None,
+    plan = Plan(N, d, widths, one.dtype, backend, method, widths[0] if method == "rows" else None,
                 one.tracking_route, avail, device, parts, one.estimate_block, one.estimate_block_bytes, ranks=ranks,
                 rank=rank, rank_neurons=s["neurons"], rank_groups=s.get("groups", s.get("lanes")),
                 per_rank_bytes=totals, sharing=sharing)

@@ -196,9 +196,14 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     N = X_host.shape[0]
     Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
     backend, xp = ops.backend_for_arrays(backend, array_module(X_host) or np)
-    if comm is not None and backend != "cpu":
-        raise PyrgdError(f"comm: a distributed run needs the cpu backend, got backend {backend!r} (GPU ranks are not "
-                         "implemented)")
+    if comm is not None and backend not in ("cpu", "cuda"):
+        raise PyrgdError(f"comm: a distributed run needs the cpu or the cuda backend, got backend {backend!r}")
+    device_sharing = None
+    if comm is not None and backend == "cuda":
+        from .distributed import gpu_sharing, use_rank_device
+
+        # host data: each rank takes GPU (local rank mod GPUs); CuPy arrays stay on the device they are on
+        device_sharing = use_rank_device(comm)[1] if array_module(X_host) is np else gpu_sharing(comm)
     net.warn_if_narrow(N)
     applies = isinstance(rule, GD) and loss is None  # the certificates assume GD on the squared loss
     if not applies and isinstance(track_every, str):
@@ -213,8 +218,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     else:  # this rank's plan against its share of its host's memory; every rank refuses with the lowest rank's
         from .distributed import ranks_on_this_host
 
+        sharing = ranks_on_this_host(comm) if device_sharing is None else device_sharing
         plan = plan_run(N, net.d, net.widths, net.dtype, act, backend, method, lr, track_every, steps, track_route,
-                        timing=False, ranks=int(comm.Get_size()), rank=rank, sharing=ranks_on_this_host(comm))
+                        timing=False, ranks=int(comm.Get_size()), rank=rank, sharing=sharing)
         plan.check(comm)
     Xd, Yd = xp.asarray(_to_host(X_host) if xp is np else X_host), xp.asarray(_to_host(Y_host) if xp is np
                                                                              else Y_host)
@@ -624,7 +630,7 @@ def _gather_into(engine, W):
     collective."""
     def gather():
         for w, f in zip(W, engine.full_weights()):
-            w[...] = f
+            w[...] = f if isinstance(w, np.ndarray) else array_module(w).asarray(f)
     return gather
 
 

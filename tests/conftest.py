@@ -9,6 +9,17 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def mpiexec():
+    """The MPI launcher beside this Python (the mpich wheel's) or on PATH; skips where mpi4py is missing."""
+    import os
+    import shutil
+    import sys
+
+    pytest.importorskip("mpi4py")
+    return shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+
+
 def rel_err(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))

@@ -38,13 +38,6 @@ def _problem():
     return ns["make"]()
 
 
-@pytest.fixture
-def mpiexec():
-    pytest.importorskip("mpi4py")
-    exe = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return exe
-
-
 def _launch(mpiexec, n, args, cwd, timeout=TIMEOUT):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.run([mpiexec, "-n", str(n)] + args, cwd=cwd, env=env, capture_output=True, text=True,

@@ -162,7 +162,8 @@ def test_bad_ranks_are_refused_naming_the_argument(monkeypatch):
     with pytest.raises(PyrgdError, match="method: 'rows' over ranks needs every neuron kept"):
         P.plan_run(*wide, "rows", timing=False, ranks=2)
     assert P.plan_run(*wide, "auto", timing=False, ranks=2).method == "neurons"
-    with pytest.raises(PyrgdError, match="ranks: a distributed run needs the cpu backend"):
+    with pytest.raises(PyrgdError, match="ranks: a distributed run needs the cpu or the cuda backend, got "
+                                         "backend 'reference'"):
         P.plan_run(*args[:5], "reference", timing=False, ranks=2)
     monkeypatch.setattr(P, "available_memory", lambda backend: (6 << 30, "host"))
     shared = P.plan_run(*args, timing=False, ranks=2, sharing=3)
@@ -236,3 +237,33 @@ def test_cli_ranks_needs_dry_run_and_enough_groups(capsys):
     assert main(["train", "--N", "64", "--widths", "2048,8,1", "--dry-run", "--ranks", "3", "--method",
                  "neurons"]) == EXIT_BAD_INPUT
     assert "--ranks: 3 ranks but the wide layer has 2 groups" in capsys.readouterr().err
+
+
+def test_gpu_ranks_plan_the_neurons_shard_against_their_share_of_the_gpu(monkeypatch):
+    """GPU ranks (backend cuda) shard the neurons method; the plan holds the same shard as on the cpu, and the
+    memory available to a rank is its share of the GPU's (planning needs no GPU)."""
+    import importlib
+
+    import pyrgd.ops
+
+    args = (4096, 16, [4 * NEURON_GROUP, 8, 1], "float32", ACT, "cuda")
+    # the cuda backend's plan is arithmetic: its module, without the check that CuPy and a GPU are there
+    monkeypatch.setattr(pyrgd.ops, "get_backend", lambda name: importlib.import_module(f"pyrgd.backends.{name}"))
+    monkeypatch.setattr(P, "available_memory", lambda backend: ((8 << 30, "GPU") if backend == "cuda" else
+                                                                (1 << 40, "host")))
+    plan = P.plan_run(*args, "auto", timing=False, ranks=2, sharing=2)
+    assert plan.method == "neurons" and plan.backend == "cuda"
+    assert plan.available == (8 << 30) // 2 and "1/2 of its GPU's" in plan.format()
+    s = shard_bytes(4096, 16, [4 * NEURON_GROUP, 8, 1], 4, 2, plan.rank)
+    assert plan.part("shard").bytes == 2 * s["shard"] and plan.part("step").bytes == s["buffers"]
+    assert plan.rank_neurons == 2 * NEURON_GROUP
+    with pytest.raises(PyrgdError, match="method: 'rows' runs on the cpu backend; ranks on cuda take 'neurons'"):
+        P.plan_run(*args, "rows", timing=False, ranks=2)
+
+
+def test_distributed_engines_refuse_arrays_of_no_backend():
+    from pyrgd.distributed import rank_backend
+
+    assert rank_backend(np.zeros((2, 2))) == "cpu"
+    with pytest.raises(PyrgdError, match="X: a distributed run needs NumPy or CuPy arrays, got list"):
+        rank_backend([[0.0]])
