@@ -23,7 +23,13 @@ tail -2 "$OUT/install.log"
 python3 -m pyrgd info
 echo "=== GPU benchmark"; timeout 300 python3 bench/gpu_bench.py --problems "${PROBLEMS:-G1,G2}" --out "$OUT/gpu_bench.json" 2>"$OUT/gpu_bench.err"; tail -3 "$OUT/gpu_bench.err"
 echo "=== quickstart on cuda"; python3 -m pyrgd train --preset quickstart --backend cuda --no-progress --out /tmp/qs_cuda | tail -7
-# GPU ranks (issue: MPI on GPUs): needs mpi4py and the mpich wheel in .whl/ (pip download mpi4py mpich -d .whl)
-echo "=== GPU ranks"; timeout 180 python3 -m pytest -q -p no:cacheprovider -rs tests/test_mpi_cuda.py > "$OUT/mpi_cuda.log" 2>&1; tail -4 "$OUT/mpi_cuda.log"
+# GPU ranks: need an MPI launcher; carry the mpich wheel (and mpi4py, if the image's cannot load libmpi) in .whl/
+# (pip download mpich mpi4py --only-binary :all: -d .whl). The launched ranks import pyrgd from this tree.
+if ls .whl/mpich-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --ignore-installed --prefix /tmp/mpi .whl/mpich-*.whl >> "$OUT/install.log" 2>&1
+  export PATH=/tmp/mpi/bin:$PATH LD_LIBRARY_PATH=/tmp/mpi/lib:${LD_LIBRARY_PATH:-}
+fi
+echo "=== GPU ranks"; PYTHONPATH=$PWD:${PYTHONPATH:-} timeout 300 python3 -m pytest -q -p no:cacheprovider -rs \
+  tests/test_mpi_cuda.py > "$OUT/mpi_cuda.log" 2>&1; tail -4 "$OUT/mpi_cuda.log"
 echo "=== tests"; timeout 240 python3 -m pytest -q -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1; tail -4 "$OUT/pytest.log"
 echo "=== sanitizers"; timeout 200 python3 bench/gpu_validate.py --out /tmp/pyrgd_validate --pytest-args "-q" 2>&1 | tail -12

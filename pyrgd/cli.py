@@ -331,10 +331,10 @@ def _cmd_train_one(args, comm=None, out=None) -> int:
     else:  # each rank its own plan, against its share of its host's memory (or GPU); every rank refuses together
         from .distributed import ranks_on_this_host, use_rank_device
 
-        one = C.plan(cfg, timing=False)
-        # GPU ranks: each takes GPU (local rank mod GPUs) now, before its plan reads that GPU's free memory
-        sharing = use_rank_device(comm)[1] if one.backend == "cuda" else ranks_on_this_host(comm)
-        rank_plan = one.for_ranks(comm.Get_size(), rank=rank, sharing=sharing)
+        # GPU ranks: each takes GPU (local rank mod GPUs) first, so that its plan reads that GPU's free memory and
+        # no rank makes a context on another's
+        sharing = use_rank_device(comm)[1] if cfg["train"].get("backend") == "cuda" else ranks_on_this_host(comm)
+        rank_plan = C.plan(cfg, timing=False).for_ranks(comm.Get_size(), rank=rank, sharing=sharing)
         if cfg["train"].get("method") == "auto":  # the method the ranks shard: config.toml then resumes in one
             cfg["train"]["method"] = rank_plan.method  # process with the same bits
         rank_plan.check(comm)

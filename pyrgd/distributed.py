@@ -86,10 +86,11 @@ def use_rank_device(comm) -> tuple[int, int]:
 
 def gpu_sharing(comm) -> int:
     """How many ranks of this host use this rank's current CuPy device (this rank included), and so share its
-    memory. Collective; 1 where ``comm`` cannot tell."""
+    memory: the same PCI bus id (ranks bound to one GPU each by CUDA_VISIBLE_DEVICES all see device 0, yet not
+    the same GPU). Collective; 1 where ``comm`` cannot tell."""
     import cupy
 
-    dev = int(cupy.cuda.Device().id)
+    dev = str(cupy.cuda.Device().pci_bus_id)
     if not callable(getattr(comm, "Split_type", None)):
         return 1
     try:
@@ -190,8 +191,9 @@ class _Sharded(StepEngine):
 class ShardedEngine(_Sharded):
     """The "neurons" method with the wide layer's neurons sharded over the ranks of ``comm`` (module docstring).
 
-    X (N, d) and Y (N, n_L): NumPy arrays, the same on every rank. ``W``: the FULL weights [W_1, ..., W_L] (the same
-    on every rank); the engine keeps its rank's shard: :attr:`weights` is the list of the arrays it updates in
+    X (N, d) and Y (N, n_L): NumPy arrays (cpu backend) or CuPy arrays on the rank's GPU (cuda backend; the chain
+    then adds on the host, module docstring), the same on every rank. ``W``: the FULL weights [W_1, ..., W_L] (the
+    same on every rank); the engine keeps its rank's shard: :attr:`weights` is the list of the arrays it updates in
     place (one (d, <=1024) array per owned group of W_1, this rank's rows of W_2, then W_3..W_L), and
     :meth:`full_weights` gathers the whole network on every rank. :meth:`state` holds the full weights, so a
     checkpoint resumes on any number of ranks (or in one process with method 'neurons').
@@ -333,7 +335,7 @@ class ShardedEngine(_Sharded):
         for l, (s, shape) in enumerate(zip(ws, shapes)):
             if tuple(np.shape(s)) != tuple(shape):
                 raise PyrgdError(f"state: weights[{l}] has shape {tuple(np.shape(s))}, expected {tuple(shape)}")
-        self._set_full(list(ws))
+        self._set_full([w if array_module(w) is not None else np.asarray(w) for w in ws])
         H = (state.get("carry") or {}).get("H")
         self._G = self._tail_grads = None
         if H is None:

@@ -109,7 +109,7 @@ class Plan:
             who = f"it needs about {_fmt_bytes(self.total_bytes)} on the {self.device}, " \
                   f"{_fmt_bytes(self.available)} are available"
         else:
-            shared = f" (its share: {self.sharing} ranks share the host's memory)" if self.sharing > 1 else ""
+            shared = f" (its share: {self.sharing} ranks share the {self.device}'s memory)" if self.sharing > 1 else ""
             who = f"rank {self.rank} of {self.ranks} needs about {_fmt_bytes(self.total_bytes)} on its " \
                   f"{self.device}, {_fmt_bytes(self.available)} are available to it{shared}"
         raise ResourceError(
@@ -293,6 +293,7 @@ def _count(name, v, low=1) -> int:
 def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
     """The plan of rank ``rank`` (None: the rank that needs the most) of a run distributed over ``ranks`` ranks."""
     from .activations import parse_activation
+    from .backends.engine import neurons_step_bytes
     from .distributed import NEURON_GROUP, distributed_method, rows_shard_bytes, shard_bytes
 
     ranks, sharing = _count("ranks", ranks), _count("sharing", sharing)
@@ -331,10 +332,16 @@ def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
                    "model.widths" + ("; train.track_every = 0 drops the initial ones" if certified else ""))]
     lr_part = [p for p in one.parts if p.name == "lr"]  # every rank runs lr = 'auto' on the full weights
 
+    # GPU ranks: besides the shard's buffers, what the cuda step allocates per call (the forward launch's N x n_2
+    # result before its copy, the tail's forward cache and CuPy temporaries, the step kernel's scratch)
+    cuda_extra = 0 if backend != "cuda" else \
+        neurons_step_bytes(N, widths, item, n2_buffers=2) + (8 << 20)
+
     def own(r):
         """Rank r's own parts: its shard, its step's buffers, the gather, the tracking (rank 0's)."""
         s = shard_bytes(N, d, widths, item, ranks, r) if method == "neurons" else \
             rows_shard_bytes(N, d, widths, inputs["dtype"], act, ranks, r)
+        s = {**s, "buffers": s["buffers"] + cuda_extra}
         secs = None if rate is None else step_flops(N, d, [s["neurons"]] + widths[1:], method,
                                                     s["neurons"]) / rate * steps
         t_secs = None if track.seconds is None or secs is None else TRACKING_TIME_FRACTION * secs
@@ -345,6 +352,8 @@ def _plan_ranks(inputs, ranks, rank, sharing) -> Plan:
                  "copy", "more ranks (fewer neurons each)"),
             Part("step", s["buffers"], secs,
                  (f"{s['groups']} N x n_2 part{many} of Z_2 (one per group it owns), H, G and the tail's gradients"
+                  + ("; the cuda step's temporaries (a forward result, the tail's cache, scratch)" if cuda_extra
+                     else "")
                   if method == "neurons" else
                   "the gradients of its neurons and of the tail, and the rows method's workspace (a batch of up to "
                   "4 panels of its lanes)") + f"; at most {steps} steps of this rank's neurons (communication not counted)",

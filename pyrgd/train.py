@@ -123,10 +123,12 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     loss : None (the squared loss, in the backends' fused kernels) or a function fn(F_L, Y) -> (loss, dloss/dF_L)
         (:mod:`pyrgd.losses`; needs a numeric lr and method "auto").
     comm : None, or an mpi4py communicator (e.g. ``MPI.COMM_WORLD``; call train on every rank with the same
-        arguments): the wide layer's neurons are sharded over its ranks (:mod:`pyrgd.distributed`), the cpu backend,
-        update "gd" and the squared loss; the weights are the bits of one process running the same method, for
-        any number of ranks (method "auto" takes one process's choice where the rows method can be sharded: every
-        neuron kept in its panels and at most one rank per lane of neurons; else "neurons"). Rank 0 shows the progress bar and writes ``out``; the others
+        arguments): the wide layer's neurons are sharded over its ranks (:mod:`pyrgd.distributed`), update "gd"
+        and the squared loss; on the cpu backend the weights are the bits of one process running the same method,
+        for any number of ranks (method "auto" takes one process's choice where the rows method can be sharded:
+        every neuron kept in its panels and at most one rank per lane of neurons; else "neurons"). With
+        ``backend="cuda"`` each rank runs the neurons method on a GPU (host data: GPU local rank mod the host's
+        GPUs; CuPy data: the GPU it is on), the same bits for any number of GPU ranks of one GPU model. Rank 0 shows the progress bar and writes ``out``; the others
         write nothing. An error on one rank ends every rank (:class:`pyrgd.distributed.RankError`). Rank 0 takes
         the certificates from the gathered weights (its result holds them). Checkpoints hold the full weights and
         resume on any number of ranks. Each rank checks its own memory before allocating (:func:`pyrgd.plan.plan_run`
@@ -195,15 +197,29 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     X_host = check_float_array("X", X, 2, dtype=net.dtype, shape=(None, net.d))
     N = X_host.shape[0]
     Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
-    backend, xp = ops.backend_for_arrays(backend, array_module(X_host) or np)
-    if comm is not None and backend not in ("cpu", "cuda"):
-        raise PyrgdError(f"comm: a distributed run needs the cpu or the cuda backend, got backend {backend!r}")
     device_sharing = None
-    if comm is not None and backend == "cuda":
-        from .distributed import gpu_sharing, use_rank_device
+    if comm is None:
+        backend, xp = ops.backend_for_arrays(backend, array_module(X_host) or np)
+    else:  # a backend missing on one rank ends every rank (the others would wait in the collectives below)
+        from .distributed import agree
 
-        # host data: each rank takes GPU (local rank mod GPUs); CuPy arrays stay on the device they are on
-        device_sharing = use_rank_device(comm)[1] if array_module(X_host) is np else gpu_sharing(comm)
+        try:
+            backend, xp = ops.backend_for_arrays(backend, array_module(X_host) or np)
+            if backend not in ("cpu", "cuda"):
+                raise PyrgdError(f"comm: a distributed run needs the cpu or the cuda backend, got backend "
+                                 f"{backend!r}")
+            err = None
+        except PyrgdError as e:
+            err = e
+        agree(comm, None, err)
+        if backend == "cuda":
+            from .distributed import gpu_sharing, use_rank_device
+
+            if array_module(X_host) is np:  # host data: each rank takes GPU (local rank mod the host's GPUs)
+                device_sharing = use_rank_device(comm)[1]
+            else:  # CuPy data: the weights and buffers go to the GPU X is on
+                X_host.device.use()
+                device_sharing = gpu_sharing(comm)
     net.warn_if_narrow(N)
     applies = isinstance(rule, GD) and loss is None  # the certificates assume GD on the squared loss
     if not applies and isinstance(track_every, str):
@@ -253,6 +269,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     if lr == "auto":
         lr = auto_lr(Xd, W, act, mult, backend)
         lr_rule = AUTO_LR_RULE
+        if comm is not None:  # every rank steps with rank 0's (the same bits on the cpu; GPUs might round apart)
+            from .distributed import agree
+
+            lr = agree(comm, lr)
     t_lr = time.perf_counter() - t_start
 
     rules = StopRules(steps, tol, rel_tol, divergence_factor, time_budget)

@@ -380,7 +380,10 @@ def test_train_refuses_a_bad_comm_and_what_cannot_be_sharded():
         def Get_size(self):
             return 1
 
-        Send = Recv = Bcast = allgather = Get_rank
+        Send = Recv = Bcast = Get_rank
+
+        def allgather(self, obj):
+            return [obj] * self.Get_size()
 
     with pytest.raises(PyrgdError, match="update: a distributed run"):
         pyrgd.train(net, X, Y, steps=1, progress=False, comm=OneRank(), update="momentum")
