@@ -70,6 +70,17 @@ def test_e1_tiny(tmp_path):
             assert g["faster_than_lazy"] == (g["relative_loss"] <= g["lazy_relative_loss"])
 
 
+def test_e1_redraw_reproduces_the_figure_from_the_files(tmp_path):
+    res = run_experiment(write_exp(tmp_path, "E1", E1_TINY), out=tmp_path / "o")
+    first = pathlib.Path(res["figure"]).read_bytes()
+    os.remove(res["figure"])
+    assert e1_width.redraw(e1_width.check(E1_TINY), str(tmp_path / "o")) == res["figure"]
+    assert pathlib.Path(res["figure"]).read_bytes() == first  # the same numbers, read back from the CSV files
+    os.remove(res["csv_gd"])
+    with pytest.raises(PyrgdError, match="out: no E1_gd.csv in"):
+        e1_width.redraw(e1_width.check(E1_TINY), str(tmp_path / "o"))
+
+
 def _explicit_lazy_loss(G, Y, step, k):
     """Phi_k / Phi_0 of the linear map r -> (I - step G) r, averaged over r_0 = f - Y with f ~ N(0, G) per column:
     (|A^k Y|^2 + n_2 tr(A^k G A^k)) / (|Y|^2 + n_2 tr G), A = I - step G, by explicit matrix powers."""
@@ -115,7 +126,8 @@ def test_lazy_limit_predicts_gd_on_a_wide_net():
                           threads=1)
         want = lazy.relative_loss(k, res.lr * n1, residual=r0)
         assert res.summary["relative_loss"] == pytest.approx(want, rel=rel)
-    # a narrow net is not lazy: the same formula misses it by far more    net = pyrgd.PyramidalNet(d, [8, 1], activation="relu", init="lecun", seed=0, dtype="float64")
+    # a narrow net is not lazy: the same formula misses it by far more
+    net = pyrgd.PyramidalNet(d, [8, 1], activation="relu", init="lecun", seed=0, dtype="float64")
     r0 = net.forward(X) - Y
     with pytest.warns(UserWarning, match="n_1 = 8 < N = 32"):
         res = pyrgd.train(net, X, Y, lr="auto", steps=1000, rel_tol=0, tol=0, track_every=10 ** 6, progress=False,

@@ -374,7 +374,7 @@ def _plot(path, p, rows, margin_rows, gd_rows, f, preds, lazies):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(18, 5.2), layout="constrained")
+    fig = Figure(figsize=(18, 6.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax, ax2, ax3 = fig.subplots(1, 3)
     Ns = np.array([r["N"] for r in rows], dtype=float)
@@ -436,32 +436,60 @@ def _plot(path, p, rows, margin_rows, gd_rows, f, preds, lazies):
 
 
 def _plot_lazy(ax, p, rows, gd_rows, lazies):
-    """Every GD run's relative loss at its last step (filled: reached strict_rel_tol or rel_tol) against the
-    infinite-width curves l(k) at the auto step, one colour per N."""
-    k_end = max([p["steps"]] + [r["lazy_steps_strict"] or r["lazy_steps"] or 0 for r in rows])
-    ks = np.unique(np.logspace(0, np.log10(max(k_end, 10) * 1.5), 300).astype(np.int64))
+    """Every GD run's relative loss at its end against n_1 / N (seed 0 joined by a line; filled: reached rel_tol),
+    and per N the infinite-width net's loss at the step budget (dashed), one colour per N."""
     for k, r in enumerate(rows):
-        lazy = lazies[r["N"]]
         col = f"C{k % 10}"
-        ax.plot(ks, [max(lazy.relative_loss(x), 1e-300) for x in ks], "-", color=col, lw=1.2,
-                label=f"N = {r['N']}: infinite width, {p['rel_tol']:g} at k = {r['lazy_steps']}")
+        lazy = lazies[r["N"]]
+        k_tol = "never" if r["lazy_steps"] is None else f"at k = {r['lazy_steps']:.2g}"
+        label = (f"N = {r['N']}: infinite width {lazy.relative_loss(p['steps']):.2g} at the budget, "
+                 f"{p['rel_tol']:g} {k_tol}")
+        ax.axhline(max(lazy.relative_loss(p["steps"]), 1e-300), color=col, lw=1.0, ls="--", alpha=0.8, label=label)
         runs = [g for g in gd_rows if g["N"] == r["N"] and g.get("relative_loss") is not None]
+        first = sorted((g for g in runs if g["seed"] == p["seeds"][0]), key=lambda g: g["n1"])
+        ax.plot([g["n1"] / g["N"] for g in first], [max(g["relative_loss"], 1e-300) for g in first], "-", color=col,
+                lw=1.0, alpha=0.7)
         for g in runs:
-            hit = bool(g.get("converged_strict")) or bool(g["converged"])
-            ax.plot(g["steps"], max(g["relative_loss"], 1e-300), "o" if g["n1"] <= g["N"] else "s", ms=4,
-                    color=col, mfc=col if hit else "none", alpha=0.8)
-    ax.axvline(p["steps"], color="k", lw=0.8, ls="--", label=f"step budget {p['steps']}")
-    ax.axhline(p["rel_tol"], color="0.4", lw=0.8, ls=":")
+            hit = bool(g["converged"])
+            ax.plot(g["n1"] / g["N"], max(g["relative_loss"], 1e-300), "o", ms=4, color=col,
+                    mfc=col if hit else "none", alpha=0.8)
+    ax.axhline(p["rel_tol"], color="k", lw=0.8, ls=":", label=f"tolerance {p['rel_tol']:g}")
     if p["strict_rel_tol"] > 0:
-        ax.axhline(p["strict_rel_tol"], color="0.4", lw=0.8, ls=":")
-    ax.plot([], [], "o", color="0.3", mfc="none", ms=4, label="GD run, $n_1 \\leq N$ (filled: reached the tolerance)")
-    ax.plot([], [], "s", color="0.3", mfc="none", ms=4, label="GD run, $n_1 > N$")
-    ax.set_xscale("log")
+        ax.axhline(p["strict_rel_tol"], color="0.4", lw=0.8, ls=":", label=f"strict tolerance {p['strict_rel_tol']:g}")
+    ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_ylim(max(min(p["strict_rel_tol"] or p["rel_tol"], p["rel_tol"]) / 30, 1e-12), 2.0)
-    ax.set_xlabel("GD steps k")
-    ax.set_ylabel("relative loss $\\Phi_k / \\Phi_0$")
-    ax.set_title("GD runs (markers, loss at their last step) against GD on the infinite-width\n"
-                 "linearized net (lines, lr = auto's rule): below a line, faster than infinitely wide", fontsize=9)
+    ax.set_xlabel("$n_1 / N$")
+    ax.set_ylabel("relative loss $\\Phi_k / \\Phi_0$ at the end of the run")
+    ax.set_title(f"GD runs (circles; filled: reached {p['rel_tol']:g}; line: seed {p['seeds'][0]}) against GD on "
+                 f"the infinite-\nwidth linearized net after the budget of {p['steps']} steps (dashed; computed)",
+                 fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+
+
+def redraw(p, folder) -> str:
+    """E1.png drawn again from the E1.csv, E1_gd.csv, E1_margins.csv and E1.json in ``folder`` (a finished run of
+    the checked params ``p``), without running GD again; the infinite-width curves and the predicted margins are
+    recomputed from the data. Returns the figure's path."""
+    import json
+
+    from ..sweep import read_results
+
+    rows = read_results(os.path.join(folder, "E1.csv"))
+    gd_rows = read_results(os.path.join(folder, "E1_gd.csv"))
+    path = os.path.join(folder, "E1_margins.csv")
+    margin_rows = read_results(path) if os.path.exists(path) else []
+    with open(os.path.join(folder, "E1.json"), encoding="utf-8") as f:
+        findings = json.load(f)["findings"]
+    # JSON holds a slope that could not be fitted (nan) as null
+    findings = {k: (math.nan if v is None and k.startswith("slope") else v) for k, v in findings.items()}
+    preds, lazies = {}, {}
+    for r in rows:
+        X, Y = make_data(p, r["N"])
+        preds[r["N"]] = Predictor(X, Y, p["C"])
+        lazies[r["N"]] = LazyLimit(preds[r["N"]].gram, Y)
+    out = os.path.join(folder, "E1.png")
+    _plot(out, p, rows, margin_rows, gd_rows, findings, preds, lazies)
+    return out
