@@ -59,7 +59,12 @@ class Activation:
         return None
 
     def __str__(self) -> str:
-        return f"{self.name}({self.gamma:g})" if self.name in DEFAULT_GAMMA else self.name
+        """The activation's spec string, parsed back to the same activation: gamma with 6 significant digits where
+        that is exact, else its shortest round-trip form (``repr``), so that no bit of gamma is lost."""
+        if self.name not in DEFAULT_GAMMA:
+            return self.name
+        short = f"{self.gamma:g}"
+        return f"{self.name}({short if float(short) == self.gamma else repr(float(self.gamma))})"
 
     def sigma(self, x):
         """sigma(x), elementwise, for a NumPy or CuPy array x."""

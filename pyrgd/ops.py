@@ -24,6 +24,8 @@ C-contiguous and writeable.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import warnings
 
@@ -170,7 +172,7 @@ class _Interop:
 
     def put(self, name, a, *, keep=False):
         b = _import_array(name, a)
-        if keep and b is not a:
+        if keep:  # the caller's own object comes back, whatever kind the call's X is
             self._mine[id(b)] = a
         return b
 
@@ -186,6 +188,33 @@ class _Interop:
         return r if self._export is None else self._export(r)
 
 
+@contextlib.contextmanager
+def caller_stream(X):
+    """For a torch CUDA tensor X: CuPy's current device and stream become torch's current ones for X's device, so
+    that the kernels, and the writes into ``out`` arrays, run in order with the caller's work on that stream (a
+    result handed back through DLPack is ordered by torch itself, an ``out`` tensor is not). Nothing for any other
+    array."""
+    if type(X).__module__.split(".")[0] != "torch" or not getattr(X, "is_cuda", False):
+        yield
+        return
+    import cupy
+    import torch
+
+    with cupy.cuda.Device(X.device.index):
+        stream = torch.cuda.current_stream(X.device)
+        with cupy.cuda.ExternalStream(stream.cuda_stream, X.device.index):
+            yield
+
+
+def _on_callers_stream(fn):
+    """``fn(X, ...)`` run inside :func:`caller_stream` of its X."""
+    @functools.wraps(fn)
+    def run(X, *args, **kwargs):
+        with caller_stream(X):
+            return fn(X, *args, **kwargs)
+    return run
+
+
 def _check_wide(X, W1, W2, *, inplace=False):
     xp = array_module(X)
     X = check_float_array("X", X, 2)
@@ -198,6 +227,7 @@ def _check_wide(X, W1, W2, *, inplace=False):
     return xp, X, W1, W2
 
 
+@_on_callers_stream
 def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto"):
     """H = a1 sigma(X W1) W2, shape (N, n2), streamed over the n1 neurons (nothing N x n1 is kept by cpu/cuda)."""
     io = _Interop(X)
@@ -208,6 +238,7 @@ def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto"):
     return io.back(get_backend(resolve_backend(backend, xp)).forward(X, W1, W2, act, a1))
 
 
+@_on_callers_stream
 def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False, backend="auto",
               out=None) -> StepResult:
     """One gradient-descent step of the wide layer, W1 and W2 updated in place.
@@ -246,6 +277,7 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
                                                                    out=out))
 
 
+@_on_callers_stream
 def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=None, backend="auto"):
     """The wide layer's gradients given G = dPhi/dZ_2 (N, n2), nothing updated (the backward pass of
     Z_2 = a1 sigma(X W1) W2 for an autograd system).
@@ -286,6 +318,7 @@ def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=
     return io.back(get_backend(resolve_backend(backend, xp)).wide_grad(X, W1, W2, G, act, a1, input_grad, out=out))
 
 
+@_on_callers_stream
 def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="auto"):
     """Gram matrix (N, N) of the wide layer, streamed over its neurons.
 

@@ -22,7 +22,6 @@ sigma(X W1) inside its own kernel (no N x n1 activation is kept between the pass
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 try:
@@ -36,21 +35,6 @@ from .activations import parse_activation
 from .errors import PyrgdError
 
 __all__ = ["WideFunction", "WideLayer", "wide"]
-
-
-@contextlib.contextmanager
-def _torch_stream(t):
-    """For a CUDA tensor: CuPy's current device and stream become torch's (the kernels run in order with the
-    caller's work); nothing for a CPU tensor."""
-    if not t.is_cuda:
-        yield
-        return
-    import cupy
-
-    with cupy.cuda.Device(t.device.index):
-        stream = torch.cuda.current_stream(t.device)
-        with cupy.cuda.ExternalStream(stream.cuda_stream, t.device.index):
-            yield
 
 
 def _check(X, W1, W2):
@@ -69,7 +53,7 @@ def _check(X, W1, W2):
 @torch.library.custom_op("pyrgd::wide_forward", mutates_args=())
 def _wide_forward(X: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, activation: str, a1: float) -> torch.Tensor:
     """H = a1 sigma(X W1) W2 (N, n2) by :func:`pyrgd.ops.wide_forward`."""
-    with _torch_stream(X):
+    with ops.caller_stream(X):
         return ops.wide_forward(X, W1, W2, activation=activation, a1=a1)
 
 
@@ -82,7 +66,7 @@ def _(X, W1, W2, activation, a1):
 def _wide_grad(X: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, G: torch.Tensor, activation: str, a1: float,
                input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dW1, dW2, dX) by :func:`pyrgd.ops.wide_grad`; dX is an empty (0,) tensor without ``input_grad``."""
-    with _torch_stream(X):
+    with ops.caller_stream(X):
         res = ops.wide_grad(X, W1, W2, G, activation=activation, a1=a1, input_grad=input_grad)
     return res[0], res[1], res[2] if input_grad else X.new_empty((0,))
 

@@ -58,6 +58,15 @@ def test_out_tensors_are_written_and_returned_as_the_callers_objects():
     assert ops.wide_step(tX, tW1, tW2, tG, 0.0, next_forward=True, out=H).H_next is H
 
 
+def test_numpy_out_arrays_come_back_as_themselves_for_torch_inputs():
+    """out arrays of another kind than X (NumPy out, torch X) are the caller's objects too, written in place."""
+    X, W1, W2, G = _case()
+    out = (np.empty_like(W1), np.empty_like(W2), np.empty_like(X))
+    got = ops.wide_grad(*map(_t, (X, W1, W2, G)), input_grad=True, out=out)
+    assert all(g is o for g, o in zip(got, out))
+    assert all(np.array_equal(g, w) for g, w in zip(got, ops.wide_grad(X, W1, W2, G, input_grad=True)))
+
+
 def test_tensors_that_require_grad_and_strided_tensors():
     X, W1, W2, G = _case()
     tW1 = _t(W1).requires_grad_()

@@ -69,6 +69,21 @@ def test_forward_and_gradients_equal_ops():
         assert np.array_equal(t.grad.numpy(), w)
 
 
+def test_a_gamma_with_more_than_six_digits_is_passed_on_exactly():
+    """The activation travels to the custom op as a string: gamma = 1/3 must keep every bit (not '0.333333')."""
+    X, W1, W2 = _inputs(N=20, n1=90)
+    H = pt.WideFunction.apply(X, W1, W2, "leaky_relu(0.3333333333333333)", 1.0)
+    G = torch.randn_like(H)
+    H.backward(G)
+    Xn, W1n, W2n = (t.detach().numpy() for t in (X, W1, W2))
+    act = "leaky_relu(0.3333333333333333)"
+    assert np.array_equal(H.detach().numpy(), ops.wide_forward(Xn, W1n, W2n, activation=act))
+    want = ops.wide_grad(Xn, W1n, W2n, G.numpy(), activation=act, input_grad=True)
+    for t, w in zip((W1, W2, X), want):
+        assert np.array_equal(t.grad.numpy(), w)
+    assert pt.WideLayer(3, 8, 1, activation="leaky_relu(0.3333333333333333)").activation == act
+
+
 def test_input_gradient_only_when_needed(monkeypatch):
     calls = []
     real = ops.wide_grad

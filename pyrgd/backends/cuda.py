@@ -378,7 +378,7 @@ def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
     ``out`` when given (it may be G: written after the step kernel read it).
     """
     cp = _cupy()
-    dev = _check_cuda_args(X=X, W1=W1, W2=W2, G=G)
+    dev = _check_cuda_args(X=X, W1=W1, W2=W2, G=G, out=out)
     with cp.cuda.Device(dev):
         mod, tiles = _module(X.dtype, act.name)
         N, d = X.shape
@@ -428,7 +428,8 @@ def wide_grad(X, W1, W2, G, act, a1, input_grad=False, out=None):
     Runs on CuPy's current stream (the caller's, e.g. torch's, when it set it).
     """
     cp = _cupy()
-    dev = _check_cuda_args(X=X, W1=W1, W2=W2, G=G)
+    outs = {f"out[{i}]": o for i, o in enumerate(out or ())}
+    dev = _check_cuda_args(X=X, W1=W1, W2=W2, G=G, **outs)  # the out arrays on X's GPU too
     with cp.cuda.Device(dev):
         mod, tiles = _module(X.dtype, act.name)
         N, d = X.shape
