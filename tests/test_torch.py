@@ -56,31 +56,27 @@ def test_gradcheck_layer_with_bias_and_batch_dims():
     assert torch.autograd.gradcheck(f, params)
 
 
-def test_forward_and_gradients_equal_ops():
-    """The autograd results are ops.wide_forward / ops.wide_grad's, bit for bit."""
-    X, W1, W2 = _inputs(N=30, n1=130)
-    H = pt.WideFunction.apply(X, W1, W2, "softplus", 1.5)
+def _assert_autograd_is_ops(X, W1, W2, act, a1):
+    """WideFunction's output and gradients are ops.wide_forward / ops.wide_grad's for ``act``, bit for bit."""
+    H = pt.WideFunction.apply(X, W1, W2, act, a1)
     G = torch.randn_like(H)
     H.backward(G)
     Xn, W1n, W2n = (t.detach().numpy() for t in (X, W1, W2))
-    assert np.array_equal(H.detach().numpy(), ops.wide_forward(Xn, W1n, W2n, activation="softplus", a1=1.5))
-    want = ops.wide_grad(Xn, W1n, W2n, G.numpy(), activation="softplus", a1=1.5, input_grad=True)
+    assert np.array_equal(H.detach().numpy(), ops.wide_forward(Xn, W1n, W2n, activation=act, a1=a1))
+    want = ops.wide_grad(Xn, W1n, W2n, G.numpy(), activation=act, a1=a1, input_grad=True)
     for t, w in zip((W1, W2, X), want):
         assert np.array_equal(t.grad.numpy(), w)
+
+
+def test_forward_and_gradients_equal_ops():
+    """The autograd results are ops.wide_forward / ops.wide_grad's, bit for bit."""
+    _assert_autograd_is_ops(*_inputs(N=30, n1=130), "softplus", 1.5)
 
 
 def test_a_gamma_with_more_than_six_digits_is_passed_on_exactly():
     """The activation travels to the custom op as a string: gamma = 1/3 must keep every bit (not '0.333333')."""
-    X, W1, W2 = _inputs(N=20, n1=90)
-    H = pt.WideFunction.apply(X, W1, W2, "leaky_relu(0.3333333333333333)", 1.0)
-    G = torch.randn_like(H)
-    H.backward(G)
-    Xn, W1n, W2n = (t.detach().numpy() for t in (X, W1, W2))
     act = "leaky_relu(0.3333333333333333)"
-    assert np.array_equal(H.detach().numpy(), ops.wide_forward(Xn, W1n, W2n, activation=act))
-    want = ops.wide_grad(Xn, W1n, W2n, G.numpy(), activation=act, input_grad=True)
-    for t, w in zip((W1, W2, X), want):
-        assert np.array_equal(t.grad.numpy(), w)
+    _assert_autograd_is_ops(*_inputs(N=20, n1=90), act, 1.0)
     assert pt.WideLayer(3, 8, 1, activation="leaky_relu(0.3333333333333333)").activation == act
 
 
