@@ -54,21 +54,27 @@ def rank_backend(X) -> str:
     return "cpu" if xp is np else "cuda"
 
 
-def local_rank(comm) -> tuple[int, int]:
-    """(this rank's index among the ranks on its host, how many ranks share the host), from MPI's shared-memory
-    split (collective: call it on every rank); (0, 1) where ``comm`` cannot tell."""
+def _on_this_host(comm, fn, default):
+    """fn(the communicator of the ranks sharing this rank's host) from MPI's shared-memory split, freed afterwards
+    (collective: call it on every rank); ``default`` where ``comm`` cannot split (not an mpi4py communicator)."""
     if not callable(getattr(comm, "Split_type", None)):
-        return 0, 1
+        return default
     try:
         from mpi4py import MPI
 
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     except Exception:
-        return 0, 1
+        return default
     try:
-        return int(local.Get_rank()), max(1, int(local.Get_size()))
+        return fn(local)
     finally:
         local.Free()
+
+
+def local_rank(comm) -> tuple[int, int]:
+    """(this rank's index among the ranks on its host, how many ranks share the host); collective; (0, 1) where
+    ``comm`` cannot tell."""
+    return _on_this_host(comm, lambda local: (int(local.Get_rank()), max(1, int(local.Get_size()))), (0, 1))
 
 
 def use_rank_device(comm) -> tuple[int, int]:
@@ -91,18 +97,7 @@ def gpu_sharing(comm) -> int:
     import cupy
 
     dev = str(cupy.cuda.Device().pci_bus_id)
-    if not callable(getattr(comm, "Split_type", None)):
-        return 1
-    try:
-        from mpi4py import MPI
-
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    except Exception:
-        return 1
-    try:
-        return max(1, sum(1 for d in local.allgather(dev) if d == dev))
-    finally:
-        local.Free()
+    return _on_this_host(comm, lambda local: max(1, sum(1 for d in local.allgather(dev) if d == dev)), 1)
 
 
 def groups_of(n1: int) -> list[tuple[int, int]]:

@@ -52,9 +52,8 @@ def _check(X, W1, W2):
 
 @torch.library.custom_op("pyrgd::wide_forward", mutates_args=())
 def _wide_forward(X: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, activation: str, a1: float) -> torch.Tensor:
-    """H = a1 sigma(X W1) W2 (N, n2) by :func:`pyrgd.ops.wide_forward`."""
-    with ops.caller_stream(X):
-        return ops.wide_forward(X, W1, W2, activation=activation, a1=a1)
+    """H = a1 sigma(X W1) W2 (N, n2) by :func:`pyrgd.ops.wide_forward` (on torch's current stream for CUDA)."""
+    return ops.wide_forward(X, W1, W2, activation=activation, a1=a1)
 
 
 @_wide_forward.register_fake
@@ -66,8 +65,7 @@ def _(X, W1, W2, activation, a1):
 def _wide_grad(X: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, G: torch.Tensor, activation: str, a1: float,
                input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dW1, dW2, dX) by :func:`pyrgd.ops.wide_grad`; dX is an empty (0,) tensor without ``input_grad``."""
-    with ops.caller_stream(X):
-        res = ops.wide_grad(X, W1, W2, G, activation=activation, a1=a1, input_grad=input_grad)
+    res = ops.wide_grad(X, W1, W2, G, activation=activation, a1=a1, input_grad=input_grad)
     return res[0], res[1], res[2] if input_grad else X.new_empty((0,))
 
 

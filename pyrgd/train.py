@@ -128,8 +128,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         for any number of ranks (method "auto" takes one process's choice where the rows method can be sharded:
         every neuron kept in its panels and at most one rank per lane of neurons; else "neurons"). With
         ``backend="cuda"`` each rank runs the neurons method on a GPU (host data: GPU local rank mod the host's
-        GPUs; CuPy data: the GPU it is on), the same bits for any number of GPU ranks of one GPU model. Rank 0 shows the progress bar and writes ``out``; the others
-        write nothing. An error on one rank ends every rank (:class:`pyrgd.distributed.RankError`). Rank 0 takes
+        GPUs; CuPy data: the GPU it is on), the same bits for any number of GPU ranks of one GPU model. Rank 0
+        shows the progress bar and writes ``out``; the others write nothing. An error on one rank ends every rank (:class:`pyrgd.distributed.RankError`). Rank 0 takes
         the certificates from the gathered weights (its result holds them). Checkpoints hold the full weights and
         resume on any number of ranks. Each rank checks its own memory before allocating (:func:`pyrgd.plan.plan_run`
         with ``ranks``: its share of its host's memory); where one would not fit, every rank raises that rank's

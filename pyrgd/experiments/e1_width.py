@@ -27,19 +27,19 @@ For every N the data (X, Y) are fixed (``data_seed``) and the network is F_2 = r
 - **Exact margins**: the margins of real LeCun nets at the widths ``exact_n1`` (n_1 >= N), computed by
   :func:`pyrgd.theory.nguyen2021_certificate`, beside the predicted ones, to show where the prediction is reached.
 - **Infinite-width reference** (computed): GD on the net linearized at an infinitely wide initialization
-  (:class:`LazyLimit`). There the NTK is n_1 G (G the lambda_* Gram), so with a step eta n_1 the residual evolves
-  as r_k = (I - eta G)^k r_0 and, averaged over the initial outputs F_2(0) ~ N(0, G) independent of Y, the
+  (:class:`LazyLimit`). There the NTK is n_1 G (G the lambda_* Gram), so with GD's step eta / n_1 the residual
+  evolves as r_k = (I - eta G)^k r_0 and, averaged over the initial outputs F_2(0) ~ N(0, G) independent of Y, the
   relative loss is l(k) = sum_i (1 - eta g_i)^(2k) c_i / sum_i c_i with c_i = |u_i^T Y|^2 + n_2 g_i (g_i, u_i the
-  eigenpairs of G) [derived: docs/theory.md section 5, "the infinite-width limit"]. Per N: the steps it needs to
+  eigenpairs of G) [derived: docs/theory.md section 5, "GD in the infinite-width limit"]. Per N: the steps it needs to
   reach rel_tol and strict_rel_tol at lr = "auto"'s rule (eta = 0.5 / g_max) and its loss at the step budget; per
   GD run: l(k) at the run's own step size and step count, so that each run is compared with an infinitely wide
-  net trained as long. Where even this limit needs more steps than the budget, no wide net can converge within it:
-  the measured threshold then measures the budget.
+  net trained as long. Where even this limit needs more steps than the budget, a net in the lazy regime cannot
+  converge within it, and the measured threshold then measures the budget as much as the width.
 
 Outputs: E1.csv (per N: both thresholds, lambda_*, the infinite-width steps), E1_gd.csv (every GD run, with the
 infinite-width loss after as many steps), E1_margins.csv (exact and predicted margins), E1.png (left: thresholds
-against N with fitted slopes; middle: margins against n_1; right: every GD run's loss at its last step against the
-infinite-width curves).
+against N with fitted slopes; middle: margins against n_1; right: every GD run's loss at its end against n_1 / N,
+beside the infinite-width net's loss after the budget).
 """
 from __future__ import annotations
 
@@ -300,7 +300,7 @@ def run(p, out, progress=False) -> dict:
     from ..model import PyramidalNet
     from ..theory import nguyen2021_certificate
 
-    gd_rows, margin_rows, rows, preds, lazies = [], [], [], {}, {}
+    gd_rows, margin_rows, rows, preds = [], [], [], {}
     total = sum(len(gd_widths(p, N)) * len(p["seeds"]) for N in p["N"])
     bar = progress_bar(progress, total, "E1 GD", unit="run")
     try:
@@ -308,7 +308,7 @@ def run(p, out, progress=False) -> dict:
             X, Y = make_data(p, N)
             pred = Predictor(X, Y, p["C"])
             lazy = LazyLimit(pred.gram, Y)
-            preds[N], lazies[N] = pred, lazy
+            preds[N] = pred
             gd_thr, strict_thr = _gd_search(p, N, bar, gd_rows, lazy)
             for n1 in [m for m in p["exact_n1"] if m >= N]:
                 pc = pred.conditions(n1)
@@ -366,11 +366,11 @@ def run(p, out, progress=False) -> dict:
                              f"of {p['seeds']}",
                 "strict_tolerance": (f"loss <= {p['strict_rel_tol']:g} of the initial loss within {p['steps']} steps"
                                      if p["strict_rel_tol"] > 0 else None)}
-    _plot(files["figure"], p, rows, margin_rows, gd_rows, findings, preds, lazies)
+    _plot(files["figure"], p, rows, margin_rows, gd_rows, findings, preds)
     return {**files, "findings": findings}
 
 
-def _plot(path, p, rows, margin_rows, gd_rows, f, preds, lazies):
+def _plot(path, p, rows, margin_rows, gd_rows, f, preds):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -431,20 +431,19 @@ def _plot(path, p, rows, margin_rows, gd_rows, f, preds, lazies):
     ax2.grid(True, which="major", alpha=0.3)
     ax2.legend(fontsize=7, ncol=2)
 
-    _plot_lazy(ax3, p, rows, gd_rows, lazies)
+    _plot_lazy(ax3, p, rows, gd_rows)
     save_figure(fig, path)
 
 
-def _plot_lazy(ax, p, rows, gd_rows, lazies):
+def _plot_lazy(ax, p, rows, gd_rows):
     """Every GD run's relative loss at its end against n_1 / N (seed 0 joined by a line; filled: reached rel_tol),
     and per N the infinite-width net's loss at the step budget (dashed), one colour per N."""
     for k, r in enumerate(rows):
         col = f"C{k % 10}"
-        lazy = lazies[r["N"]]
         k_tol = "never" if r["lazy_steps"] is None else f"at k = {r['lazy_steps']:.2g}"
-        label = (f"N = {r['N']}: infinite width {lazy.relative_loss(p['steps']):.2g} at the budget, "
-                 f"{p['rel_tol']:g} {k_tol}")
-        ax.axhline(max(lazy.relative_loss(p["steps"]), 1e-300), color=col, lw=1.0, ls="--", alpha=0.8, label=label)
+        at_budget = r["lazy_relative_loss_at_budget"]
+        label = f"N = {r['N']}: infinite width {at_budget:.2g} at the budget, {p['rel_tol']:g} {k_tol}"
+        ax.axhline(max(at_budget, 1e-300), color=col, lw=1.0, ls="--", alpha=0.8, label=label)
         runs = [g for g in gd_rows if g["N"] == r["N"] and g.get("relative_loss") is not None]
         first = sorted((g for g in runs if g["seed"] == p["seeds"][0]), key=lambda g: g["n1"])
         ax.plot([g["n1"] / g["N"] for g in first], [max(g["relative_loss"], 1e-300) for g in first], "-", color=col,
@@ -471,8 +470,8 @@ def _plot_lazy(ax, p, rows, gd_rows, lazies):
 
 def redraw(p, folder) -> str:
     """E1.png drawn again from the E1.csv, E1_gd.csv, E1_margins.csv and E1.json in ``folder`` (a finished run of
-    the checked params ``p``), without running GD again; the infinite-width curves and the predicted margins are
-    recomputed from the data. Returns the figure's path."""
+    the checked params ``p``), without running GD again; the predicted margins are recomputed from the data.
+    Returns the figure's path."""
     import json
 
     from ..sweep import read_results
@@ -485,11 +484,10 @@ def redraw(p, folder) -> str:
         findings = json.load(f)["findings"]
     # JSON holds a slope that could not be fitted (nan) as null
     findings = {k: (math.nan if v is None and k.startswith("slope") else v) for k, v in findings.items()}
-    preds, lazies = {}, {}
+    preds = {}
     for r in rows:
         X, Y = make_data(p, r["N"])
         preds[r["N"]] = Predictor(X, Y, p["C"])
-        lazies[r["N"]] = LazyLimit(preds[r["N"]].gram, Y)
     out = os.path.join(folder, "E1.png")
-    _plot(out, p, rows, margin_rows, gd_rows, findings, preds, lazies)
+    _plot(out, p, rows, margin_rows, gd_rows, findings, preds)
     return out
