@@ -227,15 +227,31 @@ def _check_wide(X, W1, W2, *, inplace=False):
     return xp, X, W1, W2
 
 
+def _check_out(xp, name, out, dtype, shape, reads):
+    """``out`` validated as an array the call writes: C-contiguous, writeable, of ``dtype`` and ``shape``, sharing
+    no memory with any array of ``reads`` ((name, array) pairs)."""
+    out = check_float_array(name, out, 2, dtype=dtype, xp=xp, shape=shape, inplace=True, finite=False)
+    for rname, a in reads:
+        if _shares_memory(xp, out, a):
+            raise PyrgdError(f"{name}, {rname}: must not share memory ({name} is written while {rname} is read)")
+    return out
+
+
 @_on_callers_stream
-def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto"):
-    """H = a1 sigma(X W1) W2, shape (N, n2), streamed over the n1 neurons (nothing N x n1 is kept by cpu/cuda)."""
+def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto", out=None):
+    """H = a1 sigma(X W1) W2, shape (N, n2), streamed over the n1 neurons (nothing N x n1 is kept by cpu/cuda).
+
+    ``out``: None, or an (N, n2) C-contiguous writeable array of X's dtype and device, sharing no memory with X, W1,
+    W2, which receives H (and is returned: the caller's own object)."""
     io = _Interop(X)
     X, W1, W2 = io.put("X", X), io.put("W1", W1), io.put("W2", W2)
+    out = io.put("out", out, keep=True)
     xp, X, W1, W2 = _check_wide(X, W1, W2)
     act = parse_activation(activation)
     a1 = check_scalar("a1", a1)
-    return io.back(get_backend(resolve_backend(backend, xp)).forward(X, W1, W2, act, a1))
+    if out is not None:
+        out = _check_out(xp, "out", out, X.dtype, (X.shape[0], W2.shape[1]), (("X", X), ("W1", W1), ("W2", W2)))
+    return io.back(get_backend(resolve_backend(backend, xp)).forward(X, W1, W2, act, a1, out=out))
 
 
 @_on_callers_stream
@@ -268,11 +284,7 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
     if out is not None:
         if not next_forward:
             raise PyrgdError("out: only with next_forward=True (it receives H_next)")
-        out = check_float_array("out", out, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]), inplace=True,
-                                finite=False)
-        for name, a in (("X", X), ("W1", W1), ("W2", W2)):
-            if _shares_memory(xp, out, a):
-                raise PyrgdError(f"out, {name}: must not share memory ({name} is read while out is written)")
+        out = _check_out(xp, "out", out, X.dtype, (X.shape[0], W2.shape[1]), (("X", X), ("W1", W1), ("W2", W2)))
     return io.back(get_backend(resolve_backend(backend, xp)).step(X, W1, W2, G, lr, act, a1, bool(next_forward),
                                                                    out=out))
 
@@ -308,13 +320,12 @@ def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=
         if not isinstance(out, (tuple, list)) or len(out) != len(names):
             raise PyrgdError(f"out: expected None or a tuple of {len(names)} arrays ({', '.join(names)}), "
                              f"got {out!r:.80}")
-        out = tuple(check_float_array(f"out[{i}] ({nm})", o, 2, dtype=X.dtype, xp=xp, shape=shapes[i], inplace=True,
-                                      finite=False) for i, (nm, o) in enumerate(zip(names, out)))
-        for i, o in enumerate(out):
-            for name, a in (("X", X), ("W1", W1), ("W2", W2), ("G", G)) + tuple(
-                    (f"out[{k}]", out[k]) for k in range(i)):
-                if _shares_memory(xp, o, a):
-                    raise PyrgdError(f"out[{i}], {name}: must not share memory (out[{i}] is written)")
+        checked = []
+        for i, (nm, o) in enumerate(zip(names, out)):
+            reads = (("X", X), ("W1", W1), ("W2", W2), ("G", G)) + tuple((f"out[{k}]", c) for k, c in enumerate(checked))
+            o = _check_out(xp, f"out[{i}] ({nm})", o, X.dtype, shapes[i], reads)
+            checked.append(o)
+        out = tuple(checked)
     return io.back(get_backend(resolve_backend(backend, xp)).wide_grad(X, W1, W2, G, act, a1, input_grad, out=out))
 
 

@@ -161,6 +161,23 @@ def test_next_forward_is_forward_of_updated_weights(act, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_out_arrays_are_written_in_place(dtype):
+    """forward(out=) and step(next_forward, out=G) write the caller's arrays (NaN-filled first) with the bits of
+    the calls without out; out may be G for the step (the forward launch follows the step kernel)."""
+    X, W1, W2, G, _ = _case(5, 90, 20, 150, 3, dtype)
+    Xd, W1d, W2d, Gd = _dev(X, W1, W2, G)
+    out = cp.full((90, 3), cp.nan, dtype=dtype)
+    got = ops.wide_forward(Xd, W1d, W2d, activation="tanh", out=out)
+    assert got is out and cp.array_equal(out, ops.wide_forward(Xd, W1d, W2d, activation="tanh"))
+    W1a, W2a, W1b, W2b = W1d.copy(), W2d.copy(), W1d.copy(), W2d.copy()
+    ref = ops.wide_step(Xd, W1a, W2a, Gd, 0.05, activation="tanh", next_forward=True)
+    G2 = Gd.copy()
+    res = ops.wide_step(Xd, W1b, W2b, G2, 0.05, activation="tanh", next_forward=True, out=G2)
+    assert res.H_next is G2 and cp.array_equal(G2, ref.H_next)
+    assert cp.array_equal(W1a, W1b) and cp.array_equal(W2a, W2b) and res.grad_sq_w1 == ref.grad_sq_w1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_many_neuron_tiles_use_the_persistent_grid(act, dtype):
     """n1 = 20000: more neuron tiles than the step grid has blocks, several row tiles (scratch reused)."""

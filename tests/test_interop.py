@@ -56,6 +56,8 @@ def test_out_tensors_are_written_and_returned_as_the_callers_objects():
     assert all(np.array_equal(g.numpy(), w) for g, w in zip(got, ops.wide_grad(X, W1, W2, G, input_grad=True)))
     H = torch.empty_like(tG)
     assert ops.wide_step(tX, tW1, tW2, tG, 0.0, next_forward=True, out=H).H_next is H
+    H2 = torch.full_like(tG, float("nan"))
+    assert ops.wide_forward(tX, tW1, tW2, out=H2) is H2 and np.array_equal(H2.numpy(), H.numpy())
 
 
 def test_numpy_out_arrays_come_back_as_themselves_for_torch_inputs():

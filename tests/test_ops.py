@@ -104,3 +104,26 @@ def test_gram_argument_pairs(arrays):
         ops.wide_gram(X, W1, W2=W2, backend="reference")
     K = ops.wide_gram(X, W1, activation="tanh", W2=W2, B2=G, backend="reference")
     assert K.shape == (6, 6) and np.allclose(K, K.T)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_forward_out_is_written_and_returned(arrays, backend):
+    """wide_forward(out=...) writes H into the caller's array (NaN-filled first) with the plain call's bits."""
+    X, W1, W2, _ = arrays
+    want = ops.wide_forward(X, W1, W2, activation="softplus", a1=0.3, backend=backend)
+    out = np.full((6, 2), np.nan)
+    got = ops.wide_forward(X, W1, W2, activation="softplus", a1=0.3, backend=backend, out=out)
+    assert got is out and np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("make_out, match", [
+    (lambda X, W1, W2: np.zeros((6, 3)), r"out: expected shape \(6, 2\)"),
+    (lambda X, W1, W2: np.zeros((6, 2), np.float32), "out: expected dtype float64"),
+    (lambda X, W1, W2: np.zeros((2, 6)).T, "out: is updated in place but is not C-contiguous"),
+    (lambda X, W1, W2: W1.reshape(-1)[:12].reshape(6, 2), "out, W1: must not share memory"),
+    (lambda X, W1, W2: [[0.0] * 2] * 6, "out: expected a numpy.ndarray"),
+])
+def test_forward_bad_out_names_it(arrays, make_out, match):
+    X, W1, W2, _ = arrays
+    with pytest.raises(PyrgdError, match=match):
+        ops.wide_forward(X, W1, W2, out=make_out(X, W1, W2))

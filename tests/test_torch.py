@@ -73,6 +73,18 @@ def test_forward_and_gradients_equal_ops():
     _assert_autograd_is_ops(*_inputs(N=30, n1=130), "softplus", 1.5)
 
 
+def test_outputs_are_tensors_from_torchs_allocator():
+    """H and the gradients live in storage torch allocated (resizable), not in memory imported from another library
+    through DLPack (not resizable): torch counts, reuses and frees it (on CUDA: its caching allocator)."""
+    X, W1, W2 = _inputs(N=12, n1=50)
+    H = pt.WideFunction.apply(X, W1, W2, "tanh", 1.0)
+    assert H.untyped_storage().resizable()
+    H.backward(torch.ones_like(H))
+    assert all(t.grad.untyped_storage().resizable() for t in (X, W1, W2))
+    imported = torch.from_dlpack(ops.wide_forward(*(t.detach().numpy() for t in (X, W1, W2))))
+    assert not imported.untyped_storage().resizable()  # what the check tells apart
+
+
 def test_a_gamma_with_more_than_six_digits_is_passed_on_exactly():
     """The activation travels to the custom op as a string: gamma = 1/3 must keep every bit (not '0.333333')."""
     act = "leaky_relu(0.3333333333333333)"

@@ -54,3 +54,17 @@ def test_gradcheck_on_cuda():
     X, W1, W2 = (torch.randn(*s, device="cuda", dtype=torch.float64, generator=g).requires_grad_()
                  for s in ((6, 3), (3, 40), (40, 2)))
     assert torch.autograd.gradcheck(lambda X, W1, W2: pt.WideFunction.apply(X, W1, W2, "tanh", 0.5), (X, W1, W2))
+
+
+def test_outputs_come_from_torchs_caching_allocator():
+    """H and the gradients are allocated by torch (counted by torch.cuda.memory_allocated), not by CuPy's pool."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    X, W1, W2 = (torch.randn(*s, device="cuda", dtype=torch.float32, generator=g).requires_grad_()
+                 for s in ((4096, 8), (8, 300), (300, 64)))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    H = pt.WideFunction.apply(X, W1, W2, "tanh", 1.0)
+    assert H.untyped_storage().resizable()
+    assert torch.cuda.memory_allocated() - before >= H.numel() * H.element_size()
+    H.backward(torch.ones_like(H))
+    assert all(t.grad.untyped_storage().resizable() for t in (X, W1, W2))

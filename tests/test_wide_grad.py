@@ -186,7 +186,7 @@ def test_bad_input_is_a_pyrgd_error_naming_the_argument():
         (r"out\[0\] \(dW1\): expected dtype float64", dict(out=(np.empty((3, 8), np.float32), np.empty((8, 2))))),
         (r"out\[0\] \(dW1\): is updated in place but is not C-contiguous",
          dict(out=(np.empty((8, 3)).T, np.empty((8, 2))))),
-        (r"out\[0\], W1: must not share memory", dict(out=(W1, np.empty((8, 2))))),
+        (r"out\[0\] \(dW1\), W1: must not share memory", dict(out=(W1, np.empty((8, 2))))),
     ]
     for message, change in cases:
         kw = dict(X=X, W1=W1, W2=W2, G=G, activation="tanh")
@@ -194,7 +194,7 @@ def test_bad_input_is_a_pyrgd_error_naming_the_argument():
         with pytest.raises(PyrgdError, match="^" + message):
             ops.wide_grad(kw.pop("X"), kw.pop("W1"), kw.pop("W2"), kw.pop("G"), **kw)
     buf = np.empty(3 * 8 + 8 * 2)
-    with pytest.raises(PyrgdError, match=r"out\[1\], out\[0\]: must not share memory"):
+    with pytest.raises(PyrgdError, match=r"out\[1\] \(dW2\), out\[0\]: must not share memory"):
         ops.wide_grad(X, W1, W2, G, out=(buf[:24].reshape(3, 8), buf[8:24].reshape(8, 2)))
 
 

@@ -6,8 +6,8 @@ already validated arrays (C-contiguous, native byte order, one floating dtype, f
     whether the backend can run here, and a one-line description or the reason it cannot.
 ``array_namespace() -> module``
     the array library of the backend's arrays (NumPy or CuPy).
-``forward(X, W1, W2, act, a1) -> H``
-    H = a1 sigma(X W1) W2, shape (N, n2).
+``forward(X, W1, W2, act, a1, out=None) -> H``
+    H = a1 sigma(X W1) W2, shape (N, n2) (written into ``out`` when given, already validated).
 ``step(X, W1, W2, G, lr, act, a1, next_forward, out=None) -> StepResult``
     one GD step of the wide layer given G = dPhi/dZ_2, W1 and W2 updated in place; with next_forward the
     forward pass of the updated weights is returned as ``H_next`` (written into ``out`` when given; it may be G).

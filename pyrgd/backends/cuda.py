@@ -332,7 +332,8 @@ def _sm_count(cp) -> int:
 # Operations
 
 
-def _launch_forward(cp, mod, tiles, X, W1, W2, act, a1):
+def _launch_forward(cp, mod, tiles, X, W1, W2, act, a1, H=None):
+    """Launch the forward kernel writing H (N, n2; a new array when None, else C-contiguous of X's dtype)."""
     N, d = X.shape
     n1, n2 = W2.shape
     fast = _fast(tiles, X.dtype)
@@ -340,7 +341,7 @@ def _launch_forward(cp, mod, tiles, X, W1, W2, act, a1):
     gx, gy = -(-N // FM), -(-n2 // FN)
     if gy > 65535:
         raise PyrgdError(f"W2: n2 = {n2} columns is more than the CUDA backend handles ({65535 * FN})")
-    H = _empty((N, n2), X.dtype)
+    H = _empty((N, n2), X.dtype) if H is None else H
     if fast:
         smem = tiles["FAST_FWD_SMEM"]
         k = _kernel(mod, "pyrgd::cuda::wide_forward_f32", X.dtype, act.name, smem)
@@ -359,22 +360,19 @@ def _launch_forward(cp, mod, tiles, X, W1, W2, act, a1):
 
 
 def forward(X, W1, W2, act, a1, out=None):
-    """H = a1 sigma(X W1) W2 (N, n2), a new CuPy array on the arrays' device (copied into ``out`` when given)."""
+    """H = a1 sigma(X W1) W2 (N, n2): a new CuPy array on the arrays' device, or written into ``out`` (validated by
+    :func:`pyrgd.ops.wide_forward`: C-contiguous, of the dtype, on that device, sharing no memory with the inputs)."""
     cp = _cupy()
-    dev = _check_cuda_args(X=X, W1=W1, W2=W2)
+    dev = _check_cuda_args(X=X, W1=W1, W2=W2, out=out)
     with cp.cuda.Device(dev):
         mod, tiles = _module(X.dtype, act.name)
-        H = _launch_forward(cp, mod, tiles, X, W1, W2, act, a1)
-        if out is None:
-            return H
-        out[...] = H
-        return out
+        return _launch_forward(cp, mod, tiles, X, W1, W2, act, a1, H=out)
 
 
 def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
     """One GD step of the wide layer; W1 and W2 are updated in place. See :mod:`pyrgd.backends`.
 
-    ``next_forward=True`` runs a forward launch on the updated weights after the step kernel; H_next is copied into
+    ``next_forward=True`` runs a forward launch on the updated weights after the step kernel; H_next is written into
     ``out`` when given (it may be G: written after the step kernel read it).
     """
     cp = _cupy()
@@ -411,10 +409,8 @@ def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
             shared_mem=smem,
         )
         mod.get_function(_SUM_PAIRS)((1, 1, 1), (THREADS, 1, 1), (sq, np.int32(num_tiles), total))
-        H_next = _launch_forward(cp, mod, tiles, X, W1, W2, act, a1) if next_forward else None
-        if out is not None and H_next is not None:
-            out[...] = H_next
-            H_next = out
+        # into out directly: the forward launch follows the step kernel on the stream, so out may be G
+        H_next = _launch_forward(cp, mod, tiles, X, W1, W2, act, a1, H=out) if next_forward else None
         g1, g2 = total.get()  # the step's one device-to-host transfer (synchronizes)
     return StepResult(H_next, float(g1), float(g2))
 
