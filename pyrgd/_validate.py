@@ -74,19 +74,33 @@ def check_float_array(name, a, ndim, *, dtype=None, xp=None, inplace=False, shap
     return a
 
 
-#: elements :func:`all_finite` checks at a time (its temporaries: a few arrays of this many elements)
+#: elements :func:`all_finite` checks at a time on the host (its temporaries: a few arrays of this many elements)
 FINITE_CHUNK = 1 << 16
+#: the same on a GPU, where each chunk costs a kernel launch: a bool temporary of this many bytes at most
+DEVICE_FINITE_CHUNK = 1 << 24
 
 
 def all_finite(a) -> bool:
-    """Whether a C-contiguous float array holds no NaN or infinity, checked in chunks of FINITE_CHUNK elements, so
-    that the check allocates a few chunks, never an array the size of ``a``."""
+    """Whether a C-contiguous float array holds no NaN or infinity, checked in chunks, so that the check allocates a
+    few chunks, never an array the size of ``a``: on the host chunks of FINITE_CHUNK elements (stopping at the
+    first bad one), on a GPU (CuPy) :func:`device_all_finite`, which waits for the device once."""
     xp = array_module(a) or np
     flat = a.reshape(-1)
+    if xp is not np:
+        return device_all_finite(flat, xp)
     for i in range(0, flat.size, FINITE_CHUNK):
-        if not bool(xp.isfinite(flat[i:i + FINITE_CHUNK]).all()):
+        if not bool(np.isfinite(flat[i:i + FINITE_CHUNK]).all()):
             return False
     return True
+
+
+def device_all_finite(flat, xp, chunk=None) -> bool:
+    """All elements of the 1-D array ``flat`` finite: one reduction per chunk of ``chunk`` elements (None:
+    DEVICE_FINITE_CHUNK), kept on the device, and one transfer of their combined result (a check per chunk that
+    read each result back would wait for the GPU once per chunk: thousands of times for a large X)."""
+    chunk = DEVICE_FINITE_CHUNK if chunk is None else int(chunk)
+    parts = [xp.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk)]
+    return bool(xp.stack(parts).all()) if parts else True
 
 
 def _fmt_shape(shape):

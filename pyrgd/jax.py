@@ -17,6 +17,8 @@ Limits:
 - ``vmap`` calls the kernels once per batch element (``vmap_method="sequential"``).
 - float32, or float64 with ``jax.config.update("jax_enable_x64", True)``; ``activation`` and ``a1`` are static
   (Python values, not traced).
+- NaN and infinite values propagate, as through any JAX operation (``jax_debug_nans`` sees them), instead of
+  raising inside the callback.
 """
 from __future__ import annotations
 
@@ -39,12 +41,13 @@ __all__ = ["wide"]
 
 
 def _host_forward(act, a1, X, W1, W2):
-    return np.asarray(ops.wide_forward(np.asarray(X), np.asarray(W1), np.asarray(W2), activation=act, a1=a1))
+    return np.asarray(ops.wide_forward(np.asarray(X), np.asarray(W1), np.asarray(W2), activation=act, a1=a1,
+                                       check_finite=False))
 
 
 def _host_grad(act, a1, X, W1, W2, G):
     dW1, dW2, dX = ops.wide_grad(np.asarray(X), np.asarray(W1), np.asarray(W2), np.asarray(G), activation=act,
-                                 a1=a1, input_grad=True)
+                                 a1=a1, input_grad=True, check_finite=False)
     return dX, dW1, dW2
 
 
@@ -73,7 +76,7 @@ def wide(X, W1, W2, activation="relu", a1=1.0):
 
     X (N, d), W1 (d, n1), W2 (n1, n2): JAX arrays (or anything jnp.asarray takes) of one float dtype, float32 or
     float64. ``activation``: a name such as ``"tanh"`` or ``"smooth_leaky_relu(0.2)"``; ``a1``: a number (both
-    static). Shapes and dtypes are checked here (PyrgdError), the values by the kernels at run time.
+    static). Shapes and dtypes are checked here (PyrgdError); non-finite values propagate to the result.
     """
     act = str(parse_activation(activation))
     a1 = check_scalar("a1", a1)

@@ -12,6 +12,10 @@ W2 and ``out``, must allow it: a JAX array is read-only). The arrays a function 
 returned as the caller's own object.
 
 Every function checks its arguments and raises :class:`pyrgd.PyrgdError` naming the argument and what was expected.
+That includes NaN and infinite values in the input arrays (one pass over each; on a GPU the check waits for the device
+once per array); ``check_finite=False`` skips that check, and non-finite inputs then give non-finite results, as in
+any array library (the kernels never fail on them; the adapters :mod:`pyrgd.torch` and :mod:`pyrgd.jax` work this
+way, so that an optimizer's own overflow handling, e.g. ``torch.amp.GradScaler``, sees the infinities).
 Read-only inputs that are not C-contiguous are copied; W1 and W2, which :func:`wide_step` updates in place, must be
 C-contiguous and writeable.
 
@@ -215,15 +219,16 @@ def _on_callers_stream(fn):
     return run
 
 
-def _check_wide(X, W1, W2, *, inplace=False):
-    xp = array_module(X)
-    X = check_float_array("X", X, 2)
+def _check_wide(X, W1, W2, *, inplace=False, finite=True):
+    if not isinstance(finite, bool):
+        raise PyrgdError(f"check_finite: expected True or False, got {finite!r}")
+    X = check_float_array("X", X, 2, finite=finite)
     xp = array_module(X)
     N, d = X.shape
-    W1 = check_float_array("W1", W1, 2, dtype=X.dtype, xp=xp, shape=(d, None), inplace=inplace)
+    W1 = check_float_array("W1", W1, 2, dtype=X.dtype, xp=xp, shape=(d, None), inplace=inplace, finite=finite)
     n1 = W1.shape[1]
     if W2 is not None:
-        W2 = check_float_array("W2", W2, 2, dtype=X.dtype, xp=xp, shape=(n1, None), inplace=inplace)
+        W2 = check_float_array("W2", W2, 2, dtype=X.dtype, xp=xp, shape=(n1, None), inplace=inplace, finite=finite)
     return xp, X, W1, W2
 
 
@@ -238,15 +243,15 @@ def _check_out(xp, name, out, dtype, shape, reads):
 
 
 @_on_callers_stream
-def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto", out=None):
+def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto", out=None, check_finite=True):
     """H = a1 sigma(X W1) W2, shape (N, n2), streamed over the n1 neurons (nothing N x n1 is kept by cpu/cuda).
 
     ``out``: None, or an (N, n2) C-contiguous writeable array of X's dtype and device, sharing no memory with X, W1,
-    W2, which receives H (and is returned: the caller's own object)."""
+    W2, which receives H (and is returned: the caller's own object). ``check_finite``: see the module."""
     io = _Interop(X)
     X, W1, W2 = io.put("X", X), io.put("W1", W1), io.put("W2", W2)
     out = io.put("out", out, keep=True)
-    xp, X, W1, W2 = _check_wide(X, W1, W2)
+    xp, X, W1, W2 = _check_wide(X, W1, W2, finite=check_finite)
     act = parse_activation(activation)
     a1 = check_scalar("a1", a1)
     if out is not None:
@@ -256,7 +261,7 @@ def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto", out=No
 
 @_on_callers_stream
 def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False, backend="auto",
-              out=None) -> StepResult:
+              out=None, check_finite=True) -> StepResult:
     """One gradient-descent step of the wide layer, W1 and W2 updated in place.
 
     G = dPhi/dZ_2 (N, n2) is the gradient of the loss with respect to the wide layer's output H, as the tail
@@ -270,8 +275,8 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
     io = _Interop(X)
     X, W1, W2, G = io.put("X", X), io.put("W1", W1), io.put("W2", W2), io.put("G", G)
     out = io.put("out", out, keep=True)
-    xp, X, W1, W2 = _check_wide(X, W1, W2, inplace=True)
-    G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]))
+    xp, X, W1, W2 = _check_wide(X, W1, W2, inplace=True, finite=check_finite)
+    G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]), finite=check_finite)
     lr = check_scalar("lr", lr)
     act = parse_activation(activation)
     a1 = check_scalar("a1", a1)
@@ -290,7 +295,8 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
 
 
 @_on_callers_stream
-def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=None, backend="auto"):
+def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=None, backend="auto",
+              check_finite=True):
     """The wide layer's gradients given G = dPhi/dZ_2 (N, n2), nothing updated (the backward pass of
     Z_2 = a1 sigma(X W1) W2 for an autograd system).
 
@@ -306,10 +312,10 @@ def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=
     X, W1, W2, G = io.put("X", X), io.put("W1", W1), io.put("W2", W2), io.put("G", G)
     if isinstance(out, (tuple, list)):
         out = tuple(io.put(f"out[{i}]", o, keep=True) for i, o in enumerate(out))
-    xp, X, W1, W2 = _check_wide(X, W1, W2)
+    xp, X, W1, W2 = _check_wide(X, W1, W2, finite=check_finite)
     N, d = X.shape
     n1, n2 = W2.shape
-    G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(N, n2))
+    G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(N, n2), finite=check_finite)
     act = parse_activation(activation)
     a1 = check_scalar("a1", a1)
     if not isinstance(input_grad, bool):
@@ -330,7 +336,7 @@ def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=
 
 
 @_on_callers_stream
-def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="auto"):
+def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="auto", check_finite=True):
     """Gram matrix (N, N) of the wide layer, streamed over its neurons.
 
     Without B2: F1 F1^T with F1 = a1 sigma(X W1). With B2 (N, n2) and W2: B1 B1^T with
@@ -340,9 +346,10 @@ def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="au
         raise PyrgdError("W2, B2: give both (for the backward Gram B1 B1^T) or neither (for F1 F1^T)")
     io = _Interop(X)
     X, W1, W2, B2 = io.put("X", X), io.put("W1", W1), io.put("W2", W2), io.put("B2", B2)
-    xp, X, W1, W2 = _check_wide(X, W1, W2)
+    xp, X, W1, W2 = _check_wide(X, W1, W2, finite=check_finite)
     if B2 is not None:
-        B2 = check_float_array("B2", B2, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]))
+        B2 = check_float_array("B2", B2, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]),
+                               finite=check_finite)
     act = parse_activation(activation)
     a1 = check_scalar("a1", a1)
     return io.back(get_backend(resolve_backend(backend, xp)).gram(X, W1, act, a1, W2=W2, B2=B2))

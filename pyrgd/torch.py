@@ -7,7 +7,10 @@ gradient only when X needs one): fused kernels that never store anything N x n1,
 PyTorch could hold as an activation trains in the memory of its weights. CPU tensors run on the C++ kernels, CUDA
 tensors on the CUDA kernels (CuPy) on torch's current stream; float32 and float64. Tensors cross through DLPack,
 zero-copy, and the results are written into tensors torch allocates (on CUDA from its caching allocator, as any
-torch operator's, not from CuPy's memory pool).
+torch operator's, not from CuPy's memory pool). As in torch's own operators, NaN and infinite values are not
+rejected but propagate (``ops``' ``check_finite=False``): no pass over the inputs and no wait for the GPU to check
+them, and an overflowing gradient reaches ``torch.amp.GradScaler`` or ``torch.autograd.detect_anomaly`` as
+infinities.
 
 - :class:`WideFunction` -- ``WideFunction.apply(X, W1, W2, activation="relu", a1=1.0)``, a
   ``torch.autograd.Function`` (first-order: its backward is not itself differentiable).
@@ -55,7 +58,8 @@ def _check(X, W1, W2):
 def _wide_forward(X: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, activation: str, a1: float) -> torch.Tensor:
     """H = a1 sigma(X W1) W2 (N, n2) by :func:`pyrgd.ops.wide_forward` (on torch's current stream for CUDA), written
     into a tensor from torch's allocator (its caching allocator on CUDA: counted, reused and freed by torch)."""
-    return ops.wide_forward(X, W1, W2, activation=activation, a1=a1, out=X.new_empty((X.shape[0], W2.shape[1])))
+    return ops.wide_forward(X, W1, W2, activation=activation, a1=a1, out=X.new_empty((X.shape[0], W2.shape[1])),
+                            check_finite=False)
 
 
 @_wide_forward.register_fake
@@ -70,7 +74,8 @@ def _wide_grad(X: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, G: torch.Ten
     (0,) tensor without ``input_grad``."""
     out = (W1.new_empty(tuple(W1.shape)), W2.new_empty(tuple(W2.shape))) + (
         (X.new_empty(tuple(X.shape)),) if input_grad else ())
-    res = ops.wide_grad(X, W1, W2, G, activation=activation, a1=a1, input_grad=input_grad, out=out)
+    res = ops.wide_grad(X, W1, W2, G, activation=activation, a1=a1, input_grad=input_grad, out=out,
+                        check_finite=False)
     return res[0], res[1], res[2] if input_grad else X.new_empty((0,))
 
 

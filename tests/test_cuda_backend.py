@@ -177,6 +177,20 @@ def test_out_arrays_are_written_in_place(dtype):
     assert cp.array_equal(W1a, W1b) and cp.array_equal(W2a, W2b) and res.grad_sq_w1 == ref.grad_sq_w1
 
 
+def test_finiteness_check_on_the_device(monkeypatch):
+    """A NaN in the last of several device chunks is found (one read-back); check_finite=False lets it through."""
+    from pyrgd import _validate
+
+    monkeypatch.setattr(_validate, "DEVICE_FINITE_CHUNK", 1000)
+    X, W1, W2, _, _ = _case(6, 600, 20, 70, 2, np.float64)
+    Xd, W1d, W2d = _dev(X, W1, W2)
+    Xd[599, 19] = cp.nan
+    with pytest.raises(PyrgdError, match="X: contains NaN"):
+        ops.wide_forward(Xd, W1d, W2d)
+    H = ops.wide_forward(Xd, W1d, W2d, check_finite=False)
+    assert bool(cp.isnan(H[599]).all()) and bool(cp.isfinite(H[:599]).all())
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_many_neuron_tiles_use_the_persistent_grid(act, dtype):

@@ -85,3 +85,14 @@ def test_bad_arguments_are_pyrgd_errors(x64):
         pj.wide(X[0], W1, W2)
     with pytest.raises(PyrgdError, match="a1: expected a finite number"):
         pj.wide(X, W1, W2, a1=float("inf"))
+
+
+def test_non_finite_values_propagate_as_in_jax(x64):
+    """A NaN sample gives NaN in its own row and in the gradients it touches, not an error inside the callback."""
+    X, W1, W2 = _arrays(jnp.float64)
+    X = X.at[1, 0].set(jnp.nan)
+    H = jax.jit(lambda X: pj.wide(X, W1, W2, "tanh"))(X)
+    rows = np.arange(X.shape[0]) != 1
+    assert np.isnan(np.asarray(H[1])).all() and np.isfinite(np.asarray(H)[rows]).all()
+    dW2 = jax.grad(lambda w: jnp.sum(pj.wide(X, W1, w, "tanh")))(W2)
+    assert np.isnan(np.asarray(dW2)).any()

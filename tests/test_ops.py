@@ -127,3 +127,31 @@ def test_forward_bad_out_names_it(arrays, make_out, match):
     X, W1, W2, _ = arrays
     with pytest.raises(PyrgdError, match=match):
         ops.wide_forward(X, W1, W2, out=make_out(X, W1, W2))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # NumPy's, in the reference's products
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_check_finite_false_lets_non_finite_values_through(arrays, backend):
+    """By default a NaN input is an error naming it; with check_finite=False it reaches the result (the rows and
+    gradients it touches), and the other rows keep the bits of a call on finite data."""
+    X, W1, W2, G = arrays
+    Xn = X.copy()
+    Xn[2, 1] = np.nan
+    with pytest.raises(PyrgdError, match="X: contains NaN"):
+        ops.wide_forward(Xn, W1, W2, backend=backend)
+    H = ops.wide_forward(Xn, W1, W2, activation="tanh", backend=backend, check_finite=False)
+    want = ops.wide_forward(X, W1, W2, activation="tanh", backend=backend)
+    rows = np.arange(6) != 2
+    assert np.isnan(H[2]).all() and np.array_equal(H[rows], want[rows])
+    Gi = G.copy()
+    Gi[0, 0] = np.inf
+    with pytest.raises(PyrgdError, match="G: contains NaN or infinite"):
+        ops.wide_grad(X, W1, W2, Gi, backend=backend)
+    dW1, dW2 = ops.wide_grad(X, W1, W2, Gi, activation="tanh", backend=backend, check_finite=False)
+    assert not np.isfinite(dW2[:, 0]).all() and np.isfinite(dW2[:, 1]).all()
+    w1, w2 = W1.copy(), W2.copy()
+    ops.wide_step(Xn, w1, w2, G, 0.1, backend=backend, check_finite=False)
+    assert np.isnan(w1).any()
+    assert np.isnan(ops.wide_gram(Xn, W1, backend=backend, check_finite=False)[2]).all()
+    with pytest.raises(PyrgdError, match="check_finite: expected True or False, got 0"):
+        ops.wide_gram(X, W1, backend=backend, check_finite=0)

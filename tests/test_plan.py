@@ -227,6 +227,43 @@ def test_finiteness_is_checked_in_chunks():
     assert not all_finite(a)
 
 
+class _CountingXp:
+    """A NumPy stand-in for CuPy that counts the results read back to the host (bool() of a device value)."""
+
+    class Value:
+        def __init__(self, xp, a):
+            self.xp, self.a = xp, a
+
+        def all(self):
+            return _CountingXp.Value(self.xp, self.a.all())
+
+        def __bool__(self):
+            self.xp.reads += 1
+            return bool(self.a)
+
+    def __init__(self):
+        self.reads = 0
+
+    def isfinite(self, a):
+        return self.Value(self, np.isfinite(a))
+
+    def stack(self, parts):
+        return self.Value(self, np.stack([p.a for p in parts]))
+
+
+@pytest.mark.parametrize("bad", [None, 0, 6, 7, 8, 22])
+def test_device_finiteness_check_reads_back_once(bad):
+    """On a GPU the chunks' results stay on the device and come back once, whichever chunk holds the bad value."""
+    from pyrgd._validate import device_all_finite
+
+    flat = np.arange(23.0)
+    if bad is not None:
+        flat[bad] = np.nan if bad % 2 else -np.inf
+    xp = _CountingXp()
+    assert device_all_finite(flat, xp, chunk=7) == (bad is None)
+    assert xp.reads == 1
+
+
 def test_certified_route_certifies_a_lower_bound():
     """The certified route's sigma_min(F_1) is at most the exact one, its factor a certificate at least the exact
     route's factor (a smaller mu certifies a weaker contraction)."""

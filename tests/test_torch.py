@@ -85,6 +85,24 @@ def test_outputs_are_tensors_from_torchs_allocator():
     assert not imported.untyped_storage().resizable()  # what the check tells apart
 
 
+def test_non_finite_values_propagate_as_in_torch():
+    """No PyrgdError for NaN or infinities (torch's semantics): a NaN sample gives NaN in its own row only, and an
+    infinite upstream gradient (a GradScaler overflow) reaches the weights' gradients for GradScaler to see."""
+    X, W1, W2 = _inputs(N=8, n1=30)
+    with torch.no_grad():
+        X[3, 0] = float("nan")
+    H = pt.WideFunction.apply(X, W1, W2, "softplus", 1.0)
+    rows = torch.arange(8) != 3
+    assert torch.isnan(H[3]).all() and torch.isfinite(H[rows]).all()
+    X, W1, W2 = _inputs(N=8, n1=30)
+    H = pt.WideFunction.apply(X, W1, W2, "softplus", 1.0)
+    G = torch.zeros_like(H)
+    G[5, 1] = float("inf")
+    H.backward(G)
+    assert not torch.isfinite(W2.grad).all() and not torch.isfinite(W1.grad).all()
+    assert torch.isfinite(W2.grad[:, 0]).all()
+
+
 def test_a_gamma_with_more_than_six_digits_is_passed_on_exactly():
     """The activation travels to the custom op as a string: gamma = 1/3 must keep every bit (not '0.333333')."""
     act = "leaky_relu(0.3333333333333333)"
