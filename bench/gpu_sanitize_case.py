@@ -5,7 +5,8 @@
 CuPy's memory pool is switched off (every array is its own cudaMalloc) so that memcheck sees the true bounds of
 each buffer. Shapes are small but cross every tile boundary: several row tiles, a partial neuron tile, n2 > 64
 (two column blocks in the forward, two dW2 chunks in the step), a step grid of 2 blocks for 5+ neuron tiles (the
-persistent loop and the scratch reuse), and a Gram in several chunks. ``--no-poison`` leaves the backend's buffers
+persistent loop and the scratch reuse), a Gram in several chunks, and wide_grad in chunks of neurons, then also
+in blocks of rows. ``--no-poison`` leaves the backend's buffers
 uninitialized (for initcheck: a kernel reading memory nothing wrote is then reported). Exits 1 when a result is
 off the NumPy reference.
 """
@@ -56,6 +57,11 @@ def main(argv=None) -> int:
             "gram_backward": rel(cuda.gram(Xd, W1d, act, a1, W2=W2d, B2=Gd),
                                  reference.gram(f(X), f(W1), act, a1, W2=f(W2), B2=f(G))),
         }
+        want = reference.wide_grad(f(X), f(W1), f(W2), f(G), act, a1, True)
+        for name, got in (("wide_grad", cuda.wide_grad(Xd, W1d, W2d, Gd, act, a1, True)),
+                          ("wide_grad_rows", _in_row_blocks(cuda, Xd, W1d, W2d, Gd, act, a1))):
+            for part, g, w in zip(("dW1", "dW2", "dX"), got, want):
+                errs[f"{name}_{part}"] = rel(g, w)
         W1r, W2r = f(W1).copy(), f(W2).copy()
         ref = reference.step(f(X), W1r, W2r, f(G), lr, act, a1, True)
         res = cuda.step(Xd, W1d, W2d, Gd, lr, act, a1, True)
@@ -71,6 +77,17 @@ def main(argv=None) -> int:
             print(f"{np.dtype(dtype).name:8s} {k:14s} rel err {v:.2e} {'ok' if ok else 'FAIL'}")
     print("sanitize case:", "all results match the reference" if not bad else f"{bad} result(s) off")
     return 1 if bad else 0
+
+
+def _in_row_blocks(cuda, X, W1, W2, G, act, a1):
+    """cuda.wide_grad with a budget of one neuron tile over one row tile: chunks of neurons and blocks of rows."""
+    _, tiles = cuda._module(X.dtype, act.name)
+    saved = cuda._GRAM_CHUNK_BYTES
+    cuda._GRAM_CHUNK_BYTES = 2 * X.dtype.itemsize * tiles["SM"] * tiles["ST"]
+    try:
+        return cuda.wide_grad(X, W1, W2, G, act, a1, True)
+    finally:
+        cuda._GRAM_CHUNK_BYTES = saved
 
 
 if __name__ == "__main__":

@@ -66,3 +66,18 @@ def test_small_chunks_and_out_buffers_give_the_same_bits(monkeypatch):
     assert all(g is o for g, o in zip(got, out))
     for g, w in zip(got, want):
         assert rel_err(cp.asnumpy(g), cp.asnumpy(w)) <= 1e-13
+
+
+def test_row_blocks_give_the_reference_gradients(monkeypatch):
+    """A budget below one neuron tile over all rows: S and D in blocks of rows, dW1/dW2/dX accumulated by cuBLAS
+    with beta = 1 (the poisoned buffers show any element the loop forgets)."""
+    act = parse_activation("smooth_leaky_relu(0.2)")
+    host = _case((1000, 9, 300, 4), np.float64, seed=3)
+    _, tiles = cuda._module(np.dtype(np.float64), act.name)
+    monkeypatch.setattr(cuda, "_GRAM_CHUNK_BYTES", 2 * 8 * tiles["SM"] * tiles["ST"] * 3)  # 3 row tiles
+    c, R = cuda._grad_blocks(1000, 300, 8, tiles["SM"], tiles["ST"], cuda._GRAM_CHUNK_BYTES)
+    assert R < 1000 and c < 300
+    want = reference.wide_grad(*host, act, 0.7, True)
+    got = ops.wide_grad(*(cp.asarray(a) for a in host), activation=act, a1=0.7, input_grad=True)
+    for g, w in zip(got, want):
+        assert rel_err(cp.asnumpy(g), w) <= 1e-12

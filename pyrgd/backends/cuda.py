@@ -14,8 +14,9 @@ in :mod:`pyrgd.backends` (arrays already validated by :mod:`pyrgd.ops`: C-contig
 - float32 forward and step run the register-blocked kernels ``wide_forward_f32`` / ``wide_step_f32`` (128 x 128
   block tiles, an 8 x 8 micro-tile per thread, double-buffered shared-memory k-chunks, over 48 KB of dynamic shared
   memory opted in per function); ``_USE_FAST = False`` selects the generic kernels (also used for float64).
-- :func:`wide_grad` -- the gradients without an update (and dX): per chunk of neurons, one kernel writes
-  a1 sigma(X W1) and the backward factor D of the chunk, cuBLAS forms the three products (nothing N x n1).
+- :func:`wide_grad` -- the gradients without an update (and dX): per chunk of neurons (and block of rows, at large
+  N), one kernel writes a1 sigma(X W1) and the backward factor D of the chunk, cuBLAS adds the three products into
+  the results (nothing N x n1, no temporary of the size of X).
 - :func:`gram` -- loops over chunks of neurons on the host: a kernel writes F_chunk (N x c, at most
   ``_GRAM_CHUNK_BYTES``), cuBLAS adds F_chunk F_chunk^T into K.
 
@@ -415,13 +416,40 @@ def step(X, W1, W2, G, lr, act, a1, next_forward, out=None):
     return StepResult(H_next, float(g1), float(g2))
 
 
+def _grad_blocks(N: int, n1: int, item: int, SM: int, ST: int, budget: int) -> tuple[int, int]:
+    """(c, R) of :func:`wide_grad`: chunks of c neurons (a multiple of the tile ST, at least one tile, at most n1
+    rounded up to a tile) and blocks of R rows (a multiple of SM, or N), so that S and D (R x c each) take at most
+    ``budget`` bytes together where one tile of neurons over SM rows fits in it."""
+    c = max(ST, (budget // (2 * N * item)) // ST * ST)
+    c = min(c, 65535 * ST, ST * -(-n1 // ST))
+    R = N if 2 * N * c * item <= budget else max(SM, (budget // (2 * c * item)) // SM * SM)
+    return c, min(R, N)
+
+
+def _gemm(cp, transa: str, transb: str, a, b, out, beta: float) -> None:
+    """out = op(a) op(b) + beta out (op: 'N' as is, 'T' transposed) in one cuBLAS GEMM; beta 0: out is not read (it
+    may hold anything). ``out`` C-contiguous. Without cupy.cublas.gemm: cp.matmul and, for beta 1, one temporary."""
+    gemm = _cublas_gemm()
+    if gemm is not None:
+        gemm(transa, transb, a, b, out=out, alpha=1.0, beta=beta)
+        return
+    A, B = (a.T if transa == "T" else a), (b.T if transb == "T" else b)  # pragma: no cover - very old CuPy
+    if beta == 0.0:  # pragma: no cover
+        cp.matmul(A, B, out=out)
+    else:  # pragma: no cover
+        out += A @ B
+
+
 def wide_grad(X, W1, W2, G, act, a1, input_grad=False, out=None):
     """(dW1, dW2) or (dW1, dW2, dX) given G = dPhi/dH; nothing updated. See :mod:`pyrgd.backends`.
 
-    Loops over chunks of c neurons on the host (as :func:`gram`): ``wide_grad_features_kernel`` writes S_c and D_c
-    (N x c each, together at most ``_GRAM_CHUNK_BYTES``) from one product X W1[:, chunk]; cuBLAS then forms
-    dW2[chunk] = S_c^T G, dW1[:, chunk] = X^T D_c and dX += D_c W1[:, chunk]^T (the chunks in order: deterministic).
-    Runs on CuPy's current stream (the caller's, e.g. torch's, when it set it).
+    Loops on the host over chunks of c neurons and, inside a chunk, blocks of R rows (:func:`_grad_blocks`: R = N
+    unless N x c would pass the budget): ``wide_grad_features_kernel`` writes S and D (R x c each, together at most
+    ``_GRAM_CHUNK_BYTES`` whenever one tile of neurons over one tile of rows fits in it) for the block's rows of X
+    and G; cuBLAS then adds S^T G[rows] into dW2[chunk], X[rows]^T D into a d x c buffer (copied into dW1[:, chunk]
+    after the last block; dW1 itself when one chunk holds every neuron) and D W1[:, chunk]^T into dX[rows], each
+    with beta = 1 after its first term, so no N x d or N x n2 temporary. Chunks and blocks in a fixed order:
+    deterministic. Runs on CuPy's current stream (the caller's, e.g. torch's, when it set it).
     """
     cp = _cupy()
     outs = {f"out[{i}]": o for i, o in enumerate(out or ())}
@@ -431,34 +459,43 @@ def wide_grad(X, W1, W2, G, act, a1, input_grad=False, out=None):
         N, d = X.shape
         n1, n2 = W2.shape
         SM, ST = tiles["SM"], tiles["ST"]
-        item = X.dtype.itemsize
-        c = max(ST, (_GRAM_CHUNK_BYTES // (2 * N * item)) // ST * ST)
-        c = min(c, 65535 * ST, ST * -(-n1 // ST))
+        c, R = _grad_blocks(N, n1, X.dtype.itemsize, SM, ST, _GRAM_CHUNK_BYTES)
         cmax = min(c, n1)
-        Sbuf, Dbuf = _empty((N * cmax,), X.dtype), _empty((N * cmax,), X.dtype)
+        Sbuf, Dbuf = _empty((R * cmax,), X.dtype), _empty((R * cmax,), X.dtype)
         if out is None:
             out = (_empty((d, n1), X.dtype), _empty((n1, n2), X.dtype)) + ((_empty((N, d), X.dtype),)
                                                                              if input_grad else ())
         dW1, dW2 = out[0], out[1]
         dX = out[2] if input_grad else None
+        one_chunk = cmax == n1
+        T1buf = None if one_chunk else _empty((d * cmax,), X.dtype)  # X^T D of a chunk, over its row blocks
+        Wbuf = _empty((d * cmax,), X.dtype) if dX is not None and not one_chunk else None  # W1[:, chunk], contiguous
         k = _kernel(mod, "pyrgd::cuda::wide_grad_features_kernel", X.dtype, act.name)
         s = lambda v: _scalar(X.dtype, v)  # noqa: E731
         for jb in range(0, n1, c):
             je = min(n1, jb + c)
             cc = je - jb
-            S = Sbuf[: N * cc].reshape(N, cc)
-            D = Dbuf[: N * cc].reshape(N, cc)
-            k((-(-N // SM), -(-cc // ST), 1), (THREADS, 1, 1),
-              (X, W1, W2, G, S, D, np.int32(N), np.int32(d), np.int32(n1), np.int32(n2), _ld(X), _ld(W1), _ld(W2),
-               _ld(G), np.int32(jb), np.int32(je), np.int64(cc), s(a1), s(act.gamma)))
-            cp.matmul(S.T, G, out=dW2[jb:je])
-            dW1[:, jb:je] = X.T @ D
+            dW1c = dW1 if one_chunk else T1buf[: d * cc].reshape(d, cc)
             if dX is not None:
-                part = D @ W1[:, jb:je].T
-                if jb == 0:
-                    dX[...] = part
-                else:
-                    dX += part
+                W1c = W1 if one_chunk else Wbuf[: d * cc].reshape(d, cc)
+                if not one_chunk:
+                    W1c[...] = W1[:, jb:je]
+            for rb in range(0, N, R):
+                re = min(N, rb + R)
+                rows = re - rb
+                S = Sbuf[: rows * cc].reshape(rows, cc)
+                D = Dbuf[: rows * cc].reshape(rows, cc)
+                Xr, Gr = X[rb:re], G[rb:re]
+                k((-(-rows // SM), -(-cc // ST), 1), (THREADS, 1, 1),
+                  (Xr, W1, W2, Gr, S, D, np.int32(rows), np.int32(d), np.int32(n1), np.int32(n2), _ld(X), _ld(W1),
+                   _ld(W2), _ld(G), np.int32(jb), np.int32(je), np.int64(cc), s(a1), s(act.gamma)))
+                first_rows = 0.0 if rb == 0 else 1.0
+                _gemm(cp, "T", "N", S, Gr, dW2[jb:je], beta=first_rows)
+                _gemm(cp, "T", "N", Xr, D, dW1c, beta=first_rows)
+                if dX is not None:
+                    _gemm(cp, "N", "T", D, W1c, dX[rb:re], beta=0.0 if jb == 0 else 1.0)
+            if not one_chunk:
+                dW1[:, jb:je] = dW1c
     return tuple(out)
 
 
@@ -502,7 +539,7 @@ def gram(X, W1, act, a1, W2=None, B2=None):
                         _ld(X), _ld(W1), _ld(W2), _ld(B2), np.int32(jb), np.int32(je), np.int64(cc),
                         s(a1), s(act.gamma))
             k(grid, (THREADS, 1, 1), args)
-            _add_outer(cp, F, K, beta=0.0 if jb == 0 else 1.0)
+            _gemm(cp, "N", "T", F, F, K, beta=0.0 if jb == 0 else 1.0)  # K (+)= F F^T
     return K
 
 
@@ -516,15 +553,6 @@ def _cublas_gemm():
         return None
 
 
-def _add_outer(cp, F, K, beta):
-    """K = F F^T + beta K in one cuBLAS GEMM (beta 0: K is not read, it may hold anything)."""
-    gemm = _cublas_gemm()
-    if gemm is not None:
-        gemm("N", "T", F, F, out=K, alpha=1.0, beta=beta)
-    elif beta == 0.0:  # pragma: no cover - CuPy without cupy.cublas.gemm: same sums, one more N x N pass
-        cp.matmul(F, F.T, out=K)
-    else:  # pragma: no cover
-        K += F @ F.T
 
 
 # --------------------------------------------------------------------------------------------- the step engine
