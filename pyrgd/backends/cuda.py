@@ -553,8 +553,6 @@ def _cublas_gemm():
         return None
 
 
-
-
 # --------------------------------------------------------------------------------------------- the step engine
 #: the GD step methods of :func:`engine`
 METHODS = ("neurons",)
@@ -570,8 +568,8 @@ def tail(H, Y, tail_weights, act, tail_multipliers, out=None):
 
 def plan_step(N, d, widths, dtype, act, method="auto") -> dict:
     """{'method': 'neurons', 'kept': None, 'bytes'}: device memory of the step besides X, Y and the weights (the
-    neurons method's N x n_2 buffers, H_next made by a forward launch then copied over G, the tail's CuPy
-    temporaries, and the step kernel's scratch, a few MiB)."""
+    neurons method's N x n_2 buffers H and G, the next H written over G; two more N x n_2 arrays for the tail's
+    CuPy temporaries; and the step kernel's scratch, a few MiB)."""
     from .engine import neurons_step_bytes
 
     item = np.dtype(dtype).itemsize
