@@ -1,11 +1,11 @@
 """Validate pyrgd's CUDA backend on a GPU machine in one call (about 2-3 minutes).
 
-    python bench/gpu_validate.py [--out DIR] [--skip-sanitizer] [--pytest-args "..."]
+    python bench/gpu_validate.py [--out DIR] [--skip-sanitizer] [--skip-pytest] [--pytest-args "..."]
 
 Steps, each with its own time limit, logs under --out (default $OUT when set, else /tmp/pyrgd_gpu_validate):
   1. device_info: GPU, CUDA and CuPy versions, and whether every kernel module compiles (CuPy/NVRTC);
   2. NVRTC compile check for sm_90 (pyrgd.nvrtc_check, through cuda.bindings);
-  3. pytest tests/test_cuda_backend.py tests/test_nvrtc_compile.py;
+  3. pytest tests/test_cuda_backend.py tests/test_nvrtc_compile.py (not with --skip-pytest);
   4. compute-sanitizer memcheck, racecheck and synccheck on bench/gpu_sanitize_case.py, and initcheck on it with
      the backend's NaN poisoning off (so that a read of memory no one wrote is reported);
   5. with --timing only: median times (CUDA events) of forward, step and gram at a few sizes, with GFLOP/s by
@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/pyrgd_gpu_validate")
     ap.add_argument("--skip-sanitizer", action="store_true")
+    ap.add_argument("--skip-pytest", action="store_true", help="skip step 3 (bench/device_run.sh runs the tests)")
     ap.add_argument("--pytest-args", default="-q -p no:cacheprovider")
     ap.add_argument("--timing", action="store_true", help="also time the kernels (informational)")
     ap.add_argument("--timing-child", action="store_true", help=argparse.SUPPRESS)
@@ -121,10 +122,11 @@ def main(argv=None) -> int:
                     out, 300, env)
     results.append(("nvrtc_check sm_90", rc == 0, dt))
 
-    rc, dt, text = run("pytest", [py, "-m", "pytest", *shlex.split(args.pytest_args),
-                                  "tests/test_cuda_backend.py", "tests/test_nvrtc_compile.py"], out, 420, env)
-    summary = [ln for ln in text.splitlines() if " passed" in ln or " failed" in ln or " error" in ln]
-    results.append((f"pytest ({summary[-1].strip('= ') if summary else 'no summary'})", rc == 0, dt))
+    if not args.skip_pytest:
+        rc, dt, text = run("pytest", [py, "-m", "pytest", *shlex.split(args.pytest_args),
+                                      "tests/test_cuda_backend.py", "tests/test_nvrtc_compile.py"], out, 420, env)
+        summary = [ln for ln in text.splitlines() if " passed" in ln or " failed" in ln or " error" in ln]
+        results.append((f"pytest ({summary[-1].strip('= ') if summary else 'no summary'})", rc == 0, dt))
 
     if args.skip_sanitizer:
         pass
