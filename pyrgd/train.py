@@ -333,6 +333,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                 for w, g in zip(engine.weights, last_good):
                     w[...] = g
                 message += f"; the net keeps the weights of step {timing['k'] - 1}, the last with a finite loss"
+            if status == "diverged" and lr_rule == AUTO_LR_RULE:
+                message += (f"; lr = {lr:.4g} came from lr='auto' (0.5/lambda_max of the NTK at the start), which "
+                            f"a net whose NTK grows in training (deep nets often) outruns: give lr, e.g. {lr / 4:.3g}")
         except KeyboardInterrupt:  # a second signal, or not in the main thread: the last whole step is kept
             if comm is not None:  # the ranks cannot agree on where they stopped
                 from .distributed import abort

@@ -272,6 +272,21 @@ def test_divergence_keeps_the_last_finite_weights(method):
     assert loss == pytest.approx(r.history["loss"][k - 1], rel=1e-4)
 
 
+def test_divergence_under_lr_auto_says_where_the_step_came_from(monkeypatch):
+    """When lr='auto' chose the step that diverged, the message says so and proposes a smaller explicit one; a
+    given lr gets no such note."""
+    import importlib
+
+    train_module = importlib.import_module("pyrgd.train")
+    net, X, Y = problem(N=8, widths=(64, 4, 1))
+    monkeypatch.setattr(train_module, "auto_lr", lambda *args: 1e3)  # as if the rule had chosen a step too large
+    r = pyrgd.train(net.copy(), X, Y, lr="auto", steps=200, backend="reference", track_every=0, progress=False)
+    assert r.status == "diverged" and r.lr == 1e3
+    assert "lr = 1000 came from lr='auto'" in r.message and "give lr, e.g. 250" in r.message
+    r = pyrgd.train(net.copy(), X, Y, lr=1e3, steps=200, backend="reference", track_every=0, progress=False)
+    assert r.status == "diverged" and "lr='auto'" not in r.message
+
+
 def test_lr_must_be_representable_in_the_dtype():
     net, X, Y = problem(dtype="float32")
     with pytest.raises(PyrgdError, match="lr: 1e\\+300 is inf in the net's dtype float32"):
