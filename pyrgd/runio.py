@@ -133,7 +133,9 @@ def _write_csv(path, table, name):
     atomic_write(path, write)
 
 
-def _read_csv(path) -> dict:
+def read_csv_table(path) -> tuple[list, list]:
+    """(header, rows) of a CSV file as strings, every row as long as the header; ([], []) for an empty file.
+    PyrgdError (naming ``out``, the folder argument of the readers) for a missing, unreadable or ragged file."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -143,12 +145,35 @@ def _read_csv(path) -> dict:
     except OSError as e:
         raise PyrgdError(f"out: cannot read {path}: {e}") from None
     if not rows:
-        raise PyrgdError(f"out: {path} is empty (expected a header row)")
+        return [], []
     header, body = rows[0], rows[1:]
     for i, r in enumerate(body, start=2):
         if len(r) != len(header):
             raise PyrgdError(f"out: {path} line {i} has {len(r)} fields, the header has {len(header)}")
+    return header, body
+
+
+def _read_csv(path) -> dict:
+    header, body = read_csv_table(path)
+    if not header:
+        raise PyrgdError(f"out: {os.fspath(path)} is empty (expected a header row)")
     return {k: [_parse_cell(r[j]) for r in body] for j, k in enumerate(header)}
+
+
+def make_folder(out, what="") -> str:
+    """The folder path ``out`` (str or os.PathLike), created with its parents if missing; PyrgdError naming ``out``
+    when it is not a path, is a file, or cannot be created. ``what``: words before the path in the last error
+    ("the run folder")."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise PyrgdError(f"out: expected a folder path, got {out!r}")
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PyrgdError(f"out: {out} exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise PyrgdError(f"out: cannot create {what + ' ' if what else ''}{out}: {e.strerror or e}") from None
+    return out
 
 
 def read_history(out) -> dict:
@@ -192,15 +217,7 @@ def write_run(out, result, config=None) -> str:
     ``result`` needs the attributes status, history, certificates, summary and net. Returns the folder path.
     The plot is drawn last; if drawing fails the other files stay and a warning says why.
     """
-    if not isinstance(out, (str, os.PathLike)):
-        raise PyrgdError(f"out: expected a folder path, got {out!r}")
-    out = os.fspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise PyrgdError(f"out: {out} exists and is not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise PyrgdError(f"out: cannot create the run folder {out}: {e.strerror or e}") from None
+    out = make_folder(out, what="the run folder")
     if config is not None:
         write_config(out, config)
     summary_text = json.dumps(json_safe(dict(result.summary)), indent=2, allow_nan=False) + "\n"

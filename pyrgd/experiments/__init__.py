@@ -120,15 +120,9 @@ def run_experiment(name, out=None, small=False, progress=False) -> dict:
     p = mod.check(params)
     if out is None:
         out = os.path.join("runs", exp + ("-small" if small else ""))
-    if not isinstance(out, (str, os.PathLike)):
-        raise PyrgdError(f"out: expected a folder path, got {out!r}")
-    out = os.fspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise PyrgdError(f"out: {out} exists and is not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise PyrgdError(f"out: cannot create {out}: {e.strerror or e}") from None
+    from ..runio import make_folder
+
+    out = make_folder(out)
     t0 = time.perf_counter()
     res = mod.run(p, out, progress=progress)
     runtime = time.perf_counter() - t0

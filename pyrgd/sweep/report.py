@@ -6,11 +6,9 @@ import csv
 import io
 import math
 import numbers
-import os
 
 import numpy as np
 
-from ..errors import PyrgdError
 from .grid import _fmt_param
 
 # --------------------------------------------------------------------------------------------- CSV
@@ -61,23 +59,10 @@ def _write_rows(path, rows):
 
 def read_results(path) -> list:
     """The rows of a results.csv (or summary.csv) as dicts of typed values (None for empty cells)."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise PyrgdError(f"out: no {os.path.basename(path)} in {os.path.dirname(path) or '.'}") from None
-    except OSError as e:
-        raise PyrgdError(f"out: cannot read {path}: {e}") from None
-    if not rows:
-        return []
-    header = rows[0]
-    out = []
-    for i, r in enumerate(rows[1:], start=2):
-        if len(r) != len(header):
-            raise PyrgdError(f"out: {path} line {i} has {len(r)} fields, the header has {len(header)}")
-        out.append({k: (_parse_text(v) if k not in ("cell", "tail") else v) for k, v in zip(header, r)})
-    return out
+    from ..runio import read_csv_table
+
+    header, body = read_csv_table(path)
+    return [{k: (_parse_text(v) if k not in ("cell", "tail") else v) for k, v in zip(header, r)} for r in body]
 
 
 # --------------------------------------------------------------------------------------------- summary

@@ -110,17 +110,9 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True, 
 def _prepare(grid, out, resume, C) -> list:
     """Make the folder ``out``, check a resumed sweep's base config, write sweep.json and grid.toml; returns the
     rows already finished (resume) or []."""
-    from ..runio import atomic_write, json_safe
+    from ..runio import atomic_write, json_safe, make_folder
 
-    if not isinstance(out, (str, os.PathLike)):
-        raise PyrgdError(f"out: expected a folder path, got {out!r}")
-    out = os.fspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise PyrgdError(f"out: {out} exists and is not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise PyrgdError(f"out: cannot create {out}: {e.strerror or e}") from None
+    out = make_folder(out)
     res_path, meta_path = os.path.join(out, _RESULTS), os.path.join(out, _META)
     fp = _base_fingerprint(grid.base)
     done_rows: list = []
