@@ -19,17 +19,11 @@ bad table, key or value raises :class:`pyrgd.errors.PyrgdError` naming ``table.k
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 from .errors import PyrgdError
 from .schema import (BACKEND_NAMES, PRESETS, SCHEMA, TABLES, Key, _check_partial, _check_value,  # noqa: F401
                      _unknown_key, defaults, resolve_config)
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = ["SCHEMA", "PRESETS", "TABLES", "defaults", "load_config", "resolve_config", "dump_config", "build",
            "coerce_value", "parse_assignment", "train_kwargs"]
@@ -42,22 +36,9 @@ def load_config(path) -> dict:
     A missing or unreadable file, a TOML syntax error (the message names the line), an unknown table or key, or a
     value of the wrong type raises PyrgdError naming the path.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise PyrgdError(f"config: expected the path of a TOML file, got {path!r}")
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise PyrgdError(f"config: file not found: {path}") from None
-    except IsADirectoryError:
-        raise PyrgdError(f"config: {path} is a folder, expected a TOML file") from None
-    except OSError as e:
-        raise PyrgdError(f"config: cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise PyrgdError(f"config: {path} is not UTF-8 text ({e.reason})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PyrgdError(f"config: TOML syntax error in {path}: {e}") from None
+    from ._toml import read_toml
+
+    raw = read_toml(path, "config")
     try:
         return _check_partial(raw, "config")
     except PyrgdError as e:

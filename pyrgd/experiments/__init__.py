@@ -22,7 +22,6 @@ and produces, in its output folder, ``NAME.png`` (the figure), ``NAME.csv`` (its
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from ..errors import PyrgdError
@@ -73,18 +72,10 @@ def find_experiment(name) -> str:
 
 def load_experiment(name, small=False) -> tuple[str, dict, dict, str]:
     """(experiment name, its [experiment] table, its parameters with [small] laid over them when ``small``, path)."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
+    from .._toml import read_toml
+
     path = find_experiment(name)
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as e:
-        raise PyrgdError(f"name: cannot read {path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PyrgdError(f"name: TOML syntax error in {path}: {e}") from None
+    raw = read_toml(path, "name")
     for t in raw:
         if t not in _TABLES:
             raise PyrgdError(f"name: unknown table [{t}] in {path}; an experiment file has "

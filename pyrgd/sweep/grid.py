@@ -12,7 +12,6 @@ import json
 import math
 import numbers
 import os
-import sys
 
 from ..errors import PyrgdError
 
@@ -67,26 +66,9 @@ def _ints(name, v, lo):
 
 def load_grid(path) -> dict:
     """Read a grid TOML file into a dict (checked by :func:`parse_grid`); PyrgdError naming the file otherwise."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    if not isinstance(path, (str, os.PathLike)):
-        raise PyrgdError(f"grid: expected the path of a TOML file, got {path!r}")
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise PyrgdError(f"grid: file not found: {path}") from None
-    except IsADirectoryError:
-        raise PyrgdError(f"grid: {path} is a folder, expected a TOML file") from None
-    except OSError as e:
-        raise PyrgdError(f"grid: cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise PyrgdError(f"grid: {path} is not UTF-8 text ({e.reason})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PyrgdError(f"grid: TOML syntax error in {path}: {e}") from None
+    from .._toml import read_toml
+
+    return read_toml(path, "grid")
 
 
 def parse_grid(grid_cfg) -> Grid:
