@@ -595,33 +595,42 @@ def run_train_problem(problem: Problem, opts: Options, bar=None) -> dict:
     return res
 
 
+def _one_row_problem(problem: Problem, opts: Options, bar, key: str, schedule: str, label: str, description: str,
+                     measure) -> dict:
+    """A problem whose result is one row, ``candidates[key]``: the problem's fields, then ``measure(data, rounds,
+    steps)`` on its data (an exception is reported in the row as failed; the other problems go on)."""
+    dtype = problem_dtype(problem, opts.dtype)
+    res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops":
+           useful_flops(problem.N, problem.d, problem.widths), "warmup": 1, "schedule": schedule, "candidates": {}}
+    dbytes = data_bytes(problem.N, problem.d, problem.widths, dtype.itemsize)
+    res["data_bytes"], res["data_bytes_parts"] = dbytes["total"], dbytes
+    if bar is not None:
+        bar.set_description(f"{problem.name} {label}")
+    rounds, steps = (2, 2) if opts.tiny else (5, 5)
+    res["repeats"] = rounds * steps
+    try:
+        row = measure(make_data(problem, dtype, opts.seed), rounds, steps)
+    except Exception as e:  # noqa: BLE001 - reported in its row, the other problems go on
+        row = {"status": "failed", "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+               "description": description}
+    res["candidates"] = {key: row}
+    res["fused_backend"] = "cpu" if row.get("status") == "ok" else None
+    if bar is not None:
+        bar.update(1)
+    return res
+
+
 def run_load_problem(problem: Problem, opts: Options, bar=None) -> dict:
     """Run the load problem (T_load, :mod:`pyrgd.bench.load`): the fused step with 1 and 2 threads beside a busy
     process; returns the problem's JSON-ready result, its one row under ``candidates["load"]``."""
     from .load import DESCRIPTION, measure_load
 
-    dtype = problem_dtype(problem, opts.dtype)
-    res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops":
-           useful_flops(problem.N, problem.d, problem.widths), "warmup": 1,
-           "schedule": "rounds alternating 1 and 2 threads, beside one busy process", "candidates": {}}
-    dbytes = data_bytes(problem.N, problem.d, problem.widths, dtype.itemsize)
-    res["data_bytes"], res["data_bytes_parts"] = dbytes["total"], dbytes
-    if bar is not None:
-        bar.set_description(f"{problem.name} beside a busy process")
-    rounds, steps = (2, 2) if opts.tiny else (5, 5)
-    res["repeats"] = rounds * steps
-    try:
-        data = make_data(problem, dtype, opts.seed)
-        row = measure_load(data, problem.activation, problem.lr, rounds=rounds, steps=steps,
-                           backend="cpu" if opts.backend in ("auto", "cpu") else opts.backend)
-    except Exception as e:  # noqa: BLE001 - reported in its row, the other problems go on
-        row = {"status": "failed", "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
-               "description": DESCRIPTION}
-    res["candidates"] = {"load": row}
-    res["fused_backend"] = "cpu" if row.get("status") == "ok" else None
-    if bar is not None:
-        bar.update(1)
-    return res
+    backend = "cpu" if opts.backend in ("auto", "cpu") else opts.backend
+    return _one_row_problem(
+        problem, opts, bar, "load", "rounds alternating 1 and 2 threads, beside one busy process",
+        "beside a busy process", DESCRIPTION,
+        lambda data, rounds, steps: measure_load(data, problem.activation, problem.lr, rounds=rounds, steps=steps,
+                                                 backend=backend))
 
 
 def run_mpi_problem(problem: Problem, opts: Options, bar=None) -> dict:
@@ -629,32 +638,16 @@ def run_mpi_problem(problem: Problem, opts: Options, bar=None) -> dict:
     returns the problem's JSON-ready result, its one row under ``candidates["mpi"]``."""
     from .mpi_run import DESCRIPTION, measure_mpi
 
-    dtype = problem_dtype(problem, opts.dtype)
-    res = {**problem.to_dict(), "lr": problem.lr, "dtype": dtype.name, "useful_flops":
-           useful_flops(problem.N, problem.d, problem.widths), "warmup": 1,
-           "schedule": "rounds alternating one process (1, 2 threads) and 2 ranks", "candidates": {}}
-    dbytes = data_bytes(problem.N, problem.d, problem.widths, dtype.itemsize)
-    res["data_bytes"], res["data_bytes_parts"] = dbytes["total"], dbytes
-    if bar is not None:
-        bar.set_description(f"{problem.name} on mpiexec -n 2")
-    rounds, steps = (2, 2) if opts.tiny else (5, 5)
-    res["repeats"] = rounds * steps
-    try:
-        import mpi4py  # noqa: F401  (a missing mpi4py is a skip, not a failure)
-    except ImportError:
-        row = {"status": "skipped", "note": "needs mpi4py (pip install \"pyrgd[mpi]\")", "description": DESCRIPTION}
-    else:
+    def measure(data, rounds, steps):
         try:
-            data = make_data(problem, dtype, opts.seed)
-            row = measure_mpi(problem, data, problem.lr, rounds=rounds, steps=steps, seed=opts.seed)
-        except Exception as e:  # noqa: BLE001 - reported in its row, the other problems go on
-            row = {"status": "failed", "note": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
-                   "description": DESCRIPTION}
-    res["candidates"] = {"mpi": row}
-    res["fused_backend"] = "cpu" if row.get("status") == "ok" else None
-    if bar is not None:
-        bar.update(1)
-    return res
+            import mpi4py  # noqa: F401  (a missing mpi4py is a skip, not a failure)
+        except ImportError:
+            return {"status": "skipped", "note": "needs mpi4py (pip install \"pyrgd[mpi]\")",
+                    "description": DESCRIPTION}
+        return measure_mpi(problem, data, problem.lr, rounds=rounds, steps=steps, seed=opts.seed)
+
+    return _one_row_problem(problem, opts, bar, "mpi", "rounds alternating one process (1, 2 threads) and 2 ranks",
+                            "on mpiexec -n 2", DESCRIPTION, measure)
 
 
 # ------------------------------------------------------------------------------------------------ facts
