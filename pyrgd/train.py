@@ -516,7 +516,10 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
             bar.update(1)
             now = time.perf_counter()
             if now - last_post > 0.25:
-                bar.set_postfix(loss=f"{loss:.3e}", factor=f"{factor:.6f}", refresh=False)
+                shown = {"loss": f"{loss:.3e}"}
+                if math.isfinite(factor):  # none at step 0
+                    shown["factor"] = f"{factor:.6f}"
+                bar.set_postfix(shown, refresh=False)
                 last_post = now
 
 

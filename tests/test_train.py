@@ -293,3 +293,13 @@ def test_lr_must_be_representable_in_the_dtype():
         pyrgd.train(net, X, Y, lr=1e300, steps=1, progress=False)
     with pytest.raises(PyrgdError, match="lr: 1e-300 is 0.0 in the net's dtype float32"):
         pyrgd.train(net, X, Y, lr=1e-300, steps=1, progress=False)
+
+
+def test_progress_bar_shows_the_factor_only_once_there_is_one(capsys):
+    """The bar's postfix holds the loss from step 0 and the factor Phi_k / Phi_{k-1} from step 1 (no 'factor=nan'
+    shown for step 0)."""
+    net, X, Y = problem(N=8, widths=(64, 4, 1))
+    pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=10 ** 7, time_budget=0.8, backend="reference", track_every=0,
+                progress=True)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "factor=0." in err and "factor=nan" not in err
