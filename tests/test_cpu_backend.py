@@ -10,11 +10,13 @@ bits where the backend promises it. Robustness: bad input to the raw module rais
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -632,6 +634,36 @@ def test_thread_setting_is_checked(restore_threads):
     assert cpu.get_num_threads() == 2 and _cpu.get_num_threads() == 2
     cpu.set_num_threads(0)
     assert cpu.get_num_threads() >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_runs_the_kernels_on_one_thread(restore_threads):
+    """OpenMP's threads do not survive fork(): after the parent ran a 2-thread region, a child's parallel region
+    would wait for them forever (multiprocessing's default start method on Linux). The child runs on one thread and
+    gets the parent's bits (they do not depend on the thread count)."""
+    rng = np.random.default_rng(3)
+    X, W1, W2 = rng.standard_normal((3000, 4)), rng.standard_normal((4, 500)), rng.standard_normal((500, 2))
+    _cpu.set_num_threads(2)
+    H = _cpu.forward(X, W1, W2, 0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report (threads, same bits) through the pipe, never return into pytest
+        try:
+            same = np.array_equal(_cpu.forward(X, W1, W2, 0), H)
+            os.write(write, f"{_cpu.get_num_threads()} {same}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in its first kernel call")
+        time.sleep(0.05)
+    with os.fdopen(read) as f:
+        assert f.read() == "1 True"
+    assert _cpu.get_num_threads() == 2  # the parent keeps its setting
 
 
 def test_wrapper_reports_extension_errors_as_pyrgd_errors():

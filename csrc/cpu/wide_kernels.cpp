@@ -17,6 +17,10 @@
 #include "kernel_util.h"
 #include "tile_ops.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -51,6 +55,15 @@ using util::idx;
 using util::thread_id;
 
 std::atomic<int> g_num_threads{0};
+// Set in the child of a fork(): OpenMP's (libgomp's) worker threads do not survive a fork, and a parallel region of
+// more than one thread in the child of a parent that ran one waits for them forever. The kernels then run on one
+// thread (a num_threads(1) region needs no worker); multiprocessing's "spawn" or "forkserver" children are fresh
+// processes and keep their threads.
+std::atomic<bool> g_forked_child{false};
+
+#if defined(__unix__) || defined(__APPLE__)
+const int g_atfork_registered = pthread_atfork(nullptr, nullptr, [] { g_forked_child.store(true); });
+#endif
 
 template <class T>
 inline void zero(T* p, size_t n) {
@@ -339,6 +352,7 @@ bool is_activation_code(int code) {
 }
 
 int get_num_threads() {
+  if (g_forked_child.load(std::memory_order_relaxed)) return 1;
   const int n = g_num_threads.load(std::memory_order_relaxed);
   if (n > 0) return n;
 #ifdef _OPENMP

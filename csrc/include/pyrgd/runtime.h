@@ -23,7 +23,7 @@ constexpr std::size_t kRowChunk = 256;    // rows (samples) per first-level part
 bool is_activation_code(int code);
 
 // Threads the kernels use: the value set by set_num_threads, else OpenMP's default (omp_get_max_threads()); 1
-// without OpenMP. Never throws.
+// without OpenMP, and 1 in the child of a fork() (OpenMP's threads do not survive it). Never throws.
 int get_num_threads();
 // n >= 1: use n threads from now on; n == 0: back to OpenMP's default; n < 0: std::invalid_argument. Process-wide
 // (unlike omp_set_num_threads, it does not depend on the calling thread and does not change other libraries'
