@@ -153,8 +153,18 @@ def test_bad_shards_are_refused_naming_the_argument():
         call(R, B, 10 ** 4, ok)
     with pytest.raises(PyrgdError, match="combine: expected None or a callable"):
         call(R, B, G, 42)
-    with pytest.raises(PyrgdError, match="block_sq: expected None or a writeable contiguous float64 array of"):
+    with pytest.raises(PyrgdError, match="block_sq: expected None or a writeable, aligned, contiguous float64 array"):
         call(R, B, G, ok, block_sq=np.empty(3))
+    nb = 2 * (-(-W[0].shape[1] // 64))
+    with pytest.raises(PyrgdError, match="block_sq: expected None or a numpy.ndarray, got list"):
+        call(R, B, G, ok, block_sq=[0.0] * nb)  # a copy would receive the norms, the list never
+    W1_before = W[0].copy()
+    with pytest.raises(PyrgdError, match="block_sq, weights\\[0\\]: must not share memory"):
+        call(R, B, G, ok, block_sq=W[0].reshape(-1)[:nb])
+    assert np.array_equal(W[0], W1_before)  # refused before anything was written
+    work = np.empty(4 * 10 ** 6)
+    with pytest.raises(PyrgdError, match="block_sq, workspace: must not share memory"):
+        call(R, B, G, ok, workspace=work, block_sq=work[:nb])
     with pytest.raises(PyrgdError, match="workspace: expected at least"):
         call(R, B, G, ok, workspace=np.empty(10))
 

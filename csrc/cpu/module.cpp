@@ -471,12 +471,19 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
   const std::size_t nblocks = (w.s.n1 + 63) / 64;
   if (has_block_sq) {
     if (!sharded) value_error("block_sq", "expected None unless combine is given (a shard)");
-    block_sq = py::array::ensure(block_sq_obj);
-    if (!block_sq || !block_sq.dtype().is(py::dtype::of<double>()) || block_sq.ndim() != 1 ||
+    // an ndarray itself, not anything py::array::ensure would copy (the norms would land in the copy)
+    if (!py::isinstance<py::array>(block_sq_obj))
+      type_error("block_sq", "expected None or a numpy.ndarray, got " +
+                                 std::string(py::str(py::type::of(block_sq_obj).attr("__name__"))));
+    block_sq = py::reinterpret_borrow<py::array>(block_sq_obj);
+    if (!block_sq.dtype().is(py::dtype::of<double>()) || block_sq.ndim() != 1 ||
         std::size_t(block_sq.shape(0)) != 2 * nblocks || !(block_sq.flags() & py::array::c_style) ||
-        !block_sq.writeable())
-      value_error("block_sq", "expected None or a writeable contiguous float64 array of " +
+        !(block_sq.flags() & kAlignedFlag) || !block_sq.writeable())
+      value_error("block_sq", "expected None or a writeable, aligned, contiguous float64 array of " +
                                   std::to_string(2 * nblocks) + " values (2 x the shard's blocks of 64)");
+    check_disjoint(block_sq, "block_sq", w.X, "X");
+    check_disjoint(block_sq, "block_sq", Y, "Y");
+    for (std::size_t l = 0; l < L; ++l) check_disjoint(block_sq, "block_sq", Ws[l], item("weights", l));
   }
   std::vector<py::array> G;
   if (g_obj.is_none()) {
@@ -517,6 +524,10 @@ py::tuple network_grad(const py::object& X, const py::object& Y_obj, const py::o
       check_disjoint(work, "workspace", Ws[l], item("weights", l));
       check_disjoint(work, "workspace", G[l], item("grads", l));
     }
+  }
+  if (has_block_sq) {
+    for (std::size_t l = 0; l < L; ++l) check_disjoint(block_sq, "block_sq", G[l], item("grads", l));
+    if (has_work) check_disjoint(block_sq, "block_sq", work, "workspace");
   }
   // a shard without a workspace gets one here, a NumPy array: combine's views of the kernel's memory keep it alive
   // (a view kept past the call, in a traceback or by the callback, never points into freed memory)
