@@ -122,14 +122,21 @@ _DLPACK_HOST = (1, 3)  # kDLCPU, kDLCUDAHost (pinned host memory)
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
-def _import_array(name, a):
+def _import_array(name, a, written=False):
     """``a`` as a NumPy or CuPy array: those as they are; any other object with ``__dlpack__`` through DLPack,
     zero-copy (numpy.from_dlpack on the host, cupy.from_dlpack on a CUDA device); anything else unchanged (the
-    checks then reject it). A torch tensor that requires grad is detached first (same memory)."""
+    checks then reject it). A torch tensor that requires grad is detached first (same memory). A torch tensor with
+    its negative bit set (a lazy negation, e.g. ``.conj().imag``; DLPack exports the memory without it) is resolved
+    into a copy when only read, refused when ``written`` (the call would write the memory of its negation)."""
     if a is None or isinstance(a, np.ndarray) or array_module(a) is not None or not hasattr(a, "__dlpack__"):
         return a
     if getattr(a, "requires_grad", False) and callable(getattr(a, "detach", None)):
         a = a.detach()
+    if callable(getattr(a, "is_neg", None)) and a.is_neg():
+        if written:
+            raise PyrgdError(f"{name}: a torch tensor with its negative bit set (a lazy negation, e.g. from "
+                             f".conj().imag) cannot be written in place; pass {name}.resolve_neg() and keep it")
+        a = a.resolve_neg()
     try:
         dev = int(a.__dlpack_device__()[0])
     except Exception as e:
@@ -174,8 +181,10 @@ class _Interop:
         self._export = _exporter(first)
         self._mine = {}  # id(imported out array) -> the caller's object
 
-    def put(self, name, a, *, keep=False):
-        b = _import_array(name, a)
+    def put(self, name, a, *, keep=False, written=False):
+        """``a`` imported; ``keep``: an out array (written, and returned as the caller's own object);
+        ``written``: an array the call updates in place."""
+        b = _import_array(name, a, written=written or keep)
         if keep:  # the caller's own object comes back, whatever kind the call's X is
             self._mine[id(b)] = a
         return b
@@ -273,7 +282,7 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
     Returns StepResult(H_next or None, ||dPhi/dW1||_F^2, ||dPhi/dW2||_F^2).
     """
     io = _Interop(X)
-    X, W1, W2, G = io.put("X", X), io.put("W1", W1), io.put("W2", W2), io.put("G", G)
+    X, W1, W2, G = io.put("X", X), io.put("W1", W1, written=True), io.put("W2", W2, written=True), io.put("G", G)
     out = io.put("out", out, keep=True)
     xp, X, W1, W2 = _check_wide(X, W1, W2, inplace=True, finite=check_finite)
     G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]), finite=check_finite)
@@ -380,7 +389,7 @@ def step_engine(X, Y, W, *, activation="relu", multipliers=None, backend="auto",
     if not isinstance(W, list):
         raise PyrgdError("W: expected a list (the engine updates its arrays in place), got a tuple")
     X, Y = _import_array("X", X), _import_array("Y", Y)
-    W = [_import_array(f"W[{l}]", w) for l, w in enumerate(W)]  # DLPack arrays: NumPy/CuPy views of the same memory
+    W = [_import_array(f"W[{l}]", w, written=True) for l, w in enumerate(W)]  # DLPack arrays: NumPy/CuPy views of the same memory
     X = check_float_array("X", X, 2)
     xp = array_module(X)
     N, rows = X.shape

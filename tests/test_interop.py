@@ -115,3 +115,21 @@ def test_jax_arrays_in_jax_arrays_out():
     assert all(np.array_equal(np.asarray(g), w) for g, w in zip(grads, ops.wide_grad(X, W1, W2, G, activation="erf")))
     with pytest.raises(PyrgdError, match="W1: is updated in place but is read-only"):  # JAX arrays are immutable
         ops.wide_step(jX, jW1, jW2, jG, 0.1)
+
+
+def test_torch_tensors_with_the_negative_bit_are_read_as_their_values():
+    """A lazily negated tensor (.conj().imag of a complex one: is_neg() is True) exports its memory through DLPack
+    without the negation: read-only inputs are resolved first, arrays written in place are refused."""
+    def lazily_negated(a):  # a float64 tensor of the values a, stored as -a with the negative bit set
+        t = torch.from_numpy(-a)
+        return torch.complex(torch.zeros_like(t), t).conj().imag
+
+    X, W1, W2, G = _case()
+    Xneg = lazily_negated(X)
+    assert Xneg.is_neg() and np.array_equal(Xneg.resolve_neg().numpy(), X)
+    assert np.array_equal(ops.wide_forward(Xneg, _t(W1), _t(W2)).numpy(), ops.wide_forward(X, W1, W2))
+    W1neg = lazily_negated(W1)
+    with pytest.raises(PyrgdError, match="W1: a torch tensor with its negative bit set"):
+        ops.wide_step(_t(X), W1neg, _t(W2), _t(G), 0.1)
+    with pytest.raises(PyrgdError, match="out: a torch tensor with its negative bit set"):
+        ops.wide_forward(_t(X), _t(W1), _t(W2), out=torch.zeros(20, 2, dtype=torch.complex128).conj().imag)
