@@ -120,6 +120,17 @@ def check_scalar(name, v, *, positive=False, nonnegative=False):
     return v
 
 
+def check_in_dtype(name, v: float, dtype) -> float:
+    """``v`` (a checked finite float) unchanged when the arrays' ``dtype`` holds it as a finite number (the kernels
+    compute with it in that dtype); PyrgdError naming ``name`` when it overflows there (1e39 in float32)."""
+    with np.errstate(over="ignore"):
+        stored = np.dtype(dtype).type(v)
+    if not np.isfinite(stored):
+        raise PyrgdError(f"{name}: {v!r} is {float(stored)} in the arrays' dtype {np.dtype(dtype).name}; expected a "
+                         f"number that dtype holds")
+    return v
+
+
 def check_positive_int(name, v):
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
         raise PyrgdError(f"{name}: expected a positive integer, got {v!r}")

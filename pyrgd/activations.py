@@ -85,7 +85,7 @@ def parse_activation(spec, gamma: float | None = None) -> Activation:
     """
     if isinstance(spec, Activation):
         if gamma is not None:
-            spec = Activation(spec.name, float(gamma))
+            spec = Activation(spec.name, _gamma(gamma))
         return _checked(spec)
     if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str):
         spec, gamma = spec[0], spec[1] if gamma is None else gamma
@@ -107,7 +107,26 @@ def parse_activation(spec, gamma: float | None = None) -> Activation:
             raise PyrgdError(f"activation: slope in {spec!r} is not a number") from None
     if gamma is not None and name not in DEFAULT_GAMMA:
         raise PyrgdError(f"activation: {name} takes no slope, got {gamma!r}")
-    return _checked(Activation(name, float(DEFAULT_GAMMA.get(name, 0.0) if gamma is None else gamma)))
+    return _checked(Activation(name, _gamma(DEFAULT_GAMMA.get(name, 0.0) if gamma is None else gamma)))
+
+
+def check_activation_dtype(act: Activation, dtype) -> Activation:
+    """``act`` unchanged when its slope stays in (0, 1) in the arrays' ``dtype`` (the kernels use it there);
+    PyrgdError otherwise (leaky_relu(1e-50) in float32 would be relu, leaky_relu(0.99999999) the identity)."""
+    if act.name in DEFAULT_GAMMA:
+        with np.errstate(under="ignore"):
+            stored = float(np.dtype(dtype).type(act.gamma))
+        if not (0.0 < stored < 1.0):
+            raise PyrgdError(f"activation: the slope {act.gamma!r} of {act.name} is {stored!r} in the arrays' dtype "
+                             f"{np.dtype(dtype).name}, outside (0, 1); use a slope that dtype holds, or float64")
+    return act
+
+
+def _gamma(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise PyrgdError(f"activation: the slope must be a number, got {v!r}") from None
 
 
 def _checked(a: Activation) -> Activation:

@@ -35,8 +35,8 @@ import warnings
 
 import numpy as np
 
-from ._validate import array_module, check_float_array, check_scalar
-from .activations import parse_activation
+from ._validate import array_module, check_float_array, check_in_dtype, check_scalar
+from .activations import check_activation_dtype, parse_activation
 from .backends import BACKENDS, StepResult
 from .errors import BackendUnavailable, PyrgdError
 
@@ -241,6 +241,12 @@ def _check_wide(X, W1, W2, *, inplace=False, finite=True):
     return xp, X, W1, W2
 
 
+def _act_and_a1(activation, a1, dtype):
+    """(the Activation, a1 as a float), both checked, also against the arrays' ``dtype`` the kernels use them in."""
+    act = check_activation_dtype(parse_activation(activation), dtype)
+    return act, check_in_dtype("a1", check_scalar("a1", a1), dtype)
+
+
 def _check_out(xp, name, out, dtype, shape, reads):
     """``out`` validated as an array the call writes: C-contiguous, writeable, of ``dtype`` and ``shape``, sharing
     no memory with any array of ``reads`` ((name, array) pairs)."""
@@ -261,8 +267,7 @@ def wide_forward(X, W1, W2, *, activation="relu", a1=1.0, backend="auto", out=No
     X, W1, W2 = io.put("X", X), io.put("W1", W1), io.put("W2", W2)
     out = io.put("out", out, keep=True)
     xp, X, W1, W2 = _check_wide(X, W1, W2, finite=check_finite)
-    act = parse_activation(activation)
-    a1 = check_scalar("a1", a1)
+    act, a1 = _act_and_a1(activation, a1, X.dtype)
     if out is not None:
         out = _check_out(xp, "out", out, X.dtype, (X.shape[0], W2.shape[1]), (("X", X), ("W1", W1), ("W2", W2)))
     return io.back(get_backend(resolve_backend(backend, xp)).forward(X, W1, W2, act, a1, out=out))
@@ -286,9 +291,8 @@ def wide_step(X, W1, W2, G, lr, *, activation="relu", a1=1.0, next_forward=False
     out = io.put("out", out, keep=True)
     xp, X, W1, W2 = _check_wide(X, W1, W2, inplace=True, finite=check_finite)
     G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]), finite=check_finite)
-    lr = check_scalar("lr", lr)
-    act = parse_activation(activation)
-    a1 = check_scalar("a1", a1)
+    lr = check_in_dtype("lr", check_scalar("lr", lr), X.dtype)
+    act, a1 = _act_and_a1(activation, a1, X.dtype)
     if W1 is W2 or _shares_memory(xp, W1, W2):
         raise PyrgdError("W1, W2: must not share memory (both are updated in place)")
     for name, a in (("X", X), ("G", G)):
@@ -325,8 +329,7 @@ def wide_grad(X, W1, W2, G, *, activation="relu", a1=1.0, input_grad=False, out=
     N, d = X.shape
     n1, n2 = W2.shape
     G = check_float_array("G", G, 2, dtype=X.dtype, xp=xp, shape=(N, n2), finite=check_finite)
-    act = parse_activation(activation)
-    a1 = check_scalar("a1", a1)
+    act, a1 = _act_and_a1(activation, a1, X.dtype)
     if not isinstance(input_grad, bool):
         raise PyrgdError(f"input_grad: expected True or False, got {input_grad!r}")
     if out is not None:
@@ -359,8 +362,7 @@ def wide_gram(X, W1, *, activation="relu", a1=1.0, W2=None, B2=None, backend="au
     if B2 is not None:
         B2 = check_float_array("B2", B2, 2, dtype=X.dtype, xp=xp, shape=(X.shape[0], W2.shape[1]),
                                finite=check_finite)
-    act = parse_activation(activation)
-    a1 = check_scalar("a1", a1)
+    act, a1 = _act_and_a1(activation, a1, X.dtype)
     return io.back(get_backend(resolve_backend(backend, xp)).gram(X, W1, act, a1, W2=W2, B2=B2))
 
 
@@ -404,13 +406,14 @@ def step_engine(X, Y, W, *, activation="relu", multipliers=None, backend="auto",
         for name, other in (("X", X), ("Y", Y)):
             if _shares_memory(xp, a, other):
                 raise PyrgdError(f"W[{i}], {name}: must not share memory (W[{i}] is updated in place)")
-    act = parse_activation(activation)
+    act = check_activation_dtype(parse_activation(activation), X.dtype)
     if multipliers is None:
         multipliers = [1.0] * (len(W) - 1)
     if not isinstance(multipliers, (list, tuple)) or len(multipliers) != len(W) - 1:
         raise PyrgdError(f"multipliers: expected L - 1 = {len(W) - 1} numbers [a_1, ..., a_(L-1)], "
                          f"got {multipliers!r}")
-    mult = [check_scalar(f"multipliers[{j}]", a) for j, a in enumerate(multipliers)]
+    mult = [check_in_dtype(f"multipliers[{j}]", check_scalar(f"multipliers[{j}]", a), X.dtype)
+            for j, a in enumerate(multipliers)]
     if allreduce is not None and not callable(allreduce):
         raise PyrgdError(f"allreduce: expected None or a function summing an array in place, got {allreduce!r}")
     be = get_backend(resolve_backend(backend, xp))

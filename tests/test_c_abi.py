@@ -94,6 +94,25 @@ int main(void) {
   report("grad", pyrgd_wide_grad_f64(X, W1, W2, G, dW1, dW1, 2, 3, 2, 1, "relu", 1.0));
   report("threads", pyrgd_set_num_threads(-1));
   report("fine", pyrgd_wide_forward_f64(X, W1, W2, H, 2, 3, 2, 1, " Smooth_Leaky_ReLU( 0.3 ) ", 1.0));
+  report("hex", pyrgd_wide_forward_f64(X, W1, W2, H, 2, 3, 2, 1, "leaky_relu(0x1p-2)", 1.0));
+  report("comma", pyrgd_wide_forward_f64(X, W1, W2, H, 2, 3, 2, 1, "leaky_relu(0,5)", 1.0));
+  float Xf[6] = {1, 2, 3, 4, 5, 6}, W1f[6] = {1, 0, 0, 1, 1, 1}, W2f[2] = {1, 1}, Hf[2];
+  report("f32slope", pyrgd_wide_forward_f32(Xf, W1f, W2f, Hf, 2, 3, 2, 1, "leaky_relu(1e-50)", 1.0f));
+  report("f64slope", pyrgd_wide_forward_f64(X, W1, W2, H, 2, 3, 2, 1, "leaky_relu(1e-50)", 1.0));
+  return 0;
+}
+"""
+
+C_LOCALE = r"""
+#include <pyrgd/pyrgd.h>
+#include <locale.h>
+#include <stdio.h>
+
+int main(void) {  /* a locale whose decimal point is a comma: the slope is still read as Python reads it */
+  double X[6] = {1, 2, 3, 4, 5, 6}, W1[6] = {1, 0, 0, 1, 1, 1}, W2[2] = {1, 1}, H[2];
+  if (!setlocale(LC_ALL, "de_DE.UTF-8")) { puts("no locale"); return 2; }
+  printf("%d %d\n", pyrgd_wide_forward_f64(X, W1, W2, H, 2, 3, 2, 1, "leaky_relu(0.5)", 1.0),
+         pyrgd_wide_forward_f64(X, W1, W2, H, 2, 3, 2, 1, "leaky_relu(0,5)", 1.0));
   return 0;
 }
 """
@@ -171,11 +190,28 @@ def test_c_errors_are_codes_with_messages(tmp_path):
         "step": "W1, W2: must not share memory",
         "grad": "dW2, dW1: must not share memory",
         "threads": "n: expected 0",
+        "hex": "activation: slope in \"leaky_relu(0x1p-2)\" is not a number",  # as Python's float() of it
+        "comma": "activation: slope in \"leaky_relu(0,5)\" is not a number",
+        "f32slope": "activation: the slope of \"leaky_relu(1e-50)\" is 0.000000 in float, outside (0, 1)",
     }
     for what, start in expect.items():
         rc, msg = rows[what]
         assert rc == 1 and msg.startswith(start), (what, rc, msg)
     assert rows["fine"][0] == 0  # names as Python takes them: any case, spaces around the parts
+    assert rows["f64slope"][0] == 0  # a double holds 1e-50
+
+
+def test_c_slope_is_read_in_the_c_locale_whatever_the_callers(tmp_path):
+    """strtod would follow the caller's LC_NUMERIC: under de_DE it refused "0.5" and took "0,5". The locale is made
+    with glibc's localedef from its sources (on machines of this project's kind)."""
+    locales = tmp_path / "locales"
+    locales.mkdir()
+    made = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", str(locales / "de_DE.UTF-8")],
+                          capture_output=True, text=True)
+    assert (locales / "de_DE.UTF-8").exists(), made.stderr
+    exe = _build_c(tmp_path, C_LOCALE, "locale")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, env=dict(os.environ, LOCPATH=str(locales)))
+    assert r.returncode == 0 and r.stdout.split() == ["0", "1"], r.stdout + r.stderr
 
 
 def test_native_paths_and_the_readme_c_example(tmp_path):

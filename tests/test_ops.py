@@ -155,3 +155,30 @@ def test_check_finite_false_lets_non_finite_values_through(arrays, backend):
     assert np.isnan(ops.wide_gram(Xn, W1, backend=backend, check_finite=False)[2]).all()
     with pytest.raises(PyrgdError, match="check_finite: expected True or False, got 0"):
         ops.wide_gram(X, W1, backend=backend, check_finite=0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda X, W1, W2, G: ops.wide_forward(X, W1, W2, a1=1e39), "a1: 1e[+]39 is inf in the arrays' dtype float32"),
+    (lambda X, W1, W2, G: ops.wide_step(X, W1, W2, G, 1e39), "lr: 1e[+]39 is inf in the arrays' dtype float32"),
+    (lambda X, W1, W2, G: ops.wide_grad(X, W1, W2, G, activation="leaky_relu(1e-50)"),
+     r"activation: the slope 1e-50 of leaky_relu is 0.0 in the arrays' dtype float32, outside \(0, 1\)"),
+    (lambda X, W1, W2, G: ops.wide_gram(X, W1, activation="smooth_leaky_relu(0.99999999)"),
+     r"activation: the slope 0.99999999 of smooth_leaky_relu is 1.0 in the arrays' dtype float32"),
+    (lambda X, W1, W2, G: ops.step_engine(X, G[:, :1].copy(), [W1, W2[:, :1].copy()], multipliers=[1e40]),
+     r"multipliers\[0\]: 1e[+]40 is inf"),
+])
+def test_float32_scalars_must_stay_finite_and_slopes_inside_0_1_in_float32(arrays, call, match):
+    """Values checked as Python floats but used by the kernels in float32: one that overflows (a1, lr, a multiplier)
+    or a slope that rounds to 0 or 1 there is refused, before any weight changes; float64 takes them."""
+    X, W1, W2, G = (a.astype(np.float32) for a in arrays)
+    W1_before = W1.copy()
+    with pytest.raises(PyrgdError, match=match):
+        call(X, W1, W2, G)
+    assert np.array_equal(W1, W1_before)
+    X, W1, W2, G = arrays
+    assert np.isfinite(ops.wide_forward(X, W1, W2, a1=1e39, activation="leaky_relu(1e-50)")).all()
+
+
+def test_activation_slope_must_be_a_number():
+    with pytest.raises(PyrgdError, match=r"activation: the slope must be a number, got \[1\]"):
+        parse_activation(("leaky_relu", [1]))

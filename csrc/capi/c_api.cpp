@@ -6,6 +6,8 @@
 
 #include <cctype>
 #include <cmath>
+#include <locale>
+#include <sstream>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -58,13 +60,27 @@ std::pair<int, double> parse_activation(const char* spec) {
   double gamma = name == "leaky_relu" ? 0.01 : name == "smooth_leaky_relu" ? 0.2 : 0.0;
   if (has_arg) {
     if (!sloped) fail("activation: " + name + " takes no slope, got \"" + std::string(spec) + "\"");
-    char* end = nullptr;
-    gamma = std::strtod(arg.c_str(), &end);
-    if (end == arg.c_str() || *end != '\0') fail("activation: slope in \"" + std::string(spec) + "\" is not a number");
+    // read in the "C" locale, whatever the caller's (strtod would take "0,5" and refuse "0.5" under de_DE), and
+    // only decimal notation, as Python's float() of the slope
+    std::istringstream in(arg);
+    in.imbue(std::locale::classic());
+    in >> gamma;
+    if (in.fail() || in.peek() != std::char_traits<char>::eof() || arg.find_first_of("xX") != std::string::npos)
+      fail("activation: slope in \"" + std::string(spec) + "\" is not a number");
     if (!(gamma > 0.0 && gamma < 1.0))
       fail("activation: slope gamma of " + name + " must lie in (0, 1), got " + arg);
   }
   return {code, gamma};
+}
+
+// The slope as the kernels of dtype T use it: it must stay in (0, 1) there (leaky_relu(1e-50) is relu in float).
+template <class T>
+T slope_in_dtype(const std::pair<int, double>& act, const char* spec) {
+  const T g = T(act.second);
+  if (act.second != 0.0 && !(g > T(0) && g < T(1)))
+    fail("activation: the slope of \"" + std::string(spec) + "\" is " + std::to_string(double(g)) +
+         " in float, outside (0, 1); use a slope float holds, or the _f64 functions");
+  return g;
 }
 
 void check_dims(int64_t N, int64_t d, int64_t n1, int64_t n2) {
@@ -146,7 +162,7 @@ int forward(const T* X, const T* W1, const T* W2, T* H, int64_t N, int64_t d, in
     const auto act = parse_activation(activation);
     check_finite("a1", double(a1));
     const pyrgd::cpu::WideShape s{std::size_t(N), std::size_t(d), std::size_t(n1), std::size_t(n2)};
-    pyrgd::cpu::forward<T>(s, X, W1, W2, act.first, T(act.second), a1, H);
+    pyrgd::cpu::forward<T>(s, X, W1, W2, act.first, slope_in_dtype<T>(act, activation), a1, H);
   });
 }
 
@@ -168,7 +184,8 @@ int grad(const T* X, const T* W1, const T* W2, const T* G, T* dW1, T* dW2, T* dX
     const auto act = parse_activation(activation);
     check_finite("a1", double(a1));
     const pyrgd::cpu::WideShape s{std::size_t(N), std::size_t(d), std::size_t(n1), std::size_t(n2)};
-    pyrgd::cpu::wide_grad<T>(s, X, W1, W2, G, act.first, T(act.second), a1, dW1, dW2, want_dx ? dX : nullptr);
+    pyrgd::cpu::wide_grad<T>(s, X, W1, W2, G, act.first, slope_in_dtype<T>(act, activation), a1, dW1, dW2,
+                             want_dx ? dX : nullptr);
   });
 }
 
@@ -191,7 +208,7 @@ int step(const T* X, T* W1, T* W2, const T* G, T lr, T* H_next, int64_t N, int64
     check_finite("lr", double(lr));
     const pyrgd::cpu::WideShape s{std::size_t(N), std::size_t(d), std::size_t(n1), std::size_t(n2)};
     double q1 = 0.0, q2 = 0.0;
-    pyrgd::cpu::step<T>(s, X, W1, W2, G, lr, act.first, T(act.second), a1, H_next, &q1, &q2);
+    pyrgd::cpu::step<T>(s, X, W1, W2, G, lr, act.first, slope_in_dtype<T>(act, activation), a1, H_next, &q1, &q2);
   });
 }
 
