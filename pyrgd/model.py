@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 
@@ -198,16 +197,9 @@ class PyramidalNet:
         path = os.fspath(path)
         arrays = {f"W{l + 1}": np.asarray(_to_host(w)) for l, w in enumerate(self.weights)}
         meta = json.dumps({"format": _FORMAT, **self.config()})
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, __meta__=np.array(meta), **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from .runio import atomic_write
+
+        atomic_write(path, lambda f: np.savez(f, __meta__=np.array(meta), **arrays), mode="wb")
 
     @classmethod
     def load(cls, path, allow_nonfinite=False) -> "PyramidalNet":

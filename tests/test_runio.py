@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import stat
 import types
 
 import numpy as np
@@ -158,3 +159,19 @@ def test_json_safe():
     v = runio.json_safe({"a": np.array([1.0, np.nan]), 3: (np.int32(2), np.bool_(True)), "o": object})
     assert v["a"] == [1.0, None] and v["3"] == [2, True] and isinstance(v["o"], str)
     json.dumps(v, allow_nan=False)
+
+
+def test_files_get_the_permissions_of_a_plain_open(tmp_path, monkeypatch):
+    """atomic_write's temporary file is private (0600, mkstemp's): the file it becomes gets 0666 less the umask, as
+    open() would give it, or the permissions of the file it replaces; the same for a saved network."""
+    monkeypatch.setattr(runio, "_UMASK", 0o022)
+    path = tmp_path / "a.txt"
+    runio.atomic_write(path, lambda f: f.write("x"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    os.chmod(path, 0o640)
+    runio.atomic_write(path, lambda f: f.write("y"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640 and path.read_text() == "y"
+    monkeypatch.setattr(runio, "_UMASK", 0o077)
+    PyramidalNet(3, [8, 1], seed=0).save(tmp_path / "w.npz")
+    assert stat.S_IMODE(os.stat(tmp_path / "w.npz").st_mode) == 0o600
+    assert runio._read_umask() == runio._read_umask()  # reading the umask leaves it as it was
