@@ -78,6 +78,10 @@ def load_checkpoint(path) -> tuple[dict, dict]:
 
 #: identity keys added after format 1 was first written, with the value a checkpoint without them had
 IDENTITY_DEFAULTS = {"update": "gd", "loss": "squared"}
+#: identity keys that older checkpoints lack: compared only where the checkpoint has them
+IDENTITY_SINCE = {"initial_weights"}
+#: what a difference in a key means, where its value does not say it
+IDENTITY_HINTS = {"initial_weights": " (the network's initial weights differ: its init, seed, scale or weights)"}
 
 
 def check_identity(saved: dict, now: dict, path) -> None:
@@ -87,7 +91,11 @@ def check_identity(saved: dict, now: dict, path) -> None:
         return d.get(k, IDENTITY_DEFAULTS.get(k))
 
     keys = sorted(set(now) | set(IDENTITY_DEFAULTS))
-    diffs = [f"{k}: checkpoint {get(saved, k)!r}, now {get(now, k)!r}" for k in keys if get(saved, k) != get(now, k)]
+    keys = [k for k in keys if k not in IDENTITY_SINCE or k in saved]  # checkpoints written before the key
+    differ = [k for k in keys if get(saved, k) != get(now, k)]
+    if len(differ) > 1 and "initial_weights" in differ:  # implied by the others (other shapes, another dtype)
+        differ.remove("initial_weights")
+    diffs = [f"{k}: checkpoint {get(saved, k)!r}, now {get(now, k)!r}{IDENTITY_HINTS.get(k, '')}" for k in differ]
     if diffs:
         raise PyrgdError(f"resume: the checkpoint {path} is of another run (" + "; ".join(diffs) +
                          "); resume with the same data and config, or start a new run")

@@ -54,9 +54,9 @@ class History:
             self.columns[f"grad_norm_{l}"].append(float("nan"))
 
     def repair(self) -> None:
-        """After an interruption at any point: keep the complete rows (every column of the same length, the missing
-        gradient norms nan)."""
-        n = len(self)
+        """After an interruption at any point, even inside :meth:`add`: keep the complete rows (every column of the
+        same length, the rows all of whose columns were appended; the missing gradient norms nan)."""
+        n = min(len(v) for k, v in self.columns.items() if not k.startswith("grad_norm_"))
         for key in list(self.columns):
             del self.columns[key][n:]
         for l in range(1, self.L + 1):

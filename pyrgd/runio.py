@@ -72,7 +72,10 @@ def atomic_write(path, write, mode="w"):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # name the file the caller asked for, not the temporary one
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
     except BaseException:
         try:
             os.unlink(tmp)
@@ -232,19 +235,24 @@ def write_run(out, result, config=None) -> str:
     """Write the run folder ``out`` for a :class:`pyrgd.train.TrainResult` (see the module docstring).
 
     ``result`` needs the attributes status, history, certificates, summary and net. Returns the folder path.
-    The plot is drawn last; if drawing fails the other files stay and a warning says why.
+    summary.json is written after the history, the certificates and the weights, so that a summary marks a
+    complete folder (a write that fails before it leaves the previous summary, or none); a certificates.csv of an
+    earlier run in the folder is removed when this run has none. The plot is drawn last; if drawing fails the other
+    files stay and a warning says why.
     """
     out = make_folder(out, what="the run folder")
+    summary_text = json.dumps(json_safe(dict(result.summary)), indent=2, allow_nan=False) + "\n"
     if config is not None:
         write_config(out, config)
-    summary_text = json.dumps(json_safe(dict(result.summary)), indent=2, allow_nan=False) + "\n"
-    atomic_write(os.path.join(out, "summary.json"), lambda f: f.write(summary_text))
     _write_csv(os.path.join(out, "history.csv"), result.history, "history")
     certs = result.certificates or {}
     if _columns(certs, "certificates")[1] > 0:
         _write_csv(os.path.join(out, "certificates.csv"), certs, "certificates")
+    elif os.path.isfile(os.path.join(out, "certificates.csv")):  # another run's
+        os.remove(os.path.join(out, "certificates.csv"))
     if getattr(result, "net", None) is not None:
         result.net.save(os.path.join(out, "weights.npz"))
+    atomic_write(os.path.join(out, "summary.json"), lambda f: f.write(summary_text))
     try:
         plot_run(os.path.join(out, "loss.png"), result)
     except Exception as e:  # the numbers matter more than the picture

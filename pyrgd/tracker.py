@@ -144,6 +144,14 @@ class Tracker:
             self.envelope = loss  # the envelope starts at the first certified step
         return row
 
+    def repair(self) -> None:
+        """After an interruption at any point, even inside :meth:`record`: keep the complete rows (the columns cut
+        to the shortest)."""
+        if self.columns:
+            n = min(len(v) for v in self.columns.values())
+            for v in self.columns.values():
+                del v[n:]
+
     def _certified_row(self) -> dict:
         """A certificate from a certified lower bound of lambda_min (:func:`pyrgd.spectrum.certified_lower_bound`):
         the Cholesky test of K - t I at t = half the matrix-free estimate (the previous bound's estimate after the

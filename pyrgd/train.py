@@ -194,6 +194,10 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         if not (np.isfinite(as_dtype) and as_dtype > 0):
             raise PyrgdError(f"lr: {lr!r} is {as_dtype} in the net's dtype {net.dtype.name}; expected a positive "
                              f"number below {np.finfo(net.dtype).max:.3g} and above {np.finfo(net.dtype).tiny:.3g}")
+    if out is not None:  # before any step: a path that cannot be the run folder would fail only at the end
+        from .runio import make_folder
+
+        out = make_folder(out, what="the run folder")
     X_host = check_float_array("X", X, 2, dtype=net.dtype, shape=(None, net.d))
     N = X_host.shape[0]
     Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
@@ -244,7 +248,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     identity = {"N": N, "d": net.d, "widths": list(net.widths), "dtype": net.dtype.name,
                 "activation": str(act), "multipliers": [float(a) for a in mult], "backend": backend,
                 "method": plan.method if loss is None else "user_loss", "isa": ops.backend_isa(backend),
-                "update": rule.spec(), "loss": loss_label}
+                "update": rule.spec(), "loss": loss_label, "initial_weights": _weights_digest(net.weights)}
     saved = None
     if resume is not None:
         if comm is None:
@@ -343,6 +347,7 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                 abort(comm, "interrupted (a second signal) in a distributed run; resume from its last checkpoint")
             stop.finish()
             hist.repair()
+            tracker.repair()
             if engine is not None and len(hist) < timing["k"] + 1:  # the weights are a step past the last row
                 hist.add(timing["k"], engine.evaluate(), timing["steps"], float("nan"))
                 hist.close()
@@ -410,6 +415,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
                 from .runio import write_run
 
                 write_run(out, result, config)
+                if resume is None and not checkpoints.saved:  # another run's checkpoint: it would resume that run
+                    checkpoints.remove_stale()
     return result
 
 
@@ -500,7 +507,11 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
         if sync is not None:
             due = sync(due)
         if due:
-            checkpoints.save(engine, hist, tracker, timing)
+            try:
+                checkpoints.save(engine, hist, tracker, timing)
+            except OSError as e:  # a full disk, say: the run goes on; the next checkpoint or the end tries again
+                warnings.warn(f"pyrgd: the checkpoint of step {k} could not be written ({e.strerror or e}); the run "
+                              "goes on", RuntimeWarning, stacklevel=2)
         if callback is not None:
             try:
                 said = callback(step_record(hist.columns, len(hist) - 1, lr))
@@ -546,6 +557,14 @@ class _Checkpointer:
         self._digest = None
         self._last = time.perf_counter()
         self._t_start = t_start  # when the run started, earlier processes of a resumed run included
+        self.saved = False  # whether this process wrote a checkpoint
+
+    def remove_stale(self) -> None:
+        """Remove a checkpoint file this run did not write (an earlier run's, in a reused folder)."""
+        import os
+
+        if self.enabled and self.writer and not self.saved and os.path.isfile(self.path):
+            os.remove(self.path)
 
     def due(self, k: int) -> bool:
         if not self.enabled or self.every == 0:
@@ -583,7 +602,21 @@ class _Checkpointer:
                 "certificates": certs, "tracker": tracker.snapshot(), "versions": _versions(np)}
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         save_checkpoint(self.path, arrays, meta)
+        self.saved = True
         self._last = time.perf_counter()
+
+
+def _weights_digest(weights) -> str:
+    """A short SHA-256 of the network's weights at the start of a run (its init, seed and scale, or weights set by
+    hand): part of the run's identity, so that a checkpoint resumes only the run it came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in weights:
+        a = np.ascontiguousarray(_to_host(w))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def _load_resume(resume, identity, X, Y, lr) -> dict:
@@ -596,12 +629,42 @@ def _load_resume(resume, identity, X, Y, lr) -> dict:
         raise PyrgdError(f"resume: expected a checkpoint file or a run folder, got {resume!r}")
     arrays, meta = load_checkpoint(resume)
     check_identity(meta.get("identity", {}), identity, resume)
+    _check_saved(arrays, meta, identity, resume)
     if meta.get("data") != data_digest(X, Y):
         raise PyrgdError(f"resume: the data differ from the checkpoint's ({resume}); resume with the same X and Y")
     if lr != "auto" and lr != meta.get("lr"):
         raise PyrgdError(f"resume: lr {lr!r} differs from the checkpoint's {meta.get('lr')!r}; pass lr='auto' or "
                          "the same value")
     return {"arrays": arrays, "meta": meta}
+
+
+def _check_saved(arrays, meta, identity, path) -> None:
+    """PyrgdError naming the checkpoint when its contents are not what this version writes for this network (the
+    zip's checksums hold, the values inside do not)."""
+    def bad(what):
+        raise PyrgdError(f"resume: the checkpoint {path} is damaged or was not written by pyrgd: {what}")
+
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        bad(f"step {step!r} is not a step number")
+    lr = meta.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        bad(f"lr {lr!r} is not a positive step size")
+    if not isinstance(meta.get("lr_rule"), str):
+        bad("it has no lr_rule")
+    history = meta.get("history")
+    if not isinstance(history, dict) or not history or \
+            any(not isinstance(v, list) or len(v) != step for v in history.values()):
+        bad(f"its history does not hold the {step} rows before its step")
+    for key in ("tracker", "certificates"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            bad(f"its {key} is not a table")
+    widths = list(identity["widths"])
+    for l, shape in enumerate(zip([identity["d"]] + widths[:-1], widths), start=1):
+        for name in (f"W_{l}", f"W0_{l}"):
+            a = arrays.get(name)
+            if (a is None and name.startswith("W_")) or (a is not None and tuple(a.shape) != shape):
+                bad(f"{name} is {'missing' if a is None else f'of shape {tuple(a.shape)}'}, expected {shape}")
 
 
 def _restore(saved, engine, hist: History, tracker: Tracker, L: int) -> None:

@@ -75,6 +75,9 @@ def test_resume_refuses_another_run(tmp_path):
     other = pyrgd.PyramidalNet(8, [128, 8, 1], seed=0, dtype="float32")
     with pytest.raises(PyrgdError, match=r"resume: the checkpoint .* is of another run \(widths: checkpoint"):
         pyrgd.train(other, X, Y, lr=1e-3, steps=4, progress=False, resume=tmp_path / "r")
+    reseeded = pyrgd.PyramidalNet(net.d, list(net.widths), seed=net.seed + 1, dtype=net.dtype.name)
+    with pytest.raises(PyrgdError, match=r"another run \(initial_weights: .*its init, seed, scale or weights\)\)"):
+        pyrgd.train(reseeded, X, Y, lr=1e-3, steps=4, progress=False, resume=tmp_path / "r")
     with pytest.raises(PyrgdError, match="resume: lr 0.002 differs from the checkpoint's 0.001"):
         pyrgd.train(net.copy(), X, Y, lr=2e-3, steps=4, progress=False, resume=tmp_path / "r")
     with pytest.raises(PyrgdError, match="resume: no checkpoint at"):
@@ -201,3 +204,104 @@ def test_two_sigints_leave_weights_that_reproduce_the_reported_loss(tmp_path, se
     assert loss == pytest.approx(s["final_loss"], rel=1e-12)
     rows = list(csv.DictReader(open(tmp_path / "r" / "history.csv")))
     assert int(rows[-1]["step"]) == s["steps"]
+
+
+def test_a_new_run_in_a_reused_folder_leaves_none_of_the_old_runs_files(tmp_path):
+    """A run without checkpoints or certificates, written over a folder that holds another run's, removes that
+    run's checkpoint.npz (it would resume the old run) and certificates.csv (they would describe it)."""
+    net, X, Y = _problem()
+    out = tmp_path / "r"
+    pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=6, progress=False, out=out, checkpoint_every=3, track_every=2)
+    assert (out / CHECKPOINT_FILE).is_file() and (out / "certificates.csv").is_file()
+    other = pyrgd.PyramidalNet(8, [256, 8, 1], seed=5, dtype="float32")
+    pyrgd.train(other, X, Y, lr=1e-3, steps=4, progress=False, out=out, checkpoint_every=0, track_every=0)
+    assert not (out / CHECKPOINT_FILE).exists() and not (out / "certificates.csv").exists()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def test_out_that_cannot_be_a_folder_is_refused_before_any_step(tmp_path):
+    net, X, Y = _problem()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    steps = []
+    for bad, match in ((afile, "out: .*afile exists and is not a folder"), (3, "out: expected a folder path")):
+        with pytest.raises(PyrgdError, match=match):
+            pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=50, progress=False, out=bad,
+                        callback=lambda rec: steps.append(rec))
+    assert steps == []
+
+
+def test_summary_is_written_last_and_errors_name_the_file(tmp_path, monkeypatch):
+    """A write that fails on the weights leaves no summary.json claiming a complete folder, and the error names
+    the file the run was writing, not its temporary file."""
+    from pyrgd.model import PyramidalNet
+
+    net, X, Y = _problem()
+    out = tmp_path / "r"
+
+    def full_disk(self, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(PyramidalNet, "save", full_disk)
+    with pytest.raises(OSError):
+        pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=3, progress=False, out=out, track_every=0)
+    assert (out / "history.csv").is_file() and not (out / "summary.json").exists()
+    monkeypatch.undo()
+    (out / "history.csv").unlink()
+    (out / "history.csv").mkdir()  # a folder where the file goes: os.replace fails
+    with pytest.raises(OSError, match=r"cannot write .*history\.csv: Is a directory"):
+        pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=3, progress=False, out=out, track_every=0)
+
+
+def test_a_checkpoint_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monkeypatch):
+    import importlib
+
+    tm = importlib.import_module("pyrgd.train")  # the module (pyrgd.train is also the function)
+    calls = []
+    real = tm._Checkpointer.save
+
+    def flaky(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *args)
+
+    monkeypatch.setattr(tm._Checkpointer, "save", flaky)
+    net, X, Y = _problem()
+    with pytest.warns(RuntimeWarning, match="the checkpoint of step 4 could not be written .*; the run goes on"):
+        r = pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=8, progress=False, out=tmp_path / "r", checkpoint_every=2,
+                        track_every=0)
+    assert r.summary["steps"] == 8 and load_checkpoint(tmp_path / "r")[1]["step"] == 8
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a, m: m.pop("step"), "step None is not a step number"),
+    (lambda a, m: m.update(step=-5), "step -5 is not a step number"),
+    (lambda a, m: m.update(lr=None), "lr None is not a positive step size"),
+    (lambda a, m: m.pop("lr_rule"), "it has no lr_rule"),
+    (lambda a, m: m["history"].update(loss=[1.0]), "its history does not hold the 4 rows"),
+    (lambda a, m: m.update(tracker=[1]), "its tracker is not a table"),
+    (lambda a, m: a.pop("W_2"), r"W_2 is missing, expected \(256, 8\)"),
+    (lambda a, m: a.update(W0_1=np.zeros((2, 2), np.float32)), r"W0_1 is of shape \(2, 2\), expected \(8, 256\)"),
+])
+def test_a_checkpoint_with_damaged_contents_is_refused_naming_what(tmp_path, change, match):
+    """The zip's checksums hold but the values inside do not: a clear resume error, not an internal one."""
+    net, X, Y = _problem()
+    out = tmp_path / "r"
+    pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=4, progress=False, out=out, checkpoint_every=4, track_every=2)
+    arrays, meta = load_checkpoint(out)
+    change(arrays, meta)
+    save_checkpoint(out / CHECKPOINT_FILE, arrays, {k: v for k, v in meta.items() if k != "format"})
+    with pytest.raises(PyrgdError, match="resume: the checkpoint .* is damaged or was not written by pyrgd: " + match):
+        pyrgd.train(net.copy(), X, Y, lr=1e-3, steps=8, progress=False, resume=out)
+
+
+def test_cli_resume_refuses_a_changed_model_seed(tmp_path):
+    out = tmp_path / "r"
+    base = [sys.executable, "-m", "pyrgd", "train", "--preset", "quickstart", "--no-progress", "--json"]
+    subprocess.run(base + ["--steps", "4", "--rel-tol", "0", "--checkpoint-every", "2", "--out", str(out)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "pyrgd", "train", "--resume", str(out), "--set", "model.seed=7",
+                        "--steps", "6", "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "initial_weights" in r.stderr and "seed" in r.stderr, r.stderr
+    assert 'seed = 0' in (out / "config.toml").read_text().split("[model]")[1]  # the run's config untouched

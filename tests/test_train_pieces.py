@@ -77,6 +77,21 @@ def test_history_repair_after_an_interruption_mid_row():
     h.repair()
     assert len({len(v) for v in h.columns.values()}) == 1 and len(h) == 2
     assert math.isnan(h.columns["grad_norm_2"][1])
+    h.columns["step"].append(2)  # step and loss appended, not the factor (a signal inside add)
+    h.columns["loss"].append(0.25)
+    h.repair()
+    assert len({len(v) for v in h.columns.values()}) == 1 and len(h) == 2 and h.columns["loss"][-1] == 0.5
+
+
+def test_tracker_repair_cuts_a_half_recorded_row():
+    X, W = _small_net()
+    t = Tracker(X, W, [w.copy() for w in W], parse_activation("tanh"), [1.0, 1.0], 1e-3, "cpu", every=1)
+    t.record(0, 1.0)
+    t.record(1, 0.9)
+    first = next(iter(t.columns))
+    t.columns[first].append(2)  # the first column of step 2's row, then the interruption
+    t.repair()
+    assert len({len(v) for v in t.columns.values()}) == 1 and t.columns["step"] == [0, 1]
 
 
 # --------------------------------------------------------------------------------------------------- tracker
