@@ -197,7 +197,7 @@ class PyramidalNet:
         path = os.fspath(path)
         arrays = {f"W{l + 1}": np.asarray(_to_host(w)) for l, w in enumerate(self.weights)}
         meta = json.dumps({"format": _FORMAT, **self.config()})
-        from .runio import atomic_write
+        from ._atomic import atomic_write
 
         atomic_write(path, lambda f: np.savez(f, __meta__=np.array(meta), **arrays), mode="wb")
 

@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 
+from pyrgd import _atomic
 from pyrgd import config as C
 from pyrgd import runio
 from pyrgd.errors import PyrgdError
@@ -164,14 +165,14 @@ def test_json_safe():
 def test_files_get_the_permissions_of_a_plain_open(tmp_path, monkeypatch):
     """atomic_write's temporary file is private (0600, mkstemp's): the file it becomes gets 0666 less the umask, as
     open() would give it, or the permissions of the file it replaces; the same for a saved network."""
-    monkeypatch.setattr(runio, "_UMASK", 0o022)
+    monkeypatch.setattr(_atomic, "_UMASK", 0o022)
     path = tmp_path / "a.txt"
     runio.atomic_write(path, lambda f: f.write("x"))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     os.chmod(path, 0o640)
     runio.atomic_write(path, lambda f: f.write("y"))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640 and path.read_text() == "y"
-    monkeypatch.setattr(runio, "_UMASK", 0o077)
+    monkeypatch.setattr(_atomic, "_UMASK", 0o077)
     PyramidalNet(3, [8, 1], seed=0).save(tmp_path / "w.npz")
     assert stat.S_IMODE(os.stat(tmp_path / "w.npz").st_mode) == 0o600
-    assert runio._read_umask() == runio._read_umask()  # reading the umask leaves it as it was
+    assert _atomic._read_umask() == _atomic._read_umask()  # reading the umask leaves it as it was
