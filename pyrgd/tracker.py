@@ -49,6 +49,7 @@ class Tracker:
         self.envelope = float("nan")
         self.seconds = 0.0
         self._last_cost = None  # seconds of the last certificate (exact) or of one K V product (estimate)
+        self._start = None  # (k, snapshot, estimator block) as step k began: what a checkpoint of step k holds
         self._estimator = None
         self._iters = None  # LOBPCG iterations the next estimate may run
 
@@ -108,9 +109,22 @@ class Tracker:
         return True
 
     # --------------------------------------------------------------------------------------- a certificate
+    def begin(self, k: int) -> None:
+        """Step k begins (before its loss is evaluated): keep the running values, which a checkpoint taken at step k
+        (before its update, where a run stops) must hold rather than those step k then changes."""
+        self._start = (k, self.snapshot(), self.estimator_block())
+
+    def state_for(self, s: int) -> tuple:
+        """(snapshot, estimator block) of a checkpoint at step s: as step s began when it has begun, else now."""
+        if self._start is not None and self._start[0] == s:
+            return self._start[1], self._start[2]
+        return self.snapshot(), self.estimator_block()
+
     def record(self, k: int, loss: float = float("nan")) -> dict:
         """Take the certificate of step k (Phi_k = ``loss``); returns its row. The envelope starts at Phi_k at the
         first certified factor; at k = 0 without one it is unknown (nan)."""
+        if self._start is not None and self._start[0] == k and self._start[2] is not None:
+            self._start = (k, self._start[1], self._start[2].copy())  # the estimate below may work on it in place
         t0 = time.perf_counter()
         if self.route == "exact":
             row = certificate(self.X, self.W, self.W0, self.act, self.mult, self.lr, self.backend)

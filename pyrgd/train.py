@@ -467,6 +467,7 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
     phi0 = hist.columns["loss"][0] if len(hist) else None
     pending = None  # distributed: this rank's error in the callback, raised on every rank at the next boundary
     while True:
+        tracker.begin(k)
         t0 = time.perf_counter()
         loss = engine.evaluate()
         timing["steps"] += time.perf_counter() - t0
@@ -589,8 +590,9 @@ class _Checkpointer:
         arrays.update({f"carry_{k}": v for k, v in state["carry"].items()})
         if self.W0 is not None:
             arrays.update({f"W0_{l}": _to_host(w) for l, w in enumerate(self.W0, start=1)})
-        if tracker.estimator_block() is not None:
-            arrays["estimator_V"] = tracker.estimator_block()
+        tracker_state, block = tracker.state_for(s)  # as step s began: the resumed run starts there
+        if block is not None:
+            arrays["estimator_V"] = block
         if self.stepper is not None:
             arrays.update(self.stepper.state())
         rows = {c: v[:s] for c, v in hist.columns.items()}
@@ -599,7 +601,7 @@ class _Checkpointer:
         meta = {"identity": self.identity, "data": self._digest, "step": s, "lr": self.lr, "lr_rule": self.lr_rule,
                 "step_seconds": hist.columns["time"][s - 1] if s > 0 else 0.0, "history": rows,
                 "wall_seconds": time.perf_counter() - self._t_start,
-                "certificates": certs, "tracker": tracker.snapshot(), "versions": _versions(np)}
+                "certificates": certs, "tracker": tracker_state, "versions": _versions(np)}
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         save_checkpoint(self.path, arrays, meta)
         self.saved = True

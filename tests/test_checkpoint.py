@@ -44,7 +44,7 @@ def test_resume_is_bit_identical(tmp_path, backend, method, update):
     assert ("velocity_1" in arrays) == (update != "gd")
     again = pyrgd.train(net.copy(), X, Y, steps=10, out=tmp_path / "r", resume=tmp_path / "r", **kw)
     assert again.status == "max_steps" and again.summary["steps"] == 10
-    for key in ("loss", "grad_norm_1", "grad_norm_3", "factor"):
+    for key in ("loss", "grad_norm_1", "grad_norm_3", "factor", "envelope"):  # the envelope: as step 4 began
         np.testing.assert_array_equal(again.history[key], full.history[key])
     assert all(np.array_equal(a, b) for a, b in zip(again.net.weights, full.net.weights))
     assert again.certificates["step"] == full.certificates["step"] == [0, 3, 6, 9]
@@ -305,3 +305,23 @@ def test_cli_resume_refuses_a_changed_model_seed(tmp_path):
                         "--steps", "6", "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "initial_weights" in r.stderr and "seed" in r.stderr, r.stderr
     assert 'seed = 0' in (out / "config.toml").read_text().split("[model]")[1]  # the run's config untouched
+
+
+def test_resume_from_the_checkpoint_a_run_ends_with_keeps_the_envelope(tmp_path):
+    """The checkpoint written where a run stops is taken before that step's update: the tracker's state in it is
+    the one of the step's start (the envelope not yet advanced by its factor), so the resumed history, envelope
+    included, is the uninterrupted run's bit for bit."""
+    from pyrgd import config as C
+    from pyrgd.runio import read_history
+
+    cfg = C.resolve_config(preset="quickstart", overrides={"train.rel_tol": 0.0, "train.track_every": 10})
+    net, X, Y, kw = C.build(cfg)
+    kw.update(progress=False, threads=1, checkpoint_every="auto")
+    kw.pop("steps")
+    full = pyrgd.train(net.copy(), X, Y, steps=40, **kw)
+    pyrgd.train(net.copy(), X, Y, steps=25, out=tmp_path / "r", **kw)
+    again = pyrgd.train(net.copy(), X, Y, steps=40, out=tmp_path / "r", resume=tmp_path / "r", **kw)
+    assert np.isfinite(full.history["envelope"][30])
+    for key in ("loss", "factor", "envelope"):
+        np.testing.assert_array_equal(again.history[key], full.history[key])
+    np.testing.assert_array_equal(read_history(tmp_path / "r")["envelope"], full.history["envelope"])
