@@ -488,8 +488,14 @@ def _cmd_info(args) -> int:
 _QUIET = False
 
 
+#: the last error message of this command (for :func:`pyrgd.distributed.end_together`)
+_LAST_ERROR = None
+
+
 def _error(msg: str) -> int:
+    global _LAST_ERROR
     msg = " ".join(str(msg).split())  # one line, whatever the message held
+    _LAST_ERROR = msg
     if not _QUIET:
         print(f"pyrgd: error: {msg}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -501,9 +507,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None) -> int:
     """Run the command line with ``argv`` (default sys.argv[1:]); returns the exit code."""
+    global _LAST_ERROR
+    _LAST_ERROR = None
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one line per warning, no source line
-        return _main(argv)
+        code = _main(argv)
+    if code in (EXIT_BAD_INPUT, EXIT_RESOURCES, EXIT_IO, EXIT_INTERNAL) and _LAST_ERROR is not None:
+        from .distributed import end_together  # under mpiexec: an error on one rank alone ends every rank
+
+        end_together(_LAST_ERROR, code, printed=not _QUIET)
+    return code
 
 
 def _main(argv) -> int:

@@ -607,9 +607,44 @@ def launched_by_mpi() -> bool:
 
 
 def world():
-    """mpi4py's COMM_WORLD; PyrgdError when mpi4py is missing (``pip install "pyrgd[mpi]"``)."""
+    """mpi4py's COMM_WORLD; PyrgdError when mpi4py is missing (``pip install "pyrgd[mpi]"``). Collective the first
+    time on several ranks: it also makes the communicator :func:`end_together` waits on (the command line calls it
+    first on every rank)."""
+    global _ERROR_COMM
     try:
         from mpi4py import MPI
     except ImportError as e:
         raise PyrgdError(f"mpi4py is needed to run on several processes (pip install \"pyrgd[mpi]\"): {e}") from None
-    return MPI.COMM_WORLD
+    comm = MPI.COMM_WORLD
+    if _ERROR_COMM is None and comm.Get_size() > 1:
+        _ERROR_COMM = comm.Dup()
+    return comm
+
+
+#: a duplicate of COMM_WORLD for :func:`end_together` alone, so that its barrier never meets a collective of the run
+_ERROR_COMM = None
+#: seconds :func:`end_together` waits for the other ranks to reach their own error
+ERROR_WAIT_S = 10.0
+
+
+def end_together(message: str, code: int, printed: bool, wait_s: float = None) -> None:
+    """A command failed on this rank with ``message`` outside the collectives that agree on errors (a data file
+    only this rank cannot read, say): the other ranks may be waiting in a collective of the run and would wait
+    forever. Wait up to ``wait_s`` (ERROR_WAIT_S) for every rank to fail too (a non-blocking barrier on a
+    communicator of its own); if they do (they failed alike: rank 0 has said why), return; else print this
+    rank's message (unless ``printed``) and end every rank with MPI_Abort(``code``). Nothing outside a command
+    line run under several ranks (:func:`world` made the communicator)."""
+    import time
+
+    if _ERROR_COMM is None:
+        return
+    wait_s = ERROR_WAIT_S if wait_s is None else float(wait_s)
+    req = _ERROR_COMM.Ibarrier()
+    deadline = time.monotonic() + wait_s
+    while not req.Test():
+        if time.monotonic() > deadline:
+            if printed:
+                time.sleep(ABORT_GRACE_S)
+                _ERROR_COMM.Abort(code)
+            abort(_ERROR_COMM, message, code)
+        time.sleep(0.01)

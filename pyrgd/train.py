@@ -194,13 +194,26 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
         if not (np.isfinite(as_dtype) and as_dtype > 0):
             raise PyrgdError(f"lr: {lr!r} is {as_dtype} in the net's dtype {net.dtype.name}; expected a positive "
                              f"number below {np.finfo(net.dtype).max:.3g} and above {np.finfo(net.dtype).tiny:.3g}")
-    if out is not None:  # before any step: a path that cannot be the run folder would fail only at the end
+    def this_ranks_checks():  # a distributed run: what one rank alone may fail (its own disk, its own data)
         from .runio import make_folder
 
-        out = make_folder(out, what="the run folder")
-    X_host = check_float_array("X", X, 2, dtype=net.dtype, shape=(None, net.d))
+        o = None if out is None else make_folder(out, what="the run folder")  # before any step
+        xh = check_float_array("X", X, 2, dtype=net.dtype, shape=(None, net.d))
+        yh = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(xh.shape[0], net.widths[-1]), xp=array_module(xh))
+        return o, xh, yh
+
+    if comm is None:
+        out, X_host, Y_host = this_ranks_checks()
+    else:  # one rank's failure ends every rank with its message (the others would wait in the next collective)
+        from .distributed import agree
+
+        try:
+            checked, err = this_ranks_checks(), None
+        except (PyrgdError, OSError) as e:
+            checked, err = None, e
+        agree(comm, None, err)
+        out, X_host, Y_host = checked
     N = X_host.shape[0]
-    Y_host = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(N, net.widths[-1]), xp=array_module(X_host))
     device_sharing = None
     if comm is None:
         backend, xp = ops.backend_for_arrays(backend, array_module(X_host) or np)
@@ -520,7 +533,7 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
                     asked = ""
             except StopTraining as e:
                 asked = str(e)
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # distributed: sys.exit() on one rank must end every rank too
                 if sync is None:
                     raise
                 pending = f"callback: {type(e).__name__}: {e}"

@@ -272,6 +272,59 @@ def test_cli_error_before_training_is_one_line_from_rank_zero(mpiexec, tmp_path)
     assert p.stderr.count("pyrgd: error:") == 1 and "is not empty" in p.stderr
 
 
+def test_cli_error_on_one_rank_alone_ends_every_rank(mpiexec, tmp_path):
+    """A data file that only rank 1 cannot read (a node-local path): rank 1 fails before any collective while
+    rank 0 waits in one. Every rank ends (no hang), with rank 1's message."""
+    import numpy as np
+
+    for folder in ("A", "B"):
+        (tmp_path / folder).mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "A" / "d.npz", X=rng.standard_normal((64, 16)), Y=rng.standard_normal((64, 1)))
+    (tmp_path / "B" / "d.npz").write_bytes(b"junk")
+    (tmp_path / "cfg.toml").write_text('[data]\nsource = "file"\npath = "d.npz"\n[model]\nwidths = [512, 8, 1]\n'
+                                       '[train]\nsteps = 5\n')
+    cmd = [sys.executable, "-m", "pyrgd", "train", "--config", str(tmp_path / "cfg.toml"), "--out",
+           str(tmp_path / "run"), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    p = subprocess.run([mpiexec, "-n", "1", "-wdir", str(tmp_path / "A")] + cmd + [":", "-n", "1", "-wdir",
+                       str(tmp_path / "B")] + cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "pyrgd: error: rank 1: data.path" in p.stderr, p.stderr
+
+
+ONE_RANK_FAILS_EARLY = """
+    import sys
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    net, X, Y = make()
+    kw = {}
+    if sys.argv[1] == "out":  # rank 1's out lies under a file
+        open("afile", "w").close()
+        kw["out"] = "afile/run" if comm.Get_rank() == 1 else "fine"
+    def cb(rec):
+        if sys.argv[1] == "exit" and comm.Get_rank() == 1 and rec["step"] == 3:
+            sys.exit(3)
+    try:
+        pyrgd.train(net, X, Y, lr=8e-5, steps=50, progress=False, comm=comm, callback=cb, track_every=0, **kw)
+    except pyrgd.PyrgdError as e:
+        print("ERROR", comm.Get_rank(), " ".join(str(e).split()))
+        raise SystemExit(3)
+    print("FINISHED", comm.Get_rank())
+"""
+
+
+@pytest.mark.parametrize("mode, message", [("out", "rank 1: out: cannot create the run folder afile/run"),
+                                           ("exit", "rank 1: callback: SystemExit: 3")])
+def test_python_api_failure_on_one_rank_alone_ends_every_rank(mpiexec, tmp_path, mode, message):
+    """pyrgd.train(comm=...): a run folder only rank 1 cannot make, or sys.exit() in rank 1's callback, ends every
+    rank with rank 1's message instead of leaving rank 0 in a collective."""
+    p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, ONE_RANK_FAILS_EARLY), mode], tmp_path, timeout=120)
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "FINISHED" not in p.stdout
+    assert p.stdout.count(message) == 2, p.stdout  # on both ranks
+
+
 SWEEP_GRID = """
 [grid]
 N = [16, 32]
