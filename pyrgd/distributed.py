@@ -573,12 +573,29 @@ def agree(comm, value, error=None):
     """Rank 0's ``value`` on every rank (collective), or RankError on every rank when any rank passes an ``error``
     (an exception or a message): "rank r: <message>" for the lowest such rank. The step boundary of a distributed
     run calls it, so that every rank stops, checkpoints and fails together."""
+    return _gather_agreed(comm, value, error)[0]
+
+
+def agree_stop(comm, stopped, error=None):
+    """The stop decision for every rank (collective): rank 0's ``stopped`` (its clock, its callback's answer), or,
+    where rank 0 goes on, the lowest rank's stop by a signal ('interrupted' or 'terminated': SIGTERM or Ctrl-C
+    sent to that rank alone, by a scheduler preempting one node, say); RankError as :func:`agree`."""
+    every = _gather_agreed(comm, stopped, error)
+    if every[0] is None:
+        for v in every[1:]:
+            if v is not None and v[0] in ("interrupted", "terminated"):
+                return v
+    return every[0]
+
+
+def _gather_agreed(comm, value, error):
+    """Every rank's ``value`` in rank order; RankError on every rank when any rank passes an ``error``."""
     msg = None if error is None else (str(error) or type(error).__name__)
     every = comm.allgather((value, msg))
     for r, (_, m) in enumerate(every):
         if m is not None:
             raise RankError(f"rank {r}: {m}" if comm.Get_size() > 1 else m)
-    return every[0][0]
+    return [v for v, _ in every]
 
 
 #: seconds between the last line of an aborting rank and MPI_Abort (:func:`abort`)

@@ -339,7 +339,8 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
             try:
                 status, message = _loop(engine, hist, tracker, rules, stop, bar, lr, t_start, timing, checkpoints,
                                         last_good, stepper, callback, applies, sync,
-                                        None if comm is None else _gather_into(engine, W), rank == 0)
+                                        None if comm is None else _gather_into(engine, W), rank == 0,
+                                        None if comm is None else functools.partial(_agree_stop, comm))
             except Exception as e:  # distributed: one rank's error inside a step, where the others wait on it
                 from .distributed import RankError, abort
 
@@ -461,7 +462,7 @@ def _progress_bar(steps, initial=0):
 
 def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, lr, t_start, timing,
           checkpoints=None, last_good=None, stepper=None, callback=None, certified=True, sync=None,
-          gather=None, records=True):
+          gather=None, records=True, sync_stop=None):
     """Evaluate, record, check the stop rules, update; until a rule stops the run. Returns (status, message).
 
     timing["steps"] accumulates the seconds spent in the engine's evaluate and update, timing["k"] counts the updates
@@ -501,8 +502,8 @@ def _loop(engine, hist: History, tracker: Tracker, rules: StopRules, stop, bar, 
                 hist.set_envelope(tracker.envelope)
         stopped = rules.check(k, loss, phi0, interrupted=stop.signal if stop.set else False,
                               elapsed=time.perf_counter() - t_start, callback=asked)
-        if sync is not None:  # rank 0's decision (its clock, its signals, its callback's answer) for every rank
-            stopped, pending = sync(stopped, pending), None
+        if sync is not None:  # rank 0's decision (its clock, its callback's answer), or any rank's signal
+            stopped, pending = (sync_stop or sync)(stopped, pending), None
         if stopped is not None:
             stop.finish()  # no signal may now cut the writing of the run folder short
             hist.close()
@@ -742,3 +743,9 @@ def _agree(comm, value, error=None):
     from .distributed import agree
 
     return agree(comm, value, error)
+
+
+def _agree_stop(comm, stopped, error=None):
+    from .distributed import agree_stop
+
+    return agree_stop(comm, stopped, error)

@@ -325,6 +325,27 @@ def test_python_api_failure_on_one_rank_alone_ends_every_rank(mpiexec, tmp_path,
     assert p.stdout.count(message) == 2, p.stdout  # on both ranks
 
 
+SIGNAL_ON_ONE_RANK = """
+    import os, signal
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    net, X, Y = make()
+    def cb(rec):
+        if comm.Get_rank() == 1 and rec["step"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler preempting rank 1's node
+    r = pyrgd.train(net, X, Y, lr=8e-5, steps=1000, progress=False, comm=comm, callback=cb, track_every=0,
+                    out="run", checkpoint_every=0)
+    print("STATUS", comm.Get_rank(), r.status, r.summary["steps"])
+"""
+
+
+def test_a_signal_to_one_rank_alone_stops_every_rank(mpiexec, tmp_path):
+    p = _launch(mpiexec, 2, [sys.executable, _script(tmp_path, SIGNAL_ON_ONE_RANK)], tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "STATUS 0 terminated 5" in p.stdout and "STATUS 1 terminated 5" in p.stdout, p.stdout
+    assert (tmp_path / "run" / "checkpoint.npz").is_file()  # a stop by a signal writes one for --resume
+
+
 SWEEP_GRID = """
 [grid]
 N = [16, 32]
