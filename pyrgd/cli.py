@@ -339,6 +339,10 @@ def _cmd_train_one(args, comm=None, out=None) -> int:
             cfg["train"]["method"] = rank_plan.method  # process with the same bits
         rank_plan.check(comm)
     net, X, Y, kwargs = C.build(cfg)
+    if comm is not None and kwargs.get("threads") is None and cfg["train"].get("backend") != "cuda":
+        from .distributed import threads_per_rank
+
+        kwargs["threads"] = threads_per_rank(sharing)  # the host's CPUs shared by its ranks, not each taking all
     if out is None:
         out = args.resume or (args.out if args.out else _default_out(args))
     created = False
@@ -542,10 +546,12 @@ def _main(argv) -> int:
     except (PyrgdError, BackendUnavailable) as e:
         return _error(str(e))
     except KeyboardInterrupt:
-        print("pyrgd: interrupted", file=sys.stderr)
+        if not _QUIET:
+            print("pyrgd: interrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
     except Terminated as e:
-        print(f"pyrgd: {e}", file=sys.stderr)
+        if not _QUIET:  # every rank of a sweep under mpiexec stops: one line, rank 0's
+            print(f"pyrgd: {e}", file=sys.stderr)
         return EXIT_CODES["terminated"]
     except BrokenPipeError:  # e.g. `pyrgd info | head -1`
         try:  # silence the flush at exit, as the Python docs advise

@@ -100,6 +100,15 @@ def gpu_sharing(comm) -> int:
     return _on_this_host(comm, lambda local: max(1, sum(1 for d in local.allgather(dev) if d == dev)), 1)
 
 
+def threads_per_rank(ranks_here: int) -> int:
+    """CPU threads for each of ``ranks_here`` ranks sharing a host: the CPUs this process may run on, divided
+    among them (at least 1), so that ranks do not oversubscribe the host's cores."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(ranks_here)))
+
+
 def groups_of(n1: int) -> list[tuple[int, int]]:
     """The wide layer's neuron groups [(start, stop), ...] in order: NEURON_GROUP neurons each, the last shorter."""
     return [(a, min(int(n1), a + NEURON_GROUP)) for a in range(0, int(n1), NEURON_GROUP)]

@@ -106,6 +106,9 @@ def test_cli_quickstart_on_two_ranks_writes_the_one_process_weights(mpiexec, tmp
 
     s = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s["distributed"]["ranks"] == 2 and s["distributed"]["neurons_per_rank"] == [1024, 1024]
+    from pyrgd.distributed import threads_per_rank
+
+    assert s["threads"] == threads_per_rank(2)  # the host's CPUs shared by its 2 ranks, not each taking all
     assert s["distributed"]["engine"] == "pyrgd.distributed.ShardedRowsEngine" and s["method"] == "rows"
     assert "rank 0" in s["tracking"]["distributed"]
     # the quickstart's certificate at step 0 (track_every 50), taken on rank 0: as one process's
@@ -433,6 +436,13 @@ def test_a_failing_cell_on_one_rank_ends_the_sweep_on_every_rank(mpiexec, tmp_pa
 
 
 # ------------------------------------------------------------------------------------- without launching ranks
+def test_threads_per_rank_share_the_hosts_cpus(monkeypatch):
+    from pyrgd.distributed import threads_per_rank
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [threads_per_rank(r) for r in (1, 2, 3, 16, 40)] == [16, 8, 5, 1, 1]
+
+
 def test_shards_are_whole_groups_and_too_many_ranks_are_refused():
     from pyrgd.distributed import groups_of, shard_groups
 

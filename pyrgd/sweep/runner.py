@@ -89,7 +89,7 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True, 
     if comm is None:
         done_rows = _prepare(grid, out, resume, C)
         return _run_cells(grid, os.fspath(out), done_rows, progress, C, plots, None)
-    from ..distributed import agree, check_comm, ranks_on_this_host
+    from ..distributed import agree, check_comm, ranks_on_this_host, threads_per_rank
 
     check_comm(comm)
     per_host = ranks_on_this_host(comm)  # collective
@@ -100,7 +100,7 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True, 
         except Exception as e:  # whatever rank 0 meets here ends every rank (none is left waiting)
             err = e
     done_rows = agree(comm, done_rows, err)
-    threads = max(1, len(os.sched_getaffinity(0)) // per_host) if hasattr(os, "sched_getaffinity") else 1
+    threads = threads_per_rank(per_host)
     for _, _, cfg in grid.cells:
         if not cfg["train"].get("threads"):
             cfg["train"]["threads"] = threads
