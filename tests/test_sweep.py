@@ -358,3 +358,24 @@ def test_cli_sweep_terminated_exits_143(tmp_path, capsys, monkeypatch):
     assert cli.main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "o"), "--no-progress"]) == 143
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "terminated" in err[0] and "--resume" in err[0]
+
+
+def test_a_second_sweep_into_a_folder_in_use_is_refused(tmp_path):
+    """Two sweeps writing one results.csv would lose one's cells: the folder's lock (host and process id) refuses
+    the second while the first lives; a lock left by a sweep that died on this host is taken over; none stays."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    out.mkdir()
+    lock = out / ".sweep.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")  # a live sweep: this process
+    with pytest.raises(PyrgdError, match=rf"out: another sweep \(process {os.getpid()} on .*\) is writing"):
+        sweep.run_sweep(tiny_grid(N=[6], n1_over_N=[1], seed=[0]), out)
+    assert not (out / "results.csv").exists() and lock.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process id that has ended
+    lock.write_text(f"{socket.gethostname()} {dead}\n")
+    rows = sweep.run_sweep(tiny_grid(N=[6], n1_over_N=[1], seed=[0]), out)
+    assert len(rows) == 1 and not lock.exists()

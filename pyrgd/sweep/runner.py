@@ -87,16 +87,19 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True, 
     """
     grid = parse_grid(grid_cfg)
     if comm is None:
-        done_rows = _prepare(grid, out, resume, C)
-        return _run_cells(grid, os.fspath(out), done_rows, progress, C, plots, None)
+        done_rows, lock = _prepare(grid, out, resume, C)
+        try:
+            return _run_cells(grid, os.fspath(out), done_rows, progress, C, plots, None)
+        finally:
+            _unlock(lock)
     from ..distributed import agree, check_comm, ranks_on_this_host, threads_per_rank
 
     check_comm(comm)
     per_host = ranks_on_this_host(comm)  # collective
-    done_rows, err = None, None
+    done_rows, lock, err = None, None, None
     if comm.Get_rank() == 0:
         try:
-            done_rows = _prepare(grid, out, resume, C)
+            done_rows, lock = _prepare(grid, out, resume, C)
         except Exception as e:  # whatever rank 0 meets here ends every rank (none is left waiting)
             err = e
     done_rows = agree(comm, done_rows, err)
@@ -104,15 +107,78 @@ def run_sweep(grid_cfg, out, resume=True, *, progress=False, C=1.0, plots=True, 
     for _, _, cfg in grid.cells:
         if not cfg["train"].get("threads"):
             cfg["train"]["threads"] = threads
-    return _run_cells(grid, os.fspath(out), done_rows, progress and comm.Get_rank() == 0, C, plots, comm)
+    try:
+        return _run_cells(grid, os.fspath(out), done_rows, progress and comm.Get_rank() == 0, C, plots, comm)
+    finally:
+        _unlock(lock)
 
 
-def _prepare(grid, out, resume, C) -> list:
-    """Make the folder ``out``, check a resumed sweep's base config, write sweep.json and grid.toml; returns the
-    rows already finished (resume) or []."""
-    from ..runio import atomic_write, json_safe, make_folder
+#: the file a running sweep holds in its folder (host and process id): a second sweep there is refused
+_LOCK = ".sweep.lock"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _lock(out: str) -> str:
+    """Take the folder's lock (:data:`_LOCK`, created exclusively); returns its path. A lock left by a sweep that
+    died on this host is taken over; PyrgdError naming ``out`` while another sweep holds it (two sweeps writing one
+    results.csv would lose one's cells)."""
+    import socket
+
+    path, host = os.path.join(out, _LOCK), socket.gethostname()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    owner_host, owner_pid = f.read().split()
+            except (OSError, ValueError):
+                owner_host, owner_pid = "?", "?"
+            if owner_host == host and owner_pid.isdigit() and not _process_alive(int(owner_pid)):
+                os.unlink(path)  # its sweep was killed: the lock is stale
+                continue
+            raise PyrgdError(f"out: another sweep (process {owner_pid} on {owner_host}) is writing {out}; wait for it "
+                             f"to end, or remove {path} if it is gone") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{host} {os.getpid()}\n")
+        return path
+    raise PyrgdError(f"out: cannot take the sweep lock {path}")
+
+
+def _unlock(path) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _prepare(grid, out, resume, C) -> tuple[list, str]:
+    """Make the folder ``out``, take its lock (:func:`_lock`), check a resumed sweep's base config, write sweep.json
+    and grid.toml; returns (the rows already finished (resume) or [], the lock's path)."""
+    from ..runio import make_folder
 
     out = make_folder(out)
+    lock = _lock(out)
+    try:
+        return _prepare_locked(grid, out, resume, C), lock
+    except BaseException:
+        _unlock(lock)
+        raise
+
+
+def _prepare_locked(grid, out, resume, C) -> list:
+    from ..runio import atomic_write, json_safe
+
     res_path, meta_path = os.path.join(out, _RESULTS), os.path.join(out, _META)
     fp = _base_fingerprint(grid.base)
     done_rows: list = []
