@@ -197,9 +197,9 @@ def train(net: PyramidalNet, X, Y, lr="auto", steps=1000, backend="auto", tol=0.
     def this_ranks_checks():  # a distributed run: what one rank alone may fail (its own disk, its own data)
         from .runio import make_folder
 
-        o = None if out is None else make_folder(out, what="the run folder")  # before any step
         xh = check_float_array("X", X, 2, dtype=net.dtype, shape=(None, net.d))
         yh = check_float_array("Y", Y, 2, dtype=net.dtype, shape=(xh.shape[0], net.widths[-1]), xp=array_module(xh))
+        o = None if out is None else make_folder(out, what="the run folder")  # before any step, after the data
         return o, xh, yh
 
     if comm is None:
@@ -631,7 +631,7 @@ def _weights_digest(weights) -> str:
     for w in weights:
         a = np.ascontiguousarray(_to_host(w))
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
+        h.update(a.reshape(-1).view(np.uint8))  # the array's own memory, not a bytes copy of it
     return "sha256:" + h.hexdigest()[:16]
 
 
