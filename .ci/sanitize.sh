@@ -29,3 +29,6 @@ python -m pytest -q -p no:cacheprovider -m "not slow" tests/test_cpu_backend.py 
     tests/test_properties.py tests/test_engine.py tests/test_activations.py tests/test_wide_grad.py \
     tests/test_grad_schedule.py tests/test_grad_shard.py \
     --deselect tests/test_cpu_backend.py::test_no_n_by_n1_allocation
+# the CUDA kernels on the CPU emulator (tests/_cuda_emu.py), built with the same sanitizers: an access past an array
+# or a shared-memory buffer, or an integer overflow in the kernels' index arithmetic, fails here
+PYRGD_CUDA_EMU_SANITIZE=1 python -m pytest -q -p no:cacheprovider -m "not slow" tests/test_cuda_emulated.py

@@ -30,8 +30,13 @@ import numpy as np
 from _fake_cupy import fake_gemm
 
 EMU_HEADER = Path(__file__).resolve().parent / "cuda_emu" / "emu.h"
-GUARD = 4096  # bytes of 0xFF before and after every array EmuCuPy allocates
-_CXXFLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing", "-w")
+#: PYRGD_CUDA_EMU_SANITIZE=1: kernels built with AddressSanitizer + UBSan (the process must preload their runtimes,
+#: as .ci/sanitize.sh does); arrays then get no guard bytes, so that ASan sees any access past an array
+SANITIZE = os.environ.get("PYRGD_CUDA_EMU_SANITIZE", "") not in ("", "0")
+GUARD = 0 if SANITIZE else 4096  # bytes of 0xFF before and after every array EmuCuPy allocates
+_CXXFLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing", "-w") + (
+    ("-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer")
+    if SANITIZE else ())
 _CODES = {np.dtype(np.float32): "f4", np.dtype(np.float64): "f8", np.dtype(np.int32): "i4",
           np.dtype(np.int64): "i8", np.dtype(np.uint32): "u4"}
 _GUARDED = {}  # id(buffer) -> weakref to the uint8 buffer holding a guarded array
@@ -233,7 +238,7 @@ class EmuFunction:
             raise EmuError(f"{self.name}: {err.value.decode()}")
         for i, a in enumerate(args):
             buf = _guard_buffer(a) if isinstance(a, EmuArray) else None
-            if buf is not None and not (np.all(buf[:GUARD] == 0xFF) and np.all(buf[-GUARD:] == 0xFF)):
+            if buf is not None and GUARD and not (np.all(buf[:GUARD] == 0xFF) and np.all(buf[-GUARD:] == 0xFF)):
                 raise EmuError(f"{self.name}: wrote outside the buffer of argument {i}")
         del keep
 

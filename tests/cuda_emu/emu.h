@@ -28,6 +28,12 @@
 #include <string.h>
 #include <ucontext.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define PYRGD_EMU_ASAN 1
+#endif
+
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -88,6 +94,8 @@ struct State {
   void** args = nullptr;
   std::string error;
   unsigned long rng = 0;
+  const void* scheduler_stack = nullptr;  // AddressSanitizer's fiber annotations: the scheduler's stack
+  size_t scheduler_stack_bytes = 0;
 };
 
 inline State g;
@@ -96,11 +104,36 @@ inline void fail(const std::string& what) {
   if (g.error.empty()) g.error = what;
 }
 
+// Switches between the scheduler and a fiber, annotated for AddressSanitizer where it is on (it must know which
+// stack is live, or it reports the other one's frames).
+inline void to_scheduler(Fiber* f, bool exiting) {
+#ifdef PYRGD_EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &fake, g.scheduler_stack, g.scheduler_stack_bytes);
+  if (exiting) return;  // the fiber returns; uc_link resumes the scheduler
+  swapcontext(&f->ctx, &g.scheduler);
+  __sanitizer_finish_switch_fiber(fake, &g.scheduler_stack, &g.scheduler_stack_bytes);
+#else
+  if (!exiting) swapcontext(&f->ctx, &g.scheduler);
+#endif
+}
+
+inline void to_fiber(Fiber* f) {
+#ifdef PYRGD_EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, f->stack, kStackBytes);
+  swapcontext(&g.scheduler, &f->ctx);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  swapcontext(&g.scheduler, &f->ctx);
+#endif
+}
+
 inline void syncthreads() {
   Fiber* f = g.current;
   f->state = 1;
   ++f->barriers;
-  swapcontext(&f->ctx, &g.scheduler);
+  to_scheduler(f, false);
 }
 
 // The i-th static shared array of the kernel: made by the first thread that declares it in the launch, shared by
@@ -129,8 +162,12 @@ T* dynamic_shared() {
 }
 
 extern "C" inline void fiber_entry() {
+#ifdef PYRGD_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &g.scheduler_stack, &g.scheduler_stack_bytes);
+#endif
   g.invoke(g.args);
-  g.current->state = 2;  // uc_link returns to the scheduler
+  g.current->state = 2;
+  to_scheduler(g.current, true);  // uc_link returns to the scheduler
 }
 
 }  // namespace emu
@@ -182,6 +219,9 @@ inline std::string launch(void (*invoke)(void**), void** args, dim3 grid, dim3 b
           f = Fiber();
           f.stack = stacks[t];
           f.tid = uint3{(unsigned)(t % block.x), (unsigned)((t / block.x) % block.y), (unsigned)(t / block.x / block.y)};
+#ifdef PYRGD_EMU_ASAN
+          ASAN_UNPOISON_MEMORY_REGION(f.stack, kStackBytes);  // frames left by the previous block's fiber
+#endif
           getcontext(&f.ctx);
           f.ctx.uc_stack.ss_sp = f.stack;
           f.ctx.uc_stack.ss_size = kStackBytes;
@@ -200,7 +240,7 @@ inline std::string launch(void (*invoke)(void**), void** args, dim3 grid, dim3 b
             if (f.state != 0) continue;
             g.current = &f;
             g.thread_idx = f.tid;
-            swapcontext(&g.scheduler, &f.ctx);
+            to_fiber(&f);
           }
           size_t waiting = 0, exited = 0;
           unsigned long lo = ~0UL, hi = 0;
