@@ -30,5 +30,7 @@ python -m pytest -q -p no:cacheprovider -m "not slow" tests/test_cpu_backend.py 
     tests/test_grad_schedule.py tests/test_grad_shard.py \
     --deselect tests/test_cpu_backend.py::test_no_n_by_n1_allocation
 # the CUDA kernels on the CPU emulator (tests/_cuda_emu.py), built with the same sanitizers: an access past an array
-# or a shared-memory buffer, or an integer overflow in the kernels' index arithmetic, fails here
-PYRGD_CUDA_EMU_SANITIZE=1 python -m pytest -q -p no:cacheprovider -m "not slow" tests/test_cuda_emulated.py
+# or a shared-memory buffer, or an integer overflow in the kernels' index arithmetic, fails here. The GPU tests of one
+# activation (every kernel, every shape of test_cuda_backend.py) and wide_grad's row blocks.
+PYRGD_CUDA_EMU_SANITIZE=1 python -m pytest -q -p no:cacheprovider --cuda-emulator tests/test_cuda_emulated.py \
+    tests/test_cuda_backend.py tests/test_wide_grad_cuda.py -k "smooth_leaky_relu or wide_grad or emulated"

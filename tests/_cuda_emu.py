@@ -20,7 +20,9 @@ import hashlib
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import time
 import types
 import weakref
 from pathlib import Path
@@ -52,11 +54,15 @@ class EmuError(RuntimeError):
 
 
 class _Device:
+    """cupy.cuda.Device: device 0 of a machine with one GPU."""
+
     id = 0
     compute_capability = "90"
+    pci_bus_id = "0000:00:00.0"
 
     def __init__(self, dev=None):
-        pass
+        if dev is not None and int(dev) != 0:
+            raise EmuError(f"device {dev}: the emulator has one device, 0")
 
     def __enter__(self):
         return self
@@ -64,58 +70,238 @@ class _Device:
     def __exit__(self, *exc):
         return False
 
+    def use(self):
+        pass
 
-class EmuArray(np.ndarray):
-    """A NumPy array standing for a CuPy array on device 0."""
+    def synchronize(self):
+        pass
+
+
+def _unwrap(x):
+    """Host arrays inside a structure of device arrays (for calling NumPy)."""
+    if isinstance(x, EmuArray):
+        return x._a
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _wrap(x):
+    """Device arrays for the host arrays NumPy returned (0-d results stay device arrays, as in CuPy)."""
+    if isinstance(x, np.ndarray):
+        return EmuArray(x)
+    if isinstance(x, np.generic) and isinstance(x, (np.floating, np.integer, np.bool_, np.complexfloating)):
+        return EmuArray(np.asarray(x))
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    if isinstance(x, list):
+        return [_wrap(v) for v in x]
+    return x
+
+
+def _no_host(args, what):
+    for a in args:
+        if isinstance(a, np.ndarray) and a.ndim > 0:
+            raise TypeError(f"{what}: a host (NumPy) array among device arrays; copy it with cupy.asarray")
+        if isinstance(a, (list, tuple)):
+            _no_host(a, what)
+
+
+class _Pointer:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class EmuArray(np.lib.mixins.NDArrayOperatorsMixin):
+    """A device array (cupy.ndarray) held in host memory: arithmetic, NumPy functions and methods run in NumPy on the
+    held array and return device arrays. Like CuPy, it is not a numpy.ndarray, converts to one only through
+    ``get()`` (``numpy.asarray(a)`` raises TypeError), and refuses host arrays as operands."""
+
+    __array_priority__ = 100
+    __module__ = "cupy._emulated"  # pyrgd tells CuPy arrays by their type's module, as CuPy names it
+
+    def __init__(self, host: np.ndarray):
+        self._a = host
+        if host.base is None and host.nbytes:  # a result NumPy allocated: CuPy would take it from its pool
+            _POOL.allocate(host.nbytes)
+            weakref.finalize(host, _POOL.release, host.nbytes)
+
+    # conversion
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a "
+                        "NumPy array explicitly.")
+
+    def get(self, stream=None):
+        return np.array(self._a, copy=True)
+
+    def set(self, arr):
+        self._a[...] = arr
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _no_host(inputs, ufunc.__name__)
+        if "out" in kwargs:
+            _no_host(kwargs["out"], ufunc.__name__)
+            kwargs["out"] = _unwrap(kwargs["out"])
+        return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **kwargs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        _no_host(args, func.__name__)
+        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+
+    # attributes CuPy has
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: EmuArray(self._a.T))
+    device = property(lambda self: _Device())
+    data = property(lambda self: _Pointer(self._a.ctypes.data))
+    base = property(lambda self: None)
 
     @property
-    def device(self):
-        return _Device()
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self._a.ctypes.data, False),
+                "strides": self.strides, "version": 3}
 
-    def get(self):
-        return np.array(self, copy=True).view(np.ndarray)
+    def __getitem__(self, key):
+        return _wrap(self._a[_unwrap(key)])
+
+    def __setitem__(self, key, value):
+        self._a[_unwrap(key)] = _unwrap(value)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (EmuArray(np.asarray(v)) for v in self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __index__(self):
+        return self._a.__index__()
+
+    def __repr__(self):
+        return f"EmuArray({self._a!r})"
+
+    def item(self):
+        return self._a.item()
+
+    def tolist(self):
+        return self._a.tolist()
+
+    def copy(self, order="C"):
+        out = empty(self.shape, self.dtype)
+        out._a[...] = self._a
+        return out
+
+    def astype(self, dtype, order="K", copy=True):
+        if not copy and np.dtype(dtype) == self.dtype:
+            return self
+        out = empty(self.shape, dtype)
+        out._a[...] = self._a
+        return out
+
+    def __getattr__(self, name):  # reshape, ravel, sum, fill, view, transpose, ...: NumPy's, on device arrays
+        if name.startswith("__") or name in ("ctypes", "tobytes", "tofile", "__array_interface__"):
+            raise AttributeError(name)
+        attr = getattr(self._a, name)
+        if not callable(attr):
+            return _wrap(attr)
+        return lambda *a, **k: _wrap(attr(*_unwrap(a), **_unwrap(k)))
 
 
-def empty(shape, dtype=np.float64):
-    """An EmuArray inside a buffer with GUARD bytes of 0xFF on each side."""
+def empty(shape, dtype=np.float64, order="C"):
+    """A device array inside a buffer with GUARD bytes of 0xFF on each side."""
     dtype = np.dtype(dtype)
-    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buf = np.full(nbytes + 2 * GUARD, 0xFF, dtype=np.uint8)
     key = id(buf)
     _GUARDED[key] = weakref.ref(buf, lambda _ref, key=key: _GUARDED.pop(key, None))
-    return buf[GUARD:GUARD + nbytes].view(dtype).reshape(shape).view(EmuArray)
+    _POOL.allocate(nbytes)
+    weakref.finalize(buf, _POOL.release, nbytes)
+    return EmuArray(buf[GUARD:GUARD + nbytes].view(dtype).reshape(shape))
 
 
 def zeros(shape, dtype=np.float64):
     a = empty(shape, dtype)
-    a[...] = 0
+    a._a[...] = 0
     return a
+
+
+def ones(shape, dtype=np.float64):
+    return full(shape, 1, dtype)
 
 
 def full(shape, value, dtype=np.float64):
     a = empty(shape, dtype)
-    a[...] = value
+    a._a[...] = value
     return a
 
 
-def asarray(a, dtype=None):
-    """A device copy of a host array (C-contiguous), or ``a`` itself when already an EmuArray of the dtype."""
-    if isinstance(a, EmuArray) and (dtype is None or a.dtype == np.dtype(dtype)):
-        return a
-    h = np.asarray(a, dtype=dtype)
+def empty_like(a, dtype=None):
+    return empty(a.shape, dtype or a.dtype)
+
+
+def zeros_like(a, dtype=None):
+    return zeros(a.shape, dtype or a.dtype)
+
+
+def ones_like(a, dtype=None):
+    return full(a.shape, 1, dtype or a.dtype)
+
+
+def full_like(a, value, dtype=None):
+    return full(a.shape, value, dtype or a.dtype)
+
+
+def asarray(a, dtype=None, order=None):
+    """A device array: ``a`` itself when already one of the dtype (and C-contiguous where asked), else a copy."""
+    if isinstance(a, EmuArray):
+        if (dtype is None or a.dtype == np.dtype(dtype)) and (order != "C" or a._a.flags.c_contiguous):
+            return a
+        h = a._a
+    else:
+        h = np.asarray(a)
+    h = h.astype(dtype if dtype is not None else h.dtype, copy=False)
     out = empty(h.shape, h.dtype)
-    out[...] = h
+    out._a[...] = h
     return out
 
 
-def asnumpy(a):
-    return np.array(a, copy=True).view(np.ndarray)
+def array(a, dtype=None, copy=True, order="K"):
+    if isinstance(a, EmuArray) and not copy:
+        return asarray(a, dtype)
+    h = a._a if isinstance(a, EmuArray) else np.asarray(a)
+    out = empty(h.shape, dtype or h.dtype)
+    out._a[...] = h
+    return out
+
+
+def ascontiguousarray(a, dtype=None):
+    return asarray(a, dtype, order="C")
+
+
+def asnumpy(a, stream=None, order="C"):
+    return a.get() if isinstance(a, EmuArray) else np.asarray(a)
 
 
 def _guard_buffer(a):
     """The guarded uint8 buffer under an array (through its chain of views), or None."""
-    node = a
+    node = a._a if isinstance(a, EmuArray) else a
     while isinstance(node, np.ndarray):
         ref = _GUARDED.get(id(node))
         if ref is not None and ref() is node:
@@ -206,10 +392,10 @@ class EmuFunction:
         keep, ptrs = [], (ctypes.c_void_p * max(1, len(args)))()
         for i, (a, want) in enumerate(zip(args, self.signature)):
             if isinstance(a, np.ndarray):
-                if not isinstance(a, EmuArray):
-                    raise EmuError(f"{self.name}: argument {i} is a host (NumPy) array, not a device array")
+                raise EmuError(f"{self.name}: argument {i} is a host (NumPy) array, not a device array")
+            if isinstance(a, EmuArray):
                 got = "*" + _CODES.get(a.dtype, a.dtype.str)
-                cell = ctypes.c_void_p(a.ctypes.data)
+                cell = ctypes.c_void_p(a.data.ptr)
             elif isinstance(a, np.generic):
                 got = _CODES.get(a.dtype, a.dtype.str)
                 cell = ctypes.create_string_buffer(a.tobytes(), a.dtype.itemsize)
@@ -262,33 +448,189 @@ class EmuModule:
             raise EmuError(f"{name} is not among the module's name expressions") from None
 
 
-class EmuCuPy(types.SimpleNamespace):
-    """The CuPy names the CUDA backend and the emulated tests use."""
+class _MemoryPool:
+    """cupy's default memory pool, as bookkeeping over the arrays :func:`empty` makes: a freed array's bytes stay
+    held (``total_bytes``) until a later array of at most that size reuses them or ``free_all_blocks``, as CuPy's
+    pool holds freed blocks; sizes rounded up to 512 bytes as CuPy does."""
 
-    def __init__(self, multiprocessors=4):
-        launches = []
-        props = {"multiProcessorCount": multiprocessors, "name": b"CUDA emulator (CPU)", "totalGlobalMem": 1 << 34}
-        runtime = types.SimpleNamespace(getDeviceProperties=lambda dev: props, getDeviceCount=lambda: 1)
-        compiler = types.SimpleNamespace(CompileException=EmuError)
-        super().__init__(
-            ndarray=EmuArray, empty=empty, zeros=zeros, full=full, asarray=asarray, asnumpy=asnumpy,
-            matmul=np.matmul, nan=np.nan, launches=launches, __version__="emulated",
-            cuda=types.SimpleNamespace(Device=_Device, runtime=runtime, compiler=compiler),
-            RawModule=lambda code, options=(), name_expressions=(): EmuModule(code, options, name_expressions,
-                                                                              launches),
-        )
+    def __init__(self):
+        self.used = self.cached = 0
+
+    @staticmethod
+    def _round(n):
+        return -(-int(n) // 512) * 512
+
+    def allocate(self, n):
+        n = self._round(n)
+        self.cached = max(0, self.cached - n)
+        self.used += n
+
+    def release(self, n):
+        n = self._round(n)
+        self.used -= n
+        self.cached += n
+
+    def used_bytes(self):
+        return self.used
+
+    def total_bytes(self):
+        return self.used + self.cached
+
+    def free_bytes(self):
+        return self.cached
+
+    def free_all_blocks(self):
+        self.cached = 0
+
+    def n_free_blocks(self):
+        return 0
+
+    def set_limit(self, size=None, fraction=None):
+        pass
+
+    def get_limit(self):
+        return 0
 
 
-def install(monkeypatch, multiprocessors=4) -> EmuCuPy:
-    """Run pyrgd.backends.cuda on the emulator (its module cache emptied first and after); returns the EmuCuPy,
-    whose ``launches`` records every kernel launch."""
+_POOL = _MemoryPool()
+
+
+class _Event:
+    def __init__(self, *args, **kwargs):
+        self.t = time.perf_counter()
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class _Stream:
+    """cupy.cuda.Stream / ExternalStream: launches run at once, so every stream is the null stream."""
+
+    ptr = 0
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        pass
+
+    def use(self):
+        return self
+
+
+def _numpy_function(f, name):
+    """A CuPy function from NumPy's: device arrays in, device arrays out, host arrays refused."""
+    def g(*args, **kwargs):
+        _no_host(args, name)
+        return _wrap(f(*_unwrap(args), **_unwrap(kwargs)))
+    g.__name__ = name
+    return g
+
+
+def _namespace(name, numpy_ns, own):
+    m = types.ModuleType(name)
+    m.__dict__.update(own)
+
+    def __getattr__(attr):
+        v = getattr(numpy_ns, attr)
+        return _numpy_function(v, attr) if callable(v) and not isinstance(v, type) else v
+
+    m.__getattr__ = __getattr__
+    return m
+
+
+def make_cupy(multiprocessors: int = 4) -> types.ModuleType:
+    """A module standing for ``cupy`` on the emulator: the array constructors above, NumPy's functions on device
+    arrays, ``cuda`` (one device with ``multiprocessors`` SMs, events, streams, the runtime queries pyrgd makes),
+    ``RawModule`` (compiled for the emulator), ``cublas.gemm``, memory pools. ``launches`` records every kernel
+    launch of the modules it compiles."""
+    launches = []
+    props = {"multiProcessorCount": multiprocessors, "name": b"CUDA emulator (CPU)", "totalGlobalMem": 1 << 34,
+             "major": 9, "minor": 0}
+    runtime = types.SimpleNamespace(
+        getDeviceProperties=lambda dev: props, getDeviceCount=lambda: 1,
+        memGetInfo=lambda: ((1 << 34) - _POOL.total_bytes(), 1 << 34),
+        runtimeGetVersion=lambda: 12080, driverGetVersion=lambda: 12080)
+    cuda_ns = types.ModuleType("cupy.cuda")
+    cuda_ns.__dict__.update(
+        Device=_Device, runtime=runtime, compiler=types.SimpleNamespace(CompileException=EmuError),
+        Event=_Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3, Stream=_Stream, ExternalStream=_Stream,
+        get_current_stream=lambda: _Stream())
+    cublas = types.ModuleType("cupy.cublas")
+    cublas.gemm = fake_gemm
+    pool, pinned = _POOL, _MemoryPool()
+    own = dict(
+        __version__="emulated", ndarray=EmuArray, launches=launches, cuda=cuda_ns, cublas=cublas,
+        linalg=_namespace("cupy.linalg", np.linalg, {}),
+        empty=empty, zeros=zeros, ones=ones, full=full, empty_like=empty_like, zeros_like=zeros_like,
+        ones_like=ones_like, full_like=full_like, asarray=asarray, array=array,
+        ascontiguousarray=ascontiguousarray, asnumpy=asnumpy,
+        from_dlpack=lambda a: a if isinstance(a, EmuArray) else (_ for _ in ()).throw(
+            TypeError("the emulator takes DLPack only from its own arrays")),
+        get_array_module=lambda *arrays: sys.modules.get("cupy") if any(
+            isinstance(a, EmuArray) for a in arrays) else np,
+        get_default_memory_pool=lambda: pool, get_default_pinned_memory_pool=lambda: pinned,
+        RawModule=lambda code, options=(), name_expressions=(): EmuModule(code, options, name_expressions, launches),
+        emulator_prelude=SCRIPT_PRELUDE,
+    )
+    return _namespace("cupy", np, own)
+
+
+def install(monkeypatch, multiprocessors=4) -> types.ModuleType:
+    """Run pyrgd.backends.cuda on the emulator (its module cache emptied first and after): its ``_cupy()`` returns
+    :func:`make_cupy`'s module; returns that module, whose ``launches`` records every kernel launch."""
     from pyrgd.backends import cuda
 
-    fake = EmuCuPy(multiprocessors)
+    fake = make_cupy(multiprocessors)
     monkeypatch.setattr(cuda, "_cupy", lambda: fake)
     monkeypatch.setattr(cuda, "_cublas_gemm", lambda: fake_gemm)
     monkeypatch.setattr(cuda, "_MODULES", {})
     return fake
+
+
+def _module_entries(fake):
+    """sys.modules entries of the emulator's cupy, and of cupyx.scipy.special (erf, over SciPy's)."""
+    import scipy.special
+
+    special = _namespace("cupyx.scipy.special", scipy.special, {})
+    scipy_ns = _namespace("cupyx.scipy", types.SimpleNamespace(), {"special": special})
+    cupyx = _namespace("cupyx", types.SimpleNamespace(), {"scipy": scipy_ns})
+    return (("cupy", fake), ("cupy.cuda", fake.cuda), ("cupy.cublas", fake.cublas), ("cupy.linalg", fake.linalg),
+            ("cupyx", cupyx), ("cupyx.scipy", scipy_ns), ("cupyx.scipy.special", special))
+
+
+def install_module(monkeypatch, multiprocessors=4) -> types.ModuleType:
+    """Make ``import cupy`` give the emulator's module everywhere (pyrgd.ops, train, the engines, ...), for the
+    rest of the test; returns it."""
+    from pyrgd.backends import cuda
+
+    fake = make_cupy(multiprocessors)
+    for name, mod in _module_entries(fake):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(cuda, "_MODULES", {})
+    monkeypatch.setattr(cuda, "_AVAILABLE", None)
+    return fake
+
+
+def install_for_process(multiprocessors=4) -> types.ModuleType:
+    """:func:`install_module` for a whole process (an MPI rank's script), before it imports pyrgd."""
+    fake = make_cupy(multiprocessors)
+    sys.modules.update(dict(_module_entries(fake)))
+    return fake
+
+
+#: lines that make a script run on the emulator (put before its imports)
+SCRIPT_PRELUDE = (f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+                  "import _cuda_emu\n_cuda_emu.install_for_process()\n")
 
 
 @contextlib.contextmanager

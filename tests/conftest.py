@@ -62,3 +62,16 @@ def isa(request):
     _cpu_ext.set_isa(request.param)
     yield request.param
     _cpu_ext.set_isa("auto")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cuda-emulator", action="store_true",
+                     help="make `import cupy` give the CPU emulator of the CUDA kernels (tests/_cuda_emu.py), so that "
+                          "the GPU tests run without a GPU: `pytest --cuda-emulator -m gpu`")
+
+
+def pytest_configure(config):
+    if config.getoption("--cuda-emulator"):
+        import _cuda_emu
+
+        _cuda_emu.install_for_process()

@@ -145,3 +145,31 @@ def test_launch_shapes_the_gpu_refuses(mod):
 def test_a_source_the_emulator_cannot_rewrite_is_refused():
     with pytest.raises(E.EmuError, match="cannot rewrite"):
         E.transform_source("__global__ void k() { __shared__ float a[2], b[2]; }")
+
+
+def test_device_arrays_behave_like_cupys_not_numpys():
+    """What makes the GPU tests on the emulator meaningful: a device array is not a numpy.ndarray, does not turn
+    into one implicitly, refuses host operands, and NumPy functions on it give device arrays."""
+    a = E.asarray(np.arange(6.0).reshape(2, 3))
+    assert not isinstance(a, np.ndarray) and type(a).__module__.startswith("cupy")
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="host"):
+        a + np.ones((2, 3))
+    s = (a * 2).sum(axis=0)
+    assert isinstance(s, E.EmuArray) and np.array_equal(s.get(), [6.0, 10.0, 14.0])
+    assert isinstance(np.linalg.norm(a), E.EmuArray) and isinstance(a.T @ a, E.EmuArray)
+    assert float(a[1, 2]) == 5.0 and a.get().base is None  # get() is a host copy
+
+
+def test_memory_pool_holds_freed_blocks_until_freed():
+    cp = E.make_cupy()
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    base = pool.total_bytes()
+    a = cp.empty((1000,), np.float64)
+    assert pool.total_bytes() == base + 8192  # 8000 bytes in 512-byte units
+    del a
+    assert pool.total_bytes() == base + 8192 and pool.free_bytes() >= 8192
+    pool.free_all_blocks()
+    assert pool.total_bytes() == base

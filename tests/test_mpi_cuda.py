@@ -24,6 +24,8 @@ if _devices == 0:
     pytest.skip("no CUDA device", allow_module_level=True)
 
 pytestmark = pytest.mark.gpu
+#: put before each rank's script: the CPU emulator's install under `pytest --cuda-emulator` (tests/_cuda_emu.py)
+_PRELUDE = getattr(cp, "emulator_prelude", "")
 
 TRAIN_GPU = """
     import sys
@@ -45,6 +47,10 @@ TRAIN_GPU = """
 
 def _run(mpiexec, tmp_path, n, steps, name, mode="run", folder=None):
     script = _script(tmp_path, TRAIN_GPU)
+    with open(script) as f:
+        text = f.read()
+    with open(script, "w") as f:
+        f.write(_PRELUDE + text)
     out = tmp_path / f"{name}.npz"
     folder = folder or tmp_path / name
     p = _launch(mpiexec, n, [sys.executable, script, str(steps), str(out), str(folder), mode], tmp_path)
