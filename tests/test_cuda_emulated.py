@@ -34,7 +34,8 @@ def _case(dtype):
         W1 = rng.integers(-8, 9, (d, n1)) / 8
     else:
         X, W1 = rng.standard_normal((N, d)) / math.sqrt(d), rng.standard_normal((d, n1))
-    W2, G, B2 = rng.standard_normal((n1, n2)) / math.sqrt(n1), rng.standard_normal((N, n2)), rng.standard_normal((N, n2))
+    W2 = rng.standard_normal((n1, n2)) / math.sqrt(n1)
+    G, B2 = rng.standard_normal((N, n2)), rng.standard_normal((N, n2))
     return [a.astype(dtype) for a in (X, W1, W2, G, B2)]
 
 

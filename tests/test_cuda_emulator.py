@@ -1,7 +1,8 @@
 """The CUDA emulator of tests/_cuda_emu.py finds what it claims to find: barriers, shared memory poisoned per block,
-races made visible by the thread order, divergent barriers, argument types, writes past an array, shared-memory
-limits. Each check runs on a small kernel written for it (the backend's kernels are tested in
-tests/test_cuda_emulated.py)."""
+races made visible by the thread order, blocks that depend on other blocks made visible by the block order,
+divergent barriers, argument types, writes past an array, shared-memory limits, and device arrays that behave as
+CuPy's. Each check runs on a small kernel written for it (the backend's kernels: tests/test_cuda_emulated.py and
+the GPU tests under ``pytest --cuda-emulator``)."""
 import numpy as np
 import pytest
 
@@ -42,6 +43,11 @@ extern "C" __global__ void dynamic(float* y) {
   y[threadIdx.x] = d[blockDim.x - 1 - threadIdx.x];
 }
 
+// block b reads what block b - 1 wrote: right only if blocks ran in increasing order, which CUDA does not promise
+extern "C" __global__ void chained(float* y) {
+  if (threadIdx.x == 0) y[blockIdx.x] = blockIdx.x == 0 ? 1.0f : y[blockIdx.x - 1] + 1.0f;
+}
+
 // 13000 floats of static shared memory: over 48 KiB
 extern "C" __global__ void too_much_static(float* y) {
   __shared__ float big[13000];
@@ -49,7 +55,7 @@ extern "C" __global__ void too_much_static(float* y) {
   y[threadIdx.x] = big[threadIdx.x];
 }
 """
-NAMES = ["reverse", "divergent", "unwritten", "shifted", "dynamic", "too_much_static"]
+NAMES = ["reverse", "divergent", "unwritten", "shifted", "dynamic", "chained", "too_much_static"]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +83,17 @@ def test_a_missing_barrier_shows_as_results_that_depend_on_the_thread_order(mod)
     ascending, descending = _reverse(mod, x, 200, False, 0), _reverse(mod, x, 200, False, 1)
     assert not np.array_equal(ascending, descending)
     assert not np.array_equal(ascending, want)  # threads read words of s not yet written: NaN
+
+
+def test_a_block_that_needs_another_to_have_run_shows_in_the_block_order(mod):
+    runs = []
+    for order in (0, 1, 2):
+        y = E.zeros(50, np.float32)
+        with E.order(order, seed=1):
+            mod.get_function("chained")((50,), (32,), (y,))
+        runs.append(y.get())
+    assert np.array_equal(runs[0], np.arange(1, 51, dtype=np.float32))
+    assert not np.array_equal(runs[1], runs[0]) and not np.array_equal(runs[2], runs[0])
 
 
 def test_shared_memory_starts_each_block_as_nan(mod):

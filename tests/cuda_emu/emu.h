@@ -15,7 +15,8 @@
 //     max_dynamic_shared_size_bytes was raised) and static + dynamic at most 227 KiB (sm_90);
 //   - every shared array starts each block filled with 0xFF bytes (NaN as float and double), so a read before the
 //     block wrote it shows in the results; the fibers' order (ascending, descending or shuffled per barrier
-//     interval) is a launch argument, so two orders giving different bits reveal a shared-memory race.
+//     interval, and the blocks likewise) is a launch argument, so two orders giving different bits reveal a
+//     shared-memory race, or a block that reads what another block writes.
 // The source is transformed before compiling (tests/_cuda_emu.py): `__shared__ T a[n];` becomes
 // `T* const a = ::emu::static_shared<T>(n);` and `extern __shared__ T a[];` becomes ::emu::dynamic_shared<T>().
 #ifndef PYRGD_CUDA_EMU_H
@@ -180,8 +181,8 @@ extern "C" inline void fiber_entry() {
 
 namespace emu {
 
-// Runs one launch. order: 0 ascending thread index, 1 descending, 2 shuffled anew in every barrier interval
-// (seeded by `seed`). Returns "" or what went wrong.
+// Runs one launch. order: 0 ascending thread and block index, 1 descending, 2 shuffled (threads anew in every
+// barrier interval; seeded by `seed`). Returns "" or what went wrong.
 inline std::string launch(void (*invoke)(void**), void** args, dim3 grid, dim3 block, size_t dynamic_bytes,
                           size_t dynamic_limit, int order, unsigned long seed) {
   g.error.clear();
@@ -208,65 +209,76 @@ inline std::string launch(void (*invoke)(void**), void** args, dim3 grid, dim3 b
   while (stacks.size() < nthreads) stacks.push_back(static_cast<char*>(malloc(kStackBytes)));
   g.fibers.assign(nthreads, Fiber());
   std::vector<size_t> sequence(nthreads);
-  for (unsigned bz = 0; bz < grid.z && g.error.empty(); ++bz)
-    for (unsigned by = 0; by < grid.y && g.error.empty(); ++by)
-      for (unsigned bx = 0; bx < grid.x && g.error.empty(); ++bx) {
-        g.block_idx = uint3{bx, by, bz};
-        for (auto& s : g.statics) memset(s.ptr, 0xFF, s.bytes);
-        memset(g.dynamic, 0xFF, dynamic_bytes);
-        for (size_t t = 0; t < nthreads; ++t) {
-          Fiber& f = g.fibers[t];
-          f = Fiber();
-          f.stack = stacks[t];
-          f.tid = uint3{(unsigned)(t % block.x), (unsigned)((t / block.x) % block.y), (unsigned)(t / block.x / block.y)};
-#ifdef PYRGD_EMU_ASAN
-          ASAN_UNPOISON_MEMORY_REGION(f.stack, kStackBytes);  // frames left by the previous block's fiber
-#endif
-          getcontext(&f.ctx);
-          f.ctx.uc_stack.ss_sp = f.stack;
-          f.ctx.uc_stack.ss_size = kStackBytes;
-          f.ctx.uc_link = &g.scheduler;
-          makecontext(&f.ctx, (void (*)())fiber_entry, 0);
+  // blocks in the launch's order too (ascending, descending or shuffled), so that a block that depends on
+  // another block having run first shows as results that depend on the order
+  const size_t nblocks = (size_t)grid.x * grid.y * grid.z;
+  std::vector<size_t> blocks(nblocks);
+  for (size_t b = 0; b < nblocks; ++b) blocks[b] = order == 1 ? nblocks - 1 - b : b;
+  if (order == 2)
+    for (size_t b = nblocks - 1; b > 0; --b) {
+      g.rng = g.rng * 6364136223846793005UL + 1442695040888963407UL;
+      std::swap(blocks[b], blocks[(g.rng >> 33) % (b + 1)]);
+    }
+  for (size_t lb : blocks) {
+    if (!g.error.empty()) break;
+    const unsigned bx = (unsigned)(lb % grid.x), by = (unsigned)((lb / grid.x) % grid.y),
+                   bz = (unsigned)(lb / grid.x / grid.y);
+    g.block_idx = uint3{bx, by, bz};
+    for (auto& s : g.statics) memset(s.ptr, 0xFF, s.bytes);
+    memset(g.dynamic, 0xFF, dynamic_bytes);
+    for (size_t t = 0; t < nthreads; ++t) {
+      Fiber& f = g.fibers[t];
+      f = Fiber();
+      f.stack = stacks[t];
+      f.tid = uint3{(unsigned)(t % block.x), (unsigned)((t / block.x) % block.y), (unsigned)(t / block.x / block.y)};
+  #ifdef PYRGD_EMU_ASAN
+      ASAN_UNPOISON_MEMORY_REGION(f.stack, kStackBytes);  // frames left by the previous block's fiber
+  #endif
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack;
+      f.ctx.uc_stack.ss_size = kStackBytes;
+      f.ctx.uc_link = &g.scheduler;
+      makecontext(&f.ctx, (void (*)())fiber_entry, 0);
+    }
+    for (;;) {
+      for (size_t t = 0; t < nthreads; ++t) sequence[t] = order == 1 ? nthreads - 1 - t : t;
+      if (order == 2)
+        for (size_t t = nthreads - 1; t > 0; --t) {
+          g.rng = g.rng * 6364136223846793005UL + 1442695040888963407UL;
+          std::swap(sequence[t], sequence[(g.rng >> 33) % (t + 1)]);
         }
-        for (;;) {
-          for (size_t t = 0; t < nthreads; ++t) sequence[t] = order == 1 ? nthreads - 1 - t : t;
-          if (order == 2)
-            for (size_t t = nthreads - 1; t > 0; --t) {
-              g.rng = g.rng * 6364136223846793005UL + 1442695040888963407UL;
-              std::swap(sequence[t], sequence[(g.rng >> 33) % (t + 1)]);
-            }
-          for (size_t t : sequence) {
-            Fiber& f = g.fibers[t];
-            if (f.state != 0) continue;
-            g.current = &f;
-            g.thread_idx = f.tid;
-            to_fiber(&f);
-          }
-          size_t waiting = 0, exited = 0;
-          unsigned long lo = ~0UL, hi = 0;
-          for (auto& f : g.fibers) {
-            if (f.state == 1) {
-              ++waiting;
-              lo = f.barriers < lo ? f.barriers : lo;
-              hi = f.barriers > hi ? f.barriers : hi;
-            } else {
-              ++exited;
-            }
-          }
-          if (waiting == 0) break;
-          if (exited > 0 || lo != hi) {
-            fail("block (" + std::to_string(bx) + ", " + std::to_string(by) + ", " + std::to_string(bz) +
-                 "): __syncthreads() reached by " + std::to_string(waiting) + " threads while " +
-                 std::to_string(exited) + " had exited or were at another barrier (barrier counts " +
-                 std::to_string(lo) + " .. " + std::to_string(hi) + ")");
-            break;
-          }
-          for (auto& f : g.fibers) f.state = 0;
-        }
-        if (g.error.empty() && g.static_bytes + dynamic_bytes > kBlockSharedLimit)
-          fail("static + dynamic shared memory of " + std::to_string(g.static_bytes + dynamic_bytes) +
-               " bytes exceeds the 227 KiB a block may use");
+      for (size_t t : sequence) {
+        Fiber& f = g.fibers[t];
+        if (f.state != 0) continue;
+        g.current = &f;
+        g.thread_idx = f.tid;
+        to_fiber(&f);
       }
+      size_t waiting = 0, exited = 0;
+      unsigned long lo = ~0UL, hi = 0;
+      for (auto& f : g.fibers) {
+        if (f.state == 1) {
+          ++waiting;
+          lo = f.barriers < lo ? f.barriers : lo;
+          hi = f.barriers > hi ? f.barriers : hi;
+        } else {
+          ++exited;
+        }
+      }
+      if (waiting == 0) break;
+      if (exited > 0 || lo != hi) {
+        fail("block (" + std::to_string(bx) + ", " + std::to_string(by) + ", " + std::to_string(bz) +
+             "): __syncthreads() reached by " + std::to_string(waiting) + " threads while " +
+             std::to_string(exited) + " had exited or were at another barrier (barrier counts " +
+             std::to_string(lo) + " .. " + std::to_string(hi) + ")");
+        break;
+      }
+      for (auto& f : g.fibers) f.state = 0;
+    }
+    if (g.error.empty() && g.static_bytes + dynamic_bytes > kBlockSharedLimit)
+      fail("static + dynamic shared memory of " + std::to_string(g.static_bytes + dynamic_bytes) +
+           " bytes exceeds the 227 KiB a block may use");
+  }
   for (auto& s : g.statics) free(s.ptr);
   g.statics.clear();
   g.static_bytes = 0;
