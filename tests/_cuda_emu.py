@@ -559,12 +559,13 @@ def make_cupy(multiprocessors: int = 4) -> types.ModuleType:
     runtime = types.SimpleNamespace(
         getDeviceProperties=lambda dev: props, getDeviceCount=lambda: 1,
         memGetInfo=lambda: ((1 << 34) - _POOL.total_bytes(), 1 << 34),
-        runtimeGetVersion=lambda: 12080, driverGetVersion=lambda: 12080)
+        runtimeGetVersion=lambda: 12080, driverGetVersion=lambda: 12080, deviceSynchronize=lambda: None)
     cuda_ns = types.ModuleType("cupy.cuda")
     cuda_ns.__dict__.update(
         Device=_Device, runtime=runtime, compiler=types.SimpleNamespace(CompileException=EmuError),
         Event=_Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3, Stream=_Stream, ExternalStream=_Stream,
-        get_current_stream=lambda: _Stream())
+        get_current_stream=lambda: _Stream(), set_allocator=lambda allocator=None: None,
+        set_pinned_memory_allocator=lambda allocator=None: None)
     cublas = types.ModuleType("cupy.cublas")
     cublas.gemm = fake_gemm
     pool, pinned = _POOL, _MemoryPool()

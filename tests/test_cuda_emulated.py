@@ -78,3 +78,20 @@ def test_results_do_not_depend_on_the_order_of_a_blocks_threads(cp, dtype):
     if np.dtype(dtype) == np.float32:
         smem = {l["kernel"].split("<")[0]: l["shared_mem"] for l in cp.launches}
         assert smem["pyrgd::cuda::wide_step_f32"] > 48 * 1024 and smem["pyrgd::cuda::wide_forward_f32"] > 48 * 1024
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-poison"]], ids=["poisoned", "uninitialized"])
+def test_the_gpu_sanitizer_case_passes_on_the_emulator(monkeypatch, flags):
+    """bench/gpu_sanitize_case.py (what bench/device_run.sh hands to compute-sanitizer) runs and matches the
+    reference: the device's one call is not spent on a broken script."""
+    import importlib.util
+    from pathlib import Path
+
+    E.install_module(monkeypatch)
+    for knob in ("_POISON", "_STEP_GRID_LIMIT", "_GRAM_CHUNK_BYTES"):  # the script sets them; restored after
+        monkeypatch.setattr(cuda, knob, getattr(cuda, knob))
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_sanitize_case.py"
+    spec = importlib.util.spec_from_file_location("gpu_sanitize_case", path)
+    case = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(case)
+    assert case.main(flags) == 0
