@@ -1,16 +1,21 @@
 """The CUDA backend end to end on the CPU: its kernels compiled as host C++ by tests/cuda_emu/emu.h, its host code
-unchanged, CuPy replaced by :class:`EmuCuPy` (NumPy arrays standing for device arrays).
+unchanged, CuPy replaced by the module :func:`make_cupy` builds (:class:`EmuArray`: NumPy arrays standing for
+device arrays, and not usable as host arrays).
 
-:func:`install` patches only :func:`pyrgd.backends.cuda._cupy` and ``_cublas_gemm``: module compilation, the tile
-configuration read back from ``tile_config_kernel``, the shared-memory opt-in, every launch's grid and argument
+Three ways in: :func:`install` patches only ``pyrgd.backends.cuda._cupy`` and ``_cublas_gemm`` (the backend's
+functions on device arrays); :func:`install_module` makes ``import cupy`` give the stand-in for one test (ops,
+train, the engines); :func:`install_for_process` does it for a whole process, which is what ``pytest
+--cuda-emulator`` (tests/conftest.py) and :data:`SCRIPT_PRELUDE` (MPI ranks' scripts) use. Module compilation, the
+tile configuration read back from ``tile_config_kernel``, the shared-memory opt-in, every launch's grid and argument
 list and the host loops all run as they would on a GPU. A launch checks its arguments against the kernel's C++
 signature (an ``np.int64`` where the kernel takes ``int``, a float64 array where it takes ``float*``, or a host
 array, is an error as it would be a wrong result or an error under CuPy), runs the kernel's threads as fibers
-(barriers, shared memory poisoned with NaN bytes, see emu.h) and checks the guard bytes around every array this
-module allocated (a write past an array's end is an error; a read there reads NaN).
+(barriers, shared memory poisoned with NaN bytes, threads and blocks in the order :data:`ORDER` says; see emu.h)
+and checks the guard bytes around every array this module allocated (a write past an array's end is an error; a
+read there reads NaN). PYRGD_CUDA_EMU_SANITIZE=1 builds the kernels with ASan + UBSan instead of guard bytes.
 
 What it cannot tell: speed, the GPU's rounding, NVRTC's dialect (tests/test_nvrtc_compile.py compiles the kernels
-with NVRTC), races between blocks (blocks run one after another) and anything CuPy itself does.
+with NVRTC), races inside one barrier interval that no thread order exposes, and anything CuPy itself does.
 """
 from __future__ import annotations
 
