@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp -r setup.py pyproject.toml README.md LICENSE MANIFEST.in csrc pyrgd tests "$work"/
+mkdir "$work/bench" && cp bench/gpu_sanitize_case.py "$work/bench/"  # run on the emulated kernels below
 find "$work/pyrgd" -name "_cpu*.so" -delete
 cd "$work"
 # what pyproject.toml's [build-system] asks for, here where setup.py runs outside pip's isolated build
