@@ -181,6 +181,17 @@ extern "C" inline void fiber_entry() {
 
 namespace emu {
 
+// seq = 0 .. n - 1 in `order`: 0 ascending, 1 descending, 2 shuffled (Fisher-Yates on the launch's generator).
+inline void arrange(std::vector<size_t>& seq, int order) {
+  const size_t n = seq.size();
+  for (size_t i = 0; i < n; ++i) seq[i] = order == 1 ? n - 1 - i : i;
+  if (order != 2) return;
+  for (size_t i = n; i > 1; --i) {
+    g.rng = g.rng * 6364136223846793005UL + 1442695040888963407UL;
+    std::swap(seq[i - 1], seq[(g.rng >> 33) % i]);
+  }
+}
+
 // Runs one launch. order: 0 ascending thread and block index, 1 descending, 2 shuffled (threads anew in every
 // barrier interval; seeded by `seed`). Returns "" or what went wrong.
 inline std::string launch(void (*invoke)(void**), void** args, dim3 grid, dim3 block, size_t dynamic_bytes,
@@ -213,12 +224,7 @@ inline std::string launch(void (*invoke)(void**), void** args, dim3 grid, dim3 b
   // another block having run first shows as results that depend on the order
   const size_t nblocks = (size_t)grid.x * grid.y * grid.z;
   std::vector<size_t> blocks(nblocks);
-  for (size_t b = 0; b < nblocks; ++b) blocks[b] = order == 1 ? nblocks - 1 - b : b;
-  if (order == 2)
-    for (size_t b = nblocks - 1; b > 0; --b) {
-      g.rng = g.rng * 6364136223846793005UL + 1442695040888963407UL;
-      std::swap(blocks[b], blocks[(g.rng >> 33) % (b + 1)]);
-    }
+  arrange(blocks, order);
   for (size_t lb : blocks) {
     if (!g.error.empty()) break;
     const unsigned bx = (unsigned)(lb % grid.x), by = (unsigned)((lb / grid.x) % grid.y),
@@ -231,9 +237,9 @@ inline std::string launch(void (*invoke)(void**), void** args, dim3 grid, dim3 b
       f = Fiber();
       f.stack = stacks[t];
       f.tid = uint3{(unsigned)(t % block.x), (unsigned)((t / block.x) % block.y), (unsigned)(t / block.x / block.y)};
-  #ifdef PYRGD_EMU_ASAN
+#ifdef PYRGD_EMU_ASAN
       ASAN_UNPOISON_MEMORY_REGION(f.stack, kStackBytes);  // frames left by the previous block's fiber
-  #endif
+#endif
       getcontext(&f.ctx);
       f.ctx.uc_stack.ss_sp = f.stack;
       f.ctx.uc_stack.ss_size = kStackBytes;
@@ -241,12 +247,7 @@ inline std::string launch(void (*invoke)(void**), void** args, dim3 grid, dim3 b
       makecontext(&f.ctx, (void (*)())fiber_entry, 0);
     }
     for (;;) {
-      for (size_t t = 0; t < nthreads; ++t) sequence[t] = order == 1 ? nthreads - 1 - t : t;
-      if (order == 2)
-        for (size_t t = nthreads - 1; t > 0; --t) {
-          g.rng = g.rng * 6364136223846793005UL + 1442695040888963407UL;
-          std::swap(sequence[t], sequence[(g.rng >> 33) % (t + 1)]);
-        }
+      arrange(sequence, order);
       for (size_t t : sequence) {
         Fiber& f = g.fibers[t];
         if (f.state != 0) continue;
